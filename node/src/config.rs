@@ -1,0 +1,204 @@
+//! Configuration of one `nasd`: command-line flags, `NASD_*` environment
+//! variables and an optional TOML file, in that order of precedence.
+//!
+//! Owns parsing and validation only; it must never start anything.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::shared_lu::RaftSettings;
+
+/// Every setting; flags and environment variables override the file.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(
+    name = "nasd",
+    version,
+    about = "NAS head (CHN) daemon of the replicated NAS cluster",
+    long_about = "Runs one CHN: the Admin and Raft gRPC services and the standard gRPC health service on one \
+                  port, and this CHN's replica of the shared LU (Raft log and tables in DATA).\n\n\
+                  A new nasd starts empty; `nasctl chn install NAME --addr ADDR` bootstraps the first CHN \
+                  and joins the others. Settings come from flags, then NASD_* environment variables, then \
+                  the TOML file given with --config (same names with underscores, e.g. snapshot_threshold = 5000).",
+    after_help = "Example:\n  nasd --name CHN1 --listen 127.0.0.1:7001 --data /var/lib/nas/chn1 --array /srv/nas/array"
+)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "NASD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Name of this CHN, e.g. CHN1. Must match the name given to `nasctl chn install`.
+    #[arg(long, env = "NASD_NAME")]
+    pub name: Option<String>,
+    /// Raft node id; defaults to the number at the end of the name (CHN5 -> 5).
+    #[arg(long, env = "NASD_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address to listen on for gRPC (Admin, Raft, health).
+    #[arg(long, env = "NASD_LISTEN")]
+    pub listen: Option<String>,
+    /// Address other CHNs and clients use to reach this one; defaults to --listen.
+    #[arg(long, env = "NASD_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Directory for this CHN's replica of the shared LU (Raft log, tables, snapshots).
+    #[arg(long, env = "NASD_DATA")]
+    pub data: Option<PathBuf>,
+    /// The disk-array directory shared by every CHN (physical disk files).
+    #[arg(long, env = "NASD_ARRAY")]
+    pub array: Option<PathBuf>,
+    /// Raft heartbeat interval in milliseconds [default: 100].
+    #[arg(long, env = "NASD_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Lower bound of the Raft election timeout in milliseconds [default: 400].
+    #[arg(long, env = "NASD_ELECTION_MIN_MS")]
+    pub election_min_ms: Option<u64>,
+    /// Upper bound of the Raft election timeout in milliseconds [default: 800].
+    #[arg(long, env = "NASD_ELECTION_MAX_MS")]
+    pub election_max_ms: Option<u64>,
+    /// Log entries after which a snapshot is built and the log compacted [default: 5000].
+    #[arg(long, env = "NASD_SNAPSHOT_THRESHOLD")]
+    pub snapshot_threshold: Option<u64>,
+    /// Log entries kept behind a snapshot for slightly lagging CHNs [default: 500].
+    #[arg(long, env = "NASD_KEEP_LOGS")]
+    pub keep_logs: Option<u64>,
+    /// How long a write or linearizable read waits for a quorum, in milliseconds [default: 5000].
+    #[arg(long, env = "NASD_QUORUM_TIMEOUT_MS")]
+    pub quorum_timeout_ms: Option<u64>,
+    /// Interval of this CHN's daemon information (heartbeat) writes, in milliseconds [default: 500].
+    #[arg(long, env = "NASD_DAEMON_INTERVAL_MS")]
+    pub daemon_interval_ms: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub node_id: u64,
+    pub listen: String,
+    pub advertise: String,
+    pub data: PathBuf,
+    pub array: Option<PathBuf>,
+    pub raft: RaftSettings,
+    pub daemon_interval: Duration,
+}
+
+/// The node id a CHN name implies: its trailing digits.
+pub fn node_id_from_name(name: &str) -> Option<u64> {
+    let digits: String = name.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = digits.chars().rev().collect();
+    digits.parse().ok().filter(|n| *n > 0)
+}
+
+impl Settings {
+    fn merge(self, file: Settings) -> Settings {
+        Settings {
+            config: self.config,
+            name: self.name.or(file.name),
+            node_id: self.node_id.or(file.node_id),
+            listen: self.listen.or(file.listen),
+            advertise: self.advertise.or(file.advertise),
+            data: self.data.or(file.data),
+            array: self.array.or(file.array),
+            raft_heartbeat_ms: self.raft_heartbeat_ms.or(file.raft_heartbeat_ms),
+            election_min_ms: self.election_min_ms.or(file.election_min_ms),
+            election_max_ms: self.election_max_ms.or(file.election_max_ms),
+            snapshot_threshold: self.snapshot_threshold.or(file.snapshot_threshold),
+            keep_logs: self.keep_logs.or(file.keep_logs),
+            quorum_timeout_ms: self.quorum_timeout_ms.or(file.quorum_timeout_ms),
+            daemon_interval_ms: self.daemon_interval_ms.or(file.daemon_interval_ms),
+        }
+    }
+
+    /// Reads the file named by `--config`, if any, and validates the result.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let merged = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let file: Settings = toml::from_str(&text).with_context(|| format!("invalid TOML in {}", path.display()))?;
+                self.merge(file)
+            }
+            None => self,
+        };
+        let Some(name) = merged.name else { bail!("--name is required (for example --name CHN1)") };
+        let node_id = match merged.node_id.or_else(|| node_id_from_name(&name)) {
+            Some(id) if id > 0 => id,
+            _ => bail!("cannot derive a node id from the name {name:?}; give --node-id N (N > 0)"),
+        };
+        let listen = merged.listen.unwrap_or_else(|| "127.0.0.1:7001".into());
+        let advertise = merged.advertise.unwrap_or_else(|| listen.clone());
+        if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
+            bail!("--listen {listen} is a wildcard address; give --advertise HOST:PORT that other CHNs can reach");
+        }
+        let Some(data) = merged.data else { bail!("--data DIR is required (this CHN's shared-LU replica)") };
+        let election_min_ms = merged.election_min_ms.unwrap_or(400);
+        let election_max_ms = merged.election_max_ms.unwrap_or(800);
+        let heartbeat_ms = merged.raft_heartbeat_ms.unwrap_or(100);
+        if heartbeat_ms == 0 || heartbeat_ms >= election_min_ms || election_min_ms >= election_max_ms {
+            bail!("need 0 < raft heartbeat ({heartbeat_ms} ms) < election min ({election_min_ms}) < election max ({election_max_ms})");
+        }
+        let daemon_interval_ms = merged.daemon_interval_ms.unwrap_or(500);
+        if daemon_interval_ms == 0 {
+            bail!("--daemon-interval-ms must be above 0");
+        }
+        Ok(Config {
+            name,
+            node_id,
+            listen,
+            advertise,
+            data,
+            array: merged.array,
+            raft: RaftSettings {
+                heartbeat_ms,
+                election_min_ms,
+                election_max_ms,
+                snapshot_threshold: merged.snapshot_threshold.unwrap_or(5000).max(1),
+                keep_logs: merged.keep_logs.unwrap_or(500),
+                quorum_timeout: Duration::from_millis(merged.quorum_timeout_ms.unwrap_or(5000).max(100)),
+            },
+            daemon_interval: Duration::from_millis(daemon_interval_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_comes_from_trailing_digits() {
+        assert_eq!(node_id_from_name("CHN5"), Some(5));
+        assert_eq!(node_id_from_name("chn-12"), Some(12));
+        assert_eq!(node_id_from_name("CHN"), None);
+        assert_eq!(node_id_from_name("CHN0"), None);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nasd.toml");
+        std::fs::write(&path, "name = \"CHN2\"\nlisten = \"127.0.0.1:9\"\ndata = \"/x\"\nsnapshot_threshold = 7\n").unwrap();
+        let cfg = Settings::parse_from(["nasd", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:8"])
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.name, "CHN2");
+        assert_eq!(cfg.node_id, 2);
+        assert_eq!(cfg.listen, "127.0.0.1:8");
+        assert_eq!(cfg.raft.snapshot_threshold, 7);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_timings_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nasd.toml");
+        std::fs::write(&path, "nmae = \"CHN2\"\n").unwrap();
+        let err = Settings::parse_from(["nasd", "--config", path.to_str().unwrap()]).resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("nmae"), "{err:#}");
+        let err = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x", "--election-min-ms", "50"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("heartbeat"), "{err}");
+    }
+}

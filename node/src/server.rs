@@ -1,0 +1,63 @@
+//! Starts one CHN: opens the shared LU, serves Admin, Raft and health on
+//! one port, writes heartbeats, and shuts down cleanly on a signal.
+//!
+//! Owns process wiring only; it must never hold business logic.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::service::{admin::AdminService, raft::RaftService};
+use crate::shared_lu::SharedLu;
+use nas_proto::{admin_server::AdminServer, raft_server::RaftServer};
+
+/// Largest message a CHN accepts (snapshots of the tables travel whole).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Runs the CHN until `shutdown` completes.
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data).with_context(|| format!("cannot create data directory {}", cfg.data.display()))?;
+    if let Some(array) = &cfg.array {
+        std::fs::create_dir_all(array).with_context(|| format!("cannot create array directory {}", array.display()))?;
+    }
+    let addr: SocketAddr = tokio::net::lookup_host(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot resolve --listen {}", cfg.listen))?
+        .next()
+        .with_context(|| format!("--listen {} resolves to no address", cfg.listen))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+
+    let lu = SharedLu::start(cfg.node_id, cfg.name.clone(), cfg.advertise.clone(), &cfg.data, &cfg.raft).await?;
+    let version = env!("CARGO_PKG_VERSION").to_string();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServer<AdminService>>().await;
+
+    let heartbeat = tokio::spawn(crate::daemon_info::report_loop(lu.clone(), cfg.daemon_interval, version.clone()));
+    tracing::info!(name = %cfg.name, node_id = cfg.node_id, %addr, data = %cfg.data.display(), "CHN serving");
+
+    let admin = AdminServer::new(AdminService { lu: lu.clone(), version })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let raft = RaftServer::new(RaftService { lu: lu.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let served = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(admin)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await;
+
+    heartbeat.abort();
+    if let Err(e) = lu.raft.shutdown().await {
+        tracing::warn!(error = %e, "Raft did not shut down cleanly");
+    }
+    served.context("gRPC server failed")?;
+    tracing::info!(name = %cfg.name, "CHN stopped");
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The gRPC services one CHN serves on its port: `Admin` (management
+//! terminal), `Raft` (CHN to CHN) and the standard health service.
+//!
+//! Handlers translate requests into shared-LU commands and reads; they
+//! must never touch storage directly.
+
+pub mod admin;
+pub mod raft;

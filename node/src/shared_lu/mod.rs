@@ -1,0 +1,280 @@
+//! The shared LU: one openraft group across all CHNs whose state machine is
+//! the tables of DESIGN.md.
+//!
+//! Owns the Raft type configuration and [`SharedLu`], the handle the
+//! services use to write commands (forwarded to the leader when this CHN
+//! does not lead) and to make reads linearizable. It must never hand a
+//! caller a result that is not committed, and never block forever: every
+//! wait on the group has a deadline.
+
+pub mod log_store;
+pub mod network;
+pub mod sm_store;
+pub mod tables;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status};
+
+use nas_proto::{raft_client::RaftClient, Command, CommandResult, ReadIndexRequest};
+use network::{Network, Peers};
+use sm_store::{StateMachineStore, StateReader};
+
+/// A CHN as a Raft member: its name and the address of its gRPC port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChnNode {
+    pub name: String,
+    pub addr: String,
+}
+
+impl fmt::Display for ChnNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Raft types of the shared LU.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = ChnNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft log entry of the shared LU.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// Raft member id of a CHN.
+pub type NodeId = u64;
+/// The Raft instance of the shared LU.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Timing and compaction settings of the group.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log behind a snapshot, for slightly lagging CHNs.
+    pub keep_logs: u64,
+    /// How long a write or a linearizable read may wait for a quorum.
+    pub quorum_timeout: Duration,
+}
+
+/// Errors when starting the shared LU on this CHN.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the Raft log in {dir}: {source}")]
+    Log { dir: String, source: redb::Error },
+    #[error("cannot open the state machine in {dir}: {source}")]
+    State { dir: String, source: openraft::StorageError<NodeId> },
+    #[error("invalid Raft settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("cannot start Raft: {0}")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+}
+
+/// This CHN's handle on the shared LU.
+#[derive(Clone)]
+pub struct SharedLu {
+    pub raft: Raft,
+    pub state: StateReader,
+    pub peers: Peers,
+    pub id: NodeId,
+    pub name: String,
+    pub addr: String,
+    quorum_timeout: Duration,
+}
+
+/// Turns a state machine verdict into the caller's result.
+pub fn verdict(r: CommandResult) -> Result<CommandResult, Status> {
+    if r.code == 0 {
+        Ok(r)
+    } else {
+        Err(Status::new(Code::from_i32(r.code), r.message))
+    }
+}
+
+fn no_quorum(what: &str, timeout: Duration) -> Status {
+    Status::unavailable(format!(
+        "{what} got no quorum within {} ms: a majority of CHNs may be down or unreachable; retry when they are back",
+        timeout.as_millis()
+    ))
+}
+
+impl SharedLu {
+    /// Opens the durable log and state in `data_dir` and starts Raft.
+    pub async fn start(
+        id: NodeId,
+        name: String,
+        addr: String,
+        data_dir: &Path,
+        s: &RaftSettings,
+    ) -> Result<SharedLu, StartError> {
+        let dir = data_dir.display().to_string();
+        let log = log_store::LogStore::open(data_dir).map_err(|source| StartError::Log { dir: dir.clone(), source })?;
+        let sm = StateMachineStore::open(data_dir).map_err(|source| StartError::State { dir, source })?;
+        let state = sm.reader();
+        let config = openraft::Config {
+            cluster_name: "nas-shared-lu".into(),
+            heartbeat_interval: s.heartbeat_ms,
+            election_timeout_min: s.election_min_ms,
+            election_timeout_max: s.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(s.snapshot_threshold),
+            max_in_snapshot_log_to_keep: s.keep_logs,
+            ..Default::default()
+        }
+        .validate()?;
+        let network = Network::default();
+        let peers = network.peers.clone();
+        let raft = Raft::new(id, std::sync::Arc::new(config), network, log, sm).await?;
+        Ok(SharedLu { raft, state, peers, id, name, addr, quorum_timeout: s.quorum_timeout })
+    }
+
+    /// The leader's id and address as this CHN knows them.
+    pub fn leader(&self) -> Option<(NodeId, ChnNode)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    fn raft_client(&self, addr: &str) -> Result<RaftClient<tonic::transport::Channel>, Status> {
+        let ch = self
+            .peers
+            .channel(addr)
+            .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?;
+        Ok(RaftClient::new(ch))
+    }
+
+    /// Waits (up to the quorum timeout) until some CHN is known to lead.
+    async fn await_leader(&self) -> Result<(NodeId, ChnNode), Status> {
+        let wait = self.raft.wait(Some(self.quorum_timeout));
+        let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;
+        self.leader().ok_or_else(|| no_quorum("the shared LU", self.quorum_timeout))
+    }
+
+    /// Commits `cmd` through the leader, wherever it is, and returns the
+    /// state machine's verdict as a result.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
+        let deadline = tokio::time::Instant::now() + self.quorum_timeout;
+        loop {
+            match self.write_here(cmd.clone()).await {
+                Err(Redirect::To(node)) => {
+                    let mut client = self.raft_client(&node.addr)?;
+                    let reply = client.forward(cmd).await.map_err(|s| match s.code() {
+                        Code::Unavailable | Code::Unknown | Code::Cancelled => Status::unavailable(format!(
+                            "leader {} could not be reached ({}); the command may or may not have been applied",
+                            node.name,
+                            s.message()
+                        )),
+                        _ => s,
+                    })?;
+                    return verdict(reply.into_inner());
+                }
+                Err(Redirect::Unknown) if tokio::time::Instant::now() < deadline => {
+                    self.await_leader().await?;
+                }
+                Err(Redirect::Unknown) => return Err(no_quorum("the write", self.quorum_timeout)),
+                Err(Redirect::Failed(status)) => return Err(status),
+                Ok(r) => return verdict(r),
+            }
+        }
+    }
+
+    /// Proposes `cmd` on this CHN only; used by the leader for forwarded
+    /// commands, so that a command is never forwarded twice.
+    pub async fn write_local(&self, cmd: Command) -> Result<CommandResult, Status> {
+        match self.write_here(cmd).await {
+            Ok(r) => Ok(r),
+            Err(Redirect::To(node)) => Err(Status::unavailable(format!(
+                "this CHN no longer leads; the leader is now {} at {}: retry there",
+                node.name, node.addr
+            ))),
+            Err(Redirect::Unknown) => Err(no_quorum("the write", self.quorum_timeout)),
+            Err(Redirect::Failed(s)) => Err(s),
+        }
+    }
+
+    async fn write_here(&self, cmd: Command) -> Result<CommandResult, Redirect> {
+        let result = tokio::time::timeout(self.quorum_timeout, self.raft.client_write(cmd)).await;
+        match result {
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.leader_node {
+                Some(node) if f.leader_id != Some(self.id) => Err(Redirect::To(node)),
+                _ => Err(Redirect::Unknown),
+            },
+            Ok(Err(e)) => Err(Redirect::Failed(Status::unavailable(format!("shared LU error: {e}")))),
+            Err(_) => Err(Redirect::Failed(Status::unavailable(format!(
+                "the write was not committed within {} ms: a majority of CHNs may be unreachable; \
+                 it may still be applied later, check before retrying",
+                self.quorum_timeout.as_millis()
+            )))),
+        }
+    }
+
+    /// Returns once this CHN's tables include every write committed before
+    /// the call (a linearizable read barrier; followers ask the leader).
+    pub async fn ensure_current(&self) -> Result<(), Status> {
+        let timeout = self.quorum_timeout;
+        let index = match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => return Err(no_quorum("the read", timeout)),
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                let node = match f.leader_node {
+                    Some(n) => n,
+                    None => self.await_leader().await?.1,
+                };
+                let mut client = self.raft_client(&node.addr)?;
+                let reply = tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
+                    .await
+                    .map_err(|_| no_quorum("the read", timeout))??;
+                reply.into_inner().index
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                return Err(no_quorum("the read", timeout))
+            }
+            Ok(Err(e)) => return Err(Status::unavailable(format!("shared LU error: {e}"))),
+        };
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| Status::unavailable("this CHN did not catch up with the leader in time; retry"))
+    }
+
+    /// Leader side of [`ensure_current`](Self::ensure_current) for a follower.
+    pub async fn read_index(&self) -> Result<u64, Status> {
+        match tokio::time::timeout(self.quorum_timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(no_quorum("the read", self.quorum_timeout)),
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Err(e)) => Err(Status::unavailable(format!("this CHN cannot serve a read index: {e}; retry"))),
+        }
+    }
+
+    /// Members of the group: voters and learners with their nodes.
+    pub fn members(&self) -> (BTreeMap<NodeId, ChnNode>, std::collections::BTreeSet<NodeId>) {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let voters = membership.voter_ids().collect();
+        (nodes, voters)
+    }
+}
+
+enum Redirect {
+    To(ChnNode),
+    Unknown,
+    Failed(Status),
+}

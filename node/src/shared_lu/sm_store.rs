@@ -1,0 +1,298 @@
+//! The shared LU's state machine, durable in redb.
+//!
+//! Owns `state.redb` under the CHN's data directory (one row per table
+//! row, the last applied log id, the membership and the latest snapshot)
+//! and the in-memory `Tables` that readers share. It must never apply a
+//! command anywhere but through `Tables::apply`, and never answer an entry
+//! before the rows it changed are committed.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::tables::{Row, RowKey, Tables};
+use super::{ChnNode, Entry, NodeId, TypeConfig};
+use nas_proto::CommandResult;
+
+const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rows");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const APPLIED_KEY: &str = "applied";
+const SNAPSHOT_KEY: &str = "snapshot";
+
+/// Tables plus the Raft position they reflect.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub tables: Tables,
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, ChnNode>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AppliedMeta {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, ChnNode>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, ChnNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine given to openraft; `reader()` hands out read access.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    state: Arc<RwLock<Applied>>,
+    snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Read access to the applied tables, for the Admin service.
+#[derive(Clone)]
+pub struct StateReader {
+    state: Arc<RwLock<Applied>>,
+}
+
+impl StateReader {
+    /// Locks the applied state for reading. Hold it briefly.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        // A poisoned lock means a panic while applying; the data is still
+        // the last consistent copy, so reading it is safe.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError<NodeId>> {
+    postcard::to_allocvec(v).map_err(io_err)
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StorageError<NodeId>> {
+    postcard::from_bytes(b).map_err(read_err)
+}
+
+/// One row write: the encoded key and the new value, or `None` to delete.
+type RowWrite = (Vec<u8>, Option<Vec<u8>>);
+
+impl StateMachineStore {
+    /// Opens (or creates) `state.redb` in `dir` and loads every table.
+    pub fn open(dir: &Path) -> Result<Self, StorageError<NodeId>> {
+        let db = Database::create(dir.join("state.redb")).map_err(read_err)?;
+        let tx = db.begin_write().map_err(io_err)?;
+        tx.open_table(ROWS).map_err(io_err)?;
+        tx.open_table(META).map_err(io_err)?;
+        tx.commit().map_err(io_err)?;
+
+        let mut applied = Applied::default();
+        let tx = db.begin_read().map_err(read_err)?;
+        for item in tx.open_table(ROWS).map_err(read_err)?.iter().map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            applied.tables.put_row(decode::<Row>(v.value())?);
+        }
+        if let Some(v) = tx.open_table(META).map_err(read_err)?.get(APPLIED_KEY).map_err(read_err)? {
+            let meta: AppliedMeta = decode(v.value())?;
+            applied.last_applied = meta.last_applied;
+            applied.membership = meta.membership;
+        }
+        Ok(StateMachineStore {
+            db: Arc::new(db),
+            state: Arc::new(RwLock::new(applied)),
+            snapshot_seq: Arc::new(Default::default()),
+        })
+    }
+
+    /// A handle for reading the applied tables.
+    pub fn reader(&self) -> StateReader {
+        StateReader { state: self.state.clone() }
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn applied_meta(state: &Applied) -> Result<Vec<u8>, StorageError<NodeId>> {
+        encode(&AppliedMeta { last_applied: state.last_applied, membership: state.membership.clone() })
+    }
+
+    /// Commits row changes and the applied position in one transaction.
+    /// With `snapshot`, the rows replace the whole table and the snapshot is
+    /// stored in the same transaction, so a crash keeps one or the other.
+    async fn persist(
+        &self,
+        rows: Vec<RowWrite>,
+        meta: Vec<u8>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_write().map_err(io_err)?;
+            {
+                let mut t = tx.open_table(ROWS).map_err(io_err)?;
+                if snapshot.is_some() {
+                    t.retain(|_, _| false).map_err(io_err)?;
+                }
+                for (k, v) in &rows {
+                    match v {
+                        Some(v) => {
+                            t.insert(k.as_slice(), v.as_slice()).map_err(io_err)?;
+                        }
+                        None => {
+                            t.remove(k.as_slice()).map_err(io_err)?;
+                        }
+                    }
+                }
+                let mut m = tx.open_table(META).map_err(io_err)?;
+                m.insert(APPLIED_KEY, meta.as_slice()).map_err(io_err)?;
+                if let Some(snapshot) = &snapshot {
+                    m.insert(SNAPSHOT_KEY, snapshot.as_slice()).map_err(io_err)?;
+                }
+            }
+            tx.commit().map_err(io_err)
+        })
+        .await
+        .map_err(io_err)?
+    }
+
+    fn encode_rows(tables: &Tables, keys: impl IntoIterator<Item = RowKey>) -> Result<Vec<RowWrite>, StorageError<NodeId>> {
+        keys.into_iter()
+            .map(|k| {
+                let value = tables.get_row(&k).map(|r| encode(&r)).transpose()?;
+                Ok((encode(&k)?, value))
+            })
+            .collect()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (data, last_applied, membership) = {
+            let state = self.reader();
+            let s = state.read();
+            (s.tables.to_proto().encode_to_vec(), s.last_applied, s.membership.clone())
+        };
+        let seq = self.snapshot_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => format!("empty-{seq}"),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let stored = encode(&StoredSnapshot { meta: meta.clone(), data: data.clone() })?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_write().map_err(io_err)?;
+            tx.open_table(META).map_err(io_err)?.insert(SNAPSHOT_KEY, stored.as_slice()).map_err(io_err)?;
+            tx.commit().map_err(io_err)
+        })
+        .await
+        .map_err(io_err)??;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ChnNode>), StorageError<NodeId>> {
+        let s = self.reader();
+        let s = s.read();
+        Ok((s.last_applied, s.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (results, rows, meta) = {
+            let mut state = self.write_state();
+            let mut results = Vec::new();
+            let mut touched = std::collections::BTreeSet::new();
+            for entry in entries {
+                state.last_applied = Some(entry.log_id);
+                let mut result = CommandResult { log_index: entry.log_id.index, ..Default::default() };
+                match entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Membership(m) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    }
+                    EntryPayload::Normal(cmd) => match state.tables.apply(&cmd) {
+                        Ok(applied) => {
+                            result.assigned = applied.assigned;
+                            touched.extend(applied.touched);
+                        }
+                        Err(rejection) => {
+                            result.code = rejection.code as i32;
+                            result.message = rejection.message;
+                        }
+                    },
+                }
+                results.push(result);
+            }
+            let rows = Self::encode_rows(&state.tables, touched)?;
+            (results, rows, Self::applied_meta(&state)?)
+        };
+        self.persist(rows, meta, None).await?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, ChnNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let proto = nas_proto::Tables::decode(data.as_slice())
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        let stored = encode(&StoredSnapshot { meta: meta.clone(), data })?;
+        let (rows, applied_meta) = {
+            let mut state = self.write_state();
+            state.tables = Tables::from_proto(proto);
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+            let keys = state.tables.all_rows().iter().map(Row::key).collect::<Vec<_>>();
+            (Self::encode_rows(&state.tables, keys)?, Self::applied_meta(&state)?)
+        };
+        self.persist(rows, applied_meta, Some(stored)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let db = self.db.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read().map_err(read_err)?;
+            let t = tx.open_table(META).map_err(read_err)?;
+            match t.get(SNAPSHOT_KEY).map_err(read_err)? {
+                Some(v) => Ok(Some(decode::<StoredSnapshot>(v.value())?)),
+                None => Ok::<_, StorageError<NodeId>>(None),
+            }
+        })
+        .await
+        .map_err(io_err)??;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}

@@ -1,0 +1,665 @@
+//! The tables of the shared LU and the rules for changing them.
+//!
+//! Owns the in-memory copy of every table of DESIGN.md and the pure,
+//! deterministic `apply` of one typed command. It must never do I/O, read
+//! the clock or panic on any command: every replica applies the same log
+//! and must reach the same tables, and an invalid command is answered with
+//! a reason and changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nas_proto::{command::Kind, *};
+use tonic::Code;
+
+/// Smallest and largest physical disk the array accepts.
+pub const MIN_DISK_BYTES: u64 = 1 << 20;
+/// 64 TiB: far above any test array, far below overflow in capacity sums.
+pub const MAX_DISK_BYTES: u64 = 64 << 40;
+/// Most physical disks one array may hold.
+pub const MAX_DISKS: u32 = 256;
+/// RAID 5 stripe unit used when a command gives none.
+pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
+/// First uid handed out when a user is added without one.
+pub const FIRST_UID: u32 = 1000;
+
+/// A key of one table row, used to persist exactly the rows a command touched.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum RowKey {
+    Disk(u32),
+    Lu(u32),
+    Path(String, i32, u32),
+    LuLock(u32),
+    FileLock(String, String),
+    User(String),
+    Client(String),
+    Export(String),
+    Daemon(String),
+    SharedLu,
+}
+
+/// Every table of the shared LU.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tables {
+    pub disks: BTreeMap<u32, Disk>,
+    pub lus: BTreeMap<u32, Lu>,
+    pub paths: BTreeMap<(String, i32, u32), Path>,
+    pub lu_locks: BTreeMap<u32, LuLock>,
+    pub file_locks: BTreeMap<(String, String), FileLock>,
+    pub users: BTreeMap<String, User>,
+    pub clients: BTreeMap<String, Client>,
+    pub exports: BTreeMap<String, Export>,
+    pub daemons: BTreeMap<String, Daemon>,
+    pub shared_lu: SharedLuInfo,
+}
+
+/// Why a command was refused; becomes a gRPC status for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: Code,
+    pub message: String,
+}
+
+fn reject<T>(code: Code, message: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection { code, message: message.into() })
+}
+
+/// The successful outcome of one command.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Number assigned by the command (LU number, uid, lock epoch), or 0.
+    pub assigned: u64,
+    /// Rows that changed and must be persisted.
+    pub touched: Vec<RowKey>,
+}
+
+impl Applied {
+    fn rows(touched: Vec<RowKey>) -> Self {
+        Applied { assigned: 0, touched }
+    }
+}
+
+/// Checks a CHN, user or export name: 1 to 64 of `[A-Za-z0-9._-]`,
+/// starting with a letter or digit.
+pub fn check_name(what: &str, name: &str) -> Result<(), Rejection> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() {
+        return reject(Code::InvalidArgument, format!("{what} name is empty; give 1 to 64 characters of A-Z a-z 0-9 . _ -"));
+    }
+    if name.len() > 64 {
+        return reject(Code::InvalidArgument, format!("{what} name is {} characters long; the limit is 64", name.len()));
+    }
+    if !name.chars().all(ok_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return reject(
+            Code::InvalidArgument,
+            format!("{what} name {name:?} is not allowed; use A-Z a-z 0-9 . _ - and start with a letter or digit"),
+        );
+    }
+    Ok(())
+}
+
+impl Tables {
+    /// Applies one command, or explains why it cannot be applied. A
+    /// rejected command leaves every table as it was.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Applied, Rejection> {
+        let Some(kind) = &cmd.kind else {
+            return reject(Code::InvalidArgument, "empty command: no operation was set");
+        };
+        match kind {
+            Kind::InitSharedLu(c) => self.init_shared_lu(c),
+            Kind::AddPath(c) => self.add_path(c.path.as_ref()),
+            Kind::RemovePath(c) => self.remove_path(c.path.as_ref()),
+            Kind::InitArray(c) => self.init_array(c),
+            Kind::CreateLu(c) => self.create_lu(c),
+            Kind::AddUser(c) => self.add_user(c.user.as_ref()),
+            Kind::CreateExport(c) => self.create_export(c.export.as_ref()),
+            Kind::RegisterChn(c) => self.register_chn(c),
+            Kind::RemoveChn(c) => self.remove_chn(&c.chn),
+            Kind::ReportDaemon(c) => self.report_daemon(c),
+            Kind::UpsertClient(c) => self.upsert_client(c.client.as_ref()),
+            Kind::RemoveClient(c) => self.remove_client(&c.client_id),
+            Kind::AcquireLuLock(c) => self.acquire_lu_lock(c),
+            Kind::ReleaseLuLock(c) => self.release_lu_lock(c),
+            Kind::AcquireFileLock(c) => self.acquire_file_lock(c),
+            Kind::ReleaseFileLock(c) => self.release_file_lock(c),
+        }
+    }
+
+    fn init_shared_lu(&mut self, c: &InitSharedLu) -> Result<Applied, Rejection> {
+        if self.shared_lu.initialized && (self.shared_lu.backup_initialized || !c.with_backup) {
+            return reject(Code::AlreadyExists, "the shared LU is already initialized; nothing to do");
+        }
+        if !self.shared_lu.initialized {
+            self.shared_lu.initialized = true;
+            self.shared_lu.initialized_ms = c.now_ms;
+        }
+        self.shared_lu.backup_initialized |= c.with_backup;
+        Ok(Applied::rows(vec![RowKey::SharedLu]))
+    }
+
+    fn path_key(&self, path: Option<&Path>) -> Result<(String, i32, u32), Rejection> {
+        let Some(p) = path else {
+            return reject(Code::InvalidArgument, "path is missing");
+        };
+        check_name("CHN", &p.chn)?;
+        match PathTarget::try_from(p.target) {
+            Ok(PathTarget::PathSharedLu | PathTarget::PathSharedLuBackup) if p.lu == 0 => {}
+            Ok(PathTarget::PathSharedLu | PathTarget::PathSharedLuBackup) => {
+                return reject(Code::InvalidArgument, "a path to the shared LU or its backup takes no LU number");
+            }
+            Ok(PathTarget::PathDataLu) => {
+                if !self.lus.contains_key(&p.lu) {
+                    return reject(Code::NotFound, format!("LU {} does not exist; see `nasctl lu list`", p.lu));
+                }
+            }
+            _ => return reject(Code::InvalidArgument, "path target must be shared, backup or a data LU"),
+        }
+        Ok((p.chn.clone(), p.target, p.lu))
+    }
+
+    fn add_path(&mut self, path: Option<&Path>) -> Result<Applied, Rejection> {
+        let key = self.path_key(path)?;
+        if self.paths.contains_key(&key) {
+            return reject(Code::AlreadyExists, format!("CHN {} already has this path", key.0));
+        }
+        let row = Path { chn: key.0.clone(), target: key.1, lu: key.2 };
+        self.paths.insert(key.clone(), row);
+        Ok(Applied::rows(vec![RowKey::Path(key.0, key.1, key.2)]))
+    }
+
+    fn remove_path(&mut self, path: Option<&Path>) -> Result<Applied, Rejection> {
+        let Some(p) = path else {
+            return reject(Code::InvalidArgument, "path is missing");
+        };
+        let key = (p.chn.clone(), p.target, p.lu);
+        if self.paths.remove(&key).is_none() {
+            return reject(Code::NotFound, format!("CHN {} has no such path; see `nasctl path list`", p.chn));
+        }
+        Ok(Applied::rows(vec![RowKey::Path(key.0, key.1, key.2)]))
+    }
+
+    fn init_array(&mut self, c: &InitArray) -> Result<Applied, Rejection> {
+        if !self.disks.is_empty() {
+            return reject(
+                Code::AlreadyExists,
+                format!("the disk array is already initialized with {} disks; see `nasctl disk list`", self.disks.len()),
+            );
+        }
+        if c.disks == 0 || c.disks > MAX_DISKS {
+            return reject(Code::InvalidArgument, format!("disk count {} is out of range; give 1 to {MAX_DISKS}", c.disks));
+        }
+        if !(MIN_DISK_BYTES..=MAX_DISK_BYTES).contains(&c.disk_capacity_bytes) {
+            return reject(
+                Code::InvalidArgument,
+                format!(
+                    "disk size {} bytes is out of range; give 1 MiB to 64 TiB (for example --size 64M)",
+                    c.disk_capacity_bytes
+                ),
+            );
+        }
+        let mut touched = Vec::new();
+        for number in 1..=c.disks {
+            let disk = Disk {
+                number,
+                capacity_bytes: c.disk_capacity_bytes,
+                raid_group: 0,
+                state: DiskState::DiskNotUsed as i32,
+            };
+            self.disks.insert(number, disk);
+            touched.push(RowKey::Disk(number));
+        }
+        Ok(Applied::rows(touched))
+    }
+
+    fn create_lu(&mut self, c: &CreateLu) -> Result<Applied, Rejection> {
+        let raid = RaidLevel::try_from(c.raid).unwrap_or(RaidLevel::Unspecified);
+        let min_disks = match raid {
+            RaidLevel::Raid1 => 2,
+            RaidLevel::Raid5 => 3,
+            RaidLevel::Unspecified => {
+                return reject(Code::InvalidArgument, format!("RAID level {} is not supported; use 1 or 5", c.raid));
+            }
+        };
+        if c.disks.len() < min_disks {
+            return reject(
+                Code::InvalidArgument,
+                format!(
+                    "RAID {} needs at least {min_disks} disks, {} given",
+                    c.raid,
+                    c.disks.len()
+                ),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for d in &c.disks {
+            if !seen.insert(*d) {
+                return reject(Code::InvalidArgument, format!("disk {d} is listed twice; each disk can be used once"));
+            }
+        }
+        let stripe = if c.stripe_unit_bytes == 0 { DEFAULT_STRIPE_UNIT } else { c.stripe_unit_bytes };
+        if !stripe.is_power_of_two() || !(4096..=16 << 20).contains(&stripe) {
+            return reject(
+                Code::InvalidArgument,
+                format!("stripe unit {stripe} bytes is invalid; give a power of two from 4 KiB to 16 MiB"),
+            );
+        }
+        let mut min_capacity = u64::MAX;
+        for d in &c.disks {
+            let Some(disk) = self.disks.get(d) else {
+                return reject(Code::NotFound, format!("disk {d} does not exist; see `nasctl disk list`"));
+            };
+            match DiskState::try_from(disk.state) {
+                Ok(DiskState::DiskNotUsed) => {}
+                Ok(DiskState::DiskUsed) => {
+                    return reject(
+                        Code::FailedPrecondition,
+                        format!("disk {d} is already USED by LU {}; choose a NOT USED disk", disk.raid_group),
+                    );
+                }
+                _ => {
+                    return reject(
+                        Code::FailedPrecondition,
+                        format!("disk {d} is {}; choose a NOT USED disk", disk_state_name(disk.state)),
+                    );
+                }
+            }
+            min_capacity = min_capacity.min(disk.capacity_bytes);
+        }
+        let data_disks = if raid == RaidLevel::Raid1 { 1 } else { c.disks.len() as u64 - 1 };
+        let per_disk = min_capacity - min_capacity % stripe;
+        let number = self.lus.keys().next_back().map_or(1, |n| n + 1);
+        let lu = Lu {
+            number,
+            disks: c.disks.clone(),
+            capacity_bytes: per_disk * data_disks,
+            raid: raid as i32,
+            stripe_unit_bytes: stripe,
+        };
+        let mut touched = vec![RowKey::Lu(number)];
+        for d in &c.disks {
+            if let Some(disk) = self.disks.get_mut(d) {
+                disk.state = DiskState::DiskUsed as i32;
+                disk.raid_group = number;
+                touched.push(RowKey::Disk(*d));
+            }
+        }
+        self.lus.insert(number, lu);
+        Ok(Applied { assigned: number as u64, touched })
+    }
+
+    fn add_user(&mut self, user: Option<&User>) -> Result<Applied, Rejection> {
+        let Some(u) = user else {
+            return reject(Code::InvalidArgument, "user is missing");
+        };
+        check_name("user", &u.name)?;
+        if !u.password_hash.starts_with("$argon2") {
+            return reject(Code::InvalidArgument, "password hash is not an argon2 PHC string");
+        }
+        if self.users.contains_key(&u.name) {
+            return reject(Code::AlreadyExists, format!("user {} already exists; see `nasctl user list`", u.name));
+        }
+        let mut row = u.clone();
+        if row.uid == 0 {
+            let highest = self.users.values().map(|u| u.uid).max().unwrap_or(FIRST_UID - 1);
+            row.uid = highest.max(FIRST_UID - 1).saturating_add(1);
+        } else if let Some(other) = self.users.values().find(|o| o.uid == row.uid) {
+            return reject(Code::AlreadyExists, format!("uid {} already belongs to user {}", row.uid, other.name));
+        }
+        for g in &row.groups {
+            check_name("group", g)?;
+        }
+        let uid = row.uid;
+        self.users.insert(row.name.clone(), row);
+        Ok(Applied { assigned: uid as u64, touched: vec![RowKey::User(u.name.clone())] })
+    }
+
+    fn live_chn(&self, name: &str, role: &str) -> Result<(), Rejection> {
+        check_name("CHN", name)?;
+        if !self.daemons.contains_key(name) {
+            return reject(Code::NotFound, format!("{role} CHN {name} is not installed; see `nasctl chn list`"));
+        }
+        Ok(())
+    }
+
+    fn create_export(&mut self, export: Option<&Export>) -> Result<Applied, Rejection> {
+        let Some(e) = export else {
+            return reject(Code::InvalidArgument, "export is missing");
+        };
+        check_name("export", &e.name)?;
+        if self.exports.contains_key(&e.name) {
+            return reject(Code::AlreadyExists, format!("export {} already exists; see `nasctl export list`", e.name));
+        }
+        if !self.lus.contains_key(&e.lu) {
+            return reject(Code::NotFound, format!("LU {} does not exist; create it with `nasctl lu create`", e.lu));
+        }
+        if let Some(other) = self.exports.values().find(|o| o.lu == e.lu) {
+            return reject(Code::FailedPrecondition, format!("LU {} is already exported as {}", e.lu, other.name));
+        }
+        self.live_chn(&e.owner_chn, "owner")?;
+        if !e.partner_chn.is_empty() {
+            self.live_chn(&e.partner_chn, "partner")?;
+            if e.partner_chn == e.owner_chn {
+                return reject(Code::InvalidArgument, "the partner CHN must differ from the owner CHN");
+            }
+        }
+        for u in &e.users {
+            if !self.users.contains_key(u) {
+                return reject(Code::NotFound, format!("user {u} does not exist; add it with `nasctl user add`"));
+            }
+        }
+        let mut row = e.clone();
+        row.state = ServiceState::ServiceServing as i32;
+        self.exports.insert(row.name.clone(), row);
+        Ok(Applied::rows(vec![RowKey::Export(e.name.clone())]))
+    }
+
+    fn register_chn(&mut self, c: &RegisterChn) -> Result<Applied, Rejection> {
+        check_name("CHN", &c.chn)?;
+        if c.node_id == 0 {
+            return reject(Code::InvalidArgument, "node id 0 is reserved");
+        }
+        if let Some(other) = self.daemons.values().find(|d| d.node_id == c.node_id && d.chn != c.chn) {
+            return reject(Code::AlreadyExists, format!("node id {} already belongs to CHN {}", c.node_id, other.chn));
+        }
+        let row = self.daemons.entry(c.chn.clone()).or_default();
+        if row.node_id != 0 && row.node_id != c.node_id {
+            return reject(
+                Code::AlreadyExists,
+                format!("CHN {} is already installed with node id {}; remove it first", c.chn, row.node_id),
+            );
+        }
+        row.chn = c.chn.clone();
+        row.node_id = c.node_id;
+        row.address = c.address.clone();
+        row.state = c.state;
+        Ok(Applied::rows(vec![RowKey::Daemon(c.chn.clone())]))
+    }
+
+    fn remove_chn(&mut self, chn: &str) -> Result<Applied, Rejection> {
+        if !self.daemons.contains_key(chn) {
+            return reject(Code::NotFound, format!("CHN {chn} is not installed; see `nasctl chn list`"));
+        }
+        if let Some(e) = self.exports.values().find(|e| e.owner_chn == chn) {
+            return reject(
+                Code::FailedPrecondition,
+                format!("CHN {chn} serves export {}; move the export to another CHN first", e.name),
+            );
+        }
+        self.daemons.remove(chn);
+        let mut touched = vec![RowKey::Daemon(chn.to_string())];
+        let paths: Vec<_> = self.paths.keys().filter(|k| k.0 == chn).cloned().collect();
+        for k in paths {
+            self.paths.remove(&k);
+            touched.push(RowKey::Path(k.0, k.1, k.2));
+        }
+        Ok(Applied::rows(touched))
+    }
+
+    fn report_daemon(&mut self, c: &ReportDaemon) -> Result<Applied, Rejection> {
+        let Some(row) = self.daemons.get_mut(&c.chn) else {
+            return reject(Code::NotFound, format!("CHN {} is not installed; install it with `nasctl chn install`", c.chn));
+        };
+        row.heartbeat_ms = c.heartbeat_ms;
+        row.daemon_states = c.daemon_states.clone();
+        row.version = c.version.clone();
+        row.load = c.load;
+        Ok(Applied::rows(vec![RowKey::Daemon(c.chn.clone())]))
+    }
+
+    fn upsert_client(&mut self, client: Option<&Client>) -> Result<Applied, Rejection> {
+        let Some(c) = client else {
+            return reject(Code::InvalidArgument, "client is missing");
+        };
+        if c.client_id.is_empty() || c.client_id.len() > 128 {
+            return reject(Code::InvalidArgument, "client id must be 1 to 128 bytes");
+        }
+        if c.state.len() > 64 << 10 {
+            return reject(Code::InvalidArgument, "client state is larger than 64 KiB");
+        }
+        self.clients.insert(c.client_id.clone(), c.clone());
+        Ok(Applied::rows(vec![RowKey::Client(c.client_id.clone())]))
+    }
+
+    fn remove_client(&mut self, id: &str) -> Result<Applied, Rejection> {
+        if self.clients.remove(id).is_none() {
+            return reject(Code::NotFound, format!("client {id} is not known"));
+        }
+        Ok(Applied::rows(vec![RowKey::Client(id.to_string())]))
+    }
+
+    fn acquire_lu_lock(&mut self, c: &AcquireLuLock) -> Result<Applied, Rejection> {
+        if c.lu != 0 && !self.lus.contains_key(&c.lu) {
+            return reject(Code::NotFound, format!("LU {} does not exist", c.lu));
+        }
+        self.live_chn(&c.chn, "locking")?;
+        if c.lease_ms == 0 {
+            return reject(Code::InvalidArgument, "lease must be longer than 0 ms");
+        }
+        let epoch = match self.lu_locks.get(&c.lu) {
+            Some(l) if l.chn == c.chn => l.epoch,
+            Some(l) if l.lease_expiry_ms > c.now_ms => {
+                return reject(
+                    Code::FailedPrecondition,
+                    format!(
+                        "LU {} is locked by CHN {} for {} ms more",
+                        c.lu,
+                        l.chn,
+                        l.lease_expiry_ms - c.now_ms
+                    ),
+                );
+            }
+            Some(l) => l.epoch + 1,
+            None => 1,
+        };
+        let lock = LuLock { lu: c.lu, chn: c.chn.clone(), epoch, lease_expiry_ms: c.now_ms.saturating_add(c.lease_ms) };
+        self.lu_locks.insert(c.lu, lock);
+        Ok(Applied { assigned: epoch, touched: vec![RowKey::LuLock(c.lu)] })
+    }
+
+    fn release_lu_lock(&mut self, c: &ReleaseLuLock) -> Result<Applied, Rejection> {
+        match self.lu_locks.get(&c.lu) {
+            Some(l) if l.chn == c.chn && l.epoch == c.epoch => {
+                self.lu_locks.remove(&c.lu);
+                Ok(Applied::rows(vec![RowKey::LuLock(c.lu)]))
+            }
+            Some(l) => reject(
+                Code::FailedPrecondition,
+                format!("LU {} is held by CHN {} at epoch {}, not by {} at {}", c.lu, l.chn, l.epoch, c.chn, c.epoch),
+            ),
+            None => reject(Code::NotFound, format!("LU {} is not locked", c.lu)),
+        }
+    }
+
+    fn acquire_file_lock(&mut self, c: &AcquireFileLock) -> Result<Applied, Rejection> {
+        if !self.exports.contains_key(&c.export) {
+            return reject(Code::NotFound, format!("export {} does not exist", c.export));
+        }
+        if c.path.is_empty() || c.session.is_empty() {
+            return reject(Code::InvalidArgument, "file lock needs a path and a session");
+        }
+        let mode = LockMode::try_from(c.mode).unwrap_or(LockMode::Unspecified);
+        if mode == LockMode::Unspecified {
+            return reject(Code::InvalidArgument, "lock mode must be shared or exclusive");
+        }
+        let key = (c.export.clone(), c.path.clone());
+        // Work on a copy so that a refused lock leaves the table untouched.
+        let mut row = self.file_locks.get(&key).cloned().unwrap_or_else(|| FileLock {
+            export: c.export.clone(),
+            path: c.path.clone(),
+            holders: vec![],
+        });
+        row.holders.retain(|h| h.lease_expiry_ms > c.now_ms || h.session == c.session);
+        let conflict = row.holders.iter().find(|h| {
+            h.session != c.session && (mode == LockMode::LockExclusive || h.mode == LockMode::LockExclusive as i32)
+        });
+        if let Some(h) = conflict {
+            return reject(Code::FailedPrecondition, format!("{}:{} is locked by session {}", c.export, c.path, h.session));
+        }
+        let expiry = c.now_ms.saturating_add(c.lease_ms);
+        match row.holders.iter_mut().find(|h| h.session == c.session) {
+            Some(h) => {
+                h.mode = mode as i32;
+                h.lease_expiry_ms = expiry;
+            }
+            None => row.holders.push(FileLockHolder { session: c.session.clone(), mode: mode as i32, lease_expiry_ms: expiry }),
+        }
+        self.file_locks.insert(key.clone(), row);
+        Ok(Applied::rows(vec![RowKey::FileLock(key.0, key.1)]))
+    }
+
+    fn release_file_lock(&mut self, c: &ReleaseFileLock) -> Result<Applied, Rejection> {
+        let key = (c.export.clone(), c.path.clone());
+        let Some(row) = self.file_locks.get_mut(&key) else {
+            return reject(Code::NotFound, format!("{}:{} is not locked", c.export, c.path));
+        };
+        let before = row.holders.len();
+        row.holders.retain(|h| h.session != c.session);
+        if row.holders.len() == before {
+            return reject(Code::NotFound, format!("session {} holds no lock on {}:{}", c.session, c.export, c.path));
+        }
+        if row.holders.is_empty() {
+            self.file_locks.remove(&key);
+        }
+        Ok(Applied::rows(vec![RowKey::FileLock(key.0, key.1)]))
+    }
+}
+
+impl Tables {
+    /// The whole state as one message, for snapshots.
+    pub fn to_proto(&self) -> nas_proto::Tables {
+        nas_proto::Tables {
+            disks: self.disks.values().cloned().collect(),
+            lus: self.lus.values().cloned().collect(),
+            paths: self.paths.values().cloned().collect(),
+            lu_locks: self.lu_locks.values().cloned().collect(),
+            file_locks: self.file_locks.values().cloned().collect(),
+            users: self.users.values().cloned().collect(),
+            clients: self.clients.values().cloned().collect(),
+            exports: self.exports.values().cloned().collect(),
+            daemons: self.daemons.values().cloned().collect(),
+            shared_lu: Some(self.shared_lu.clone()),
+        }
+    }
+
+    /// Rebuilds the tables from a snapshot message.
+    pub fn from_proto(t: nas_proto::Tables) -> Tables {
+        let mut out = Tables::default();
+        for row in rows_of(t) {
+            out.put_row(row);
+        }
+        out
+    }
+
+    /// Every row of every table.
+    pub fn all_rows(&self) -> Vec<Row> {
+        rows_of(self.to_proto())
+    }
+
+    /// The current value of one row, or `None` when it was deleted.
+    pub fn get_row(&self, key: &RowKey) -> Option<Row> {
+        match key {
+            RowKey::Disk(n) => self.disks.get(n).cloned().map(Row::Disk),
+            RowKey::Lu(n) => self.lus.get(n).cloned().map(Row::Lu),
+            RowKey::Path(c, t, l) => self.paths.get(&(c.clone(), *t, *l)).cloned().map(Row::Path),
+            RowKey::LuLock(n) => self.lu_locks.get(n).cloned().map(Row::LuLock),
+            RowKey::FileLock(e, p) => self.file_locks.get(&(e.clone(), p.clone())).cloned().map(Row::FileLock),
+            RowKey::User(n) => self.users.get(n).cloned().map(Row::User),
+            RowKey::Client(n) => self.clients.get(n).cloned().map(Row::Client),
+            RowKey::Export(n) => self.exports.get(n).cloned().map(Row::Export),
+            RowKey::Daemon(n) => self.daemons.get(n).cloned().map(Row::Daemon),
+            RowKey::SharedLu => Some(Row::SharedLu(self.shared_lu.clone())),
+        }
+    }
+
+    /// Inserts or replaces one row (used when loading from disk).
+    pub fn put_row(&mut self, row: Row) {
+        match row {
+            Row::Disk(r) => {
+                self.disks.insert(r.number, r);
+            }
+            Row::Lu(r) => {
+                self.lus.insert(r.number, r);
+            }
+            Row::Path(r) => {
+                self.paths.insert((r.chn.clone(), r.target, r.lu), r);
+            }
+            Row::LuLock(r) => {
+                self.lu_locks.insert(r.lu, r);
+            }
+            Row::FileLock(r) => {
+                self.file_locks.insert((r.export.clone(), r.path.clone()), r);
+            }
+            Row::User(r) => {
+                self.users.insert(r.name.clone(), r);
+            }
+            Row::Client(r) => {
+                self.clients.insert(r.client_id.clone(), r);
+            }
+            Row::Export(r) => {
+                self.exports.insert(r.name.clone(), r);
+            }
+            Row::Daemon(r) => {
+                self.daemons.insert(r.chn.clone(), r);
+            }
+            Row::SharedLu(r) => self.shared_lu = r,
+        }
+    }
+}
+
+fn rows_of(t: nas_proto::Tables) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    rows.extend(t.disks.into_iter().map(Row::Disk));
+    rows.extend(t.lus.into_iter().map(Row::Lu));
+    rows.extend(t.paths.into_iter().map(Row::Path));
+    rows.extend(t.lu_locks.into_iter().map(Row::LuLock));
+    rows.extend(t.file_locks.into_iter().map(Row::FileLock));
+    rows.extend(t.users.into_iter().map(Row::User));
+    rows.extend(t.clients.into_iter().map(Row::Client));
+    rows.extend(t.exports.into_iter().map(Row::Export));
+    rows.extend(t.daemons.into_iter().map(Row::Daemon));
+    rows.push(Row::SharedLu(t.shared_lu.unwrap_or_default()));
+    rows
+}
+
+/// One row of any table, as persisted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Row {
+    Disk(Disk),
+    Lu(Lu),
+    Path(Path),
+    LuLock(LuLock),
+    FileLock(FileLock),
+    User(User),
+    Client(Client),
+    Export(Export),
+    Daemon(Daemon),
+    SharedLu(SharedLuInfo),
+}
+
+impl Row {
+    /// The key under which this row is stored.
+    pub fn key(&self) -> RowKey {
+        match self {
+            Row::Disk(r) => RowKey::Disk(r.number),
+            Row::Lu(r) => RowKey::Lu(r.number),
+            Row::Path(r) => RowKey::Path(r.chn.clone(), r.target, r.lu),
+            Row::LuLock(r) => RowKey::LuLock(r.lu),
+            Row::FileLock(r) => RowKey::FileLock(r.export.clone(), r.path.clone()),
+            Row::User(r) => RowKey::User(r.name.clone()),
+            Row::Client(r) => RowKey::Client(r.client_id.clone()),
+            Row::Export(r) => RowKey::Export(r.name.clone()),
+            Row::Daemon(r) => RowKey::Daemon(r.chn.clone()),
+            Row::SharedLu(_) => RowKey::SharedLu,
+        }
+    }
+}
+
+/// The operator-facing name of a disk state, as in the disk table.
+pub fn disk_state_name(state: i32) -> &'static str {
+    match DiskState::try_from(state) {
+        Ok(DiskState::DiskNotUsed) => "NOT USED",
+        Ok(DiskState::DiskUsed) => "USED",
+        Ok(DiskState::DiskFailed) => "FAILED",
+        Ok(DiskState::DiskSpare) => "SPARE",
+        _ => "UNKNOWN",
+    }
+}

@@ -1,0 +1,17 @@
+//! Compiles the .proto files with protox (pure Rust), so no system `protoc`
+//! is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let files = [
+        "proto/nas/v1/tables.proto",
+        "proto/nas/v1/admin.proto",
+        "proto/nas/v1/raft.proto",
+    ];
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        // Table rows and commands travel inside openraft entries, which are
+        // serde-encoded (postcard) on the Raft transport.
+        .type_attribute(".nas.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .compile_fds(fds)?;
+    Ok(())
+}
