@@ -1,0 +1,176 @@
+//! `nas-client`: talk to a NAS cluster through any of its CHNs.
+//!
+//! Owns connection handling: a list of CHN addresses, lazily connected
+//! channels, and retry with backoff on UNAVAILABLE, rotating to the next
+//! CHN. It must never retry an error other than UNAVAILABLE: every other
+//! status is the cluster's answer and goes back to the caller unchanged.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use nas_proto::admin_client::AdminClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+pub use nas_proto as proto;
+
+/// Environment variable holding the comma-separated CHN addresses.
+pub const CLUSTER_ENV: &str = "NAS_CLUSTER";
+
+/// Errors building a cluster handle.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no CHN address given: pass --cluster HOST:PORT,... or set {CLUSTER_ENV} (see `nasctl cluster up`)")]
+    NoAddress,
+    #[error("bad CHN address {addr:?}: {reason}")]
+    BadAddress { addr: String, reason: String },
+}
+
+/// A handle on the cluster: any CHN can take any call.
+pub struct Cluster {
+    addrs: Vec<String>,
+    channels: Vec<Channel>,
+    preferred: AtomicUsize,
+    retry_for: Duration,
+}
+
+impl Cluster {
+    /// A handle on the CHNs at `addrs` (`host:port`, optionally `http://host:port`).
+    /// Connections are made on first use.
+    pub fn new<S: AsRef<str>>(addrs: &[S]) -> Result<Cluster, ConnectError> {
+        let addrs: Vec<String> = addrs
+            .iter()
+            .map(|a| a.as_ref().trim().trim_start_matches("http://").to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(ConnectError::NoAddress);
+        }
+        let channels = addrs
+            .iter()
+            .map(|a| {
+                Endpoint::from_shared(format!("http://{a}"))
+                    .map(|e| {
+                        e.connect_timeout(Duration::from_millis(800))
+                            .tcp_nodelay(true)
+                            .connect_lazy()
+                    })
+                    .map_err(|e| ConnectError::BadAddress { addr: a.clone(), reason: e.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Cluster { addrs, channels, preferred: AtomicUsize::new(0), retry_for: Duration::from_secs(15) })
+    }
+
+    /// Parses a comma-separated address list, as in `NAS_CLUSTER`.
+    pub fn from_list(list: &str) -> Result<Cluster, ConnectError> {
+        Cluster::new(&list.split(',').collect::<Vec<_>>())
+    }
+
+    /// How long calls keep retrying UNAVAILABLE answers (default 15 s).
+    pub fn with_retry_for(mut self, d: Duration) -> Cluster {
+        self.retry_for = d;
+        self
+    }
+
+    /// The CHN addresses of this handle.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// An Admin client on the CHN at position `i` (no retry).
+    pub fn admin_at(&self, i: usize) -> AdminClient<Channel> {
+        AdminClient::new(self.channels[i % self.channels.len()].clone())
+    }
+
+    /// Calls the Admin service on some CHN. On UNAVAILABLE (CHN down,
+    /// no leader yet) it tries the next CHN, backing off, until the
+    /// retry budget is spent; any other status is returned at once.
+    pub async fn admin<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        let mut i = self.preferred.load(Ordering::Relaxed);
+        let mut tried_all_once = 0;
+        loop {
+            match call(self.admin_at(i)).await {
+                Ok(r) => {
+                    self.preferred.store(i % self.channels.len(), Ordering::Relaxed);
+                    return Ok(r.into_inner());
+                }
+                Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                    i += 1;
+                    tried_all_once += 1;
+                    if tried_all_once >= self.channels.len() {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+}
+
+/// Parses a size such as `4096`, `64K`, `64M`, `2G` or `1T` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size; use e.g. 4096, 64K, 64M, 2G"))?;
+    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("unknown unit in {s:?}; use K, M, G or T")),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Formats bytes for people: `64.0 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn sizes_print_for_people() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn empty_address_lists_are_refused() {
+        assert!(matches!(Cluster::from_list(" , "), Err(ConnectError::NoAddress)));
+        assert_eq!(Cluster::from_list("127.0.0.1:1, http://127.0.0.1:2").unwrap().addrs(), ["127.0.0.1:1", "127.0.0.1:2"]);
+    }
+}

@@ -71,6 +71,7 @@ impl AdminService {
     /// An Admin client on the leader when another CHN leads, for the
     /// membership calls that only the leader may make.
     async fn leader_admin(&self) -> Result<Option<admin_client::AdminClient<tonic::transport::Channel>>, Status> {
+        self.lu.require_initialized().await?;
         let leader = match self.lu.leader() {
             Some(l) => l,
             None => {

@@ -159,9 +159,22 @@ impl SharedLu {
 
     /// Waits (up to the quorum timeout) until some CHN is known to lead.
     async fn await_leader(&self) -> Result<(NodeId, ChnNode), Status> {
+        self.require_initialized().await?;
         let wait = self.raft.wait(Some(self.quorum_timeout));
         let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;
         self.leader().ok_or_else(|| no_quorum("the shared LU", self.quorum_timeout))
+    }
+
+    /// Fails with FAILED_PRECONDITION while this CHN belongs to no shared LU.
+    pub async fn require_initialized(&self) -> Result<(), Status> {
+        match self.raft.is_initialized().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Status::failed_precondition(format!(
+                "{} is not part of a shared LU yet: bootstrap the first CHN with                  `nasctl chn install NAME --addr ADDR --bootstrap`, then install this one",
+                self.name
+            ))),
+            Err(e) => Err(Status::unavailable(format!("shared LU stopped: {e}"))),
+        }
     }
 
     /// Commits `cmd` through the leader, wherever it is, and returns the

@@ -1,1 +1,630 @@
-fn main(){}
+//! `nasctl`: the management terminal of the NAS cluster.
+//!
+//! Parses the command line and prints results; every call goes through
+//! `nas_client::Cluster`, so any CHN can be named in --cluster. Errors are
+//! printed as one line that says what to do, with exit code 1 (2 for a
+//! usage error).
+
+mod local_cluster;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use nas_client::proto::{self, *};
+use nas_client::{human_size, parse_size, Cluster, CLUSTER_ENV};
+use output::Table;
+
+#[derive(Parser)]
+#[command(
+    name = "nasctl",
+    version,
+    about = "Management terminal of the replicated NAS cluster",
+    long_about = "Management terminal of the replicated NAS cluster.\n\n\
+                  Talks gRPC to any CHN (nasd) named in --cluster or $NAS_CLUSTER; writes are forwarded \
+                  to the Raft leader and lists are linearizable unless --local is given.\n\n\
+                  Quick start:\n  nasctl cluster up --nodes 3 --dir ./nas-cluster\n  export $(cat ./nas-cluster/cluster.env)\n  nasctl cluster status"
+)]
+struct Cli {
+    /// CHN addresses, comma-separated (HOST:PORT,...).
+    #[arg(long, global = true, env = CLUSTER_ENV, value_name = "ADDR,...")]
+    cluster: Option<String>,
+    /// Print JSON instead of tables (stable field names, for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to keep retrying while no CHN answers or no leader is elected.
+    #[arg(long, global = true, default_value_t = 15)]
+    retry_secs: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone, Copy)]
+struct ReadOpts {
+    /// Answer from the contacted CHN's copy without asking the leader (may be stale).
+    #[arg(long)]
+    local: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start, stop and inspect a cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// The shared LU itself.
+    #[command(subcommand, name = "shared-lu")]
+    SharedLu(SharedLuCmd),
+    /// Paths from CHNs to the shared LU, its backup and data LUs.
+    #[command(subcommand)]
+    Path(PathCmd),
+    /// The disk array.
+    #[command(subcommand)]
+    Array(ArrayCmd),
+    /// Physical disks.
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    /// Logical units (RAID groups).
+    #[command(subcommand)]
+    Lu(LuCmd),
+    /// CHNs (NAS heads): install, list, remove.
+    #[command(subcommand)]
+    Chn(ChnCmd),
+    /// Users of the file service.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Exports (the service table).
+    #[command(subcommand)]
+    Export(ExportCmd),
+    /// Client sessions recorded in the shared LU.
+    #[command(subcommand)]
+    Client(ClientCmd),
+    /// LU and file locks.
+    #[command(subcommand)]
+    Lock(LockCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Start N local CHNs on loopback under DIR and run the setup sequence.
+    ///
+    /// Run it again on the same DIR to restart stopped CHNs with their state,
+    /// or with a larger --nodes to install more CHNs.
+    Up {
+        /// Number of CHNs [default: 3, or as many as DIR already holds].
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Folder for the cluster: one sub-folder per CHN, the disk array, cluster.env.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The nasd binary [default: beside nasctl, then PATH].
+        #[arg(long, env = "NASD_BIN")]
+        nasd: Option<PathBuf>,
+        /// Extra argument for every nasd, e.g. --nasd-arg=--snapshot-threshold=1000 (repeatable; replaces the saved ones).
+        #[arg(long = "nasd-arg", allow_hyphen_values = true)]
+        nasd_args: Vec<String>,
+    },
+    /// Stop every CHN started under DIR (SIGTERM, then SIGKILL after 10 s). Data is kept.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Members, leader, term, applied index and each CHN's heartbeat age.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum SharedLuCmd {
+    /// Initialize the shared LU (and its backup) on the logical level.
+    Init {
+        /// Do not initialize the backup.
+        #[arg(long)]
+        no_backup: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PathCmd {
+    /// Let CHN reach a target: `shared`, `backup` or `lu:N`.
+    Add {
+        chn: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// List the path table.
+    List(ReadOpts),
+}
+
+#[derive(Subcommand)]
+enum ArrayCmd {
+    /// Define N physical disks of SIZE each (e.g. --size 64M).
+    Init {
+        #[arg(long)]
+        disks: u32,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiskCmd {
+    /// The physical disk management table.
+    List(ReadOpts),
+}
+
+#[derive(Subcommand)]
+enum LuCmd {
+    /// Create an LU: RAID 1 over 2 or more disks, RAID 5 over 3 or more.
+    Create {
+        /// RAID level: 1 or 5.
+        #[arg(long)]
+        raid: u32,
+        /// Disk numbers, comma-separated (see `nasctl disk list`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        disks: Vec<u32>,
+        /// RAID 5 stripe unit, a power of two from 4K to 16M [default: 64K].
+        #[arg(long, value_parser = parse_size)]
+        stripe_unit: Option<u64>,
+    },
+    /// The LU management table.
+    List(ReadOpts),
+}
+
+#[derive(Subcommand)]
+enum ChnCmd {
+    /// Install a CHN: bootstrap the shared LU on the first one, join the
+    /// others (learner, then voter). The nasd at ADDR must be running.
+    Install {
+        name: String,
+        #[arg(long)]
+        addr: String,
+        /// Bootstrap a new shared LU on this CHN (first CHN only).
+        #[arg(long)]
+        bootstrap: bool,
+    },
+    /// Installed CHNs and their daemon information.
+    List(ReadOpts),
+    /// Take a CHN out of the membership and the daemon table.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user. The password is read from $NAS_PASSWORD or asked for without echo.
+    Add {
+        name: String,
+        /// Numeric uid [default: next free from 1000].
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+    },
+    /// The user table (hashes are never shown).
+    List(ReadOpts),
+}
+
+#[derive(Subcommand)]
+enum ExportCmd {
+    /// Export LU N as NAME, served by --chn with --partner taking over.
+    Create {
+        name: String,
+        #[arg(long)]
+        lu: u32,
+        #[arg(long)]
+        chn: String,
+        #[arg(long)]
+        partner: Option<String>,
+        /// Users allowed to mount it, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+    },
+    /// The service table.
+    List(ReadOpts),
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    /// Client sessions recorded in the shared LU.
+    List(ReadOpts),
+}
+
+#[derive(Subcommand)]
+enum LockCmd {
+    /// The LU lock and file lock tables.
+    List(ReadOpts),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nasctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nasctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn connect(cli: &Cli) -> anyhow::Result<Cluster> {
+    let list = cli.cluster.as_deref().unwrap_or("");
+    Ok(Cluster::from_list(list)?.with_retry_for(std::time::Duration::from_secs(cli.retry_secs)))
+}
+
+/// Turns a gRPC status into an error line: the server's message already
+/// says what to do; the code name helps scripts and bug reports.
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+fn list_req(o: ReadOpts) -> ListRequest {
+    ListRequest { local: o.local }
+}
+
+fn written(json: bool, what: &str, r: WriteReply) {
+    if json {
+        println!("{}", json!({"log_index": r.log_index, "assigned": r.assigned}));
+    } else {
+        println!("{what} (log index {})", r.log_index);
+    }
+}
+
+fn stale_note(json: bool, stale: bool) {
+    if stale && !json {
+        eprintln!("(answered from the contacted CHN's copy; may be stale)");
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    match &cli.command {
+        Cmd::Cluster(ClusterCmd::Up { nodes, dir, nasd, nasd_args }) => {
+            let nasd_args = (!nasd_args.is_empty()).then(|| nasd_args.clone());
+            return local_cluster::up(local_cluster::UpOptions { nodes: *nodes, dir: dir.clone(), nasd: nasd.clone(), nasd_args, json }).await;
+        }
+        Cmd::Cluster(ClusterCmd::Down { dir }) => return local_cluster::down(dir, json).await,
+        _ => {}
+    }
+    let c = connect(&cli)?;
+    match cli.command {
+        Cmd::Cluster(ClusterCmd::Status) => cluster_status(&c, json).await,
+        Cmd::Cluster(_) => unreachable!("handled above"),
+        Cmd::SharedLu(SharedLuCmd::Init { no_backup }) => {
+            let r = c
+                .admin(|mut a| async move { a.init_shared_lu(InitSharedLuRequest { with_backup: !no_backup }).await })
+                .await
+                .map_err(status_err)?;
+            written(json, "shared LU initialized", r);
+            Ok(())
+        }
+        Cmd::Path(PathCmd::Add { chn, to }) => {
+            let (target, lu) = parse_target(&to)?;
+            let path = proto::Path { chn, target: target as i32, lu };
+            let r = c
+                .admin(|mut a| {
+                    let path = path.clone();
+                    async move { a.add_path(PathRequest { path: Some(path) }).await }
+                })
+                .await
+                .map_err(status_err)?;
+            written(json, "path added", r);
+            Ok(())
+        }
+        Cmd::Path(PathCmd::List(o)) => {
+            let r = c.admin(|mut a| async move { a.list_paths(list_req(o)).await }).await.map_err(status_err)?;
+            let mut t = Table::new(&["chn", "target"]);
+            for p in &r.paths {
+                t.row(vec![json!(p.chn), json!(target_name(p))]);
+            }
+            t.print(json);
+            stale_note(json, r.possibly_stale);
+            Ok(())
+        }
+        Cmd::Array(ArrayCmd::Init { disks, size }) => {
+            let r = c
+                .admin(|mut a| async move { a.init_array(InitArrayRequest { disks, disk_capacity_bytes: size }).await })
+                .await
+                .map_err(status_err)?;
+            written(json, &format!("array initialized: {disks} disks of {}", human_size(size)), r);
+            Ok(())
+        }
+        Cmd::Disk(DiskCmd::List(o)) => {
+            let r = c.admin(|mut a| async move { a.list_disks(list_req(o)).await }).await.map_err(status_err)?;
+            let mut t = Table::new(&["disk", "capacity_bytes", "capacity", "raid_group", "state"]);
+            for d in &r.disks {
+                let group = if d.raid_group == 0 { Value::Null } else { json!(d.raid_group) };
+                t.row(vec![json!(d.number), json!(d.capacity_bytes), json!(human_size(d.capacity_bytes)), group, json!(disk_state(d.state))]);
+            }
+            t.print(json);
+            stale_note(json, r.possibly_stale);
+            Ok(())
+        }
+        Cmd::Lu(LuCmd::Create { raid, disks, stripe_unit }) => {
+            let raid = match raid {
+                1 => RaidLevel::Raid1,
+                5 => RaidLevel::Raid5,
+                other => bail!("RAID level {other} is not supported; use --raid 1 or --raid 5"),
+            };
+            let req = CreateLuRequest { raid: raid as i32, disks, stripe_unit_bytes: stripe_unit.unwrap_or(0) };
+            let r = c
+                .admin(|mut a| {
+                    let req = req.clone();
+                    async move { a.create_lu(req).await }
+                })
+                .await
+                .map_err(status_err)?;
+            if json {
+                println!("{}", json!({"lu": r.assigned, "log_index": r.log_index}));
+            } else {
+                println!("LU {} created (log index {})", r.assigned, r.log_index);
+            }
+            Ok(())
+        }
+        Cmd::Lu(LuCmd::List(o)) => {
+            let r = c.admin(|mut a| async move { a.list_lus(list_req(o)).await }).await.map_err(status_err)?;
+            let mut t = Table::new(&["lu", "raid", "disks", "capacity_bytes", "capacity", "stripe_unit_bytes"]);
+            for l in &r.lus {
+                t.row(vec![json!(l.number), json!(l.raid), json!(l.disks), json!(l.capacity_bytes), json!(human_size(l.capacity_bytes)), json!(l.stripe_unit_bytes)]);
+            }
+            t.print(json);
+            stale_note(json, r.possibly_stale);
+            Ok(())
+        }
+        Cmd::Chn(ChnCmd::Install { name, addr, bootstrap }) => {
+            let reply = if bootstrap {
+                // Bootstrap must reach exactly that CHN, not any member.
+                let one = Cluster::new(&[addr.as_str()])?.with_retry_for(std::time::Duration::from_secs(cli.retry_secs));
+                let info = one.admin(|mut a| async move { a.node_info(NodeInfoRequest {}).await }).await.map_err(status_err)?;
+                if info.name != name {
+                    bail!("the nasd at {addr} is named {}, not {name}; check the name and address", info.name);
+                }
+                one.admin(|mut a| async move { a.bootstrap(BootstrapRequest {}).await }).await.map_err(status_err)?
+            } else {
+                let req = InstallChnRequest { name: name.clone(), address: addr };
+                c.admin(|mut a| {
+                    let req = req.clone();
+                    async move { a.install_chn(req).await }
+                })
+                .await
+                .map_err(status_err)?
+            };
+            let chn = reply.chn.unwrap_or_default();
+            if json {
+                println!("{}", chn_json(&chn));
+            } else {
+                println!("{} installed as node {} ({})", chn.chn, chn.node_id, chn_state(chn.state));
+            }
+            Ok(())
+        }
+        Cmd::Chn(ChnCmd::List(o)) => {
+            let r = c.admin(|mut a| async move { a.list_chns(list_req(o)).await }).await.map_err(status_err)?;
+            let status = c.admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await }).await.map_err(status_err)?;
+            let mut t = Table::new(&["chn", "node_id", "address", "state", "raft_role", "voter", "heartbeat_age_ms"]);
+            for d in &r.chns {
+                let member = status.members.iter().find(|m| m.node_id == d.node_id);
+                let age = member.map_or(Value::Null, |m| if m.heartbeat_age_ms < 0 { Value::Null } else { json!(m.heartbeat_age_ms) });
+                t.row(vec![
+                    json!(d.chn),
+                    json!(d.node_id),
+                    json!(d.address),
+                    json!(chn_state(d.state)),
+                    json!(d.daemon_states.get("raft").cloned().unwrap_or_default()),
+                    json!(member.is_some_and(|m| m.voter)),
+                    age,
+                ]);
+            }
+            t.print(json);
+            stale_note(json, r.possibly_stale);
+            Ok(())
+        }
+        Cmd::Chn(ChnCmd::Remove { name }) => {
+            let r = c
+                .admin(|mut a| {
+                    let name = name.clone();
+                    async move { a.remove_chn(RemoveChnRequest { name }).await }
+                })
+                .await
+                .map_err(status_err)?;
+            written(json, &format!("{name} removed"), r);
+            Ok(())
+        }
+        Cmd::User(UserCmd::Add { name, uid, groups }) => {
+            let password = read_password(&name)?;
+            let req = AddUserRequest { name: name.clone(), password, uid: uid.unwrap_or(0), groups };
+            let r = c
+                .admin(|mut a| {
+                    let req = req.clone();
+                    async move { a.add_user(req).await }
+                })
+                .await
+                .map_err(status_err)?;
+            if json {
+                println!("{}", json!({"user": name, "uid": r.assigned, "log_index": r.log_index}));
+            } else {
+                println!("user {name} added with uid {} (log index {})", r.assigned, r.log_index);
+            }
+            Ok(())
+        }
+        Cmd::User(UserCmd::List(o)) => {
+            let r = c.admin(|mut a| async move { a.list_users(list_req(o)).await }).await.map_err(status_err)?;
+            let mut t = Table::new(&["user", "uid", "groups", "enabled"]);
+            for u in &r.users {
+                t.row(vec![json!(u.name), json!(u.uid), json!(u.groups), json!(u.enabled)]);
+            }
+            t.print(json);
+            stale_note(json, r.possibly_stale);
+            Ok(())
+        }
+        Cmd::Export(ExportCmd::Create { name, lu, chn, partner, users }) => {
+            let req = CreateExportRequest { name: name.clone(), lu, owner_chn: chn, partner_chn: partner.unwrap_or_default(), users };
+            let r = c
+                .admin(|mut a| {
+                    let req = req.clone();
+                    async move { a.create_export(req).await }
+                })
+                .await
+                .map_err(status_err)?;
+            written(json, &format!("export {name} created"), r);
+            Ok(())
+        }
+        Cmd::Export(ExportCmd::List(o)) => {
+            let r = c.admin(|mut a| async move { a.list_exports(list_req(o)).await }).await.map_err(status_err)?;
+            let mut t = Table::new(&["export", "lu", "owner_chn", "partner_chn", "state", "users"]);
+            for e in &r.exports {
+                let partner = if e.partner_chn.is_empty() { Value::Null } else { json!(e.partner_chn) };
+                t.row(vec![json!(e.name), json!(e.lu), json!(e.owner_chn), partner, json!(service_state(e.state)), json!(e.users)]);
+            }
+            t.print(json);
+            stale_note(json, r.possibly_stale);
+            Ok(())
+        }
+        Cmd::Client(ClientCmd::List(o)) => {
+            let r = c.admin(|mut a| async move { a.list_clients(list_req(o)).await }).await.map_err(status_err)?;
+            let mut t = Table::new(&["client_id", "session", "user", "export", "last_seen_ms"]);
+            for cl in &r.clients {
+                t.row(vec![json!(cl.client_id), json!(cl.session), json!(cl.user), json!(cl.export), json!(cl.last_seen_ms)]);
+            }
+            t.print(json);
+            stale_note(json, r.possibly_stale);
+            Ok(())
+        }
+        Cmd::Lock(LockCmd::List(o)) => {
+            let r = c.admin(|mut a| async move { a.list_locks(list_req(o)).await }).await.map_err(status_err)?;
+            let mut t = Table::new(&["kind", "target", "holder", "mode", "epoch", "lease_expiry_ms"]);
+            for l in &r.lu_locks {
+                let target = if l.lu == 0 { "SHARED".to_string() } else { format!("LU {}", l.lu) };
+                t.row(vec![json!("lu"), json!(target), json!(l.chn), json!("exclusive"), json!(l.epoch), json!(l.lease_expiry_ms)]);
+            }
+            for f in &r.file_locks {
+                for h in &f.holders {
+                    let mode = if h.mode == LockMode::LockShared as i32 { "shared" } else { "exclusive" };
+                    t.row(vec![json!("file"), json!(format!("{}:{}", f.export, f.path)), json!(h.session), json!(mode), Value::Null, json!(h.lease_expiry_ms)]);
+                }
+            }
+            t.print(json);
+            stale_note(json, r.possibly_stale);
+            Ok(())
+        }
+    }
+}
+
+async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
+    let s = c.admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await }).await.map_err(status_err)?;
+    let shared = s.shared_lu.clone().unwrap_or_default();
+    if json {
+        let members: Vec<Value> = s
+            .members
+            .iter()
+            .map(|m| {
+                json!({"chn": m.name, "node_id": m.node_id, "address": m.address, "voter": m.voter,
+                       "leader": m.node_id == s.leader_id,
+                       "heartbeat_age_ms": (m.heartbeat_age_ms >= 0).then_some(m.heartbeat_age_ms),
+                       "matched_index": (m.matched_index >= 0).then_some(m.matched_index)})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "answered_by": s.answered_by, "leader": s.leader_name, "leader_id": s.leader_id, "term": s.term,
+                "last_applied": s.last_applied, "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
+                "shared_lu_initialized": shared.initialized, "shared_lu_backup_initialized": shared.backup_initialized,
+                "members": members,
+            }))?
+        );
+        return Ok(());
+    }
+    let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { format!("{} (node {})", s.leader_name, s.leader_id) };
+    println!("leader:        {leader}");
+    println!("term:          {}", s.term);
+    println!("last applied:  {} (log {}, snapshot {})", s.last_applied, s.last_log_index, s.snapshot_index);
+    println!(
+        "shared LU:     {}{}",
+        if shared.initialized { "initialized" } else { "NOT initialized (run `nasctl shared-lu init`)" },
+        if shared.backup_initialized { ", backup initialized" } else { "" }
+    );
+    println!("answered by:   {}\n", s.answered_by);
+    let mut t = Table::new(&["chn", "node_id", "address", "role", "heartbeat_age_ms", "matched_index"]);
+    for m in &s.members {
+        let role = if m.node_id == s.leader_id { "leader" } else if m.voter { "voter" } else { "learner" };
+        let age = if m.heartbeat_age_ms < 0 { Value::Null } else { json!(m.heartbeat_age_ms) };
+        let matched = if m.matched_index < 0 { Value::Null } else { json!(m.matched_index) };
+        t.row(vec![json!(m.name), json!(m.node_id), json!(m.address), json!(role), age, matched]);
+    }
+    t.print(false);
+    Ok(())
+}
+
+fn read_password(user: &str) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("NAS_PASSWORD") {
+        return Ok(p);
+    }
+    let first = rpassword::prompt_password(format!("password for {user}: "))
+        .context("cannot read a password from the terminal; set NAS_PASSWORD instead")?;
+    let second = rpassword::prompt_password("again: ").context("cannot read the password")?;
+    if first != second {
+        bail!("the passwords differ; nothing was changed");
+    }
+    Ok(first)
+}
+
+fn parse_target(s: &str) -> anyhow::Result<(PathTarget, u32)> {
+    match s {
+        "shared" => Ok((PathTarget::PathSharedLu, 0)),
+        "backup" => Ok((PathTarget::PathSharedLuBackup, 0)),
+        _ => match s.strip_prefix("lu:").map(str::parse::<u32>) {
+            Some(Ok(n)) if n > 0 => Ok((PathTarget::PathDataLu, n)),
+            _ => bail!("--to {s:?} is not a target; use shared, backup or lu:N"),
+        },
+    }
+}
+
+fn target_name(p: &proto::Path) -> String {
+    match PathTarget::try_from(p.target) {
+        Ok(PathTarget::PathSharedLu) => "shared".into(),
+        Ok(PathTarget::PathSharedLuBackup) => "backup".into(),
+        Ok(PathTarget::PathDataLu) => format!("lu:{}", p.lu),
+        _ => "unknown".into(),
+    }
+}
+
+fn disk_state(s: i32) -> &'static str {
+    match DiskState::try_from(s) {
+        Ok(DiskState::DiskNotUsed) => "NOT USED",
+        Ok(DiskState::DiskUsed) => "USED",
+        Ok(DiskState::DiskFailed) => "FAILED",
+        Ok(DiskState::DiskSpare) => "SPARE",
+        _ => "UNKNOWN",
+    }
+}
+
+fn chn_state(s: i32) -> &'static str {
+    match ChnState::try_from(s) {
+        Ok(ChnState::ChnInstalling) => "INSTALLING",
+        Ok(ChnState::ChnInstalled) => "INSTALLED",
+        Ok(ChnState::ChnRemoved) => "REMOVED",
+        _ => "UNKNOWN",
+    }
+}
+
+fn service_state(s: i32) -> &'static str {
+    match ServiceState::try_from(s) {
+        Ok(ServiceState::ServiceServing) => "serving",
+        Ok(ServiceState::ServiceFailingOver) => "failing over",
+        Ok(ServiceState::ServiceStopped) => "stopped",
+        _ => "unknown",
+    }
+}
+
+fn chn_json(d: &Daemon) -> Value {
+    json!({"chn": d.chn, "node_id": d.node_id, "address": d.address, "state": chn_state(d.state)})
+}

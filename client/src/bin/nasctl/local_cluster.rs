@@ -1,0 +1,336 @@
+//! `nasctl cluster up/down`: a cluster of local `nasd` processes on
+//! loopback, one folder per CHN under DIR.
+//!
+//! Owns the folder layout (DIR/cluster.json, DIR/cluster.env,
+//! DIR/array, DIR/<chn>/{data,nasd.log,nasd.pid}), starting and stopping
+//! the processes, and driving the setup sequence of DESIGN.md. It must
+//! never touch a process it did not start (pid files are checked against
+//! /proc) and never wipe existing data: running `up` again restarts the
+//! same cluster with its state.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use nas_client::proto::{self, PathTarget};
+use nas_client::Cluster;
+
+/// What `cluster up` remembers in DIR/cluster.json.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Layout {
+    pub nodes: Vec<NodeSpec>,
+    /// Extra arguments passed to every nasd.
+    #[serde(default)]
+    pub nasd_args: Vec<String>,
+}
+
+/// One CHN of a local cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub name: String,
+    pub addr: String,
+}
+
+/// Options of `cluster up`.
+pub struct UpOptions {
+    pub nodes: Option<usize>,
+    pub dir: PathBuf,
+    pub nasd: Option<PathBuf>,
+    pub nasd_args: Option<Vec<String>>,
+    pub json: bool,
+}
+
+fn layout_path(dir: &Path) -> PathBuf {
+    dir.join("cluster.json")
+}
+
+fn node_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name.to_lowercase())
+}
+
+/// Loads DIR/cluster.json, or an empty layout when there is none.
+pub fn load_layout(dir: &Path) -> anyhow::Result<Layout> {
+    let path = layout_path(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Layout::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The pid in DIR/<chn>/nasd.pid when that process is alive and is a nasd.
+pub fn running_pid(dir: &Path, name: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(node_dir(dir, name).join("nasd.pid")).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let is_nasd = cmdline.split(|b| *b == 0).next().is_some_and(|arg0| arg0.ends_with(b"nasd"));
+    // A zombie still has a /proc entry; its state letter is Z.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    (is_nasd && !zombie).then_some(pid)
+}
+
+/// Finds the nasd binary: --nasd, $NASD_BIN, beside nasctl, then PATH.
+/// Under `cargo run` it first builds nasd so that it is never stale.
+fn find_nasd(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit.or_else(|| std::env::var_os("NASD_BIN").map(PathBuf::from)) {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("cannot locate nasctl itself")?;
+    let dir = exe.parent().context("nasctl has no parent directory")?;
+    let beside = dir.join("nasd");
+    if let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        eprintln!("building nasd (cargo run) ...");
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "nasd", "--bin", "nasd"]).current_dir(manifest);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().context("cannot run cargo to build nasd")?;
+        if !status.success() {
+            bail!("building nasd failed; run `cargo build --release -p nasd` to see why");
+        }
+    }
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            if d.join("nasd").is_file() {
+                return Ok(d.join("nasd"));
+            }
+        }
+    }
+    bail!("cannot find nasd beside {} or on PATH; build it (cargo build --release) or pass --nasd PATH", exe.display())
+}
+
+fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let ndir = node_dir(dir, &node.name);
+    std::fs::create_dir_all(&ndir).with_context(|| format!("cannot create {}", ndir.display()))?;
+    let log_path = ndir.join("nasd.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let child = Command::new(nasd)
+        .arg("--name")
+        .arg(&node.name)
+        .arg("--listen")
+        .arg(&node.addr)
+        .arg("--data")
+        .arg(ndir.join("data"))
+        .arg("--array")
+        .arg(dir.join("array"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in this terminal must not stop the cluster.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {}", nasd.display()))?;
+    std::fs::write(ndir.join("nasd.pid"), format!("{}\n", child.id()))?;
+    Ok(())
+}
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = e,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {} s waiting for {what}: {last}", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ignore_exists(r: Result<impl Sized, tonic::Status>) -> anyhow::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(s) => Err(anyhow::anyhow!("{}", s.message())),
+    }
+}
+
+/// `cluster up`: start (or restart, or grow) the local cluster and run the
+/// setup sequence.
+pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
+    let dir = &opts.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = &dir.canonicalize()?;
+    let mut layout = load_layout(dir)?;
+    let wanted = opts.nodes.unwrap_or(layout.nodes.len().max(3));
+    if wanted == 0 || wanted > 9 {
+        bail!("--nodes must be 1 to 9");
+    }
+    if wanted < layout.nodes.len() {
+        bail!(
+            "{} already holds {} CHNs; `cluster up` never removes CHNs (use `nasctl chn remove NAME`, or `cluster down` and a new --dir)",
+            dir.display(),
+            layout.nodes.len()
+        );
+    }
+    for i in layout.nodes.len()..wanted {
+        layout.nodes.push(NodeSpec { name: format!("CHN{}", i + 1), addr: format!("127.0.0.1:{}", free_port()?) });
+    }
+    if let Some(args) = opts.nasd_args {
+        layout.nasd_args = args;
+    }
+    std::fs::create_dir_all(dir.join("array"))?;
+    std::fs::write(layout_path(dir), serde_json::to_string_pretty(&layout)?)?;
+
+    let nasd = find_nasd(opts.nasd)?;
+    for node in &layout.nodes {
+        if running_pid(dir, &node.name).is_none() {
+            spawn_nasd(&nasd, dir, node, &layout.nasd_args)?;
+        }
+    }
+    let addrs: Vec<String> = layout.nodes.iter().map(|n| n.addr.clone()).collect();
+    let cluster = Cluster::new(&addrs)?;
+    let mut initialized = Vec::new();
+    for (i, node) in layout.nodes.iter().enumerate() {
+        let log = node_dir(dir, &node.name).join("nasd.log");
+        let info = wait_for(&format!("{} to answer at {} (log: {})", node.name, node.addr, log.display()), Duration::from_secs(30), || {
+            let mut c = cluster.admin_at(i);
+            async move {
+                match c.node_info(proto::NodeInfoRequest {}).await {
+                    Ok(r) => Ok(Some(r.into_inner())),
+                    Err(s) => Err(s.message().to_string()),
+                }
+            }
+        })
+        .await?;
+        initialized.push(info.initialized);
+    }
+
+    // Setup sequence (DESIGN.md): install CHN1 (bootstrap), initialize the
+    // shared LU and its backup, define paths, then install each next CHN.
+    let first = &layout.nodes[0];
+    if !initialized[0] {
+        println!("installing {} (bootstrap) ...", first.name);
+        ignore_exists(cluster.admin_at(0).bootstrap(proto::BootstrapRequest {}).await)?;
+    }
+    ignore_exists(cluster.admin(|mut c| async move { c.init_shared_lu(proto::InitSharedLuRequest { with_backup: true }).await }).await)?;
+    for node in &layout.nodes {
+        for target in [PathTarget::PathSharedLu, PathTarget::PathSharedLuBackup] {
+            let path = proto::Path { chn: node.name.clone(), target: target as i32, lu: 0 };
+            ignore_exists(cluster.admin(|mut c| {
+                let path = path.clone();
+                async move { c.add_path(proto::PathRequest { path: Some(path) }).await }
+            }).await)?;
+        }
+    }
+    for node in &layout.nodes[1..] {
+        let status = cluster.admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await }).await?;
+        if status.members.iter().any(|m| m.name == node.name && m.voter) {
+            continue;
+        }
+        println!("installing {} ...", node.name);
+        let req = proto::InstallChnRequest { name: node.name.clone(), address: node.addr.clone() };
+        cluster
+            .admin(|mut c| {
+                let req = req.clone();
+                async move { c.install_chn(req).await }
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("installing {} failed: {}", node.name, s.message()))?;
+    }
+
+    let n = layout.nodes.len();
+    let status = wait_for("every CHN to be a voter with a fresh heartbeat", Duration::from_secs(30), || {
+        let cluster = &cluster;
+        async move {
+            let s = cluster
+                .admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await })
+                .await
+                .map_err(|s| s.message().to_string())?;
+            let healthy = s.leader_id != 0
+                && s.members.iter().filter(|m| m.voter).count() == n
+                && s.members.iter().all(|m| (0..5000).contains(&m.heartbeat_age_ms));
+            Ok(healthy.then_some(s))
+        }
+    })
+    .await?;
+
+    let env_line = format!("NAS_CLUSTER={}", addrs.join(","));
+    std::fs::write(dir.join("cluster.env"), format!("{env_line}\n"))?;
+    if opts.json {
+        let nodes: Vec<_> = layout
+            .nodes
+            .iter()
+            .map(|n| serde_json::json!({"name": n.name, "address": n.addr, "pid": running_pid(dir, &n.name), "dir": node_dir(dir, &n.name)}))
+            .collect();
+        println!("{}", serde_json::json!({"cluster": addrs.join(","), "leader": status.leader_name, "nodes": nodes, "env_file": dir.join("cluster.env")}));
+        return Ok(());
+    }
+    println!("\nCluster of {n} CHNs is up (leader {}, term {}):", status.leader_name, status.term);
+    for node in &layout.nodes {
+        let pid = running_pid(dir, &node.name).map_or("-".into(), |p| p.to_string());
+        println!("  {:<5} {:<16} pid {:<8} {}", node.name, node.addr, pid, node_dir(dir, &node.name).display());
+    }
+    println!("\nNext:");
+    println!("  export $(cat {})", dir.join("cluster.env").display());
+    println!("  nasctl cluster status");
+    println!("  nasctl array init --disks 6 --size 64M && nasctl lu create --raid 5 --disks 1,2,3");
+    println!("  nasctl user add alice && nasctl export create home --lu 1 --chn CHN1 --partner CHN2 --users alice");
+    println!("  nasctl cluster down --dir {}", dir.display());
+    Ok(())
+}
+
+/// `cluster down`: SIGTERM every CHN of DIR, then SIGKILL what is left
+/// after the grace period.
+pub async fn down(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let layout = load_layout(dir)?;
+    if layout.nodes.is_empty() {
+        bail!("{} holds no cluster (no cluster.json)", dir.display());
+    }
+    let mut stopped = Vec::new();
+    for node in &layout.nodes {
+        if let Some(pid) = running_pid(dir, &node.name) {
+            // SAFETY: plain kill(2) on a pid we started and just checked.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            stopped.push((node.name.clone(), pid));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (name, pid) in &stopped {
+        while running_pid(dir, name).is_some() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if running_pid(dir, name).is_some() {
+            eprintln!("{name} (pid {pid}) ignored SIGTERM for 10 s; killing it");
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_file(node_dir(dir, name).join("nasd.pid"));
+    }
+    if json {
+        let names: Vec<_> = stopped.iter().map(|(n, _)| n.clone()).collect();
+        println!("{}", serde_json::json!({"stopped": names}));
+    } else if stopped.is_empty() {
+        println!("no CHN of {} was running", dir.display());
+    } else {
+        println!("stopped {} CHN(s); data kept in {}", stopped.len(), dir.display());
+    }
+    Ok(())
+}
