@@ -291,3 +291,29 @@ enum Redirect {
     Unknown,
     Failed(Status),
 }
+
+#[cfg(test)]
+mod storage_tests {
+    use super::log_store::LogStore;
+    use super::sm_store::StateMachineStore;
+    use super::{NodeId, TypeConfig};
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::StorageError;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+            let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
+            let log = LogStore::open(dir.path()).map_err(|e| openraft::StorageIOError::write(&std::io::Error::other(e)))?;
+            let sm = StateMachineStore::open(dir.path())?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own conformance suite for log and state machine storage.
+    #[test]
+    fn storage_passes_the_openraft_suite() -> Result<(), StorageError<NodeId>> {
+        Suite::test_all(Builder)
+    }
+}

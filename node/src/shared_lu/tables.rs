@@ -663,3 +663,275 @@ pub fn disk_state_name(state: i32) -> &'static str {
         _ => "UNKNOWN",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cmd(kind: Kind) -> Command {
+        Command { kind: Some(kind) }
+    }
+
+    fn hash() -> String {
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()
+    }
+
+    fn with_array(disks: u32) -> Tables {
+        let mut t = Tables::default();
+        t.apply(&cmd(Kind::InitArray(InitArray { disks, disk_capacity_bytes: 64 << 20 }))).unwrap();
+        t
+    }
+
+    fn lu(raid: RaidLevel, disks: &[u32]) -> Command {
+        cmd(Kind::CreateLu(CreateLu { raid: raid as i32, disks: disks.to_vec(), stripe_unit_bytes: 0 }))
+    }
+
+    fn register(t: &mut Tables, name: &str, id: u64) {
+        t.apply(&cmd(Kind::RegisterChn(RegisterChn {
+            chn: name.into(),
+            node_id: id,
+            address: "127.0.0.1:1".into(),
+            state: ChnState::ChnInstalled as i32,
+        })))
+        .unwrap();
+    }
+
+    fn rejected_with(t: &mut Tables, c: Command, code: Code, needle: &str) {
+        let before = t.clone();
+        let r = t.apply(&c).expect_err("command must be rejected");
+        assert_eq!(r.code, code, "{}", r.message);
+        assert!(r.message.contains(needle), "{:?} lacks {needle:?}", r.message);
+        assert_eq!(*t, before, "a rejected command changed the tables");
+    }
+
+    #[test]
+    fn raid5_lu_marks_its_disks_used_and_sizes_itself() {
+        let mut t = with_array(4);
+        let a = t.apply(&lu(RaidLevel::Raid5, &[1, 2, 3])).unwrap();
+        assert_eq!(a.assigned, 1);
+        assert_eq!(t.lus[&1].capacity_bytes, 2 * (64 << 20));
+        for d in 1..=3 {
+            assert_eq!(t.disks[&d].state, DiskState::DiskUsed as i32);
+            assert_eq!(t.disks[&d].raid_group, 1);
+        }
+        assert_eq!(t.disks[&4].state, DiskState::DiskNotUsed as i32);
+    }
+
+    #[test]
+    fn invalid_lus_are_rejected_with_reasons() {
+        let mut t = with_array(5);
+        t.apply(&lu(RaidLevel::Raid1, &[1, 2])).unwrap();
+        rejected_with(&mut t, lu(RaidLevel::Raid5, &[3, 4]), Code::InvalidArgument, "at least 3 disks");
+        rejected_with(&mut t, lu(RaidLevel::Raid5, &[2, 3, 4]), Code::FailedPrecondition, "already USED by LU 1");
+        rejected_with(&mut t, lu(RaidLevel::Raid1, &[3, 3]), Code::InvalidArgument, "listed twice");
+        rejected_with(&mut t, lu(RaidLevel::Raid1, &[3, 9]), Code::NotFound, "disk 9");
+        rejected_with(&mut t, lu(RaidLevel::Unspecified, &[3, 4]), Code::InvalidArgument, "not supported");
+        rejected_with(
+            &mut t,
+            cmd(Kind::CreateLu(CreateLu { raid: 5, disks: vec![3, 4, 5], stripe_unit_bytes: 3000 })),
+            Code::InvalidArgument,
+            "power of two",
+        );
+        rejected_with(&mut t, Command { kind: None }, Code::InvalidArgument, "empty command");
+    }
+
+    #[test]
+    fn array_is_initialized_once_and_within_limits() {
+        let mut t = Tables::default();
+        rejected_with(
+            &mut t,
+            cmd(Kind::InitArray(InitArray { disks: 0, disk_capacity_bytes: 1 << 20 })),
+            Code::InvalidArgument,
+            "out of range",
+        );
+        rejected_with(
+            &mut t,
+            cmd(Kind::InitArray(InitArray { disks: 2, disk_capacity_bytes: 10 })),
+            Code::InvalidArgument,
+            "1 MiB",
+        );
+        let mut t = with_array(2);
+        rejected_with(
+            &mut t,
+            cmd(Kind::InitArray(InitArray { disks: 2, disk_capacity_bytes: 1 << 20 })),
+            Code::AlreadyExists,
+            "already initialized",
+        );
+    }
+
+    #[test]
+    fn users_get_unique_names_and_uids() {
+        let mut t = Tables::default();
+        let add = |name: &str, uid: u32| {
+            cmd(Kind::AddUser(AddUser {
+                user: Some(User { name: name.into(), password_hash: hash(), uid, groups: vec![], enabled: true }),
+            }))
+        };
+        assert_eq!(t.apply(&add("alice", 0)).unwrap().assigned, 1000);
+        assert_eq!(t.apply(&add("bob", 0)).unwrap().assigned, 1001);
+        rejected_with(&mut t, add("alice", 0), Code::AlreadyExists, "already exists");
+        rejected_with(&mut t, add("carol", 1001), Code::AlreadyExists, "uid 1001");
+        rejected_with(&mut t, add("", 0), Code::InvalidArgument, "empty");
+        rejected_with(&mut t, add("../etc", 0), Code::InvalidArgument, "not allowed");
+        rejected_with(&mut t, add(&"x".repeat(65), 0), Code::InvalidArgument, "limit is 64");
+        let plain = cmd(Kind::AddUser(AddUser {
+            user: Some(User { name: "dave".into(), password_hash: "secret".into(), ..Default::default() }),
+        }));
+        rejected_with(&mut t, plain, Code::InvalidArgument, "argon2");
+    }
+
+    #[test]
+    fn exports_need_an_lu_and_installed_chns() {
+        let mut t = with_array(3);
+        t.apply(&lu(RaidLevel::Raid1, &[1, 2])).unwrap();
+        register(&mut t, "CHN1", 1);
+        register(&mut t, "CHN5", 5);
+        let export = |name: &str, lu: u32, owner: &str, partner: &str| {
+            cmd(Kind::CreateExport(CreateExport {
+                export: Some(Export {
+                    name: name.into(),
+                    lu,
+                    owner_chn: owner.into(),
+                    partner_chn: partner.into(),
+                    ..Default::default()
+                }),
+            }))
+        };
+        rejected_with(&mut t, export("home", 7, "CHN1", "CHN5"), Code::NotFound, "LU 7");
+        rejected_with(&mut t, export("home", 1, "CHN9", "CHN5"), Code::NotFound, "CHN9");
+        rejected_with(&mut t, export("home", 1, "CHN1", "CHN1"), Code::InvalidArgument, "partner");
+        t.apply(&export("home", 1, "CHN1", "CHN5")).unwrap();
+        rejected_with(&mut t, export("home", 1, "CHN1", "CHN5"), Code::AlreadyExists, "already exists");
+        rejected_with(&mut t, export("home2", 1, "CHN1", "CHN5"), Code::FailedPrecondition, "already exported");
+        rejected_with(&mut t, cmd(Kind::RemoveChn(RemoveChn { chn: "CHN1".into() })), Code::FailedPrecondition, "serves");
+    }
+
+    #[test]
+    fn lu_locks_fence_with_rising_epochs() {
+        let mut t = with_array(2);
+        t.apply(&lu(RaidLevel::Raid1, &[1, 2])).unwrap();
+        register(&mut t, "CHN1", 1);
+        register(&mut t, "CHN5", 5);
+        let acquire = |chn: &str, now: u64| {
+            cmd(Kind::AcquireLuLock(AcquireLuLock { lu: 1, chn: chn.into(), lease_ms: 1000, now_ms: now }))
+        };
+        assert_eq!(t.apply(&acquire("CHN1", 10_000)).unwrap().assigned, 1);
+        rejected_with(&mut t, acquire("CHN5", 10_500), Code::FailedPrecondition, "locked by CHN CHN1");
+        assert_eq!(t.apply(&acquire("CHN5", 11_001)).unwrap().assigned, 2, "taker after expiry bumps the epoch");
+        let release = |chn: &str, epoch: u64| cmd(Kind::ReleaseLuLock(ReleaseLuLock { lu: 1, chn: chn.into(), epoch }));
+        rejected_with(&mut t, release("CHN1", 1), Code::FailedPrecondition, "held by CHN CHN5");
+        t.apply(&release("CHN5", 2)).unwrap();
+    }
+
+    #[test]
+    fn file_locks_conflict_and_expire() {
+        let mut t = with_array(2);
+        t.apply(&lu(RaidLevel::Raid1, &[1, 2])).unwrap();
+        register(&mut t, "CHN1", 1);
+        t.apply(&cmd(Kind::CreateExport(CreateExport {
+            export: Some(Export { name: "home".into(), lu: 1, owner_chn: "CHN1".into(), ..Default::default() }),
+        })))
+        .unwrap();
+        let lock = |session: &str, mode: LockMode, now: u64| {
+            cmd(Kind::AcquireFileLock(AcquireFileLock {
+                export: "home".into(),
+                path: "/a".into(),
+                session: session.into(),
+                mode: mode as i32,
+                lease_ms: 100,
+                now_ms: now,
+            }))
+        };
+        t.apply(&lock("s1", LockMode::LockShared, 0)).unwrap();
+        t.apply(&lock("s2", LockMode::LockShared, 0)).unwrap();
+        rejected_with(&mut t, lock("s3", LockMode::LockExclusive, 50), Code::FailedPrecondition, "locked by session");
+        t.apply(&lock("s3", LockMode::LockExclusive, 200)).unwrap();
+        assert_eq!(t.file_locks[&("home".to_string(), "/a".to_string())].holders.len(), 1);
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_every_table() {
+        let mut t = with_array(3);
+        t.apply(&lu(RaidLevel::Raid5, &[1, 2, 3])).unwrap();
+        register(&mut t, "CHN1", 1);
+        t.apply(&cmd(Kind::InitSharedLu(InitSharedLu { with_backup: true, now_ms: 5 }))).unwrap();
+        assert_eq!(Tables::from_proto(t.to_proto()), t);
+    }
+
+    fn any_command() -> impl Strategy<Value = Command> {
+        let name = prop::sample::select(vec!["CHN1", "CHN2", "alice", "", "home", "bad/name"]);
+        let disks = prop::collection::vec(0u32..8, 0..5);
+        prop_oneof![
+            (0u32..8, prop::sample::select(vec![0u64, 10, 1 << 20, 64 << 20]))
+                .prop_map(|(disks, cap)| cmd(Kind::InitArray(InitArray { disks, disk_capacity_bytes: cap }))),
+            (prop::sample::select(vec![0i32, 1, 3, 5]), disks.clone())
+                .prop_map(|(raid, disks)| cmd(Kind::CreateLu(CreateLu { raid, disks, stripe_unit_bytes: 0 }))),
+            (name.clone(), 0u64..4).prop_map(|(n, id)| cmd(Kind::RegisterChn(RegisterChn {
+                chn: n.into(),
+                node_id: id,
+                address: "a:1".into(),
+                state: 2
+            }))),
+            name.clone().prop_map(|n| cmd(Kind::RemoveChn(RemoveChn { chn: n.into() }))),
+            (name.clone(), 0u32..4, name.clone(), name.clone()).prop_map(|(n, lu, o, p)| cmd(Kind::CreateExport(
+                CreateExport {
+                    export: Some(Export {
+                        name: n.into(),
+                        lu,
+                        owner_chn: o.into(),
+                        partner_chn: p.into(),
+                        ..Default::default()
+                    })
+                }
+            ))),
+            (name.clone(), 0u32..1002).prop_map(|(n, uid)| cmd(Kind::AddUser(AddUser {
+                user: Some(User { name: n.into(), password_hash: hash(), uid, groups: vec![], enabled: true })
+            }))),
+            (0u32..3, name, 0u64..3000).prop_map(|(lu, chn, now)| cmd(Kind::AcquireLuLock(AcquireLuLock {
+                lu,
+                chn: chn.into(),
+                lease_ms: 1000,
+                now_ms: now
+            }))),
+            Just(Command { kind: None }),
+        ]
+    }
+
+    /// Every USED disk belongs to exactly the LU that lists it, and every
+    /// LU lists only USED disks of its own group.
+    fn check_invariants(t: &Tables) {
+        for (n, d) in &t.disks {
+            if d.state == DiskState::DiskUsed as i32 {
+                assert!(t.lus.get(&d.raid_group).is_some_and(|l| l.disks.contains(n)), "disk {n} orphaned");
+            } else {
+                assert_eq!(d.raid_group, 0);
+            }
+        }
+        for (n, l) in &t.lus {
+            for d in &l.disks {
+                assert_eq!(t.disks[d].raid_group, *n);
+            }
+        }
+        for e in t.exports.values() {
+            assert!(t.lus.contains_key(&e.lu) && t.daemons.contains_key(&e.owner_chn));
+        }
+    }
+
+    proptest! {
+        /// Random command sequences: no panic, rejections change nothing,
+        /// invariants always hold, and the snapshot form round-trips.
+        #[test]
+        fn random_commands_keep_the_tables_consistent(cmds in prop::collection::vec(any_command(), 1..60)) {
+            let mut t = Tables::default();
+            for c in &cmds {
+                let before = t.clone();
+                if t.apply(c).is_err() {
+                    prop_assert_eq!(&t, &before);
+                }
+                check_invariants(&t);
+            }
+            prop_assert_eq!(Tables::from_proto(t.to_proto()), t);
+        }
+    }
+}
