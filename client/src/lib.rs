@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nas_proto::admin_client::AdminClient;
@@ -30,7 +31,9 @@ pub enum ConnectError {
 /// A handle on the cluster: any CHN can take any call.
 pub struct Cluster {
     addrs: Vec<String>,
-    channels: Vec<Channel>,
+    endpoints: Vec<Endpoint>,
+    /// Made on first use: a channel needs the caller's Tokio runtime.
+    channels: Vec<OnceLock<Channel>>,
     preferred: AtomicUsize,
     retry_for: Duration,
 }
@@ -47,19 +50,16 @@ impl Cluster {
         if addrs.is_empty() {
             return Err(ConnectError::NoAddress);
         }
-        let channels = addrs
+        let endpoints: Vec<Endpoint> = addrs
             .iter()
             .map(|a| {
                 Endpoint::from_shared(format!("http://{a}"))
-                    .map(|e| {
-                        e.connect_timeout(Duration::from_millis(800))
-                            .tcp_nodelay(true)
-                            .connect_lazy()
-                    })
+                    .map(|e| e.connect_timeout(Duration::from_millis(800)).tcp_nodelay(true))
                     .map_err(|e| ConnectError::BadAddress { addr: a.clone(), reason: e.to_string() })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Cluster { addrs, channels, preferred: AtomicUsize::new(0), retry_for: Duration::from_secs(15) })
+        let channels = endpoints.iter().map(|_| OnceLock::new()).collect();
+        Ok(Cluster { addrs, endpoints, channels, preferred: AtomicUsize::new(0), retry_for: Duration::from_secs(15) })
     }
 
     /// Parses a comma-separated address list, as in `NAS_CLUSTER`.
@@ -78,9 +78,11 @@ impl Cluster {
         &self.addrs
     }
 
-    /// An Admin client on the CHN at position `i` (no retry).
+    /// An Admin client on the CHN at position `i` (no retry). Must be
+    /// called inside a Tokio runtime.
     pub fn admin_at(&self, i: usize) -> AdminClient<Channel> {
-        AdminClient::new(self.channels[i % self.channels.len()].clone())
+        let i = i % self.endpoints.len();
+        AdminClient::new(self.channels[i].get_or_init(|| self.endpoints[i].connect_lazy()).clone())
     }
 
     /// Calls the Admin service on some CHN. On UNAVAILABLE (CHN down,
@@ -168,8 +170,8 @@ mod tests {
         assert_eq!(human_size(64 << 20), "64.0 MiB");
     }
 
-    #[test]
-    fn empty_address_lists_are_refused() {
+    #[tokio::test]
+    async fn empty_address_lists_are_refused() {
         assert!(matches!(Cluster::from_list(" , "), Err(ConnectError::NoAddress)));
         assert_eq!(Cluster::from_list("127.0.0.1:1, http://127.0.0.1:2").unwrap().addrs(), ["127.0.0.1:1", "127.0.0.1:2"]);
     }

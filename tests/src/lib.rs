@@ -1,0 +1,184 @@
+//! Test harness: real `nasd` processes started by the real `nasctl`.
+//!
+//! Owns locating the built binaries, a temporary cluster folder per test,
+//! fault injection on processes (kill -9, restart) and waiting on
+//! conditions with deadlines. It must never sleep to hide a race: every
+//! wait polls a condition and fails loudly at its deadline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest};
+use nas_client::Cluster;
+use tonic::transport::Channel;
+
+/// A built binary of this workspace (`nasd`, `nasctl`), next to the test
+/// executable's profile directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let path = profile_dir.join(name);
+    assert!(path.is_file(), "{} is not built; run the tests with `cargo nextest run --workspace` (or cargo test --workspace)", path.display());
+    path
+}
+
+/// Polls `probe` until it returns `Some`, or fails after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One CHN of a test cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub addr: String,
+}
+
+/// A local cluster in a temporary folder; stopped (SIGKILL) when dropped.
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    /// `nasctl cluster up --nodes N` with extra nasd arguments.
+    pub fn up(nodes: usize, nasd_args: &[&str]) -> anyhow::Result<TestCluster> {
+        let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
+        let mut c = TestCluster { dir, nodes: vec![] };
+        c.cluster_up(Some(nodes), nasd_args)?;
+        Ok(c)
+    }
+
+    /// Runs `cluster up` again: restarts stopped CHNs, or grows the cluster.
+    pub fn cluster_up(&mut self, nodes: Option<usize>, nasd_args: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["--json".to_string(), "cluster".into(), "up".into(), "--dir".into()];
+        args.push(self.dir.path().display().to_string());
+        if let Some(n) = nodes {
+            args.extend(["--nodes".into(), n.to_string()]);
+        }
+        for a in nasd_args {
+            args.push(format!("--nasd-arg={a}"));
+        }
+        let out = Command::new(bin("nasctl")).args(&args).env("NASD_BIN", bin("nasd")).env_remove("NAS_CLUSTER").output()?;
+        if !out.status.success() {
+            bail!("nasctl cluster up failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("cluster up --json printed {:?}", String::from_utf8_lossy(&out.stdout)))?;
+        self.nodes = v["nodes"]
+            .as_array()
+            .context("nodes in cluster up output")?
+            .iter()
+            .map(|n| Node { name: n["name"].as_str().unwrap_or_default().into(), addr: n["address"].as_str().unwrap_or_default().into() })
+            .collect();
+        Ok(())
+    }
+
+    /// The cluster folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `NAS_CLUSTER` value for this cluster.
+    pub fn cluster_env(&self) -> String {
+        self.nodes.iter().map(|n| n.addr.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs nasctl against this cluster.
+    pub fn nasctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("nasctl"))
+            .args(args)
+            .env("NAS_CLUSTER", self.cluster_env())
+            .env("NAS_PASSWORD", "correct-horse")
+            .output()
+            .expect("run nasctl")
+    }
+
+    /// A client handle over every CHN.
+    pub fn client(&self) -> Cluster {
+        Cluster::from_list(&self.cluster_env()).expect("cluster addresses").with_retry_for(Duration::from_secs(20))
+    }
+
+    /// An Admin client on exactly one CHN (no retry, no failover).
+    pub fn admin(&self, name: &str) -> AdminClient<Channel> {
+        let node = self.node(name);
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr)).expect("address").connect_lazy();
+        AdminClient::new(ch)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no CHN named {name}"))
+    }
+
+    /// The pid of a running CHN.
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir().join(name.to_lowercase()).join("nasd.pid")).ok()?;
+        let pid: i32 = text.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// kill -9 one CHN and wait until the process is gone.
+    pub fn kill9(&self, name: &str) {
+        let pid = self.pid(name).unwrap_or_else(|| panic!("{name} is not running"));
+        // SAFETY: kill(2) on a child process this harness started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+            assert!(Instant::now() < deadline, "{name} survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(self.dir().join(name.to_lowercase()).join("nasd.pid"));
+    }
+
+    /// ClusterStatus as one CHN sees it.
+    pub async fn status(&self, name: &str) -> Option<ClusterStatusReply> {
+        self.admin(name).cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until `name` sees a leader, and returns the leader's name.
+    pub async fn leader_seen_by(&self, name: &str, timeout: Duration) -> anyhow::Result<String> {
+        wait_until(&format!("{name} to see a leader"), timeout, || async {
+            self.status(name).await.filter(|s| s.leader_id != 0).map(|s| s.leader_name)
+        })
+        .await
+    }
+
+    /// Every CHN's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(self.dir().join(n.name.to_lowercase()).join("nasd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            out += &format!("--- {} ---\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            if let Some(pid) = self.pid(&n.name) {
+                // SAFETY: kill(2) on a child process this harness started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}

@@ -240,24 +240,16 @@ impl SharedLu {
     /// the call (a linearizable read barrier; followers ask the leader).
     pub async fn ensure_current(&self) -> Result<(), Status> {
         let timeout = self.quorum_timeout;
-        let index = match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => return Err(no_quorum("the read", timeout)),
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                let node = match f.leader_node {
-                    Some(n) => n,
-                    None => self.await_leader().await?.1,
-                };
+        let index = match self.read_index_here().await? {
+            Some(_) => return Ok(()),
+            None => {
+                let node = self.await_leader().await?.1;
                 let mut client = self.raft_client(&node.addr)?;
                 let reply = tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
                     .await
                     .map_err(|_| no_quorum("the read", timeout))??;
                 reply.into_inner().index
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                return Err(no_quorum("the read", timeout))
-            }
-            Ok(Err(e)) => return Err(Status::unavailable(format!("shared LU error: {e}"))),
         };
         self.raft
             .wait(Some(timeout))
@@ -269,10 +261,34 @@ impl SharedLu {
 
     /// Leader side of [`ensure_current`](Self::ensure_current) for a follower.
     pub async fn read_index(&self) -> Result<u64, Status> {
-        match tokio::time::timeout(self.quorum_timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(no_quorum("the read", self.quorum_timeout)),
-            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
-            Ok(Err(e)) => Err(Status::unavailable(format!("this CHN cannot serve a read index: {e}; retry"))),
+        match self.read_index_here().await? {
+            Some(index) => Ok(index),
+            None => Err(Status::unavailable("this CHN no longer leads; retry on the leader")),
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the
+    /// read index, retrying a quorum that is briefly short (slow
+    /// heartbeats on a loaded machine) until the quorum timeout. `None`
+    /// when another CHN leads.
+    async fn read_index_here(&self) -> Result<Option<u64>, Status> {
+        let deadline = tokio::time::Instant::now() + self.quorum_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
+                Err(_) => return Err(no_quorum("the read", self.quorum_timeout)),
+                Ok(Ok(log_id)) => return Ok(Some(log_id.map_or(0, |l| l.index))),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => return Ok(None),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))))
+                    if tokio::time::Instant::now() + Duration::from_millis(50) < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                    return Err(no_quorum("the read", self.quorum_timeout))
+                }
+                Ok(Err(e)) => return Err(Status::unavailable(format!("shared LU error: {e}"))),
+            }
         }
     }
 

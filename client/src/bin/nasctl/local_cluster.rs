@@ -227,7 +227,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     // shared LU and its backup, define paths, then install each next CHN.
     let first = &layout.nodes[0];
     if !initialized[0] {
-        println!("installing {} (bootstrap) ...", first.name);
+        eprintln!("installing {} (bootstrap) ...", first.name);
         ignore_exists(cluster.admin_at(0).bootstrap(proto::BootstrapRequest {}).await)?;
     }
     ignore_exists(cluster.admin(|mut c| async move { c.init_shared_lu(proto::InitSharedLuRequest { with_backup: true }).await }).await)?;
@@ -245,7 +245,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         if status.members.iter().any(|m| m.name == node.name && m.voter) {
             continue;
         }
-        println!("installing {} ...", node.name);
+        eprintln!("installing {} ...", node.name);
         let req = proto::InstallChnRequest { name: node.name.clone(), address: node.addr.clone() };
         cluster
             .admin(|mut c| {
