@@ -173,9 +173,13 @@ impl TestCluster {
 }
 
 impl Drop for TestCluster {
+    /// Kills every CHN that has a pid file in the folder, including those
+    /// of a `cluster up` that failed half-way.
     fn drop(&mut self) {
-        for n in &self.nodes {
-            if let Some(pid) = self.pid(&n.name) {
+        let Ok(entries) = std::fs::read_dir(self.dir()) else { return };
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path().join("nasd.pid")) else { continue };
+            if let Ok(pid) = text.trim().parse::<i32>() {
                 // SAFETY: kill(2) on a child process this harness started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
