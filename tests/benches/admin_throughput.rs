@@ -1,1 +1,255 @@
-fn main(){}
+//! Benchmark (not a test): replicated admin commands per second and commit
+//! latency on a 3-CHN cluster on loopback, at 1, 16 and 64 concurrent
+//! clients, beside etcd (3 members on loopback) driven by the same load
+//! generator in the same run.
+//!
+//! Run: `cargo build --release && cargo bench -p nas-tests --bench admin_throughput`
+//! Options (after `--`): `--seconds N` per point (default 5), `--clients 1,16,64`,
+//! `--no-etcd`. etcd comes from Debian's etcd-server package (`etcd` on PATH).
+
+use std::future::Future;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nas_client::proto::{admin_client::AdminClient, Client, ClusterStatusRequest, UpsertClientRequest};
+use nas_tests::etcd::{kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest};
+use nas_tests::{wait_until, TestCluster};
+use tonic::transport::{Channel, Endpoint};
+
+/// Keys cycle through this many rows, so the tables stay small.
+const KEYS: u64 = 1000;
+/// Value size of every write, as in the etcd reference figures.
+const VALUE_BYTES: usize = 100;
+/// Connections the clients share, round robin (same for both systems).
+const CONNECTIONS: usize = 8;
+
+struct Stats {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+/// Runs `clients` loops, one request in flight each, for `secs` after a
+/// one-second warm-up, and measures every request.
+async fn load<F, Fut>(clients: usize, secs: u64, call: F) -> Stats
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let warm_until = Instant::now() + Duration::from_secs(1);
+    let end = warm_until + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let mut seq = 0u64;
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let ok = call(c, seq).await;
+                    seq += 1;
+                    if t0 >= warm_until {
+                        if ok {
+                            lat.push(t0.elapsed());
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((lat, e)) = t.await {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    all.sort();
+    let pick = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    Stats { ops_per_sec: all.len() as f64 / secs as f64, p50: pick(0.50), p99: pick(0.99), errors }
+}
+
+fn channels(addr: &str) -> anyhow::Result<Vec<Channel>> {
+    (0..CONNECTIONS)
+        .map(|_| Ok(Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect_lazy()))
+        .collect()
+}
+
+async fn bench_nasd(clients: &[usize], secs: u64) -> anyhow::Result<Vec<Stats>> {
+    let cluster = TestCluster::up(3, &[])?;
+    let status = cluster.status("CHN1").await.context("cluster status")?;
+    let leader = cluster.node(&status.leader_name).addr.clone();
+    eprintln!("nasd: 3 CHNs, leader {} at {leader}", status.leader_name);
+    let chans = Arc::new(channels(&leader)?);
+    let mut out = Vec::new();
+    for &n in clients {
+        let chans = chans.clone();
+        let stats = load(n, secs, move |c, seq| {
+            let mut admin = AdminClient::new(chans[c % CONNECTIONS].clone());
+            async move {
+                let client = Client {
+                    client_id: format!("bench-{}", (c as u64 * 7919 + seq) % KEYS),
+                    state: vec![b'x'; VALUE_BYTES],
+                    ..Default::default()
+                };
+                admin.upsert_client(UpsertClientRequest { client: Some(client) }).await.is_ok()
+            }
+        })
+        .await;
+        eprintln!("nasd {n:>3} clients: {:>8.0} ops/s", stats.ops_per_sec);
+        out.push(stats);
+    }
+    let last = cluster.status(&status.leader_name).await.context("status after the run")?;
+    eprintln!("nasd: last applied index {}, snapshot at {}", last.last_applied, last.snapshot_index);
+    Ok(out)
+}
+
+/// Three etcd members on loopback, killed when dropped.
+struct Etcd {
+    children: Vec<Child>,
+    client_addrs: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_etcd(etcd: &Path) -> anyhow::Result<Etcd> {
+    let dir = tempfile::Builder::new().prefix("etcd-bench-").tempdir()?;
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+    let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}")).collect();
+    let mut children = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let log = std::fs::File::create(dir.path().join(format!("e{i}.log")))?;
+        children.push(
+            Command::new(etcd)
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("e{i}")))
+                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "nas-bench"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("start etcd")?,
+        );
+    }
+    let client_addrs = ports.iter().map(|(c, _)| format!("127.0.0.1:{c}")).collect();
+    Ok(Etcd { children, client_addrs, _dir: dir })
+}
+
+async fn bench_etcd(etcd: &Path, clients: &[usize], secs: u64) -> anyhow::Result<Vec<Stats>> {
+    let cluster = start_etcd(etcd)?;
+    let leader = wait_until("an etcd leader", Duration::from_secs(30), || async {
+        for addr in &cluster.client_addrs {
+            let ch = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect().await.ok()?;
+            let s = MaintenanceClient::new(ch).status(StatusRequest {}).await.ok()?.into_inner();
+            if s.leader != 0 && s.header.as_ref().is_some_and(|h| h.member_id == s.leader) {
+                return Some((addr.clone(), s.version));
+            }
+        }
+        None
+    })
+    .await?;
+    eprintln!("etcd {}: 3 members, leader at {}", leader.1, leader.0);
+    let chans = Arc::new(channels(&leader.0)?);
+    let mut out = Vec::new();
+    for &n in clients {
+        let chans = chans.clone();
+        let stats = load(n, secs, move |c, seq| {
+            let mut kv = KvClient::new(chans[c % CONNECTIONS].clone());
+            async move {
+                let key = format!("bench-{}", (c as u64 * 7919 + seq) % KEYS).into_bytes();
+                kv.put(PutRequest { key, value: vec![b'x'; VALUE_BYTES] }).await.is_ok()
+            }
+        })
+        .await;
+        eprintln!("etcd {n:>3} clients: {:>8.0} ops/s", stats.ops_per_sec);
+        out.push(stats);
+    }
+    Ok(out)
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut secs = 5;
+    let mut clients = vec![1, 16, 64];
+    let mut with_etcd = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => secs = args.next().context("--seconds N")?.parse()?,
+            "--clients" => {
+                clients = args.next().context("--clients 1,16,64")?.split(',').map(str::parse).collect::<Result<_, _>>()?
+            }
+            "--no-etcd" => with_etcd = false,
+            "--bench" => {}
+            other => bail!("unknown option {other}; use --seconds N, --clients LIST, --no-etcd"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let nasd = rt.block_on(bench_nasd(&clients, secs))?;
+    let etcd = match (with_etcd, which("etcd")) {
+        (true, Some(path)) => Some(rt.block_on(bench_etcd(&path, &clients, secs))?),
+        (true, None) => {
+            eprintln!("etcd not found on PATH (apt-get install etcd-server): printing nasd only");
+            None
+        }
+        (false, _) => None,
+    };
+
+    println!("\nReplicated admin commands, 3 members on loopback, {VALUE_BYTES}-byte values, {secs} s per point");
+    println!("{:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>9}", "clients", "nasd op/s", "p50 ms", "p99 ms", "etcd op/s", "p50 ms", "p99 ms", "nasd/etcd");
+    for (i, n) in clients.iter().enumerate() {
+        let a = &nasd[i];
+        let (eo, e50, e99, ratio) = match &etcd {
+            Some(e) => (
+                format!("{:.0}", e[i].ops_per_sec),
+                ms(e[i].p50),
+                ms(e[i].p99),
+                format!("{:.2}", a.ops_per_sec / e[i].ops_per_sec.max(1.0)),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!("{n:>7} | {:>10.0} {:>8} {:>8} | {eo:>10} {e50:>8} {e99:>8} | {ratio:>9}", a.ops_per_sec, ms(a.p50), ms(a.p99));
+        let errors = a.errors + etcd.as_ref().map_or(0, |e| e[i].errors);
+        if errors > 0 {
+            println!("        ({errors} failed requests not counted)");
+        }
+    }
+    Ok(())
+}

@@ -186,3 +186,10 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// Client stubs for etcd v3 (Put and Status only), used as the benchmark's
+/// reference system.
+pub mod etcd {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("etcdserverpb");
+}
