@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 
 use crate::config::Config;
@@ -45,12 +46,20 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let raft = RaftServer::new(RaftService { lu: lu.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    // Server::tcp_nodelay only applies to listeners tonic binds itself;
+    // without it, Nagle plus delayed ACKs add 40 ms to small replies.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
     let served = Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(admin)
         .add_service(raft)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
     heartbeat.abort();

@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo build --release && cargo bench -p nas-tests --bench admin_throughput`
 //! Options (after `--`): `--seconds N` per point (default 5), `--clients 1,16,64`,
-//! `--no-etcd`. etcd comes from Debian's etcd-server package (`etcd` on PATH).
+//! `--nodes N` (nasd CHNs, default 3), `--no-etcd`. etcd comes from Debian's etcd-server package (`etcd` on PATH).
 
 use std::future::Future;
 use std::path::Path;
@@ -88,11 +88,11 @@ fn channels(addr: &str) -> anyhow::Result<Vec<Channel>> {
         .collect()
 }
 
-async fn bench_nasd(clients: &[usize], secs: u64) -> anyhow::Result<Vec<Stats>> {
-    let cluster = TestCluster::up(3, &[])?;
+async fn bench_nasd(nodes: usize, clients: &[usize], secs: u64) -> anyhow::Result<Vec<Stats>> {
+    let cluster = TestCluster::up(nodes, &[])?;
     let status = cluster.status("CHN1").await.context("cluster status")?;
     let leader = cluster.node(&status.leader_name).addr.clone();
-    eprintln!("nasd: 3 CHNs, leader {} at {leader}", status.leader_name);
+    eprintln!("nasd: {nodes} CHNs, leader {} at {leader}", status.leader_name);
     let chans = Arc::new(channels(&leader)?);
     let mut out = Vec::new();
     for &n in clients {
@@ -209,6 +209,7 @@ fn main() -> anyhow::Result<()> {
     let mut secs = 5;
     let mut clients = vec![1, 16, 64];
     let mut with_etcd = true;
+    let mut nodes = 3;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -217,12 +218,13 @@ fn main() -> anyhow::Result<()> {
                 clients = args.next().context("--clients 1,16,64")?.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
             "--no-etcd" => with_etcd = false,
+            "--nodes" => nodes = args.next().context("--nodes N")?.parse()?,
             "--bench" => {}
-            other => bail!("unknown option {other}; use --seconds N, --clients LIST, --no-etcd"),
+            other => bail!("unknown option {other}; use --seconds N, --clients LIST, --nodes N (nasd only), --no-etcd"),
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let nasd = rt.block_on(bench_nasd(&clients, secs))?;
+    let nasd = rt.block_on(bench_nasd(nodes, &clients, secs))?;
     let etcd = match (with_etcd, which("etcd")) {
         (true, Some(path)) => Some(rt.block_on(bench_etcd(&path, &clients, secs))?),
         (true, None) => {

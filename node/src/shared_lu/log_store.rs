@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{Entry, NodeId, TypeConfig};
@@ -21,6 +21,7 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE_KEY: &str = "vote";
 const PURGED_KEY: &str = "last_purged";
+const COMMITTED_KEY: &str = "committed";
 
 /// Log storage handle; cheap to clone (readers share the database).
 #[derive(Clone)]
@@ -130,6 +131,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         self.blocking(|db| Self::get_meta(db, VOTE_KEY)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        self.blocking(move |db| {
+            let bytes = encode(&committed)?;
+            let mut tx = db.begin_write().map_err(io_err)?;
+            // Only a hint that lets a restarted CHN re-apply committed
+            // entries at once; the next append's fsync persists it.
+            tx.set_durability(Durability::None).map_err(io_err)?;
+            tx.open_table(META).map_err(io_err)?.insert(COMMITTED_KEY, bytes.as_slice()).map_err(io_err)?;
+            tx.commit().map_err(io_err)
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        self.blocking(|db| Ok(Self::get_meta::<Option<LogId<NodeId>>>(db, COMMITTED_KEY)?.flatten())).await
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>

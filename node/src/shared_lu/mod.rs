@@ -21,7 +21,8 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 
-use nas_proto::{raft_client::RaftClient, Command, CommandResult, ReadIndexRequest};
+use nas_proto::{raft_client::RaftClient, Command, CommandBatch, CommandResult, CommandResults, ReadIndexRequest};
+use tokio::sync::{mpsc, oneshot};
 use network::{Network, Peers};
 use sm_store::{StateMachineStore, StateReader};
 
@@ -41,8 +42,8 @@ impl fmt::Display for ChnNode {
 openraft::declare_raft_types!(
     /// Raft types of the shared LU.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = CommandBatch,
+        R = CommandResults,
         NodeId = u64,
         Node = ChnNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -94,6 +95,19 @@ pub struct SharedLu {
     pub name: String,
     pub addr: String,
     quorum_timeout: Duration,
+    proposals: mpsc::Sender<Proposal>,
+}
+
+/// Most commands proposed in one Raft entry.
+const MAX_BATCH: usize = 1024;
+/// Raft entries proposed but not yet committed, at most. While they are in
+/// flight, new commands queue up and form the next, larger batch.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// A command waiting to be proposed, and where its verdict goes.
+struct Proposal {
+    cmd: Command,
+    reply: oneshot::Sender<Result<CommandResult, Redirect>>,
 }
 
 /// Turns a state machine verdict into the caller's result.
@@ -138,7 +152,9 @@ impl SharedLu {
         let network = Network::default();
         let peers = network.peers.clone();
         let raft = Raft::new(id, std::sync::Arc::new(config), network, log, sm).await?;
-        Ok(SharedLu { raft, state, peers, id, name, addr, quorum_timeout: s.quorum_timeout })
+        let (proposals, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
+        tokio::spawn(batch_proposals(raft.clone(), queue, id, s.quorum_timeout));
+        Ok(SharedLu { raft, state, peers, id, name, addr, quorum_timeout: s.quorum_timeout, proposals })
     }
 
     /// The leader's id and address as this CHN knows them.
@@ -220,20 +236,10 @@ impl SharedLu {
     }
 
     async fn write_here(&self, cmd: Command) -> Result<CommandResult, Redirect> {
-        let result = tokio::time::timeout(self.quorum_timeout, self.raft.client_write(cmd)).await;
-        match result {
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.leader_node {
-                Some(node) if f.leader_id != Some(self.id) => Err(Redirect::To(node)),
-                _ => Err(Redirect::Unknown),
-            },
-            Ok(Err(e)) => Err(Redirect::Failed(Status::unavailable(format!("shared LU error: {e}")))),
-            Err(_) => Err(Redirect::Failed(Status::unavailable(format!(
-                "the write was not committed within {} ms: a majority of CHNs may be unreachable; \
-                 it may still be applied later, check before retrying",
-                self.quorum_timeout.as_millis()
-            )))),
-        }
+        let (reply, verdict) = oneshot::channel();
+        let stopped = || Redirect::Failed(Status::unavailable("this CHN is shutting down; retry on another CHN"));
+        self.proposals.send(Proposal { cmd, reply }).await.map_err(|_| stopped())?;
+        verdict.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Returns once this CHN's tables include every write committed before
@@ -302,10 +308,59 @@ impl SharedLu {
     }
 }
 
+#[derive(Clone)]
 enum Redirect {
     To(ChnNode),
     Unknown,
     Failed(Status),
+}
+
+/// Proposes queued commands in batches, one Raft entry per batch, with up
+/// to `MAX_IN_FLIGHT` entries in flight. openraft appends (and fsyncs) each
+/// entry on its own, so batching is what lets many concurrent writers share
+/// one fsync.
+async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: NodeId, timeout: Duration) {
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // Waiting for a slot is what lets the next batch grow.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let outcome = tokio::time::timeout(timeout, raft.client_write(CommandBatch { commands })).await;
+            drop(permit);
+            let failure = match outcome {
+                Ok(Ok(resp)) => {
+                    let mut results = resp.data.results.into_iter();
+                    for reply in replies {
+                        let r = results.next().ok_or_else(|| Redirect::Failed(Status::internal("missing command result")));
+                        let _ = reply.send(r);
+                    }
+                    return;
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.leader_node {
+                    Some(node) if f.leader_id != Some(me) => Redirect::To(node),
+                    _ => Redirect::Unknown,
+                },
+                Ok(Err(e)) => Redirect::Failed(Status::unavailable(format!("shared LU error: {e}"))),
+                Err(_) => Redirect::Failed(Status::unavailable(format!(
+                    "the write was not committed within {} ms: a majority of CHNs may be unreachable; \
+                     it may still be applied later, check before retrying",
+                    timeout.as_millis()
+                ))),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(failure.clone()));
+            }
+        });
+    }
 }
 
 #[cfg(test)]
