@@ -54,12 +54,24 @@ impl Cluster {
             .iter()
             .map(|a| {
                 Endpoint::from_shared(format!("http://{a}"))
-                    .map(|e| e.connect_timeout(Duration::from_millis(800)).tcp_nodelay(true))
-                    .map_err(|e| ConnectError::BadAddress { addr: a.clone(), reason: e.to_string() })
+                    .map(|e| {
+                        e.connect_timeout(Duration::from_millis(800))
+                            .tcp_nodelay(true)
+                    })
+                    .map_err(|e| ConnectError::BadAddress {
+                        addr: a.clone(),
+                        reason: e.to_string(),
+                    })
             })
             .collect::<Result<_, _>>()?;
         let channels = endpoints.iter().map(|_| OnceLock::new()).collect();
-        Ok(Cluster { addrs, endpoints, channels, preferred: AtomicUsize::new(0), retry_for: Duration::from_secs(15) })
+        Ok(Cluster {
+            addrs,
+            endpoints,
+            channels,
+            preferred: AtomicUsize::new(0),
+            retry_for: Duration::from_secs(15),
+        })
     }
 
     /// Parses a comma-separated address list, as in `NAS_CLUSTER`.
@@ -82,7 +94,11 @@ impl Cluster {
     /// called inside a Tokio runtime.
     pub fn admin_at(&self, i: usize) -> AdminClient<Channel> {
         let i = i % self.endpoints.len();
-        AdminClient::new(self.channels[i].get_or_init(|| self.endpoints[i].connect_lazy()).clone())
+        AdminClient::new(
+            self.channels[i]
+                .get_or_init(|| self.endpoints[i].connect_lazy())
+                .clone(),
+        )
     }
 
     /// Calls the Admin service on some CHN. On UNAVAILABLE (CHN down,
@@ -100,10 +116,13 @@ impl Cluster {
         loop {
             match call(self.admin_at(i)).await {
                 Ok(r) => {
-                    self.preferred.store(i % self.channels.len(), Ordering::Relaxed);
+                    self.preferred
+                        .store(i % self.channels.len(), Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                Err(s)
+                    if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
+                {
                     i += 1;
                     tried_all_once += 1;
                     if tried_all_once >= self.channels.len() {
@@ -121,8 +140,14 @@ impl Cluster {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size; use e.g. 4096, 64K, 64M, 2G"))?;
-    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use e.g. 4096, 64K, 64M, 2G"))?;
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
@@ -130,7 +155,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "T" => 40,
         _ => return Err(format!("unknown unit in {s:?}; use K, M, G or T")),
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Formats bytes for people: `64.0 MiB`.
@@ -172,7 +198,15 @@ mod tests {
 
     #[tokio::test]
     async fn empty_address_lists_are_refused() {
-        assert!(matches!(Cluster::from_list(" , "), Err(ConnectError::NoAddress)));
-        assert_eq!(Cluster::from_list("127.0.0.1:1, http://127.0.0.1:2").unwrap().addrs(), ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(matches!(
+            Cluster::from_list(" , "),
+            Err(ConnectError::NoAddress)
+        ));
+        assert_eq!(
+            Cluster::from_list("127.0.0.1:1, http://127.0.0.1:2")
+                .unwrap()
+                .addrs(),
+            ["127.0.0.1:1", "127.0.0.1:2"]
+        );
     }
 }

@@ -19,30 +19,51 @@ use nas_proto::{admin_server::AdminServer, raft_server::RaftServer};
 const MAX_MESSAGE: usize = 64 << 20;
 
 /// Runs the CHN until `shutdown` completes.
-pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data).with_context(|| format!("cannot create data directory {}", cfg.data.display()))?;
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data)
+        .with_context(|| format!("cannot create data directory {}", cfg.data.display()))?;
     if let Some(array) = &cfg.array {
-        std::fs::create_dir_all(array).with_context(|| format!("cannot create array directory {}", array.display()))?;
+        std::fs::create_dir_all(array)
+            .with_context(|| format!("cannot create array directory {}", array.display()))?;
     }
     let addr: SocketAddr = tokio::net::lookup_host(&cfg.listen)
         .await
         .with_context(|| format!("cannot resolve --listen {}", cfg.listen))?
         .next()
         .with_context(|| format!("--listen {} resolves to no address", cfg.listen))?;
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
 
-    let lu = SharedLu::start(cfg.node_id, cfg.name.clone(), cfg.advertise.clone(), &cfg.data, &cfg.raft).await?;
+    let lu = SharedLu::start(
+        cfg.node_id,
+        cfg.name.clone(),
+        cfg.advertise.clone(),
+        &cfg.data,
+        &cfg.raft,
+    )
+    .await?;
     let version = env!("CARGO_PKG_VERSION").to_string();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServer<AdminService>>().await;
 
-    let heartbeat = tokio::spawn(crate::daemon_info::report_loop(lu.clone(), cfg.daemon_interval, version.clone()));
+    let heartbeat = tokio::spawn(crate::daemon_info::report_loop(
+        lu.clone(),
+        cfg.daemon_interval,
+        version.clone(),
+    ));
     tracing::info!(name = %cfg.name, node_id = cfg.node_id, %addr, data = %cfg.data.display(), "CHN serving");
 
-    let admin = AdminServer::new(AdminService { lu: lu.clone(), version })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let admin = AdminServer::new(AdminService {
+        lu: lu.clone(),
+        version,
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     let raft = RaftServer::new(RaftService { lu: lu.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

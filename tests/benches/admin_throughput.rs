@@ -4,7 +4,8 @@
 //! generator in the same run.
 //!
 //! Run: `cargo build --release && cargo bench -p nas-tests --bench admin_throughput`
-//! Options (after `--`): `--seconds N` per point (default 5), `--clients 1,16,64`,
+//! Options (after `--`): `--seconds N` per run (default 5), `--repeat N` interleaved
+//! runs per point, median reported (default 3), `--clients 1,16,64`,
 //! `--nodes N` (nasd CHNs, default 3), `--no-etcd`. etcd comes from Debian's etcd-server package (`etcd` on PATH).
 
 use std::future::Future;
@@ -14,8 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use nas_client::proto::{admin_client::AdminClient, Client, ClusterStatusRequest, UpsertClientRequest};
-use nas_tests::etcd::{kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest};
+use nas_client::proto::{admin_client::AdminClient, Client, UpsertClientRequest};
+use nas_tests::etcd::{
+    kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest,
+};
 use nas_tests::{wait_until, TestCluster};
 use tonic::transport::{Channel, Endpoint};
 
@@ -78,43 +81,58 @@ where
         }
     }
     all.sort();
-    let pick = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
-    Stats { ops_per_sec: all.len() as f64 / secs as f64, p50: pick(0.50), p99: pick(0.99), errors }
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        ops_per_sec: all.len() as f64 / secs as f64,
+        p50: pick(0.50),
+        p99: pick(0.99),
+        errors,
+    }
 }
 
 fn channels(addr: &str) -> anyhow::Result<Vec<Channel>> {
     (0..CONNECTIONS)
-        .map(|_| Ok(Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect_lazy()))
+        .map(|_| {
+            Ok(Endpoint::from_shared(format!("http://{addr}"))?
+                .tcp_nodelay(true)
+                .connect_lazy())
+        })
         .collect()
 }
 
-async fn bench_nasd(nodes: usize, clients: &[usize], secs: u64) -> anyhow::Result<Vec<Stats>> {
-    let cluster = TestCluster::up(nodes, &[])?;
+/// One system under load: how to send one write from client `c`.
+type Target =
+    Arc<dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+async fn nasd_target(cluster: &TestCluster) -> anyhow::Result<Target> {
     let status = cluster.status("CHN1").await.context("cluster status")?;
     let leader = cluster.node(&status.leader_name).addr.clone();
-    eprintln!("nasd: {nodes} CHNs, leader {} at {leader}", status.leader_name);
+    eprintln!(
+        "nasd: {} CHNs, leader {} at {leader}",
+        cluster.nodes.len(),
+        status.leader_name
+    );
     let chans = Arc::new(channels(&leader)?);
-    let mut out = Vec::new();
-    for &n in clients {
-        let chans = chans.clone();
-        let stats = load(n, secs, move |c, seq| {
-            let mut admin = AdminClient::new(chans[c % CONNECTIONS].clone());
-            async move {
-                let client = Client {
-                    client_id: format!("bench-{}", (c as u64 * 7919 + seq) % KEYS),
-                    state: vec![b'x'; VALUE_BYTES],
-                    ..Default::default()
-                };
-                admin.upsert_client(UpsertClientRequest { client: Some(client) }).await.is_ok()
-            }
+    Ok(Arc::new(move |c, seq| {
+        let mut admin = AdminClient::new(chans[c % CONNECTIONS].clone());
+        Box::pin(async move {
+            let client = Client {
+                client_id: format!("bench-{}", (c as u64 * 7919 + seq) % KEYS),
+                state: vec![b'x'; VALUE_BYTES],
+                ..Default::default()
+            };
+            admin
+                .upsert_client(UpsertClientRequest {
+                    client: Some(client),
+                })
+                .await
+                .is_ok()
         })
-        .await;
-        eprintln!("nasd {n:>3} clients: {:>8.0} ops/s", stats.ops_per_sec);
-        out.push(stats);
-    }
-    let last = cluster.status(&status.leader_name).await.context("status after the run")?;
-    eprintln!("nasd: last applied index {}, snapshot at {}", last.last_applied, last.snapshot_index);
-    Ok(out)
+    }))
 }
 
 /// Three etcd members on loopback, killed when dropped.
@@ -134,13 +152,21 @@ impl Drop for Etcd {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_etcd(etcd: &Path) -> anyhow::Result<Etcd> {
     let dir = tempfile::Builder::new().prefix("etcd-bench-").tempdir()?;
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
-    let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}")).collect();
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
+        .collect();
     let mut children = Vec::new();
     for (i, (client, peer)) in ports.iter().enumerate() {
         let log = std::fs::File::create(dir.path().join(format!("e{i}.log")))?;
@@ -149,28 +175,56 @@ fn start_etcd(etcd: &Path) -> anyhow::Result<Etcd> {
                 .args(["--name", &format!("e{i}")])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("e{i}")))
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                ])
                 .args(["--initial-cluster", &initial.join(",")])
-                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "nas-bench"])
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    "nas-bench",
+                ])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
                 .context("start etcd")?,
         );
     }
-    let client_addrs = ports.iter().map(|(c, _)| format!("127.0.0.1:{c}")).collect();
-    Ok(Etcd { children, client_addrs, _dir: dir })
+    let client_addrs = ports
+        .iter()
+        .map(|(c, _)| format!("127.0.0.1:{c}"))
+        .collect();
+    Ok(Etcd {
+        children,
+        client_addrs,
+        _dir: dir,
+    })
 }
 
-async fn bench_etcd(etcd: &Path, clients: &[usize], secs: u64) -> anyhow::Result<Vec<Stats>> {
-    let cluster = start_etcd(etcd)?;
+async fn etcd_target(cluster: &Etcd) -> anyhow::Result<Target> {
     let leader = wait_until("an etcd leader", Duration::from_secs(30), || async {
         for addr in &cluster.client_addrs {
-            let ch = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect().await.ok()?;
-            let s = MaintenanceClient::new(ch).status(StatusRequest {}).await.ok()?.into_inner();
+            let ch = Endpoint::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let s = MaintenanceClient::new(ch)
+                .status(StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
             if s.leader != 0 && s.header.as_ref().is_some_and(|h| h.member_id == s.leader) {
                 return Some((addr.clone(), s.version));
             }
@@ -180,25 +234,31 @@ async fn bench_etcd(etcd: &Path, clients: &[usize], secs: u64) -> anyhow::Result
     .await?;
     eprintln!("etcd {}: 3 members, leader at {}", leader.1, leader.0);
     let chans = Arc::new(channels(&leader.0)?);
-    let mut out = Vec::new();
-    for &n in clients {
-        let chans = chans.clone();
-        let stats = load(n, secs, move |c, seq| {
-            let mut kv = KvClient::new(chans[c % CONNECTIONS].clone());
-            async move {
-                let key = format!("bench-{}", (c as u64 * 7919 + seq) % KEYS).into_bytes();
-                kv.put(PutRequest { key, value: vec![b'x'; VALUE_BYTES] }).await.is_ok()
-            }
+    Ok(Arc::new(move |c, seq| {
+        let mut kv = KvClient::new(chans[c % CONNECTIONS].clone());
+        Box::pin(async move {
+            let key = format!("bench-{}", (c as u64 * 7919 + seq) % KEYS).into_bytes();
+            kv.put(PutRequest {
+                key,
+                value: vec![b'x'; VALUE_BYTES],
+            })
+            .await
+            .is_ok()
         })
-        .await;
-        eprintln!("etcd {n:>3} clients: {:>8.0} ops/s", stats.ops_per_sec);
-        out.push(stats);
-    }
-    Ok(out)
+    }))
+}
+
+/// The run with the median throughput of several.
+fn median(mut runs: Vec<Stats>) -> Stats {
+    runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn ms(d: Duration) -> String {
@@ -207,6 +267,7 @@ fn ms(d: Duration) -> String {
 
 fn main() -> anyhow::Result<()> {
     let mut secs = 5;
+    let mut repeat = 3;
     let mut clients = vec![1, 16, 64];
     let mut with_etcd = true;
     let mut nodes = 3;
@@ -214,44 +275,66 @@ fn main() -> anyhow::Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => secs = args.next().context("--seconds N")?.parse()?,
+            "--repeat" => repeat = args.next().context("--repeat N")?.parse::<usize>()?.max(1),
             "--clients" => {
                 clients = args.next().context("--clients 1,16,64")?.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
             "--no-etcd" => with_etcd = false,
             "--nodes" => nodes = args.next().context("--nodes N")?.parse()?,
             "--bench" => {}
-            other => bail!("unknown option {other}; use --seconds N, --clients LIST, --nodes N (nasd only), --no-etcd"),
+            other => bail!("unknown option {other}; use --seconds N, --repeat N, --clients LIST, --nodes N (nasd only), --no-etcd"),
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let nasd = rt.block_on(bench_nasd(nodes, &clients, secs))?;
-    let etcd = match (with_etcd, which("etcd")) {
-        (true, Some(path)) => Some(rt.block_on(bench_etcd(&path, &clients, secs))?),
-        (true, None) => {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let nas_cluster = TestCluster::up(nodes, &[])?;
+        let nas = nasd_target(&nas_cluster).await?;
+        let etcd_path = which("etcd").filter(|_| with_etcd);
+        if with_etcd && etcd_path.is_none() {
             eprintln!("etcd not found on PATH (apt-get install etcd-server): printing nasd only");
-            None
         }
-        (false, _) => None,
-    };
-
-    println!("\nReplicated admin commands, 3 members on loopback, {VALUE_BYTES}-byte values, {secs} s per point");
-    println!("{:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>9}", "clients", "nasd op/s", "p50 ms", "p99 ms", "etcd op/s", "p50 ms", "p99 ms", "nasd/etcd");
-    for (i, n) in clients.iter().enumerate() {
-        let a = &nasd[i];
-        let (eo, e50, e99, ratio) = match &etcd {
-            Some(e) => (
-                format!("{:.0}", e[i].ops_per_sec),
-                ms(e[i].p50),
-                ms(e[i].p99),
-                format!("{:.2}", a.ops_per_sec / e[i].ops_per_sec.max(1.0)),
-            ),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        let etcd_cluster = etcd_path.as_deref().map(start_etcd).transpose()?;
+        let etcd = match &etcd_cluster {
+            Some(e) => Some(etcd_target(e).await?),
+            None => None,
         };
-        println!("{n:>7} | {:>10.0} {:>8} {:>8} | {eo:>10} {e50:>8} {e99:>8} | {ratio:>9}", a.ops_per_sec, ms(a.p50), ms(a.p99));
-        let errors = a.errors + etcd.as_ref().map_or(0, |e| e[i].errors);
-        if errors > 0 {
-            println!("        ({errors} failed requests not counted)");
+        println!(
+            "\nReplicated writes, {nodes} nasd CHNs and 3 etcd members on loopback, {VALUE_BYTES}-byte values, \
+             median of {repeat} interleaved runs of {secs} s per point"
+        );
+        println!("{:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>9}", "clients", "nasd op/s", "p50 ms", "p99 ms", "etcd op/s", "p50 ms", "p99 ms", "nasd/etcd");
+        for &n in &clients {
+            let (mut nas_runs, mut etcd_runs) = (Vec::new(), Vec::new());
+            for _ in 0..repeat {
+                let t = nas.clone();
+                nas_runs.push(load(n, secs, move |c, s| t(c, s)).await);
+                if let Some(e) = &etcd {
+                    let t = e.clone();
+                    etcd_runs.push(load(n, secs, move |c, s| t(c, s)).await);
+                }
+            }
+            let a = median(nas_runs);
+            let e = (!etcd_runs.is_empty()).then(|| median(etcd_runs));
+            let (eo, e50, e99, ratio) = match &e {
+                Some(e) => (
+                    format!("{:.0}", e.ops_per_sec),
+                    ms(e.p50),
+                    ms(e.p99),
+                    format!("{:.2}", a.ops_per_sec / e.ops_per_sec.max(1.0)),
+                ),
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            println!("{n:>7} | {:>10.0} {:>8} {:>8} | {eo:>10} {e50:>8} {e99:>8} | {ratio:>9}", a.ops_per_sec, ms(a.p50), ms(a.p99));
+            let errors = a.errors + e.as_ref().map_or(0, |e| e.errors);
+            if errors > 0 {
+                println!("        ({errors} failed requests not counted)");
+            }
         }
-    }
-    Ok(())
+        let last = nas_cluster.status("CHN1").await.context("status after the run")?;
+        eprintln!("nasd: last applied index {}, snapshot at {}", last.last_applied, last.snapshot_index);
+        Ok(())
+    })
 }

@@ -19,7 +19,10 @@ use tonic::transport::Channel;
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let path = profile_dir.join(name);
     assert!(path.is_file(), "{} is not built; run the tests with `cargo nextest run --workspace` (or cargo test --workspace)", path.display());
     path
@@ -67,7 +70,12 @@ impl TestCluster {
 
     /// Runs `cluster up` again: restarts stopped CHNs, or grows the cluster.
     pub fn cluster_up(&mut self, nodes: Option<usize>, nasd_args: &[&str]) -> anyhow::Result<()> {
-        let mut args = vec!["--json".to_string(), "cluster".into(), "up".into(), "--dir".into()];
+        let mut args = vec![
+            "--json".to_string(),
+            "cluster".into(),
+            "up".into(),
+            "--dir".into(),
+        ];
         args.push(self.dir.path().display().to_string());
         if let Some(n) = nodes {
             args.extend(["--nodes".into(), n.to_string()]);
@@ -75,17 +83,32 @@ impl TestCluster {
         for a in nasd_args {
             args.push(format!("--nasd-arg={a}"));
         }
-        let out = Command::new(bin("nasctl")).args(&args).env("NASD_BIN", bin("nasd")).env_remove("NAS_CLUSTER").output()?;
+        let out = Command::new(bin("nasctl"))
+            .args(&args)
+            .env("NASD_BIN", bin("nasd"))
+            .env_remove("NAS_CLUSTER")
+            .output()?;
         if !out.status.success() {
-            bail!("nasctl cluster up failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
+            bail!(
+                "nasctl cluster up failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.logs()
+            );
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("cluster up --json printed {:?}", String::from_utf8_lossy(&out.stdout)))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "cluster up --json printed {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
         self.nodes = v["nodes"]
             .as_array()
             .context("nodes in cluster up output")?
             .iter()
-            .map(|n| Node { name: n["name"].as_str().unwrap_or_default().into(), addr: n["address"].as_str().unwrap_or_default().into() })
+            .map(|n| Node {
+                name: n["name"].as_str().unwrap_or_default().into(),
+                addr: n["address"].as_str().unwrap_or_default().into(),
+            })
             .collect();
         Ok(())
     }
@@ -97,7 +120,11 @@ impl TestCluster {
 
     /// `NAS_CLUSTER` value for this cluster.
     pub fn cluster_env(&self) -> String {
-        self.nodes.iter().map(|n| n.addr.as_str()).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(|n| n.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Runs nasctl against this cluster.
@@ -112,35 +139,46 @@ impl TestCluster {
 
     /// A client handle over every CHN.
     pub fn client(&self) -> Cluster {
-        Cluster::from_list(&self.cluster_env()).expect("cluster addresses").with_retry_for(Duration::from_secs(20))
+        Cluster::from_list(&self.cluster_env())
+            .expect("cluster addresses")
+            .with_retry_for(Duration::from_secs(20))
     }
 
     /// An Admin client on exactly one CHN (no retry, no failover).
     pub fn admin(&self, name: &str) -> AdminClient<Channel> {
         let node = self.node(name);
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr)).expect("address").connect_lazy();
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+            .expect("address")
+            .connect_lazy();
         AdminClient::new(ch)
     }
 
     /// The node called `name`.
     pub fn node(&self, name: &str) -> &Node {
-        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no CHN named {name}"))
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no CHN named {name}"))
     }
 
     /// The pid of a running CHN.
     pub fn pid(&self, name: &str) -> Option<i32> {
-        let text = std::fs::read_to_string(self.dir().join(name.to_lowercase()).join("nasd.pid")).ok()?;
+        let text =
+            std::fs::read_to_string(self.dir().join(name.to_lowercase()).join("nasd.pid")).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
     /// kill -9 one CHN and wait until the process is gone.
     pub fn kill9(&self, name: &str) {
-        let pid = self.pid(name).unwrap_or_else(|| panic!("{name} is not running"));
+        let pid = self
+            .pid(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
         // SAFETY: kill(2) on a child process this harness started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+        {
             assert!(Instant::now() < deadline, "{name} survived SIGKILL");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -149,13 +187,20 @@ impl TestCluster {
 
     /// ClusterStatus as one CHN sees it.
     pub async fn status(&self, name: &str) -> Option<ClusterStatusReply> {
-        self.admin(name).cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+        self.admin(name)
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 
     /// Waits until `name` sees a leader, and returns the leader's name.
     pub async fn leader_seen_by(&self, name: &str, timeout: Duration) -> anyhow::Result<String> {
         wait_until(&format!("{name} to see a leader"), timeout, || async {
-            self.status(name).await.filter(|s| s.leader_id != 0).map(|s| s.leader_name)
+            self.status(name)
+                .await
+                .filter(|s| s.leader_id != 0)
+                .map(|s| s.leader_name)
         })
         .await
     }
@@ -164,9 +209,15 @@ impl TestCluster {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in &self.nodes {
-            let log = std::fs::read_to_string(self.dir().join(n.name.to_lowercase()).join("nasd.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir().join(n.name.to_lowercase()).join("nasd.log"))
+                    .unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            out += &format!("--- {} ---\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            out += &format!(
+                "--- {} ---\n{}\n",
+                n.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         out
     }
@@ -176,9 +227,13 @@ impl Drop for TestCluster {
     /// Kills every CHN that has a pid file in the folder, including those
     /// of a `cluster up` that failed half-way.
     fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.dir()) else { return };
+        let Ok(entries) = std::fs::read_dir(self.dir()) else {
+            return;
+        };
         for entry in entries.flatten() {
-            let Ok(text) = std::fs::read_to_string(entry.path().join("nasd.pid")) else { continue };
+            let Ok(text) = std::fs::read_to_string(entry.path().join("nasd.pid")) else {
+                continue;
+            };
             if let Ok(pid) = text.trim().parse::<i32>() {
                 // SAFETY: kill(2) on a child process this harness started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };

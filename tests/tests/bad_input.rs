@@ -5,10 +5,18 @@ use nas_client::proto::*;
 use nas_tests::TestCluster;
 use tonic::Code;
 
-async fn expect(r: Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>, code: Code, needle: &str) {
+async fn expect(
+    r: Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>,
+    code: Code,
+    needle: &str,
+) {
     let err = r.expect_err("must be refused");
     assert_eq!(err.code(), code, "{}", err.message());
-    assert!(err.message().contains(needle), "{:?} lacks {needle:?}", err.message());
+    assert!(
+        err.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        err.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,29 +24,114 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
     let c = TestCluster::up(3, &[])?;
     // Through a follower, so that forwarding keeps the status intact.
     let follower = {
-        let leader = c.leader_seen_by("CHN1", std::time::Duration::from_secs(5)).await?;
-        c.nodes.iter().find(|n| n.name != leader).map(|n| n.name.clone()).unwrap_or_default()
+        let leader = c
+            .leader_seen_by("CHN1", std::time::Duration::from_secs(5))
+            .await?;
+        c.nodes
+            .iter()
+            .find(|n| n.name != leader)
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
     };
     let mut a = c.admin(&follower);
-    a.init_array(InitArrayRequest { disks: 4, disk_capacity_bytes: 4 << 20 }).await?;
-    expect(a.init_array(InitArrayRequest { disks: 4, disk_capacity_bytes: 4 << 20 }).await, Code::AlreadyExists, "already initialized").await;
-    let lu = |raid: RaidLevel, disks: &[u32]| CreateLuRequest { raid: raid as i32, disks: disks.to_vec(), stripe_unit_bytes: 0 };
-    expect(a.create_lu(lu(RaidLevel::Raid5, &[1, 2])).await, Code::InvalidArgument, "at least 3 disks").await;
+    a.init_array(InitArrayRequest {
+        disks: 4,
+        disk_capacity_bytes: 4 << 20,
+    })
+    .await?;
+    expect(
+        a.init_array(InitArrayRequest {
+            disks: 4,
+            disk_capacity_bytes: 4 << 20,
+        })
+        .await,
+        Code::AlreadyExists,
+        "already initialized",
+    )
+    .await;
+    let lu = |raid: RaidLevel, disks: &[u32]| CreateLuRequest {
+        raid: raid as i32,
+        disks: disks.to_vec(),
+        stripe_unit_bytes: 0,
+    };
+    expect(
+        a.create_lu(lu(RaidLevel::Raid5, &[1, 2])).await,
+        Code::InvalidArgument,
+        "at least 3 disks",
+    )
+    .await;
     a.create_lu(lu(RaidLevel::Raid1, &[1, 2])).await?;
-    expect(a.create_lu(lu(RaidLevel::Raid1, &[2, 3])).await, Code::FailedPrecondition, "already USED").await;
-    expect(a.create_lu(lu(RaidLevel::Raid1, &[3, 3])).await, Code::InvalidArgument, "listed twice").await;
-    expect(a.create_lu(lu(RaidLevel::Raid1, &[3, 40])).await, Code::NotFound, "disk 40").await;
-    expect(a.create_lu(CreateLuRequest { raid: 7, disks: vec![3, 4], stripe_unit_bytes: 0 }).await, Code::InvalidArgument, "use 1 or 5").await;
+    expect(
+        a.create_lu(lu(RaidLevel::Raid1, &[2, 3])).await,
+        Code::FailedPrecondition,
+        "already USED",
+    )
+    .await;
+    expect(
+        a.create_lu(lu(RaidLevel::Raid1, &[3, 3])).await,
+        Code::InvalidArgument,
+        "listed twice",
+    )
+    .await;
+    expect(
+        a.create_lu(lu(RaidLevel::Raid1, &[3, 40])).await,
+        Code::NotFound,
+        "disk 40",
+    )
+    .await;
+    expect(
+        a.create_lu(CreateLuRequest {
+            raid: 7,
+            disks: vec![3, 4],
+            stripe_unit_bytes: 0,
+        })
+        .await,
+        Code::InvalidArgument,
+        "use 1 or 5",
+    )
+    .await;
 
-    let user = |name: &str, password: &str| AddUserRequest { name: name.into(), password: password.into(), uid: 0, groups: vec![] };
+    let user = |name: &str, password: &str| AddUserRequest {
+        name: name.into(),
+        password: password.into(),
+        uid: 0,
+        groups: vec![],
+    };
     a.add_user(user("alice", "correct-horse")).await?;
-    expect(a.add_user(user("alice", "correct-horse")).await, Code::AlreadyExists, "already exists").await;
-    expect(a.add_user(user("bob", "short")).await, Code::InvalidArgument, "8 to 1024").await;
-    expect(a.add_user(user("", "correct-horse")).await, Code::InvalidArgument, "empty").await;
-    expect(a.add_user(user("bo\0b", "correct-horse")).await, Code::InvalidArgument, "not allowed").await;
-    let users = a.list_users(ListRequest { local: false }).await?.into_inner().users;
+    expect(
+        a.add_user(user("alice", "correct-horse")).await,
+        Code::AlreadyExists,
+        "already exists",
+    )
+    .await;
+    expect(
+        a.add_user(user("bob", "short")).await,
+        Code::InvalidArgument,
+        "8 to 1024",
+    )
+    .await;
+    expect(
+        a.add_user(user("", "correct-horse")).await,
+        Code::InvalidArgument,
+        "empty",
+    )
+    .await;
+    expect(
+        a.add_user(user("bo\0b", "correct-horse")).await,
+        Code::InvalidArgument,
+        "not allowed",
+    )
+    .await;
+    let users = a
+        .list_users(ListRequest { local: false })
+        .await?
+        .into_inner()
+        .users;
     assert_eq!(users.len(), 1);
-    assert!(users[0].password_hash.is_empty(), "hashes must not leave the shared LU");
+    assert!(
+        users[0].password_hash.is_empty(),
+        "hashes must not leave the shared LU"
+    );
 
     let export = |name: &str, lu: u32, owner: &str| CreateExportRequest {
         name: name.into(),
@@ -47,24 +140,102 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
         partner_chn: "CHN2".into(),
         users: vec!["alice".into()],
     };
-    expect(a.create_export(export("home", 9, "CHN1")).await, Code::NotFound, "LU 9").await;
-    expect(a.create_export(export("home", 1, "CHN7")).await, Code::NotFound, "CHN7").await;
-    expect(a.create_export(export("ho me", 1, "CHN1")).await, Code::InvalidArgument, "not allowed").await;
+    expect(
+        a.create_export(export("home", 9, "CHN1")).await,
+        Code::NotFound,
+        "LU 9",
+    )
+    .await;
+    expect(
+        a.create_export(export("home", 1, "CHN7")).await,
+        Code::NotFound,
+        "CHN7",
+    )
+    .await;
+    expect(
+        a.create_export(export("ho me", 1, "CHN1")).await,
+        Code::InvalidArgument,
+        "not allowed",
+    )
+    .await;
     a.create_export(export("home", 1, "CHN1")).await?;
-    expect(a.remove_chn(RemoveChnRequest { name: "CHN1".into() }).await, Code::FailedPrecondition, "serves export home").await;
+    expect(
+        a.remove_chn(RemoveChnRequest {
+            name: "CHN1".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "serves export home",
+    )
+    .await;
 
-    expect(a.add_path(PathRequest { path: None }).await, Code::InvalidArgument, "missing").await;
-    let path = Path { chn: "CHN1".into(), target: PathTarget::PathDataLu as i32, lu: 5 };
-    expect(a.add_path(PathRequest { path: Some(path) }).await, Code::NotFound, "LU 5").await;
-    expect(a.upsert_client(UpsertClientRequest { client: None }).await, Code::InvalidArgument, "missing").await;
+    expect(
+        a.add_path(PathRequest { path: None }).await,
+        Code::InvalidArgument,
+        "missing",
+    )
+    .await;
+    let path = Path {
+        chn: "CHN1".into(),
+        target: PathTarget::PathDataLu as i32,
+        lu: 5,
+    };
+    expect(
+        a.add_path(PathRequest { path: Some(path) }).await,
+        Code::NotFound,
+        "LU 5",
+    )
+    .await;
+    expect(
+        a.upsert_client(UpsertClientRequest { client: None }).await,
+        Code::InvalidArgument,
+        "missing",
+    )
+    .await;
 
-    expect(a.install_chn(InstallChnRequest { name: "CHN9".into(), address: "nowhere".into() }).await, Code::InvalidArgument, "HOST:PORT").await;
-    expect(a.install_chn(InstallChnRequest { name: "CHN9".into(), address: "127.0.0.1:1".into() }).await, Code::Unavailable, "start it first").await;
-    expect(a.install_chn(InstallChnRequest { name: "CHN9".into(), address: c.node("CHN3").addr.clone() }).await, Code::InvalidArgument, "is named CHN3").await;
-    expect(c.admin("CHN1").bootstrap(BootstrapRequest {}).await, Code::AlreadyExists, "already belongs").await;
+    expect(
+        a.install_chn(InstallChnRequest {
+            name: "CHN9".into(),
+            address: "nowhere".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "HOST:PORT",
+    )
+    .await;
+    expect(
+        a.install_chn(InstallChnRequest {
+            name: "CHN9".into(),
+            address: "127.0.0.1:1".into(),
+        })
+        .await,
+        Code::Unavailable,
+        "start it first",
+    )
+    .await;
+    expect(
+        a.install_chn(InstallChnRequest {
+            name: "CHN9".into(),
+            address: c.node("CHN3").addr.clone(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "is named CHN3",
+    )
+    .await;
+    expect(
+        c.admin("CHN1").bootstrap(BootstrapRequest {}).await,
+        Code::AlreadyExists,
+        "already belongs",
+    )
+    .await;
 
     // Nothing above changed the tables beyond the accepted commands.
-    let lus = a.list_lus(ListRequest { local: false }).await?.into_inner().lus;
+    let lus = a
+        .list_lus(ListRequest { local: false })
+        .await?
+        .into_inner()
+        .lus;
     assert_eq!(lus.len(), 1);
     Ok(())
 }
@@ -72,22 +243,51 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_raft_messages_are_refused_and_the_chn_survives() -> anyhow::Result<()> {
     let c = TestCluster::up(3, &[])?;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node("CHN2").addr))?.connect().await?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node("CHN2").addr))?
+        .connect()
+        .await?;
     let mut raft = raft_client::RaftClient::new(ch);
-    for garbage in [vec![], vec![0xff; 7], vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]] {
-        let err = raft.append_entries(RaftBytes { data: garbage.clone() }).await.unwrap_err();
+    for garbage in [
+        vec![],
+        vec![0xff; 7],
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+    ] {
+        let err = raft
+            .append_entries(RaftBytes {
+                data: garbage.clone(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
-        let err = raft.vote(RaftBytes { data: garbage.clone() }).await.unwrap_err();
+        let err = raft
+            .vote(RaftBytes {
+                data: garbage.clone(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
-        let err = raft.install_snapshot(RaftBytes { data: garbage }).await.unwrap_err();
+        let err = raft
+            .install_snapshot(RaftBytes { data: garbage })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
     }
     let err = raft.forward(Command { kind: None }).await;
     // The empty command reaches the leader's state machine, which refuses it.
     let err = err.expect_err("empty command");
-    assert!(matches!(err.code(), Code::InvalidArgument | Code::Unavailable), "{err:?}");
+    assert!(
+        matches!(err.code(), Code::InvalidArgument | Code::Unavailable),
+        "{err:?}"
+    );
     // CHN2 is still a healthy member.
-    c.admin("CHN2").upsert_client(UpsertClientRequest { client: Some(Client { client_id: "x".into(), ..Default::default() }) }).await?;
+    c.admin("CHN2")
+        .upsert_client(UpsertClientRequest {
+            client: Some(Client {
+                client_id: "x".into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
     assert!(c.pid("CHN2").is_some());
     Ok(())
 }

@@ -9,35 +9,75 @@ use tonic::Code;
 
 fn client_row(id: &str) -> UpsertClientRequest {
     UpsertClientRequest {
-        client: Some(Client { client_id: id.into(), session: format!("s-{id}"), user: "alice".into(), ..Default::default() }),
+        client: Some(Client {
+            client_id: id.into(),
+            session: format!("s-{id}"),
+            user: "alice".into(),
+            ..Default::default()
+        }),
     }
 }
 
 async fn client_ids(c: &TestCluster, chn: &str, local: bool) -> Vec<String> {
-    let r = c.admin(chn).list_clients(ListRequest { local }).await.expect("list clients");
-    r.into_inner().clients.into_iter().map(|c| c.client_id).collect()
+    let r = c
+        .admin(chn)
+        .list_clients(ListRequest { local })
+        .await
+        .expect("list clients");
+    r.into_inner()
+        .clients
+        .into_iter()
+        .map(|c| c.client_id)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_every_chn_are_seen_by_every_chn() -> anyhow::Result<()> {
     let c = TestCluster::up(3, &[])?;
     for n in &c.nodes {
-        let r = c.admin(&n.name).upsert_client(client_row(&format!("via-{}", n.name))).await?;
+        let r = c
+            .admin(&n.name)
+            .upsert_client(client_row(&format!("via-{}", n.name)))
+            .await?;
         assert!(r.into_inner().log_index > 0);
     }
     // A table command through a follower is forwarded and applied once.
-    let out = c.nasctl(&["--cluster", &c.node("CHN3").addr, "array", "init", "--disks", "4", "--size", "8M"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.nasctl(&[
+        "--cluster",
+        &c.node("CHN3").addr,
+        "array",
+        "init",
+        "--disks",
+        "4",
+        "--size",
+        "8M",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in &c.nodes {
         let ids = client_ids(&c, &n.name, false).await;
-        assert_eq!(ids, ["via-CHN1", "via-CHN2", "via-CHN3"], "linearizable read on {}", n.name);
-        let disks = c.admin(&n.name).list_disks(ListRequest { local: false }).await?.into_inner();
+        assert_eq!(
+            ids,
+            ["via-CHN1", "via-CHN2", "via-CHN3"],
+            "linearizable read on {}",
+            n.name
+        );
+        let disks = c
+            .admin(&n.name)
+            .list_disks(ListRequest { local: false })
+            .await?
+            .into_inner();
         assert_eq!(disks.disks.len(), 4);
         assert!(!disks.possibly_stale);
     }
     let status = c.status("CHN2").await.expect("status");
     assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
-    assert!(status.shared_lu.is_some_and(|s| s.initialized && s.backup_initialized));
+    assert!(status
+        .shared_lu
+        .is_some_and(|s| s.initialized && s.backup_initialized));
     Ok(())
 }
 
@@ -50,46 +90,84 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> anyhow::Result<
     let mut acked = Vec::new();
     for i in 0..20 {
         let id = format!("before-{i}");
-        client.admin(|mut a| { let r = client_row(&id); async move { a.upsert_client(r).await } }).await?;
+        client
+            .admin(|mut a| {
+                let r = client_row(&id);
+                async move { a.upsert_client(r).await }
+            })
+            .await?;
         acked.push(id);
     }
     let old = c.leader_seen_by("CHN1", Duration::from_secs(5)).await?;
     let killed_at = Instant::now();
     c.kill9(&old);
-    let survivor = c.nodes.iter().find(|n| n.name != old).map(|n| n.name.clone()).unwrap_or_default();
+    let survivor = c
+        .nodes
+        .iter()
+        .find(|n| n.name != old)
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
     let new = wait_until("a new leader", Duration::from_secs(10), || async {
-        c.status(&survivor).await.filter(|s| s.leader_id != 0 && s.leader_name != old).map(|s| s.leader_name)
+        c.status(&survivor)
+            .await
+            .filter(|s| s.leader_id != 0 && s.leader_name != old)
+            .map(|s| s.leader_name)
     })
     .await?;
     let elected_in = killed_at.elapsed();
     eprintln!("new leader {new} elected {elected_in:?} after kill -9 of {old}");
     // Election timeout is 400-800 ms; allow for a loaded 2-core machine.
-    assert!(elected_in < Duration::from_secs(5), "election took {elected_in:?}");
+    assert!(
+        elected_in < Duration::from_secs(5),
+        "election took {elected_in:?}"
+    );
 
     for i in 0..200 {
         let id = format!("after-{i}");
-        client.admin(|mut a| { let r = client_row(&id); async move { a.upsert_client(r).await } }).await?;
+        client
+            .admin(|mut a| {
+                let r = client_row(&id);
+                async move { a.upsert_client(r).await }
+            })
+            .await?;
         acked.push(id);
     }
     acked.sort();
     let mut seen = client_ids(&c, &new, false).await;
     seen.sort();
-    assert_eq!(seen, acked, "an acknowledged write is missing after failover");
-    let snapshot_index = wait_until("the leader to compact its log", Duration::from_secs(10), || async {
-        c.status(&new).await.map(|s| s.snapshot_index).filter(|i| *i > 0)
-    })
+    assert_eq!(
+        seen, acked,
+        "an acknowledged write is missing after failover"
+    );
+    let snapshot_index = wait_until(
+        "the leader to compact its log",
+        Duration::from_secs(10),
+        || async {
+            c.status(&new)
+                .await
+                .map(|s| s.snapshot_index)
+                .filter(|i| *i > 0)
+        },
+    )
     .await?;
 
     let mut c = c;
     c.cluster_up(None, &[])?;
-    let back = wait_until("the restarted CHN to catch up", Duration::from_secs(20), || async {
-        let s = c.status(&old).await?;
-        let leader = c.status(&new).await?;
-        (s.last_applied >= leader.last_applied && s.snapshot_index > 0).then_some(s)
-    })
+    let back = wait_until(
+        "the restarted CHN to catch up",
+        Duration::from_secs(20),
+        || async {
+            let s = c.status(&old).await?;
+            let leader = c.status(&new).await?;
+            (s.last_applied >= leader.last_applied && s.snapshot_index > 0).then_some(s)
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
-    assert!(back.snapshot_index >= snapshot_index.min(back.last_applied), "catch-up did not go through a snapshot");
+    assert!(
+        back.snapshot_index >= snapshot_index.min(back.last_applied),
+        "catch-up did not go through a snapshot"
+    );
     let mut local = client_ids(&c, &old, true).await;
     local.sort();
     assert_eq!(local, acked, "the restarted CHN lacks acknowledged writes");
@@ -103,11 +181,22 @@ async fn whole_cluster_kill9_and_restart_keeps_every_acknowledged_write() -> any
     let mut acked = Vec::new();
     for i in 0..50 {
         let id = format!("k-{i:02}");
-        client.admin(|mut a| { let r = client_row(&id); async move { a.upsert_client(r).await } }).await?;
+        client
+            .admin(|mut a| {
+                let r = client_row(&id);
+                async move { a.upsert_client(r).await }
+            })
+            .await?;
         acked.push(id);
     }
     let lu = client
-        .admin(|mut a| async move { a.init_array(InitArrayRequest { disks: 3, disk_capacity_bytes: 1 << 20 }).await })
+        .admin(|mut a| async move {
+            a.init_array(InitArrayRequest {
+                disks: 3,
+                disk_capacity_bytes: 1 << 20,
+            })
+            .await
+        })
         .await?;
     for n in c.nodes.clone() {
         c.kill9(&n.name);
@@ -126,28 +215,60 @@ async fn chns_join_as_voters_and_can_be_removed() -> anyhow::Result<()> {
     let mut c = TestCluster::up(3, &[])?;
     c.cluster_up(Some(5), &[])?;
     let status = c.status("CHN5").await.expect("status from CHN5");
-    let voters: Vec<_> = status.members.iter().filter(|m| m.voter).map(|m| m.name.clone()).collect();
+    let voters: Vec<_> = status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.name.clone())
+        .collect();
     assert_eq!(voters, ["CHN1", "CHN2", "CHN3", "CHN4", "CHN5"]);
     let out = c.nasctl(&["--json", "chn", "list"]);
     let chns: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(chns.as_array().map(Vec::len), Some(5));
-    assert!(chns.as_array().into_iter().flatten().all(|c| c["state"] == "INSTALLED"));
+    assert!(chns
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|c| c["state"] == "INSTALLED"));
 
     // Remove CHN4 through another CHN; the request reaches the leader.
     let out = c.nasctl(&["--cluster", &c.node("CHN2").addr, "chn", "remove", "CHN4"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let status = wait_until("CHN4 out of the membership", Duration::from_secs(10), || async {
-        c.status("CHN1").await.filter(|s| s.members.iter().all(|m| m.name != "CHN4"))
-    })
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = wait_until(
+        "CHN4 out of the membership",
+        Duration::from_secs(10),
+        || async {
+            c.status("CHN1")
+                .await
+                .filter(|s| s.members.iter().all(|m| m.name != "CHN4"))
+        },
+    )
     .await?;
     assert_eq!(status.members.len(), 4);
-    let chns = c.admin("CHN3").list_chns(ListRequest { local: false }).await?.into_inner().chns;
+    let chns = c
+        .admin("CHN3")
+        .list_chns(ListRequest { local: false })
+        .await?
+        .into_inner()
+        .chns;
     assert!(chns.iter().all(|d| d.chn != "CHN4"));
     // Removing it again is a precise NOT_FOUND.
-    let err = c.admin("CHN1").remove_chn(RemoveChnRequest { name: "CHN4".into() }).await.unwrap_err();
+    let err = c
+        .admin("CHN1")
+        .remove_chn(RemoveChnRequest {
+            name: "CHN4".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{}", err.message());
     // The cluster still commits with CHN4 gone.
-    c.admin("CHN5").upsert_client(client_row("after-remove")).await?;
+    c.admin("CHN5")
+        .upsert_client(client_row("after-remove"))
+        .await?;
     Ok(())
 }
 
@@ -157,16 +278,33 @@ async fn losing_the_quorum_gives_unavailable_and_service_comes_back() -> anyhow:
     c.admin("CHN1").upsert_client(client_row("before")).await?;
     c.kill9("CHN2");
     c.kill9("CHN3");
-    let err = c.admin("CHN1").upsert_client(client_row("no-quorum")).await.unwrap_err();
+    let err = c
+        .admin("CHN1")
+        .upsert_client(client_row("no-quorum"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
-    let err = c.admin("CHN1").list_clients(ListRequest { local: false }).await.unwrap_err();
+    let err = c
+        .admin("CHN1")
+        .list_clients(ListRequest { local: false })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     // A stale local read still answers, and says so.
-    let local = c.admin("CHN1").list_clients(ListRequest { local: true }).await?.into_inner();
+    let local = c
+        .admin("CHN1")
+        .list_clients(ListRequest { local: true })
+        .await?
+        .into_inner();
     assert!(local.possibly_stale);
     c.cluster_up(None, &[])?;
-    c.client().admin(|mut a| async move { a.upsert_client(client_row("after")).await }).await?;
+    c.client()
+        .admin(|mut a| async move { a.upsert_client(client_row("after")).await })
+        .await?;
     let ids = client_ids(&c, "CHN3", false).await;
-    assert!(ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()), "{ids:?}");
+    assert!(
+        ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()),
+        "{ids:?}"
+    );
     Ok(())
 }

@@ -24,7 +24,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Milliseconds since the Unix epoch, as commands carry time.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The `Admin` service of one CHN.
@@ -34,7 +36,10 @@ pub struct AdminService {
 }
 
 fn reply(r: CommandResult) -> Response<WriteReply> {
-    Response::new(WriteReply { log_index: r.log_index, assigned: r.assigned })
+    Response::new(WriteReply {
+        log_index: r.log_index,
+        assigned: r.assigned,
+    })
 }
 
 /// Checks a `host:port` address.
@@ -45,7 +50,9 @@ fn check_addr(addr: &str) -> Result<(), Status> {
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!("address {addr:?} is not HOST:PORT (for example 127.0.0.1:7002)")))
+        Err(Status::invalid_argument(format!(
+            "address {addr:?} is not HOST:PORT (for example 127.0.0.1:7002)"
+        )))
     }
 }
 
@@ -59,7 +66,11 @@ impl AdminService {
     }
 
     /// Reads the tables, linearizably unless the caller accepts stale data.
-    async fn read<T>(&self, req: Request<ListRequest>, f: impl FnOnce(&Tables) -> T) -> Result<(T, bool), Status> {
+    async fn read<T>(
+        &self,
+        req: Request<ListRequest>,
+        f: impl FnOnce(&Tables) -> T,
+    ) -> Result<(T, bool), Status> {
         let local = req.into_inner().local;
         if !local {
             self.lu.ensure_current().await?;
@@ -70,13 +81,17 @@ impl AdminService {
 
     /// An Admin client on the leader when another CHN leads, for the
     /// membership calls that only the leader may make.
-    async fn leader_admin(&self) -> Result<Option<admin_client::AdminClient<tonic::transport::Channel>>, Status> {
+    async fn leader_admin(
+        &self,
+    ) -> Result<Option<admin_client::AdminClient<tonic::transport::Channel>>, Status> {
         self.lu.require_initialized().await?;
         let leader = match self.lu.leader() {
             Some(l) => l,
             None => {
                 let wait = self.lu.raft.wait(Some(Duration::from_secs(5)));
-                let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;
+                let _ = wait
+                    .metrics(|m| m.current_leader.is_some(), "leader known")
+                    .await;
                 self.lu.leader().ok_or_else(|| {
                     Status::unavailable("no CHN leads the shared LU (is a majority down?); retry when they are back")
                 })?
@@ -85,7 +100,11 @@ impl AdminService {
         if leader.0 == self.lu.id {
             return Ok(None);
         }
-        let ch = self.lu.peers.channel(&leader.1.addr).map_err(|e| Status::internal(e.to_string()))?;
+        let ch = self
+            .lu
+            .peers
+            .channel(&leader.1.addr)
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Some(admin_client::AdminClient::new(ch)))
     }
 
@@ -93,7 +112,13 @@ impl AdminService {
         self.lu.state.read().tables.daemons.get(name).cloned()
     }
 
-    async fn register(&self, name: &str, node_id: u64, address: &str, state: ChnState) -> Result<(), Status> {
+    async fn register(
+        &self,
+        name: &str,
+        node_id: u64,
+        address: &str,
+        state: ChnState,
+    ) -> Result<(), Status> {
         self.lu
             .write(Command {
                 kind: Some(Kind::RegisterChn(RegisterChn {
@@ -114,9 +139,17 @@ fn membership_error(what: &str, e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl admin_server::Admin for AdminService {
-    async fn node_info(&self, _req: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
+    async fn node_info(
+        &self,
+        _req: Request<NodeInfoRequest>,
+    ) -> Result<Response<NodeInfoReply>, Status> {
         let m = self.lu.raft.metrics().borrow().clone();
-        let initialized = self.lu.raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let initialized = self
+            .lu
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(NodeInfoReply {
             node_id: self.lu.id,
             name: self.lu.name.clone(),
@@ -127,7 +160,10 @@ impl admin_server::Admin for AdminService {
         }))
     }
 
-    async fn cluster_status(&self, _req: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusReply>, Status> {
+    async fn cluster_status(
+        &self,
+        _req: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusReply>, Status> {
         let m = self.lu.raft.metrics().borrow().clone();
         let (nodes, voters) = self.lu.members();
         let now = now_ms();
@@ -135,7 +171,12 @@ impl admin_server::Admin for AdminService {
         let members = nodes
             .iter()
             .map(|(id, node)| {
-                let heartbeat = state.tables.daemons.get(&node.name).map(|d| d.heartbeat_ms).unwrap_or(0);
+                let heartbeat = state
+                    .tables
+                    .daemons
+                    .get(&node.name)
+                    .map(|d| d.heartbeat_ms)
+                    .unwrap_or(0);
                 let matched = m
                     .replication
                     .as_ref()
@@ -146,7 +187,11 @@ impl admin_server::Admin for AdminService {
                     name: node.name.clone(),
                     address: node.addr.clone(),
                     voter: voters.contains(id),
-                    heartbeat_age_ms: if heartbeat == 0 { -1 } else { now.saturating_sub(heartbeat) as i64 },
+                    heartbeat_age_ms: if heartbeat == 0 {
+                        -1
+                    } else {
+                        now.saturating_sub(heartbeat) as i64
+                    },
                     matched_index: matched,
                 }
             })
@@ -155,25 +200,39 @@ impl admin_server::Admin for AdminService {
         Ok(Response::new(ClusterStatusReply {
             answered_by: self.lu.name.clone(),
             leader_id,
-            leader_name: nodes.get(&leader_id).map(|n| n.name.clone()).unwrap_or_default(),
+            leader_name: nodes
+                .get(&leader_id)
+                .map(|n| n.name.clone())
+                .unwrap_or_default(),
             term: m.current_term,
             last_applied: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
             members,
-            shared_lu: Some(state.tables.shared_lu.clone()),
+            shared_lu: Some(state.tables.shared_lu),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
         }))
     }
 
-    async fn bootstrap(&self, _req: Request<BootstrapRequest>) -> Result<Response<ChnReply>, Status> {
-        let initialized = self.lu.raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    async fn bootstrap(
+        &self,
+        _req: Request<BootstrapRequest>,
+    ) -> Result<Response<ChnReply>, Status> {
+        let initialized = self
+            .lu
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         if initialized {
             return Err(Status::already_exists(format!(
                 "{} already belongs to an initialized shared LU; install further CHNs with `nasctl chn install`",
                 self.lu.name
             )));
         }
-        let me = ChnNode { name: self.lu.name.clone(), addr: self.lu.addr.clone() };
+        let me = ChnNode {
+            name: self.lu.name.clone(),
+            addr: self.lu.addr.clone(),
+        };
         self.lu
             .raft
             .initialize(std::collections::BTreeMap::from([(self.lu.id, me)]))
@@ -184,26 +243,56 @@ impl admin_server::Admin for AdminService {
             .wait(Some(Duration::from_secs(10)))
             .current_leader(self.lu.id, "bootstrap")
             .await
-            .map_err(|e| Status::unavailable(format!("bootstrapped, but no leader yet: {e}; retry `chn list`")))?;
-        self.register(&self.lu.name, self.lu.id, &self.lu.addr, ChnState::ChnInstalled).await?;
-        Ok(Response::new(ChnReply { chn: self.daemon_row(&self.lu.name) }))
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "bootstrapped, but no leader yet: {e}; retry `chn list`"
+                ))
+            })?;
+        self.register(
+            &self.lu.name,
+            self.lu.id,
+            &self.lu.addr,
+            ChnState::ChnInstalled,
+        )
+        .await?;
+        Ok(Response::new(ChnReply {
+            chn: self.daemon_row(&self.lu.name),
+        }))
     }
 
-    async fn init_shared_lu(&self, req: Request<InitSharedLuRequest>) -> Result<Response<WriteReply>, Status> {
+    async fn init_shared_lu(
+        &self,
+        req: Request<InitSharedLuRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
         let with_backup = req.into_inner().with_backup;
-        self.write(Kind::InitSharedLu(InitSharedLu { with_backup, now_ms: now_ms() })).await
+        self.write(Kind::InitSharedLu(InitSharedLu {
+            with_backup,
+            now_ms: now_ms(),
+        }))
+        .await
     }
 
     async fn add_path(&self, req: Request<PathRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write(Kind::AddPath(AddPath { path: req.into_inner().path })).await
+        self.write(Kind::AddPath(AddPath {
+            path: req.into_inner().path,
+        }))
+        .await
     }
 
     async fn list_paths(&self, req: Request<ListRequest>) -> Result<Response<PathList>, Status> {
-        let (paths, possibly_stale) = self.read(req, |t| t.paths.values().cloned().collect()).await?;
-        Ok(Response::new(PathList { paths, possibly_stale }))
+        let (paths, possibly_stale) = self
+            .read(req, |t| t.paths.values().cloned().collect())
+            .await?;
+        Ok(Response::new(PathList {
+            paths,
+            possibly_stale,
+        }))
     }
 
-    async fn install_chn(&self, req: Request<InstallChnRequest>) -> Result<Response<ChnReply>, Status> {
+    async fn install_chn(
+        &self,
+        req: Request<InstallChnRequest>,
+    ) -> Result<Response<ChnReply>, Status> {
         let r = req.into_inner();
         check_name("CHN", &r.name).map_err(rejected)?;
         check_addr(&r.address)?;
@@ -211,11 +300,19 @@ impl admin_server::Admin for AdminService {
             return leader.install_chn(r).await;
         }
         let mut probe = admin_client::AdminClient::new(
-            self.lu.peers.channel(&r.address).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            self.lu
+                .peers
+                .channel(&r.address)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
         );
         let info = tokio::time::timeout(PROBE_TIMEOUT, probe.node_info(NodeInfoRequest {}))
             .await
-            .map_err(|_| Status::unavailable(format!("nasd at {} did not answer in time; is it running?", r.address)))?
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "nasd at {} did not answer in time; is it running?",
+                    r.address
+                ))
+            })?
             .map_err(|s| {
                 Status::unavailable(format!(
                     "cannot reach nasd at {}: {}; start it first (nasd --name {} --listen {})",
@@ -246,16 +343,33 @@ impl admin_server::Admin for AdminService {
                 r.address
             )));
         }
-        if let Some(other) = nodes.iter().find(|(id, n)| n.name == r.name && **id != info.node_id) {
-            return Err(Status::already_exists(format!("CHN {} is already installed as node {}", r.name, other.0)));
+        if let Some(other) = nodes
+            .iter()
+            .find(|(id, n)| n.name == r.name && **id != info.node_id)
+        {
+            return Err(Status::already_exists(format!(
+                "CHN {} is already installed as node {}",
+                r.name, other.0
+            )));
         }
         if !voters.contains(&info.node_id) {
-            self.register(&r.name, info.node_id, &r.address, ChnState::ChnInstalling).await?;
-            let node = ChnNode { name: r.name.clone(), addr: r.address.clone() };
-            tokio::time::timeout(CATCH_UP_TIMEOUT, self.lu.raft.add_learner(info.node_id, node, true))
-                .await
-                .map_err(|_| Status::deadline_exceeded("the new CHN did not catch up in time; run chn install again"))?
-                .map_err(|e| membership_error("adding the learner", e))?;
+            self.register(&r.name, info.node_id, &r.address, ChnState::ChnInstalling)
+                .await?;
+            let node = ChnNode {
+                name: r.name.clone(),
+                addr: r.address.clone(),
+            };
+            tokio::time::timeout(
+                CATCH_UP_TIMEOUT,
+                self.lu.raft.add_learner(info.node_id, node, true),
+            )
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(
+                    "the new CHN did not catch up in time; run chn install again",
+                )
+            })?
+            .map_err(|e| membership_error("adding the learner", e))?;
             let ids = BTreeSet::from([info.node_id]);
             self.lu
                 .raft
@@ -263,11 +377,17 @@ impl admin_server::Admin for AdminService {
                 .await
                 .map_err(|e| membership_error("promoting the learner to voter", e))?;
         }
-        self.register(&r.name, info.node_id, &r.address, ChnState::ChnInstalled).await?;
-        Ok(Response::new(ChnReply { chn: self.daemon_row(&r.name) }))
+        self.register(&r.name, info.node_id, &r.address, ChnState::ChnInstalled)
+            .await?;
+        Ok(Response::new(ChnReply {
+            chn: self.daemon_row(&r.name),
+        }))
     }
 
-    async fn remove_chn(&self, req: Request<RemoveChnRequest>) -> Result<Response<WriteReply>, Status> {
+    async fn remove_chn(
+        &self,
+        req: Request<RemoveChnRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         check_name("CHN", &r.name).map_err(rejected)?;
         if let Some(mut leader) = self.leader_admin().await? {
@@ -275,87 +395,157 @@ impl admin_server::Admin for AdminService {
         }
         self.lu.ensure_current().await?;
         let (nodes, voters) = self.lu.members();
-        let member = nodes.iter().find(|(_, n)| n.name == r.name).map(|(id, _)| *id);
+        let member = nodes
+            .iter()
+            .find(|(_, n)| n.name == r.name)
+            .map(|(id, _)| *id);
         let mut result = WriteReply::default();
         if self.daemon_row(&r.name).is_some() {
-            result = self.write(Kind::RemoveChn(RemoveChn { chn: r.name.clone() })).await?.into_inner();
+            result = self
+                .write(Kind::RemoveChn(RemoveChn {
+                    chn: r.name.clone(),
+                }))
+                .await?
+                .into_inner();
         } else if member.is_none() {
-            return Err(Status::not_found(format!("CHN {} is not installed; see `nasctl chn list`", r.name)));
+            return Err(Status::not_found(format!(
+                "CHN {} is not installed; see `nasctl chn list`",
+                r.name
+            )));
         }
         if let Some(id) = member {
             if voters.len() == 1 && voters.contains(&id) {
-                return Err(Status::failed_precondition("cannot remove the last voting CHN"));
+                return Err(Status::failed_precondition(
+                    "cannot remove the last voting CHN",
+                ));
             }
             let change = if voters.contains(&id) {
                 ChangeMembers::RemoveVoters(BTreeSet::from([id]))
             } else {
                 ChangeMembers::RemoveNodes(BTreeSet::from([id]))
             };
-            let resp = self.lu.raft.change_membership(change, false).await.map_err(|e| membership_error("removal", e))?;
+            let resp = self
+                .lu
+                .raft
+                .change_membership(change, false)
+                .await
+                .map_err(|e| membership_error("removal", e))?;
             result.log_index = resp.log_id.index;
         }
         Ok(Response::new(result))
     }
 
     async fn list_chns(&self, req: Request<ListRequest>) -> Result<Response<ChnList>, Status> {
-        let (chns, possibly_stale) = self.read(req, |t| t.daemons.values().cloned().collect()).await?;
-        Ok(Response::new(ChnList { chns, possibly_stale }))
+        let (chns, possibly_stale) = self
+            .read(req, |t| t.daemons.values().cloned().collect())
+            .await?;
+        Ok(Response::new(ChnList {
+            chns,
+            possibly_stale,
+        }))
     }
 
-    async fn init_array(&self, req: Request<InitArrayRequest>) -> Result<Response<WriteReply>, Status> {
+    async fn init_array(
+        &self,
+        req: Request<InitArrayRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
-        self.write(Kind::InitArray(InitArray { disks: r.disks, disk_capacity_bytes: r.disk_capacity_bytes })).await
+        self.write(Kind::InitArray(InitArray {
+            disks: r.disks,
+            disk_capacity_bytes: r.disk_capacity_bytes,
+        }))
+        .await
     }
 
     async fn list_disks(&self, req: Request<ListRequest>) -> Result<Response<DiskList>, Status> {
-        let (disks, possibly_stale) = self.read(req, |t| t.disks.values().cloned().collect()).await?;
-        Ok(Response::new(DiskList { disks, possibly_stale }))
+        let (disks, possibly_stale) = self
+            .read(req, |t| t.disks.values().cloned().collect())
+            .await?;
+        Ok(Response::new(DiskList {
+            disks,
+            possibly_stale,
+        }))
     }
 
-    async fn create_lu(&self, req: Request<CreateLuRequest>) -> Result<Response<WriteReply>, Status> {
+    async fn create_lu(
+        &self,
+        req: Request<CreateLuRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         if r.disks.len() > crate::shared_lu::tables::MAX_DISKS as usize {
             return Err(Status::invalid_argument("too many disks in one LU"));
         }
-        self.write(Kind::CreateLu(CreateLu { raid: r.raid, disks: r.disks, stripe_unit_bytes: r.stripe_unit_bytes }))
-            .await
+        self.write(Kind::CreateLu(CreateLu {
+            raid: r.raid,
+            disks: r.disks,
+            stripe_unit_bytes: r.stripe_unit_bytes,
+        }))
+        .await
     }
 
     async fn list_lus(&self, req: Request<ListRequest>) -> Result<Response<LuList>, Status> {
-        let (lus, possibly_stale) = self.read(req, |t| t.lus.values().cloned().collect()).await?;
-        Ok(Response::new(LuList { lus, possibly_stale }))
+        let (lus, possibly_stale) = self
+            .read(req, |t| t.lus.values().cloned().collect())
+            .await?;
+        Ok(Response::new(LuList {
+            lus,
+            possibly_stale,
+        }))
     }
 
     async fn add_user(&self, req: Request<AddUserRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         check_name("user", &r.name).map_err(rejected)?;
         if r.password.chars().count() < 8 || r.password.len() > 1024 {
-            return Err(Status::invalid_argument("password must be 8 to 1024 characters long"));
+            return Err(Status::invalid_argument(
+                "password must be 8 to 1024 characters long",
+            ));
         }
         let password = r.password;
         // Hashing costs tens of milliseconds of CPU: keep it off the runtime.
         let password_hash = tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
-            argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+            argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::internal(format!("cannot hash the password: {e}")))?;
-        let user = User { name: r.name, password_hash, uid: r.uid, groups: r.groups, enabled: true };
-        self.write(Kind::AddUser(AddUser { user: Some(user) })).await
+        let user = User {
+            name: r.name,
+            password_hash,
+            uid: r.uid,
+            groups: r.groups,
+            enabled: true,
+        };
+        self.write(Kind::AddUser(AddUser { user: Some(user) }))
+            .await
     }
 
     async fn list_users(&self, req: Request<ListRequest>) -> Result<Response<UserList>, Status> {
         let (users, possibly_stale) = self
             .read(req, |t| {
                 // The hash never leaves the shared LU.
-                t.users.values().map(|u| User { password_hash: String::new(), ..u.clone() }).collect()
+                t.users
+                    .values()
+                    .map(|u| User {
+                        password_hash: String::new(),
+                        ..u.clone()
+                    })
+                    .collect()
             })
             .await?;
-        Ok(Response::new(UserList { users, possibly_stale }))
+        Ok(Response::new(UserList {
+            users,
+            possibly_stale,
+        }))
     }
 
-    async fn create_export(&self, req: Request<CreateExportRequest>) -> Result<Response<WriteReply>, Status> {
+    async fn create_export(
+        &self,
+        req: Request<CreateExportRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         let export = Export {
             name: r.name,
@@ -365,27 +555,61 @@ impl admin_server::Admin for AdminService {
             state: ServiceState::ServiceServing as i32,
             users: r.users,
         };
-        self.write(Kind::CreateExport(CreateExport { export: Some(export) })).await
+        self.write(Kind::CreateExport(CreateExport {
+            export: Some(export),
+        }))
+        .await
     }
 
-    async fn list_exports(&self, req: Request<ListRequest>) -> Result<Response<ExportList>, Status> {
-        let (exports, possibly_stale) = self.read(req, |t| t.exports.values().cloned().collect()).await?;
-        Ok(Response::new(ExportList { exports, possibly_stale }))
+    async fn list_exports(
+        &self,
+        req: Request<ListRequest>,
+    ) -> Result<Response<ExportList>, Status> {
+        let (exports, possibly_stale) = self
+            .read(req, |t| t.exports.values().cloned().collect())
+            .await?;
+        Ok(Response::new(ExportList {
+            exports,
+            possibly_stale,
+        }))
     }
 
-    async fn upsert_client(&self, req: Request<UpsertClientRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write(Kind::UpsertClient(UpsertClient { client: req.into_inner().client })).await
+    async fn upsert_client(
+        &self,
+        req: Request<UpsertClientRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        self.write(Kind::UpsertClient(UpsertClient {
+            client: req.into_inner().client,
+        }))
+        .await
     }
 
-    async fn list_clients(&self, req: Request<ListRequest>) -> Result<Response<ClientList>, Status> {
-        let (clients, possibly_stale) = self.read(req, |t| t.clients.values().cloned().collect()).await?;
-        Ok(Response::new(ClientList { clients, possibly_stale }))
+    async fn list_clients(
+        &self,
+        req: Request<ListRequest>,
+    ) -> Result<Response<ClientList>, Status> {
+        let (clients, possibly_stale) = self
+            .read(req, |t| t.clients.values().cloned().collect())
+            .await?;
+        Ok(Response::new(ClientList {
+            clients,
+            possibly_stale,
+        }))
     }
 
     async fn list_locks(&self, req: Request<ListRequest>) -> Result<Response<LockTables>, Status> {
         let ((lu_locks, file_locks), possibly_stale) = self
-            .read(req, |t| (t.lu_locks.values().cloned().collect(), t.file_locks.values().cloned().collect()))
+            .read(req, |t| {
+                (
+                    t.lu_locks.values().cloned().collect(),
+                    t.file_locks.values().cloned().collect(),
+                )
+            })
             .await?;
-        Ok(Response::new(LockTables { lu_locks, file_locks, possibly_stale }))
+        Ok(Response::new(LockTables {
+            lu_locks,
+            file_locks,
+            possibly_stale,
+        }))
     }
 }

@@ -16,8 +16,11 @@ pub struct RaftService {
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftBytes>) -> Result<T, Status> {
-    postcard::from_bytes(&req.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}; peers must run the same nasd version")))
+    postcard::from_bytes(&req.into_inner().data).map_err(|e| {
+        Status::invalid_argument(format!(
+            "malformed Raft message: {e}; peers must run the same nasd version"
+        ))
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftBytes>, Status> {
@@ -38,16 +41,25 @@ impl raft_server::Raft for RaftService {
         encode(&self.lu.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
         let rpc = decode(req)?;
         encode(&self.lu.raft.install_snapshot(rpc).await)
     }
 
     async fn forward(&self, req: Request<Command>) -> Result<Response<CommandResult>, Status> {
-        self.lu.write_local(req.into_inner()).await.map(Response::new)
+        self.lu
+            .write_local(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
         let index = self.lu.read_index().await?;
         Ok(Response::new(ReadIndexReply { index }))
     }

@@ -7,6 +7,10 @@
 //! caller a result that is not committed, and never block forever: every
 //! wait on the group has a deadline.
 
+// openraft's storage traits return its large `StorageError`; boxing it
+// would only move the allocation.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
 pub mod network;
 pub mod sm_store;
@@ -21,10 +25,12 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 
-use nas_proto::{raft_client::RaftClient, Command, CommandBatch, CommandResult, CommandResults, ReadIndexRequest};
-use tokio::sync::{mpsc, oneshot};
+use nas_proto::{
+    raft_client::RaftClient, Command, CommandBatch, CommandResult, CommandResults, ReadIndexRequest,
+};
 use network::{Network, Peers};
 use sm_store::{StateMachineStore, StateReader};
+use tokio::sync::{mpsc, oneshot};
 
 /// A CHN as a Raft member: its name and the address of its gRPC port.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +84,10 @@ pub enum StartError {
     #[error("cannot open the Raft log in {dir}: {source}")]
     Log { dir: String, source: redb::Error },
     #[error("cannot open the state machine in {dir}: {source}")]
-    State { dir: String, source: openraft::StorageError<NodeId> },
+    State {
+        dir: String,
+        source: openraft::StorageError<NodeId>,
+    },
     #[error("invalid Raft settings: {0}")]
     Config(#[from] openraft::ConfigError),
     #[error("cannot start Raft: {0}")]
@@ -102,7 +111,7 @@ pub struct SharedLu {
 const MAX_BATCH: usize = 1024;
 /// Raft entries proposed but not yet committed, at most. While they are in
 /// flight, new commands queue up and form the next, larger batch.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 2;
 
 /// A command waiting to be proposed, and where its verdict goes.
 struct Proposal {
@@ -136,8 +145,12 @@ impl SharedLu {
         s: &RaftSettings,
     ) -> Result<SharedLu, StartError> {
         let dir = data_dir.display().to_string();
-        let log = log_store::LogStore::open(data_dir).map_err(|source| StartError::Log { dir: dir.clone(), source })?;
-        let sm = StateMachineStore::open(data_dir).map_err(|source| StartError::State { dir, source })?;
+        let log = log_store::LogStore::open(data_dir).map_err(|source| StartError::Log {
+            dir: dir.clone(),
+            source,
+        })?;
+        let sm = StateMachineStore::open(data_dir)
+            .map_err(|source| StartError::State { dir, source })?;
         let state = sm.reader();
         let config = openraft::Config {
             cluster_name: "nas-shared-lu".into(),
@@ -154,7 +167,16 @@ impl SharedLu {
         let raft = Raft::new(id, std::sync::Arc::new(config), network, log, sm).await?;
         let (proposals, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
         tokio::spawn(batch_proposals(raft.clone(), queue, id, s.quorum_timeout));
-        Ok(SharedLu { raft, state, peers, id, name, addr, quorum_timeout: s.quorum_timeout, proposals })
+        Ok(SharedLu {
+            raft,
+            state,
+            peers,
+            id,
+            name,
+            addr,
+            quorum_timeout: s.quorum_timeout,
+            proposals,
+        })
     }
 
     /// The leader's id and address as this CHN knows them.
@@ -177,8 +199,11 @@ impl SharedLu {
     async fn await_leader(&self) -> Result<(NodeId, ChnNode), Status> {
         self.require_initialized().await?;
         let wait = self.raft.wait(Some(self.quorum_timeout));
-        let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;
-        self.leader().ok_or_else(|| no_quorum("the shared LU", self.quorum_timeout))
+        let _ = wait
+            .metrics(|m| m.current_leader.is_some(), "leader known")
+            .await;
+        self.leader()
+            .ok_or_else(|| no_quorum("the shared LU", self.quorum_timeout))
     }
 
     /// Fails with FAILED_PRECONDITION while this CHN belongs to no shared LU.
@@ -237,8 +262,15 @@ impl SharedLu {
 
     async fn write_here(&self, cmd: Command) -> Result<CommandResult, Redirect> {
         let (reply, verdict) = oneshot::channel();
-        let stopped = || Redirect::Failed(Status::unavailable("this CHN is shutting down; retry on another CHN"));
-        self.proposals.send(Proposal { cmd, reply }).await.map_err(|_| stopped())?;
+        let stopped = || {
+            Redirect::Failed(Status::unavailable(
+                "this CHN is shutting down; retry on another CHN",
+            ))
+        };
+        self.proposals
+            .send(Proposal { cmd, reply })
+            .await
+            .map_err(|_| stopped())?;
         verdict.await.unwrap_or_else(|_| Err(stopped()))
     }
 
@@ -262,14 +294,18 @@ impl SharedLu {
             .applied_index_at_least(Some(index), "read index")
             .await
             .map(|_| ())
-            .map_err(|_| Status::unavailable("this CHN did not catch up with the leader in time; retry"))
+            .map_err(|_| {
+                Status::unavailable("this CHN did not catch up with the leader in time; retry")
+            })
     }
 
     /// Leader side of [`ensure_current`](Self::ensure_current) for a follower.
     pub async fn read_index(&self) -> Result<u64, Status> {
         match self.read_index_here().await? {
             Some(index) => Ok(index),
-            None => Err(Status::unavailable("this CHN no longer leads; retry on the leader")),
+            None => Err(Status::unavailable(
+                "this CHN no longer leads; retry on the leader",
+            )),
         }
     }
 
@@ -284,7 +320,9 @@ impl SharedLu {
             match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
                 Err(_) => return Err(no_quorum("the read", self.quorum_timeout)),
                 Ok(Ok(log_id)) => return Ok(Some(log_id.map_or(0, |l| l.index))),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => return Ok(None),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                    return Ok(None)
+                }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))))
                     if tokio::time::Instant::now() + Duration::from_millis(50) < deadline =>
                 {
@@ -299,7 +337,12 @@ impl SharedLu {
     }
 
     /// Members of the group: voters and learners with their nodes.
-    pub fn members(&self) -> (BTreeMap<NodeId, ChnNode>, std::collections::BTreeSet<NodeId>) {
+    pub fn members(
+        &self,
+    ) -> (
+        BTreeMap<NodeId, ChnNode>,
+        std::collections::BTreeSet<NodeId>,
+    ) {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
@@ -316,14 +359,20 @@ enum Redirect {
 }
 
 /// Proposes queued commands in batches, one Raft entry per batch, with up
-/// to `MAX_IN_FLIGHT` entries in flight. openraft appends (and fsyncs) each
-/// entry on its own, so batching is what lets many concurrent writers share
-/// one fsync.
-async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: NodeId, timeout: Duration) {
+/// to `MAX_IN_FLIGHT` entries in flight: many concurrent writers share one
+/// entry, one fsync per member and one replication round trip.
+async fn batch_proposals(
+    raft: Raft,
+    mut queue: mpsc::Receiver<Proposal>,
+    me: NodeId,
+    timeout: Duration,
+) {
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         // Waiting for a slot is what lets the next batch grow.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -333,8 +382,10 @@ async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: No
         }
         let raft = raft.clone();
         tokio::spawn(async move {
-            let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-            let outcome = tokio::time::timeout(timeout, raft.client_write(CommandBatch { commands })).await;
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let outcome =
+                tokio::time::timeout(timeout, raft.client_write(CommandBatch { commands })).await;
             drop(permit);
             let failure = match outcome {
                 Ok(Ok(resp)) => {
@@ -374,9 +425,13 @@ mod storage_tests {
     struct Builder;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>>
+        {
             let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
-            let log = LogStore::open(dir.path()).map_err(|e| openraft::StorageIOError::write(&std::io::Error::other(e)))?;
+            let log = LogStore::open(dir.path())
+                .map_err(|e| openraft::StorageIOError::write(&std::io::Error::other(e)))?;
             let sm = StateMachineStore::open(dir.path())?;
             Ok((dir, log, sm))
         }

@@ -8,11 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
@@ -54,7 +56,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &ChnNode) -> Connection {
-        Connection { target, addr: node.addr.clone(), peers: self.peers.clone() }
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+        }
     }
 }
 
@@ -67,20 +73,32 @@ pub struct Connection {
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, ChnNode, RaftError<NodeId, E>>;
 
+/// One method of the generated Raft client, as a plain function.
+type RaftMethod =
+    fn(
+        RaftClient<Channel>,
+        RaftBytes,
+    )
+        -> futures::future::BoxFuture<'static, Result<tonic::Response<RaftBytes>, tonic::Status>>;
+
 impl Connection {
     async fn call<Req, Resp, E>(
         &self,
         req: &Req,
         option: &RPCOption,
-        method: fn(RaftClient<Channel>, RaftBytes) -> futures::future::BoxFuture<'static, Result<tonic::Response<RaftBytes>, tonic::Status>>,
+        method: RaftMethod,
     ) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let channel = self.peers.channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let data =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let channel = self
+            .peers
+            .channel(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
         let reply = tokio::time::timeout(option.hard_ttl(), method(client, RaftBytes { data }))
             .await
@@ -93,7 +111,8 @@ impl Connection {
                 }
             })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
-            postcard::from_bytes(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            postcard::from_bytes(&reply.into_inner().data)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -104,7 +123,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, r| Box::pin(async move { c.append_entries(r).await })).await
+        self.call(&rpc, &option, |mut c, r| {
+            Box::pin(async move { c.append_entries(r).await })
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -112,10 +134,20 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.call(&rpc, &option, |mut c, r| Box::pin(async move { c.install_snapshot(r).await })).await
+        self.call(&rpc, &option, |mut c, r| {
+            Box::pin(async move { c.install_snapshot(r).await })
+        })
+        .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, r| Box::pin(async move { c.vote(r).await })).await
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(&rpc, &option, |mut c, r| {
+            Box::pin(async move { c.vote(r).await })
+        })
+        .await
     }
 }

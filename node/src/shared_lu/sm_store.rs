@@ -12,8 +12,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership,
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -104,11 +104,21 @@ impl StateMachineStore {
 
         let mut applied = Applied::default();
         let tx = db.begin_read().map_err(read_err)?;
-        for item in tx.open_table(ROWS).map_err(read_err)?.iter().map_err(read_err)? {
+        for item in tx
+            .open_table(ROWS)
+            .map_err(read_err)?
+            .iter()
+            .map_err(read_err)?
+        {
             let (_, v) = item.map_err(read_err)?;
             applied.tables.put_row(decode::<Row>(v.value())?);
         }
-        if let Some(v) = tx.open_table(META).map_err(read_err)?.get(APPLIED_KEY).map_err(read_err)? {
+        if let Some(v) = tx
+            .open_table(META)
+            .map_err(read_err)?
+            .get(APPLIED_KEY)
+            .map_err(read_err)?
+        {
             let meta: AppliedMeta = decode(v.value())?;
             applied.last_applied = meta.last_applied;
             applied.membership = meta.membership;
@@ -123,7 +133,9 @@ impl StateMachineStore {
 
     /// A handle for reading the applied tables.
     pub fn reader(&self) -> StateReader {
-        StateReader { state: self.state.clone() }
+        StateReader {
+            state: self.state.clone(),
+        }
     }
 
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
@@ -131,7 +143,10 @@ impl StateMachineStore {
     }
 
     fn applied_meta(state: &Applied) -> Result<Vec<u8>, StorageError<NodeId>> {
-        encode(&AppliedMeta { last_applied: state.last_applied, membership: state.membership.clone() })
+        encode(&AppliedMeta {
+            last_applied: state.last_applied,
+            membership: state.membership.clone(),
+        })
     }
 
     /// Commits row changes and the applied position in one transaction.
@@ -171,7 +186,8 @@ impl StateMachineStore {
                 let mut m = tx.open_table(META).map_err(io_err)?;
                 m.insert(APPLIED_KEY, meta.as_slice()).map_err(io_err)?;
                 if let Some(snapshot) = &snapshot {
-                    m.insert(SNAPSHOT_KEY, snapshot.as_slice()).map_err(io_err)?;
+                    m.insert(SNAPSHOT_KEY, snapshot.as_slice())
+                        .map_err(io_err)?;
                 }
             }
             tx.commit().map_err(io_err)
@@ -180,7 +196,10 @@ impl StateMachineStore {
         .map_err(io_err)?
     }
 
-    fn encode_rows(tables: &Tables, keys: impl IntoIterator<Item = RowKey>) -> Result<Vec<RowWrite>, StorageError<NodeId>> {
+    fn encode_rows(
+        tables: &Tables,
+        keys: impl IntoIterator<Item = RowKey>,
+    ) -> Result<Vec<RowWrite>, StorageError<NodeId>> {
         keys.into_iter()
             .map(|k| {
                 let value = tables.get_row(&k).map(|r| encode(&r)).transpose()?;
@@ -196,24 +215,46 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let (data, last_applied, membership) = {
             let state = self.reader();
             let s = state.read();
-            (s.tables.to_proto().encode_to_vec(), s.last_applied, s.membership.clone())
+            (
+                s.tables.to_proto().encode_to_vec(),
+                s.last_applied,
+                s.membership.clone(),
+            )
         };
-        let seq = self.snapshot_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self
+            .snapshot_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
+            Some(l) => format!(
+                "{}-{}-{}-{seq}",
+                l.leader_id.term, l.leader_id.node_id, l.index
+            ),
             None => format!("empty-{seq}"),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let stored = encode(&StoredSnapshot { meta: meta.clone(), data: data.clone() })?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = encode(&StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        })?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_write().map_err(io_err)?;
-            tx.open_table(META).map_err(io_err)?.insert(SNAPSHOT_KEY, stored.as_slice()).map_err(io_err)?;
+            tx.open_table(META)
+                .map_err(io_err)?
+                .insert(SNAPSHOT_KEY, stored.as_slice())
+                .map_err(io_err)?;
             tx.commit().map_err(io_err)
         })
         .await
         .map_err(io_err)??;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -222,7 +263,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ChnNode>), StorageError<NodeId>> {
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ChnNode>), StorageError<NodeId>>
+    {
         let s = self.reader();
         let s = s.read();
         Ok((s.last_applied, s.membership.clone()))
@@ -248,7 +290,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                     EntryPayload::Normal(batch) => {
                         for cmd in &batch.commands {
-                            let mut result = CommandResult { log_index: entry.log_id.index, ..Default::default() };
+                            let mut result = CommandResult {
+                                log_index: entry.log_id.index,
+                                ..Default::default()
+                            };
                             match state.tables.apply(cmd) {
                                 Ok(applied) => {
                                     result.assigned = applied.assigned;
@@ -276,7 +321,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -286,22 +333,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let proto = nas_proto::Tables::decode(data.as_slice())
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
-        let stored = encode(&StoredSnapshot { meta: meta.clone(), data })?;
+        let proto = nas_proto::Tables::decode(data.as_slice()).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        })?;
+        let stored = encode(&StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        })?;
         let _persisted = self.persist_lock.clone().lock_owned().await;
         let (rows, applied_meta) = {
             let mut state = self.write_state();
             state.tables = Tables::from_proto(proto);
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
-            let keys = state.tables.all_rows().iter().map(Row::key).collect::<Vec<_>>();
-            (Self::encode_rows(&state.tables, keys)?, Self::applied_meta(&state)?)
+            let keys = state
+                .tables
+                .all_rows()
+                .iter()
+                .map(Row::key)
+                .collect::<Vec<_>>();
+            (
+                Self::encode_rows(&state.tables, keys)?,
+                Self::applied_meta(&state)?,
+            )
         };
         self.persist(rows, applied_meta, Some(stored)).await
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let db = self.db.clone();
         let stored = tokio::task::spawn_blocking(move || {
             let tx = db.begin_read().map_err(read_err)?;
@@ -313,6 +374,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(io_err)??;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }

@@ -23,7 +23,9 @@ pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
 pub const FIRST_UID: u32 = 1000;
 
 /// A key of one table row, used to persist exactly the rows a command touched.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum RowKey {
     Disk(u32),
     Lu(u32),
@@ -60,7 +62,10 @@ pub struct Rejection {
 }
 
 fn reject<T>(code: Code, message: impl Into<String>) -> Result<T, Rejection> {
-    Err(Rejection { code, message: message.into() })
+    Err(Rejection {
+        code,
+        message: message.into(),
+    })
 }
 
 /// The successful outcome of one command.
@@ -74,7 +79,10 @@ pub struct Applied {
 
 impl Applied {
     fn rows(touched: Vec<RowKey>) -> Self {
-        Applied { assigned: 0, touched }
+        Applied {
+            assigned: 0,
+            touched,
+        }
     }
 }
 
@@ -83,10 +91,19 @@ impl Applied {
 pub fn check_name(what: &str, name: &str) -> Result<(), Rejection> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if name.is_empty() {
-        return reject(Code::InvalidArgument, format!("{what} name is empty; give 1 to 64 characters of A-Z a-z 0-9 . _ -"));
+        return reject(
+            Code::InvalidArgument,
+            format!("{what} name is empty; give 1 to 64 characters of A-Z a-z 0-9 . _ -"),
+        );
     }
     if name.len() > 64 {
-        return reject(Code::InvalidArgument, format!("{what} name is {} characters long; the limit is 64", name.len()));
+        return reject(
+            Code::InvalidArgument,
+            format!(
+                "{what} name is {} characters long; the limit is 64",
+                name.len()
+            ),
+        );
     }
     if !name.chars().all(ok_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return reject(
@@ -126,7 +143,10 @@ impl Tables {
 
     fn init_shared_lu(&mut self, c: &InitSharedLu) -> Result<Applied, Rejection> {
         if self.shared_lu.initialized && (self.shared_lu.backup_initialized || !c.with_backup) {
-            return reject(Code::AlreadyExists, "the shared LU is already initialized; nothing to do");
+            return reject(
+                Code::AlreadyExists,
+                "the shared LU is already initialized; nothing to do",
+            );
         }
         if !self.shared_lu.initialized {
             self.shared_lu.initialized = true;
@@ -144,14 +164,25 @@ impl Tables {
         match PathTarget::try_from(p.target) {
             Ok(PathTarget::PathSharedLu | PathTarget::PathSharedLuBackup) if p.lu == 0 => {}
             Ok(PathTarget::PathSharedLu | PathTarget::PathSharedLuBackup) => {
-                return reject(Code::InvalidArgument, "a path to the shared LU or its backup takes no LU number");
+                return reject(
+                    Code::InvalidArgument,
+                    "a path to the shared LU or its backup takes no LU number",
+                );
             }
             Ok(PathTarget::PathDataLu) => {
                 if !self.lus.contains_key(&p.lu) {
-                    return reject(Code::NotFound, format!("LU {} does not exist; see `nasctl lu list`", p.lu));
+                    return reject(
+                        Code::NotFound,
+                        format!("LU {} does not exist; see `nasctl lu list`", p.lu),
+                    );
                 }
             }
-            _ => return reject(Code::InvalidArgument, "path target must be shared, backup or a data LU"),
+            _ => {
+                return reject(
+                    Code::InvalidArgument,
+                    "path target must be shared, backup or a data LU",
+                )
+            }
         }
         Ok((p.chn.clone(), p.target, p.lu))
     }
@@ -159,9 +190,16 @@ impl Tables {
     fn add_path(&mut self, path: Option<&Path>) -> Result<Applied, Rejection> {
         let key = self.path_key(path)?;
         if self.paths.contains_key(&key) {
-            return reject(Code::AlreadyExists, format!("CHN {} already has this path", key.0));
+            return reject(
+                Code::AlreadyExists,
+                format!("CHN {} already has this path", key.0),
+            );
         }
-        let row = Path { chn: key.0.clone(), target: key.1, lu: key.2 };
+        let row = Path {
+            chn: key.0.clone(),
+            target: key.1,
+            lu: key.2,
+        };
         self.paths.insert(key.clone(), row);
         Ok(Applied::rows(vec![RowKey::Path(key.0, key.1, key.2)]))
     }
@@ -172,7 +210,10 @@ impl Tables {
         };
         let key = (p.chn.clone(), p.target, p.lu);
         if self.paths.remove(&key).is_none() {
-            return reject(Code::NotFound, format!("CHN {} has no such path; see `nasctl path list`", p.chn));
+            return reject(
+                Code::NotFound,
+                format!("CHN {} has no such path; see `nasctl path list`", p.chn),
+            );
         }
         Ok(Applied::rows(vec![RowKey::Path(key.0, key.1, key.2)]))
     }
@@ -181,11 +222,20 @@ impl Tables {
         if !self.disks.is_empty() {
             return reject(
                 Code::AlreadyExists,
-                format!("the disk array is already initialized with {} disks; see `nasctl disk list`", self.disks.len()),
+                format!(
+                    "the disk array is already initialized with {} disks; see `nasctl disk list`",
+                    self.disks.len()
+                ),
             );
         }
         if c.disks == 0 || c.disks > MAX_DISKS {
-            return reject(Code::InvalidArgument, format!("disk count {} is out of range; give 1 to {MAX_DISKS}", c.disks));
+            return reject(
+                Code::InvalidArgument,
+                format!(
+                    "disk count {} is out of range; give 1 to {MAX_DISKS}",
+                    c.disks
+                ),
+            );
         }
         if !(MIN_DISK_BYTES..=MAX_DISK_BYTES).contains(&c.disk_capacity_bytes) {
             return reject(
@@ -216,7 +266,10 @@ impl Tables {
             RaidLevel::Raid1 => 2,
             RaidLevel::Raid5 => 3,
             RaidLevel::Unspecified => {
-                return reject(Code::InvalidArgument, format!("RAID level {} is not supported; use 1 or 5", c.raid));
+                return reject(
+                    Code::InvalidArgument,
+                    format!("RAID level {} is not supported; use 1 or 5", c.raid),
+                );
             }
         };
         if c.disks.len() < min_disks {
@@ -232,10 +285,17 @@ impl Tables {
         let mut seen = BTreeSet::new();
         for d in &c.disks {
             if !seen.insert(*d) {
-                return reject(Code::InvalidArgument, format!("disk {d} is listed twice; each disk can be used once"));
+                return reject(
+                    Code::InvalidArgument,
+                    format!("disk {d} is listed twice; each disk can be used once"),
+                );
             }
         }
-        let stripe = if c.stripe_unit_bytes == 0 { DEFAULT_STRIPE_UNIT } else { c.stripe_unit_bytes };
+        let stripe = if c.stripe_unit_bytes == 0 {
+            DEFAULT_STRIPE_UNIT
+        } else {
+            c.stripe_unit_bytes
+        };
         if !stripe.is_power_of_two() || !(4096..=16 << 20).contains(&stripe) {
             return reject(
                 Code::InvalidArgument,
@@ -245,26 +305,39 @@ impl Tables {
         let mut min_capacity = u64::MAX;
         for d in &c.disks {
             let Some(disk) = self.disks.get(d) else {
-                return reject(Code::NotFound, format!("disk {d} does not exist; see `nasctl disk list`"));
+                return reject(
+                    Code::NotFound,
+                    format!("disk {d} does not exist; see `nasctl disk list`"),
+                );
             };
             match DiskState::try_from(disk.state) {
                 Ok(DiskState::DiskNotUsed) => {}
                 Ok(DiskState::DiskUsed) => {
                     return reject(
                         Code::FailedPrecondition,
-                        format!("disk {d} is already USED by LU {}; choose a NOT USED disk", disk.raid_group),
+                        format!(
+                            "disk {d} is already USED by LU {}; choose a NOT USED disk",
+                            disk.raid_group
+                        ),
                     );
                 }
                 _ => {
                     return reject(
                         Code::FailedPrecondition,
-                        format!("disk {d} is {}; choose a NOT USED disk", disk_state_name(disk.state)),
+                        format!(
+                            "disk {d} is {}; choose a NOT USED disk",
+                            disk_state_name(disk.state)
+                        ),
                     );
                 }
             }
             min_capacity = min_capacity.min(disk.capacity_bytes);
         }
-        let data_disks = if raid == RaidLevel::Raid1 { 1 } else { c.disks.len() as u64 - 1 };
+        let data_disks = if raid == RaidLevel::Raid1 {
+            1
+        } else {
+            c.disks.len() as u64 - 1
+        };
         let per_disk = min_capacity - min_capacity % stripe;
         let number = self.lus.keys().next_back().map_or(1, |n| n + 1);
         let lu = Lu {
@@ -283,7 +356,10 @@ impl Tables {
             }
         }
         self.lus.insert(number, lu);
-        Ok(Applied { assigned: number as u64, touched })
+        Ok(Applied {
+            assigned: number as u64,
+            touched,
+        })
     }
 
     fn add_user(&mut self, user: Option<&User>) -> Result<Applied, Rejection> {
@@ -292,30 +368,50 @@ impl Tables {
         };
         check_name("user", &u.name)?;
         if !u.password_hash.starts_with("$argon2") {
-            return reject(Code::InvalidArgument, "password hash is not an argon2 PHC string");
+            return reject(
+                Code::InvalidArgument,
+                "password hash is not an argon2 PHC string",
+            );
         }
         if self.users.contains_key(&u.name) {
-            return reject(Code::AlreadyExists, format!("user {} already exists; see `nasctl user list`", u.name));
+            return reject(
+                Code::AlreadyExists,
+                format!("user {} already exists; see `nasctl user list`", u.name),
+            );
         }
         let mut row = u.clone();
         if row.uid == 0 {
-            let highest = self.users.values().map(|u| u.uid).max().unwrap_or(FIRST_UID - 1);
+            let highest = self
+                .users
+                .values()
+                .map(|u| u.uid)
+                .max()
+                .unwrap_or(FIRST_UID - 1);
             row.uid = highest.max(FIRST_UID - 1).saturating_add(1);
         } else if let Some(other) = self.users.values().find(|o| o.uid == row.uid) {
-            return reject(Code::AlreadyExists, format!("uid {} already belongs to user {}", row.uid, other.name));
+            return reject(
+                Code::AlreadyExists,
+                format!("uid {} already belongs to user {}", row.uid, other.name),
+            );
         }
         for g in &row.groups {
             check_name("group", g)?;
         }
         let uid = row.uid;
         self.users.insert(row.name.clone(), row);
-        Ok(Applied { assigned: uid as u64, touched: vec![RowKey::User(u.name.clone())] })
+        Ok(Applied {
+            assigned: uid as u64,
+            touched: vec![RowKey::User(u.name.clone())],
+        })
     }
 
     fn live_chn(&self, name: &str, role: &str) -> Result<(), Rejection> {
         check_name("CHN", name)?;
         if !self.daemons.contains_key(name) {
-            return reject(Code::NotFound, format!("{role} CHN {name} is not installed; see `nasctl chn list`"));
+            return reject(
+                Code::NotFound,
+                format!("{role} CHN {name} is not installed; see `nasctl chn list`"),
+            );
         }
         Ok(())
     }
@@ -326,24 +422,42 @@ impl Tables {
         };
         check_name("export", &e.name)?;
         if self.exports.contains_key(&e.name) {
-            return reject(Code::AlreadyExists, format!("export {} already exists; see `nasctl export list`", e.name));
+            return reject(
+                Code::AlreadyExists,
+                format!("export {} already exists; see `nasctl export list`", e.name),
+            );
         }
         if !self.lus.contains_key(&e.lu) {
-            return reject(Code::NotFound, format!("LU {} does not exist; create it with `nasctl lu create`", e.lu));
+            return reject(
+                Code::NotFound,
+                format!(
+                    "LU {} does not exist; create it with `nasctl lu create`",
+                    e.lu
+                ),
+            );
         }
         if let Some(other) = self.exports.values().find(|o| o.lu == e.lu) {
-            return reject(Code::FailedPrecondition, format!("LU {} is already exported as {}", e.lu, other.name));
+            return reject(
+                Code::FailedPrecondition,
+                format!("LU {} is already exported as {}", e.lu, other.name),
+            );
         }
         self.live_chn(&e.owner_chn, "owner")?;
         if !e.partner_chn.is_empty() {
             self.live_chn(&e.partner_chn, "partner")?;
             if e.partner_chn == e.owner_chn {
-                return reject(Code::InvalidArgument, "the partner CHN must differ from the owner CHN");
+                return reject(
+                    Code::InvalidArgument,
+                    "the partner CHN must differ from the owner CHN",
+                );
             }
         }
         for u in &e.users {
             if !self.users.contains_key(u) {
-                return reject(Code::NotFound, format!("user {u} does not exist; add it with `nasctl user add`"));
+                return reject(
+                    Code::NotFound,
+                    format!("user {u} does not exist; add it with `nasctl user add`"),
+                );
             }
         }
         let mut row = e.clone();
@@ -357,14 +471,24 @@ impl Tables {
         if c.node_id == 0 {
             return reject(Code::InvalidArgument, "node id 0 is reserved");
         }
-        if let Some(other) = self.daemons.values().find(|d| d.node_id == c.node_id && d.chn != c.chn) {
-            return reject(Code::AlreadyExists, format!("node id {} already belongs to CHN {}", c.node_id, other.chn));
+        if let Some(other) = self
+            .daemons
+            .values()
+            .find(|d| d.node_id == c.node_id && d.chn != c.chn)
+        {
+            return reject(
+                Code::AlreadyExists,
+                format!("node id {} already belongs to CHN {}", c.node_id, other.chn),
+            );
         }
         let row = self.daemons.entry(c.chn.clone()).or_default();
         if row.node_id != 0 && row.node_id != c.node_id {
             return reject(
                 Code::AlreadyExists,
-                format!("CHN {} is already installed with node id {}; remove it first", c.chn, row.node_id),
+                format!(
+                    "CHN {} is already installed with node id {}; remove it first",
+                    c.chn, row.node_id
+                ),
             );
         }
         row.chn = c.chn.clone();
@@ -376,12 +500,18 @@ impl Tables {
 
     fn remove_chn(&mut self, chn: &str) -> Result<Applied, Rejection> {
         if !self.daemons.contains_key(chn) {
-            return reject(Code::NotFound, format!("CHN {chn} is not installed; see `nasctl chn list`"));
+            return reject(
+                Code::NotFound,
+                format!("CHN {chn} is not installed; see `nasctl chn list`"),
+            );
         }
         if let Some(e) = self.exports.values().find(|e| e.owner_chn == chn) {
             return reject(
                 Code::FailedPrecondition,
-                format!("CHN {chn} serves export {}; move the export to another CHN first", e.name),
+                format!(
+                    "CHN {chn} serves export {}; move the export to another CHN first",
+                    e.name
+                ),
             );
         }
         self.daemons.remove(chn);
@@ -396,7 +526,13 @@ impl Tables {
 
     fn report_daemon(&mut self, c: &ReportDaemon) -> Result<Applied, Rejection> {
         let Some(row) = self.daemons.get_mut(&c.chn) else {
-            return reject(Code::NotFound, format!("CHN {} is not installed; install it with `nasctl chn install`", c.chn));
+            return reject(
+                Code::NotFound,
+                format!(
+                    "CHN {} is not installed; install it with `nasctl chn install`",
+                    c.chn
+                ),
+            );
         };
         row.heartbeat_ms = c.heartbeat_ms;
         row.daemon_states = c.daemon_states.clone();
@@ -450,9 +586,17 @@ impl Tables {
             Some(l) => l.epoch + 1,
             None => 1,
         };
-        let lock = LuLock { lu: c.lu, chn: c.chn.clone(), epoch, lease_expiry_ms: c.now_ms.saturating_add(c.lease_ms) };
+        let lock = LuLock {
+            lu: c.lu,
+            chn: c.chn.clone(),
+            epoch,
+            lease_expiry_ms: c.now_ms.saturating_add(c.lease_ms),
+        };
         self.lu_locks.insert(c.lu, lock);
-        Ok(Applied { assigned: epoch, touched: vec![RowKey::LuLock(c.lu)] })
+        Ok(Applied {
+            assigned: epoch,
+            touched: vec![RowKey::LuLock(c.lu)],
+        })
     }
 
     fn release_lu_lock(&mut self, c: &ReleaseLuLock) -> Result<Applied, Rejection> {
@@ -463,7 +607,10 @@ impl Tables {
             }
             Some(l) => reject(
                 Code::FailedPrecondition,
-                format!("LU {} is held by CHN {} at epoch {}, not by {} at {}", c.lu, l.chn, l.epoch, c.chn, c.epoch),
+                format!(
+                    "LU {} is held by CHN {} at epoch {}, not by {} at {}",
+                    c.lu, l.chn, l.epoch, c.chn, c.epoch
+                ),
             ),
             None => reject(Code::NotFound, format!("LU {} is not locked", c.lu)),
         }
@@ -471,28 +618,46 @@ impl Tables {
 
     fn acquire_file_lock(&mut self, c: &AcquireFileLock) -> Result<Applied, Rejection> {
         if !self.exports.contains_key(&c.export) {
-            return reject(Code::NotFound, format!("export {} does not exist", c.export));
+            return reject(
+                Code::NotFound,
+                format!("export {} does not exist", c.export),
+            );
         }
         if c.path.is_empty() || c.session.is_empty() {
-            return reject(Code::InvalidArgument, "file lock needs a path and a session");
+            return reject(
+                Code::InvalidArgument,
+                "file lock needs a path and a session",
+            );
         }
         let mode = LockMode::try_from(c.mode).unwrap_or(LockMode::Unspecified);
         if mode == LockMode::Unspecified {
-            return reject(Code::InvalidArgument, "lock mode must be shared or exclusive");
+            return reject(
+                Code::InvalidArgument,
+                "lock mode must be shared or exclusive",
+            );
         }
         let key = (c.export.clone(), c.path.clone());
         // Work on a copy so that a refused lock leaves the table untouched.
-        let mut row = self.file_locks.get(&key).cloned().unwrap_or_else(|| FileLock {
-            export: c.export.clone(),
-            path: c.path.clone(),
-            holders: vec![],
-        });
-        row.holders.retain(|h| h.lease_expiry_ms > c.now_ms || h.session == c.session);
+        let mut row = self
+            .file_locks
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| FileLock {
+                export: c.export.clone(),
+                path: c.path.clone(),
+                holders: vec![],
+            });
+        row.holders
+            .retain(|h| h.lease_expiry_ms > c.now_ms || h.session == c.session);
         let conflict = row.holders.iter().find(|h| {
-            h.session != c.session && (mode == LockMode::LockExclusive || h.mode == LockMode::LockExclusive as i32)
+            h.session != c.session
+                && (mode == LockMode::LockExclusive || h.mode == LockMode::LockExclusive as i32)
         });
         if let Some(h) = conflict {
-            return reject(Code::FailedPrecondition, format!("{}:{} is locked by session {}", c.export, c.path, h.session));
+            return reject(
+                Code::FailedPrecondition,
+                format!("{}:{} is locked by session {}", c.export, c.path, h.session),
+            );
         }
         let expiry = c.now_ms.saturating_add(c.lease_ms);
         match row.holders.iter_mut().find(|h| h.session == c.session) {
@@ -500,7 +665,11 @@ impl Tables {
                 h.mode = mode as i32;
                 h.lease_expiry_ms = expiry;
             }
-            None => row.holders.push(FileLockHolder { session: c.session.clone(), mode: mode as i32, lease_expiry_ms: expiry }),
+            None => row.holders.push(FileLockHolder {
+                session: c.session.clone(),
+                mode: mode as i32,
+                lease_expiry_ms: expiry,
+            }),
         }
         self.file_locks.insert(key.clone(), row);
         Ok(Applied::rows(vec![RowKey::FileLock(key.0, key.1)]))
@@ -509,12 +678,21 @@ impl Tables {
     fn release_file_lock(&mut self, c: &ReleaseFileLock) -> Result<Applied, Rejection> {
         let key = (c.export.clone(), c.path.clone());
         let Some(row) = self.file_locks.get_mut(&key) else {
-            return reject(Code::NotFound, format!("{}:{} is not locked", c.export, c.path));
+            return reject(
+                Code::NotFound,
+                format!("{}:{} is not locked", c.export, c.path),
+            );
         };
         let before = row.holders.len();
         row.holders.retain(|h| h.session != c.session);
         if row.holders.len() == before {
-            return reject(Code::NotFound, format!("session {} holds no lock on {}:{}", c.session, c.export, c.path));
+            return reject(
+                Code::NotFound,
+                format!(
+                    "session {} holds no lock on {}:{}",
+                    c.session, c.export, c.path
+                ),
+            );
         }
         if row.holders.is_empty() {
             self.file_locks.remove(&key);
@@ -536,7 +714,7 @@ impl Tables {
             clients: self.clients.values().cloned().collect(),
             exports: self.exports.values().cloned().collect(),
             daemons: self.daemons.values().cloned().collect(),
-            shared_lu: Some(self.shared_lu.clone()),
+            shared_lu: Some(self.shared_lu),
         }
     }
 
@@ -561,12 +739,16 @@ impl Tables {
             RowKey::Lu(n) => self.lus.get(n).cloned().map(Row::Lu),
             RowKey::Path(c, t, l) => self.paths.get(&(c.clone(), *t, *l)).cloned().map(Row::Path),
             RowKey::LuLock(n) => self.lu_locks.get(n).cloned().map(Row::LuLock),
-            RowKey::FileLock(e, p) => self.file_locks.get(&(e.clone(), p.clone())).cloned().map(Row::FileLock),
+            RowKey::FileLock(e, p) => self
+                .file_locks
+                .get(&(e.clone(), p.clone()))
+                .cloned()
+                .map(Row::FileLock),
             RowKey::User(n) => self.users.get(n).cloned().map(Row::User),
             RowKey::Client(n) => self.clients.get(n).cloned().map(Row::Client),
             RowKey::Export(n) => self.exports.get(n).cloned().map(Row::Export),
             RowKey::Daemon(n) => self.daemons.get(n).cloned().map(Row::Daemon),
-            RowKey::SharedLu => Some(Row::SharedLu(self.shared_lu.clone())),
+            RowKey::SharedLu => Some(Row::SharedLu(self.shared_lu)),
         }
     }
 
@@ -586,7 +768,8 @@ impl Tables {
                 self.lu_locks.insert(r.lu, r);
             }
             Row::FileLock(r) => {
-                self.file_locks.insert((r.export.clone(), r.path.clone()), r);
+                self.file_locks
+                    .insert((r.export.clone(), r.path.clone()), r);
             }
             Row::User(r) => {
                 self.users.insert(r.name.clone(), r);
@@ -679,12 +862,20 @@ mod tests {
 
     fn with_array(disks: u32) -> Tables {
         let mut t = Tables::default();
-        t.apply(&cmd(Kind::InitArray(InitArray { disks, disk_capacity_bytes: 64 << 20 }))).unwrap();
+        t.apply(&cmd(Kind::InitArray(InitArray {
+            disks,
+            disk_capacity_bytes: 64 << 20,
+        })))
+        .unwrap();
         t
     }
 
     fn lu(raid: RaidLevel, disks: &[u32]) -> Command {
-        cmd(Kind::CreateLu(CreateLu { raid: raid as i32, disks: disks.to_vec(), stripe_unit_bytes: 0 }))
+        cmd(Kind::CreateLu(CreateLu {
+            raid: raid as i32,
+            disks: disks.to_vec(),
+            stripe_unit_bytes: 0,
+        }))
     }
 
     fn register(t: &mut Tables, name: &str, id: u64) {
@@ -701,7 +892,11 @@ mod tests {
         let before = t.clone();
         let r = t.apply(&c).expect_err("command must be rejected");
         assert_eq!(r.code, code, "{}", r.message);
-        assert!(r.message.contains(needle), "{:?} lacks {needle:?}", r.message);
+        assert!(
+            r.message.contains(needle),
+            "{:?} lacks {needle:?}",
+            r.message
+        );
         assert_eq!(*t, before, "a rejected command changed the tables");
     }
 
@@ -722,18 +917,52 @@ mod tests {
     fn invalid_lus_are_rejected_with_reasons() {
         let mut t = with_array(5);
         t.apply(&lu(RaidLevel::Raid1, &[1, 2])).unwrap();
-        rejected_with(&mut t, lu(RaidLevel::Raid5, &[3, 4]), Code::InvalidArgument, "at least 3 disks");
-        rejected_with(&mut t, lu(RaidLevel::Raid5, &[2, 3, 4]), Code::FailedPrecondition, "already USED by LU 1");
-        rejected_with(&mut t, lu(RaidLevel::Raid1, &[3, 3]), Code::InvalidArgument, "listed twice");
-        rejected_with(&mut t, lu(RaidLevel::Raid1, &[3, 9]), Code::NotFound, "disk 9");
-        rejected_with(&mut t, lu(RaidLevel::Unspecified, &[3, 4]), Code::InvalidArgument, "not supported");
         rejected_with(
             &mut t,
-            cmd(Kind::CreateLu(CreateLu { raid: 5, disks: vec![3, 4, 5], stripe_unit_bytes: 3000 })),
+            lu(RaidLevel::Raid5, &[3, 4]),
+            Code::InvalidArgument,
+            "at least 3 disks",
+        );
+        rejected_with(
+            &mut t,
+            lu(RaidLevel::Raid5, &[2, 3, 4]),
+            Code::FailedPrecondition,
+            "already USED by LU 1",
+        );
+        rejected_with(
+            &mut t,
+            lu(RaidLevel::Raid1, &[3, 3]),
+            Code::InvalidArgument,
+            "listed twice",
+        );
+        rejected_with(
+            &mut t,
+            lu(RaidLevel::Raid1, &[3, 9]),
+            Code::NotFound,
+            "disk 9",
+        );
+        rejected_with(
+            &mut t,
+            lu(RaidLevel::Unspecified, &[3, 4]),
+            Code::InvalidArgument,
+            "not supported",
+        );
+        rejected_with(
+            &mut t,
+            cmd(Kind::CreateLu(CreateLu {
+                raid: 5,
+                disks: vec![3, 4, 5],
+                stripe_unit_bytes: 3000,
+            })),
             Code::InvalidArgument,
             "power of two",
         );
-        rejected_with(&mut t, Command { kind: None }, Code::InvalidArgument, "empty command");
+        rejected_with(
+            &mut t,
+            Command { kind: None },
+            Code::InvalidArgument,
+            "empty command",
+        );
     }
 
     #[test]
@@ -741,20 +970,29 @@ mod tests {
         let mut t = Tables::default();
         rejected_with(
             &mut t,
-            cmd(Kind::InitArray(InitArray { disks: 0, disk_capacity_bytes: 1 << 20 })),
+            cmd(Kind::InitArray(InitArray {
+                disks: 0,
+                disk_capacity_bytes: 1 << 20,
+            })),
             Code::InvalidArgument,
             "out of range",
         );
         rejected_with(
             &mut t,
-            cmd(Kind::InitArray(InitArray { disks: 2, disk_capacity_bytes: 10 })),
+            cmd(Kind::InitArray(InitArray {
+                disks: 2,
+                disk_capacity_bytes: 10,
+            })),
             Code::InvalidArgument,
             "1 MiB",
         );
         let mut t = with_array(2);
         rejected_with(
             &mut t,
-            cmd(Kind::InitArray(InitArray { disks: 2, disk_capacity_bytes: 1 << 20 })),
+            cmd(Kind::InitArray(InitArray {
+                disks: 2,
+                disk_capacity_bytes: 1 << 20,
+            })),
             Code::AlreadyExists,
             "already initialized",
         );
@@ -765,18 +1003,43 @@ mod tests {
         let mut t = Tables::default();
         let add = |name: &str, uid: u32| {
             cmd(Kind::AddUser(AddUser {
-                user: Some(User { name: name.into(), password_hash: hash(), uid, groups: vec![], enabled: true }),
+                user: Some(User {
+                    name: name.into(),
+                    password_hash: hash(),
+                    uid,
+                    groups: vec![],
+                    enabled: true,
+                }),
             }))
         };
         assert_eq!(t.apply(&add("alice", 0)).unwrap().assigned, 1000);
         assert_eq!(t.apply(&add("bob", 0)).unwrap().assigned, 1001);
-        rejected_with(&mut t, add("alice", 0), Code::AlreadyExists, "already exists");
+        rejected_with(
+            &mut t,
+            add("alice", 0),
+            Code::AlreadyExists,
+            "already exists",
+        );
         rejected_with(&mut t, add("carol", 1001), Code::AlreadyExists, "uid 1001");
         rejected_with(&mut t, add("", 0), Code::InvalidArgument, "empty");
-        rejected_with(&mut t, add("../etc", 0), Code::InvalidArgument, "not allowed");
-        rejected_with(&mut t, add(&"x".repeat(65), 0), Code::InvalidArgument, "limit is 64");
+        rejected_with(
+            &mut t,
+            add("../etc", 0),
+            Code::InvalidArgument,
+            "not allowed",
+        );
+        rejected_with(
+            &mut t,
+            add(&"x".repeat(65), 0),
+            Code::InvalidArgument,
+            "limit is 64",
+        );
         let plain = cmd(Kind::AddUser(AddUser {
-            user: Some(User { name: "dave".into(), password_hash: "secret".into(), ..Default::default() }),
+            user: Some(User {
+                name: "dave".into(),
+                password_hash: "secret".into(),
+                ..Default::default()
+            }),
         }));
         rejected_with(&mut t, plain, Code::InvalidArgument, "argon2");
     }
@@ -798,13 +1061,43 @@ mod tests {
                 }),
             }))
         };
-        rejected_with(&mut t, export("home", 7, "CHN1", "CHN5"), Code::NotFound, "LU 7");
-        rejected_with(&mut t, export("home", 1, "CHN9", "CHN5"), Code::NotFound, "CHN9");
-        rejected_with(&mut t, export("home", 1, "CHN1", "CHN1"), Code::InvalidArgument, "partner");
+        rejected_with(
+            &mut t,
+            export("home", 7, "CHN1", "CHN5"),
+            Code::NotFound,
+            "LU 7",
+        );
+        rejected_with(
+            &mut t,
+            export("home", 1, "CHN9", "CHN5"),
+            Code::NotFound,
+            "CHN9",
+        );
+        rejected_with(
+            &mut t,
+            export("home", 1, "CHN1", "CHN1"),
+            Code::InvalidArgument,
+            "partner",
+        );
         t.apply(&export("home", 1, "CHN1", "CHN5")).unwrap();
-        rejected_with(&mut t, export("home", 1, "CHN1", "CHN5"), Code::AlreadyExists, "already exists");
-        rejected_with(&mut t, export("home2", 1, "CHN1", "CHN5"), Code::FailedPrecondition, "already exported");
-        rejected_with(&mut t, cmd(Kind::RemoveChn(RemoveChn { chn: "CHN1".into() })), Code::FailedPrecondition, "serves");
+        rejected_with(
+            &mut t,
+            export("home", 1, "CHN1", "CHN5"),
+            Code::AlreadyExists,
+            "already exists",
+        );
+        rejected_with(
+            &mut t,
+            export("home2", 1, "CHN1", "CHN5"),
+            Code::FailedPrecondition,
+            "already exported",
+        );
+        rejected_with(
+            &mut t,
+            cmd(Kind::RemoveChn(RemoveChn { chn: "CHN1".into() })),
+            Code::FailedPrecondition,
+            "serves",
+        );
     }
 
     #[test]
@@ -814,13 +1107,38 @@ mod tests {
         register(&mut t, "CHN1", 1);
         register(&mut t, "CHN5", 5);
         let acquire = |chn: &str, now: u64| {
-            cmd(Kind::AcquireLuLock(AcquireLuLock { lu: 1, chn: chn.into(), lease_ms: 1000, now_ms: now }))
+            cmd(Kind::AcquireLuLock(AcquireLuLock {
+                lu: 1,
+                chn: chn.into(),
+                lease_ms: 1000,
+                now_ms: now,
+            }))
         };
         assert_eq!(t.apply(&acquire("CHN1", 10_000)).unwrap().assigned, 1);
-        rejected_with(&mut t, acquire("CHN5", 10_500), Code::FailedPrecondition, "locked by CHN CHN1");
-        assert_eq!(t.apply(&acquire("CHN5", 11_001)).unwrap().assigned, 2, "taker after expiry bumps the epoch");
-        let release = |chn: &str, epoch: u64| cmd(Kind::ReleaseLuLock(ReleaseLuLock { lu: 1, chn: chn.into(), epoch }));
-        rejected_with(&mut t, release("CHN1", 1), Code::FailedPrecondition, "held by CHN CHN5");
+        rejected_with(
+            &mut t,
+            acquire("CHN5", 10_500),
+            Code::FailedPrecondition,
+            "locked by CHN CHN1",
+        );
+        assert_eq!(
+            t.apply(&acquire("CHN5", 11_001)).unwrap().assigned,
+            2,
+            "taker after expiry bumps the epoch"
+        );
+        let release = |chn: &str, epoch: u64| {
+            cmd(Kind::ReleaseLuLock(ReleaseLuLock {
+                lu: 1,
+                chn: chn.into(),
+                epoch,
+            }))
+        };
+        rejected_with(
+            &mut t,
+            release("CHN1", 1),
+            Code::FailedPrecondition,
+            "held by CHN CHN5",
+        );
         t.apply(&release("CHN5", 2)).unwrap();
     }
 
@@ -830,7 +1148,12 @@ mod tests {
         t.apply(&lu(RaidLevel::Raid1, &[1, 2])).unwrap();
         register(&mut t, "CHN1", 1);
         t.apply(&cmd(Kind::CreateExport(CreateExport {
-            export: Some(Export { name: "home".into(), lu: 1, owner_chn: "CHN1".into(), ..Default::default() }),
+            export: Some(Export {
+                name: "home".into(),
+                lu: 1,
+                owner_chn: "CHN1".into(),
+                ..Default::default()
+            }),
         })))
         .unwrap();
         let lock = |session: &str, mode: LockMode, now: u64| {
@@ -845,9 +1168,19 @@ mod tests {
         };
         t.apply(&lock("s1", LockMode::LockShared, 0)).unwrap();
         t.apply(&lock("s2", LockMode::LockShared, 0)).unwrap();
-        rejected_with(&mut t, lock("s3", LockMode::LockExclusive, 50), Code::FailedPrecondition, "locked by session");
+        rejected_with(
+            &mut t,
+            lock("s3", LockMode::LockExclusive, 50),
+            Code::FailedPrecondition,
+            "locked by session",
+        );
         t.apply(&lock("s3", LockMode::LockExclusive, 200)).unwrap();
-        assert_eq!(t.file_locks[&("home".to_string(), "/a".to_string())].holders.len(), 1);
+        assert_eq!(
+            t.file_locks[&("home".to_string(), "/a".to_string())]
+                .holders
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -855,7 +1188,11 @@ mod tests {
         let mut t = with_array(3);
         t.apply(&lu(RaidLevel::Raid5, &[1, 2, 3])).unwrap();
         register(&mut t, "CHN1", 1);
-        t.apply(&cmd(Kind::InitSharedLu(InitSharedLu { with_backup: true, now_ms: 5 }))).unwrap();
+        t.apply(&cmd(Kind::InitSharedLu(InitSharedLu {
+            with_backup: true,
+            now_ms: 5,
+        })))
+        .unwrap();
         assert_eq!(Tables::from_proto(t.to_proto()), t);
     }
 
@@ -863,19 +1200,31 @@ mod tests {
         let name = prop::sample::select(vec!["CHN1", "CHN2", "alice", "", "home", "bad/name"]);
         let disks = prop::collection::vec(0u32..8, 0..5);
         prop_oneof![
-            (0u32..8, prop::sample::select(vec![0u64, 10, 1 << 20, 64 << 20]))
-                .prop_map(|(disks, cap)| cmd(Kind::InitArray(InitArray { disks, disk_capacity_bytes: cap }))),
-            (prop::sample::select(vec![0i32, 1, 3, 5]), disks.clone())
-                .prop_map(|(raid, disks)| cmd(Kind::CreateLu(CreateLu { raid, disks, stripe_unit_bytes: 0 }))),
+            (
+                0u32..8,
+                prop::sample::select(vec![0u64, 10, 1 << 20, 64 << 20])
+            )
+                .prop_map(|(disks, cap)| cmd(Kind::InitArray(InitArray {
+                    disks,
+                    disk_capacity_bytes: cap
+                }))),
+            (prop::sample::select(vec![0i32, 1, 3, 5]), disks.clone()).prop_map(|(raid, disks)| {
+                cmd(Kind::CreateLu(CreateLu {
+                    raid,
+                    disks,
+                    stripe_unit_bytes: 0,
+                }))
+            }),
             (name.clone(), 0u64..4).prop_map(|(n, id)| cmd(Kind::RegisterChn(RegisterChn {
                 chn: n.into(),
                 node_id: id,
                 address: "a:1".into(),
                 state: 2
             }))),
-            name.clone().prop_map(|n| cmd(Kind::RemoveChn(RemoveChn { chn: n.into() }))),
-            (name.clone(), 0u32..4, name.clone(), name.clone()).prop_map(|(n, lu, o, p)| cmd(Kind::CreateExport(
-                CreateExport {
+            name.clone()
+                .prop_map(|n| cmd(Kind::RemoveChn(RemoveChn { chn: n.into() }))),
+            (name.clone(), 0u32..4, name.clone(), name.clone()).prop_map(|(n, lu, o, p)| cmd(
+                Kind::CreateExport(CreateExport {
                     export: Some(Export {
                         name: n.into(),
                         lu,
@@ -883,17 +1232,25 @@ mod tests {
                         partner_chn: p.into(),
                         ..Default::default()
                     })
+                })
+            )),
+            (name.clone(), 0u32..1002).prop_map(|(n, uid)| cmd(Kind::AddUser(AddUser {
+                user: Some(User {
+                    name: n.into(),
+                    password_hash: hash(),
+                    uid,
+                    groups: vec![],
+                    enabled: true
+                })
+            }))),
+            (0u32..3, name, 0u64..3000).prop_map(|(lu, chn, now)| cmd(Kind::AcquireLuLock(
+                AcquireLuLock {
+                    lu,
+                    chn: chn.into(),
+                    lease_ms: 1000,
+                    now_ms: now
                 }
             ))),
-            (name.clone(), 0u32..1002).prop_map(|(n, uid)| cmd(Kind::AddUser(AddUser {
-                user: Some(User { name: n.into(), password_hash: hash(), uid, groups: vec![], enabled: true })
-            }))),
-            (0u32..3, name, 0u64..3000).prop_map(|(lu, chn, now)| cmd(Kind::AcquireLuLock(AcquireLuLock {
-                lu,
-                chn: chn.into(),
-                lease_ms: 1000,
-                now_ms: now
-            }))),
             Just(Command { kind: None }),
         ]
     }
@@ -903,7 +1260,12 @@ mod tests {
     fn check_invariants(t: &Tables) {
         for (n, d) in &t.disks {
             if d.state == DiskState::DiskUsed as i32 {
-                assert!(t.lus.get(&d.raid_group).is_some_and(|l| l.disks.contains(n)), "disk {n} orphaned");
+                assert!(
+                    t.lus
+                        .get(&d.raid_group)
+                        .is_some_and(|l| l.disks.contains(n)),
+                    "disk {n} orphaned"
+                );
             } else {
                 assert_eq!(d.raid_group, 0);
             }

@@ -55,14 +55,17 @@ fn node_dir(dir: &Path, name: &str) -> PathBuf {
 pub fn load_layout(dir: &Path) -> anyhow::Result<Layout> {
     let path = layout_path(dir);
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display())),
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Layout::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
     Ok(l.local_addr()?.port())
 }
 
@@ -71,10 +74,15 @@ pub fn running_pid(dir: &Path, name: &str) -> Option<i32> {
     let text = std::fs::read_to_string(node_dir(dir, name).join("nasd.pid")).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let is_nasd = cmdline.split(|b| *b == 0).next().is_some_and(|arg0| arg0.ends_with(b"nasd"));
+    let is_nasd = cmdline
+        .split(|b| *b == 0)
+        .next()
+        .is_some_and(|arg0| arg0.ends_with(b"nasd"));
     // A zombie still has a /proc entry; its state letter is Z.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     (is_nasd && !zombie).then_some(pid)
 }
 
@@ -87,11 +95,16 @@ fn find_nasd(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate nasctl itself")?;
     let dir = exe.parent().context("nasctl has no parent directory")?;
     let beside = dir.join("nasd");
-    if let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) {
+    if let (Some(cargo), Some(manifest)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) {
         let release = dir.file_name().is_some_and(|n| n == "release");
         eprintln!("building nasd (cargo run) ...");
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "nasd", "--bin", "nasd"]).current_dir(manifest);
+        build
+            .args(["build", "--quiet", "-p", "nasd", "--bin", "nasd"])
+            .current_dir(manifest);
         if release {
             build.arg("--release");
         }
@@ -158,7 +171,10 @@ where
             Err(e) => last = e,
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {} s waiting for {what}: {last}", timeout.as_secs());
+            bail!(
+                "timed out after {} s waiting for {what}: {last}",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -191,7 +207,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         );
     }
     for i in layout.nodes.len()..wanted {
-        layout.nodes.push(NodeSpec { name: format!("CHN{}", i + 1), addr: format!("127.0.0.1:{}", free_port()?) });
+        layout.nodes.push(NodeSpec {
+            name: format!("CHN{}", i + 1),
+            addr: format!("127.0.0.1:{}", free_port()?),
+        });
     }
     if let Some(args) = opts.nasd_args {
         layout.nasd_args = args;
@@ -210,15 +229,24 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let mut initialized = Vec::new();
     for (i, node) in layout.nodes.iter().enumerate() {
         let log = node_dir(dir, &node.name).join("nasd.log");
-        let info = wait_for(&format!("{} to answer at {} (log: {})", node.name, node.addr, log.display()), Duration::from_secs(30), || {
-            let mut c = cluster.admin_at(i);
-            async move {
-                match c.node_info(proto::NodeInfoRequest {}).await {
-                    Ok(r) => Ok(Some(r.into_inner())),
-                    Err(s) => Err(s.message().to_string()),
+        let info = wait_for(
+            &format!(
+                "{} to answer at {} (log: {})",
+                node.name,
+                node.addr,
+                log.display()
+            ),
+            Duration::from_secs(30),
+            || {
+                let mut c = cluster.admin_at(i);
+                async move {
+                    match c.node_info(proto::NodeInfoRequest {}).await {
+                        Ok(r) => Ok(Some(r.into_inner())),
+                        Err(s) => Err(s.message().to_string()),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await?;
         initialized.push(info.initialized);
     }
@@ -228,25 +256,54 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let first = &layout.nodes[0];
     if !initialized[0] {
         eprintln!("installing {} (bootstrap) ...", first.name);
-        ignore_exists(cluster.admin_at(0).bootstrap(proto::BootstrapRequest {}).await)?;
+        ignore_exists(
+            cluster
+                .admin_at(0)
+                .bootstrap(proto::BootstrapRequest {})
+                .await,
+        )?;
     }
-    ignore_exists(cluster.admin(|mut c| async move { c.init_shared_lu(proto::InitSharedLuRequest { with_backup: true }).await }).await)?;
+    ignore_exists(
+        cluster
+            .admin(|mut c| async move {
+                c.init_shared_lu(proto::InitSharedLuRequest { with_backup: true })
+                    .await
+            })
+            .await,
+    )?;
     for node in &layout.nodes {
         for target in [PathTarget::PathSharedLu, PathTarget::PathSharedLuBackup] {
-            let path = proto::Path { chn: node.name.clone(), target: target as i32, lu: 0 };
-            ignore_exists(cluster.admin(|mut c| {
-                let path = path.clone();
-                async move { c.add_path(proto::PathRequest { path: Some(path) }).await }
-            }).await)?;
+            let path = proto::Path {
+                chn: node.name.clone(),
+                target: target as i32,
+                lu: 0,
+            };
+            ignore_exists(
+                cluster
+                    .admin(|mut c| {
+                        let path = path.clone();
+                        async move { c.add_path(proto::PathRequest { path: Some(path) }).await }
+                    })
+                    .await,
+            )?;
         }
     }
     for node in &layout.nodes[1..] {
-        let status = cluster.admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await }).await?;
-        if status.members.iter().any(|m| m.name == node.name && m.voter) {
+        let status = cluster
+            .admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await })
+            .await?;
+        if status
+            .members
+            .iter()
+            .any(|m| m.name == node.name && m.voter)
+        {
             continue;
         }
         eprintln!("installing {} ...", node.name);
-        let req = proto::InstallChnRequest { name: node.name.clone(), address: node.addr.clone() };
+        let req = proto::InstallChnRequest {
+            name: node.name.clone(),
+            address: node.addr.clone(),
+        };
         cluster
             .admin(|mut c| {
                 let req = req.clone();
@@ -257,19 +314,28 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     }
 
     let n = layout.nodes.len();
-    let status = wait_for("every CHN to be a voter with a fresh heartbeat", Duration::from_secs(30), || {
-        let cluster = &cluster;
-        async move {
-            let s = cluster
-                .admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await })
-                .await
-                .map_err(|s| s.message().to_string())?;
-            let healthy = s.leader_id != 0
-                && s.members.iter().filter(|m| m.voter).count() == n
-                && s.members.iter().all(|m| (0..5000).contains(&m.heartbeat_age_ms));
-            Ok(healthy.then_some(s))
-        }
-    })
+    let status = wait_for(
+        "every CHN to be a voter with a fresh heartbeat",
+        Duration::from_secs(30),
+        || {
+            let cluster = &cluster;
+            async move {
+                let s =
+                    cluster
+                        .admin(|mut c| async move {
+                            c.cluster_status(proto::ClusterStatusRequest {}).await
+                        })
+                        .await
+                        .map_err(|s| s.message().to_string())?;
+                let healthy = s.leader_id != 0
+                    && s.members.iter().filter(|m| m.voter).count() == n
+                    && s.members
+                        .iter()
+                        .all(|m| (0..5000).contains(&m.heartbeat_age_ms));
+                Ok(healthy.then_some(s))
+            }
+        },
+    )
     .await?;
 
     let env_line = format!("NAS_CLUSTER={}", addrs.join(","));
@@ -280,13 +346,25 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             .iter()
             .map(|n| serde_json::json!({"name": n.name, "address": n.addr, "pid": running_pid(dir, &n.name), "dir": node_dir(dir, &n.name)}))
             .collect();
-        println!("{}", serde_json::json!({"cluster": addrs.join(","), "leader": status.leader_name, "nodes": nodes, "env_file": dir.join("cluster.env")}));
+        println!(
+            "{}",
+            serde_json::json!({"cluster": addrs.join(","), "leader": status.leader_name, "nodes": nodes, "env_file": dir.join("cluster.env")})
+        );
         return Ok(());
     }
-    println!("\nCluster of {n} CHNs is up (leader {}, term {}):", status.leader_name, status.term);
+    println!(
+        "\nCluster of {n} CHNs is up (leader {}, term {}):",
+        status.leader_name, status.term
+    );
     for node in &layout.nodes {
         let pid = running_pid(dir, &node.name).map_or("-".into(), |p| p.to_string());
-        println!("  {:<5} {:<16} pid {:<8} {}", node.name, node.addr, pid, node_dir(dir, &node.name).display());
+        println!(
+            "  {:<5} {:<16} pid {:<8} {}",
+            node.name,
+            node.addr,
+            pid,
+            node_dir(dir, &node.name).display()
+        );
     }
     println!("\nNext:");
     println!("  export $(cat {})", dir.join("cluster.env").display());
@@ -330,7 +408,11 @@ pub async fn down(dir: &Path, json: bool) -> anyhow::Result<()> {
     } else if stopped.is_empty() {
         println!("no CHN of {} was running", dir.display());
     } else {
-        println!("stopped {} CHN(s); data kept in {}", stopped.len(), dir.display());
+        println!(
+            "stopped {} CHN(s); data kept in {}",
+            stopped.len(),
+            dir.display()
+        );
     }
     Ok(())
 }

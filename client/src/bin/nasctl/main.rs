@@ -240,7 +240,10 @@ enum LockCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("nasctl: cannot start: {e}");
@@ -273,7 +276,10 @@ fn list_req(o: ReadOpts) -> ListRequest {
 
 fn written(json: bool, what: &str, r: WriteReply) {
     if json {
-        println!("{}", json!({"log_index": r.log_index, "assigned": r.assigned}));
+        println!(
+            "{}",
+            json!({"log_index": r.log_index, "assigned": r.assigned})
+        );
     } else {
         println!("{what} (log index {})", r.log_index);
     }
@@ -288,9 +294,21 @@ fn stale_note(json: bool, stale: bool) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match &cli.command {
-        Cmd::Cluster(ClusterCmd::Up { nodes, dir, nasd, nasd_args }) => {
+        Cmd::Cluster(ClusterCmd::Up {
+            nodes,
+            dir,
+            nasd,
+            nasd_args,
+        }) => {
             let nasd_args = (!nasd_args.is_empty()).then(|| nasd_args.clone());
-            return local_cluster::up(local_cluster::UpOptions { nodes: *nodes, dir: dir.clone(), nasd: nasd.clone(), nasd_args, json }).await;
+            return local_cluster::up(local_cluster::UpOptions {
+                nodes: *nodes,
+                dir: dir.clone(),
+                nasd: nasd.clone(),
+                nasd_args,
+                json,
+            })
+            .await;
         }
         Cmd::Cluster(ClusterCmd::Down { dir }) => return local_cluster::down(dir, json).await,
         _ => {}
@@ -301,7 +319,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Cluster(_) => unreachable!("handled above"),
         Cmd::SharedLu(SharedLuCmd::Init { no_backup }) => {
             let r = c
-                .admin(|mut a| async move { a.init_shared_lu(InitSharedLuRequest { with_backup: !no_backup }).await })
+                .admin(|mut a| async move {
+                    a.init_shared_lu(InitSharedLuRequest {
+                        with_backup: !no_backup,
+                    })
+                    .await
+                })
                 .await
                 .map_err(status_err)?;
             written(json, "shared LU initialized", r);
@@ -309,7 +332,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Path(PathCmd::Add { chn, to }) => {
             let (target, lu) = parse_target(&to)?;
-            let path = proto::Path { chn, target: target as i32, lu };
+            let path = proto::Path {
+                chn,
+                target: target as i32,
+                lu,
+            };
             let r = c
                 .admin(|mut a| {
                     let path = path.clone();
@@ -321,7 +348,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Path(PathCmd::List(o)) => {
-            let r = c.admin(|mut a| async move { a.list_paths(list_req(o)).await }).await.map_err(status_err)?;
+            let r = c
+                .admin(|mut a| async move { a.list_paths(list_req(o)).await })
+                .await
+                .map_err(status_err)?;
             let mut t = Table::new(&["chn", "target"]);
             for p in &r.paths {
                 t.row(vec![json!(p.chn), json!(target_name(p))]);
@@ -332,30 +362,61 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Array(ArrayCmd::Init { disks, size }) => {
             let r = c
-                .admin(|mut a| async move { a.init_array(InitArrayRequest { disks, disk_capacity_bytes: size }).await })
+                .admin(|mut a| async move {
+                    a.init_array(InitArrayRequest {
+                        disks,
+                        disk_capacity_bytes: size,
+                    })
+                    .await
+                })
                 .await
                 .map_err(status_err)?;
-            written(json, &format!("array initialized: {disks} disks of {}", human_size(size)), r);
+            written(
+                json,
+                &format!("array initialized: {disks} disks of {}", human_size(size)),
+                r,
+            );
             Ok(())
         }
         Cmd::Disk(DiskCmd::List(o)) => {
-            let r = c.admin(|mut a| async move { a.list_disks(list_req(o)).await }).await.map_err(status_err)?;
+            let r = c
+                .admin(|mut a| async move { a.list_disks(list_req(o)).await })
+                .await
+                .map_err(status_err)?;
             let mut t = Table::new(&["disk", "capacity_bytes", "capacity", "raid_group", "state"]);
             for d in &r.disks {
-                let group = if d.raid_group == 0 { Value::Null } else { json!(d.raid_group) };
-                t.row(vec![json!(d.number), json!(d.capacity_bytes), json!(human_size(d.capacity_bytes)), group, json!(disk_state(d.state))]);
+                let group = if d.raid_group == 0 {
+                    Value::Null
+                } else {
+                    json!(d.raid_group)
+                };
+                t.row(vec![
+                    json!(d.number),
+                    json!(d.capacity_bytes),
+                    json!(human_size(d.capacity_bytes)),
+                    group,
+                    json!(disk_state(d.state)),
+                ]);
             }
             t.print(json);
             stale_note(json, r.possibly_stale);
             Ok(())
         }
-        Cmd::Lu(LuCmd::Create { raid, disks, stripe_unit }) => {
+        Cmd::Lu(LuCmd::Create {
+            raid,
+            disks,
+            stripe_unit,
+        }) => {
             let raid = match raid {
                 1 => RaidLevel::Raid1,
                 5 => RaidLevel::Raid5,
                 other => bail!("RAID level {other} is not supported; use --raid 1 or --raid 5"),
             };
-            let req = CreateLuRequest { raid: raid as i32, disks, stripe_unit_bytes: stripe_unit.unwrap_or(0) };
+            let req = CreateLuRequest {
+                raid: raid as i32,
+                disks,
+                stripe_unit_bytes: stripe_unit.unwrap_or(0),
+            };
             let r = c
                 .admin(|mut a| {
                     let req = req.clone();
@@ -371,26 +432,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Lu(LuCmd::List(o)) => {
-            let r = c.admin(|mut a| async move { a.list_lus(list_req(o)).await }).await.map_err(status_err)?;
-            let mut t = Table::new(&["lu", "raid", "disks", "capacity_bytes", "capacity", "stripe_unit_bytes"]);
+            let r = c
+                .admin(|mut a| async move { a.list_lus(list_req(o)).await })
+                .await
+                .map_err(status_err)?;
+            let mut t = Table::new(&[
+                "lu",
+                "raid",
+                "disks",
+                "capacity_bytes",
+                "capacity",
+                "stripe_unit_bytes",
+            ]);
             for l in &r.lus {
-                t.row(vec![json!(l.number), json!(l.raid), json!(l.disks), json!(l.capacity_bytes), json!(human_size(l.capacity_bytes)), json!(l.stripe_unit_bytes)]);
+                t.row(vec![
+                    json!(l.number),
+                    json!(l.raid),
+                    json!(l.disks),
+                    json!(l.capacity_bytes),
+                    json!(human_size(l.capacity_bytes)),
+                    json!(l.stripe_unit_bytes),
+                ]);
             }
             t.print(json);
             stale_note(json, r.possibly_stale);
             Ok(())
         }
-        Cmd::Chn(ChnCmd::Install { name, addr, bootstrap }) => {
+        Cmd::Chn(ChnCmd::Install {
+            name,
+            addr,
+            bootstrap,
+        }) => {
             let reply = if bootstrap {
                 // Bootstrap must reach exactly that CHN, not any member.
-                let one = Cluster::new(&[addr.as_str()])?.with_retry_for(std::time::Duration::from_secs(cli.retry_secs));
-                let info = one.admin(|mut a| async move { a.node_info(NodeInfoRequest {}).await }).await.map_err(status_err)?;
+                let one = Cluster::new(&[addr.as_str()])?
+                    .with_retry_for(std::time::Duration::from_secs(cli.retry_secs));
+                let info = one
+                    .admin(|mut a| async move { a.node_info(NodeInfoRequest {}).await })
+                    .await
+                    .map_err(status_err)?;
                 if info.name != name {
-                    bail!("the nasd at {addr} is named {}, not {name}; check the name and address", info.name);
+                    bail!(
+                        "the nasd at {addr} is named {}, not {name}; check the name and address",
+                        info.name
+                    );
                 }
-                one.admin(|mut a| async move { a.bootstrap(BootstrapRequest {}).await }).await.map_err(status_err)?
+                one.admin(|mut a| async move { a.bootstrap(BootstrapRequest {}).await })
+                    .await
+                    .map_err(status_err)?
             } else {
-                let req = InstallChnRequest { name: name.clone(), address: addr };
+                let req = InstallChnRequest {
+                    name: name.clone(),
+                    address: addr,
+                };
                 c.admin(|mut a| {
                     let req = req.clone();
                     async move { a.install_chn(req).await }
@@ -402,17 +496,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", chn_json(&chn));
             } else {
-                println!("{} installed as node {} ({})", chn.chn, chn.node_id, chn_state(chn.state));
+                println!(
+                    "{} installed as node {} ({})",
+                    chn.chn,
+                    chn.node_id,
+                    chn_state(chn.state)
+                );
             }
             Ok(())
         }
         Cmd::Chn(ChnCmd::List(o)) => {
-            let r = c.admin(|mut a| async move { a.list_chns(list_req(o)).await }).await.map_err(status_err)?;
-            let status = c.admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await }).await.map_err(status_err)?;
-            let mut t = Table::new(&["chn", "node_id", "address", "state", "raft_role", "voter", "heartbeat_age_ms"]);
+            let r = c
+                .admin(|mut a| async move { a.list_chns(list_req(o)).await })
+                .await
+                .map_err(status_err)?;
+            let status = c
+                .admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await })
+                .await
+                .map_err(status_err)?;
+            let mut t = Table::new(&[
+                "chn",
+                "node_id",
+                "address",
+                "state",
+                "raft_role",
+                "voter",
+                "heartbeat_age_ms",
+            ]);
             for d in &r.chns {
                 let member = status.members.iter().find(|m| m.node_id == d.node_id);
-                let age = member.map_or(Value::Null, |m| if m.heartbeat_age_ms < 0 { Value::Null } else { json!(m.heartbeat_age_ms) });
+                let age = member.map_or(Value::Null, |m| {
+                    if m.heartbeat_age_ms < 0 {
+                        Value::Null
+                    } else {
+                        json!(m.heartbeat_age_ms)
+                    }
+                });
                 t.row(vec![
                     json!(d.chn),
                     json!(d.node_id),
@@ -440,7 +559,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::User(UserCmd::Add { name, uid, groups }) => {
             let password = read_password(&name)?;
-            let req = AddUserRequest { name: name.clone(), password, uid: uid.unwrap_or(0), groups };
+            let req = AddUserRequest {
+                name: name.clone(),
+                password,
+                uid: uid.unwrap_or(0),
+                groups,
+            };
             let r = c
                 .admin(|mut a| {
                     let req = req.clone();
@@ -449,24 +573,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?;
             if json {
-                println!("{}", json!({"user": name, "uid": r.assigned, "log_index": r.log_index}));
+                println!(
+                    "{}",
+                    json!({"user": name, "uid": r.assigned, "log_index": r.log_index})
+                );
             } else {
-                println!("user {name} added with uid {} (log index {})", r.assigned, r.log_index);
+                println!(
+                    "user {name} added with uid {} (log index {})",
+                    r.assigned, r.log_index
+                );
             }
             Ok(())
         }
         Cmd::User(UserCmd::List(o)) => {
-            let r = c.admin(|mut a| async move { a.list_users(list_req(o)).await }).await.map_err(status_err)?;
+            let r = c
+                .admin(|mut a| async move { a.list_users(list_req(o)).await })
+                .await
+                .map_err(status_err)?;
             let mut t = Table::new(&["user", "uid", "groups", "enabled"]);
             for u in &r.users {
-                t.row(vec![json!(u.name), json!(u.uid), json!(u.groups), json!(u.enabled)]);
+                t.row(vec![
+                    json!(u.name),
+                    json!(u.uid),
+                    json!(u.groups),
+                    json!(u.enabled),
+                ]);
             }
             t.print(json);
             stale_note(json, r.possibly_stale);
             Ok(())
         }
-        Cmd::Export(ExportCmd::Create { name, lu, chn, partner, users }) => {
-            let req = CreateExportRequest { name: name.clone(), lu, owner_chn: chn, partner_chn: partner.unwrap_or_default(), users };
+        Cmd::Export(ExportCmd::Create {
+            name,
+            lu,
+            chn,
+            partner,
+            users,
+        }) => {
+            let req = CreateExportRequest {
+                name: name.clone(),
+                lu,
+                owner_chn: chn,
+                partner_chn: partner.unwrap_or_default(),
+                users,
+            };
             let r = c
                 .admin(|mut a| {
                     let req = req.clone();
@@ -478,37 +628,92 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Export(ExportCmd::List(o)) => {
-            let r = c.admin(|mut a| async move { a.list_exports(list_req(o)).await }).await.map_err(status_err)?;
+            let r = c
+                .admin(|mut a| async move { a.list_exports(list_req(o)).await })
+                .await
+                .map_err(status_err)?;
             let mut t = Table::new(&["export", "lu", "owner_chn", "partner_chn", "state", "users"]);
             for e in &r.exports {
-                let partner = if e.partner_chn.is_empty() { Value::Null } else { json!(e.partner_chn) };
-                t.row(vec![json!(e.name), json!(e.lu), json!(e.owner_chn), partner, json!(service_state(e.state)), json!(e.users)]);
+                let partner = if e.partner_chn.is_empty() {
+                    Value::Null
+                } else {
+                    json!(e.partner_chn)
+                };
+                t.row(vec![
+                    json!(e.name),
+                    json!(e.lu),
+                    json!(e.owner_chn),
+                    partner,
+                    json!(service_state(e.state)),
+                    json!(e.users),
+                ]);
             }
             t.print(json);
             stale_note(json, r.possibly_stale);
             Ok(())
         }
         Cmd::Client(ClientCmd::List(o)) => {
-            let r = c.admin(|mut a| async move { a.list_clients(list_req(o)).await }).await.map_err(status_err)?;
+            let r = c
+                .admin(|mut a| async move { a.list_clients(list_req(o)).await })
+                .await
+                .map_err(status_err)?;
             let mut t = Table::new(&["client_id", "session", "user", "export", "last_seen_ms"]);
             for cl in &r.clients {
-                t.row(vec![json!(cl.client_id), json!(cl.session), json!(cl.user), json!(cl.export), json!(cl.last_seen_ms)]);
+                t.row(vec![
+                    json!(cl.client_id),
+                    json!(cl.session),
+                    json!(cl.user),
+                    json!(cl.export),
+                    json!(cl.last_seen_ms),
+                ]);
             }
             t.print(json);
             stale_note(json, r.possibly_stale);
             Ok(())
         }
         Cmd::Lock(LockCmd::List(o)) => {
-            let r = c.admin(|mut a| async move { a.list_locks(list_req(o)).await }).await.map_err(status_err)?;
-            let mut t = Table::new(&["kind", "target", "holder", "mode", "epoch", "lease_expiry_ms"]);
+            let r = c
+                .admin(|mut a| async move { a.list_locks(list_req(o)).await })
+                .await
+                .map_err(status_err)?;
+            let mut t = Table::new(&[
+                "kind",
+                "target",
+                "holder",
+                "mode",
+                "epoch",
+                "lease_expiry_ms",
+            ]);
             for l in &r.lu_locks {
-                let target = if l.lu == 0 { "SHARED".to_string() } else { format!("LU {}", l.lu) };
-                t.row(vec![json!("lu"), json!(target), json!(l.chn), json!("exclusive"), json!(l.epoch), json!(l.lease_expiry_ms)]);
+                let target = if l.lu == 0 {
+                    "SHARED".to_string()
+                } else {
+                    format!("LU {}", l.lu)
+                };
+                t.row(vec![
+                    json!("lu"),
+                    json!(target),
+                    json!(l.chn),
+                    json!("exclusive"),
+                    json!(l.epoch),
+                    json!(l.lease_expiry_ms),
+                ]);
             }
             for f in &r.file_locks {
                 for h in &f.holders {
-                    let mode = if h.mode == LockMode::LockShared as i32 { "shared" } else { "exclusive" };
-                    t.row(vec![json!("file"), json!(format!("{}:{}", f.export, f.path)), json!(h.session), json!(mode), Value::Null, json!(h.lease_expiry_ms)]);
+                    let mode = if h.mode == LockMode::LockShared as i32 {
+                        "shared"
+                    } else {
+                        "exclusive"
+                    };
+                    t.row(vec![
+                        json!("file"),
+                        json!(format!("{}:{}", f.export, f.path)),
+                        json!(h.session),
+                        json!(mode),
+                        Value::Null,
+                        json!(h.lease_expiry_ms),
+                    ]);
                 }
             }
             t.print(json);
@@ -519,8 +724,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
-    let s = c.admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await }).await.map_err(status_err)?;
-    let shared = s.shared_lu.clone().unwrap_or_default();
+    let s = c
+        .admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await })
+        .await
+        .map_err(status_err)?;
+    let shared = s.shared_lu.unwrap_or_default();
     if json {
         let members: Vec<Value> = s
             .members
@@ -543,22 +751,65 @@ async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { format!("{} (node {})", s.leader_name, s.leader_id) };
+    let leader = if s.leader_id == 0 {
+        "none (no quorum?)".to_string()
+    } else {
+        format!("{} (node {})", s.leader_name, s.leader_id)
+    };
     println!("leader:        {leader}");
     println!("term:          {}", s.term);
-    println!("last applied:  {} (log {}, snapshot {})", s.last_applied, s.last_log_index, s.snapshot_index);
+    println!(
+        "last applied:  {} (log {}, snapshot {})",
+        s.last_applied, s.last_log_index, s.snapshot_index
+    );
     println!(
         "shared LU:     {}{}",
-        if shared.initialized { "initialized" } else { "NOT initialized (run `nasctl shared-lu init`)" },
-        if shared.backup_initialized { ", backup initialized" } else { "" }
+        if shared.initialized {
+            "initialized"
+        } else {
+            "NOT initialized (run `nasctl shared-lu init`)"
+        },
+        if shared.backup_initialized {
+            ", backup initialized"
+        } else {
+            ""
+        }
     );
     println!("answered by:   {}\n", s.answered_by);
-    let mut t = Table::new(&["chn", "node_id", "address", "role", "heartbeat_age_ms", "matched_index"]);
+    let mut t = Table::new(&[
+        "chn",
+        "node_id",
+        "address",
+        "role",
+        "heartbeat_age_ms",
+        "matched_index",
+    ]);
     for m in &s.members {
-        let role = if m.node_id == s.leader_id { "leader" } else if m.voter { "voter" } else { "learner" };
-        let age = if m.heartbeat_age_ms < 0 { Value::Null } else { json!(m.heartbeat_age_ms) };
-        let matched = if m.matched_index < 0 { Value::Null } else { json!(m.matched_index) };
-        t.row(vec![json!(m.name), json!(m.node_id), json!(m.address), json!(role), age, matched]);
+        let role = if m.node_id == s.leader_id {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        let age = if m.heartbeat_age_ms < 0 {
+            Value::Null
+        } else {
+            json!(m.heartbeat_age_ms)
+        };
+        let matched = if m.matched_index < 0 {
+            Value::Null
+        } else {
+            json!(m.matched_index)
+        };
+        t.row(vec![
+            json!(m.name),
+            json!(m.node_id),
+            json!(m.address),
+            json!(role),
+            age,
+            matched,
+        ]);
     }
     t.print(false);
     Ok(())

@@ -13,7 +13,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(columns: &[&'static str]) -> Table {
-        Table { columns: columns.to_vec(), rows: Vec::new() }
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
     }
 
     /// Adds a row; values are in column order.
@@ -28,26 +31,52 @@ impl Table {
                 .rows
                 .iter()
                 .map(|r| {
-                    let obj: Map<String, Value> =
-                        self.columns.iter().map(|c| c.to_string()).zip(r.iter().cloned()).collect();
+                    let obj: Map<String, Value> = self
+                        .columns
+                        .iter()
+                        .map(|c| c.to_string())
+                        .zip(r.iter().cloned())
+                        .collect();
                     Value::Object(obj)
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into()));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into())
+            );
             return;
         }
-        let cells: Vec<Vec<String>> = self.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+        let cells: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(cell).collect())
+            .collect();
         let widths: Vec<usize> = self
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| cells.iter().map(|r| r[i].len()).max().unwrap_or(0).max(c.len()))
+            .map(|(i, c)| {
+                cells
+                    .iter()
+                    .map(|r| r[i].len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(c.len())
+            })
             .collect();
-        let header: Vec<String> =
-            self.columns.iter().zip(&widths).map(|(c, w)| format!("{:<w$}", c.to_uppercase().replace('_', " "))).collect();
+        let header: Vec<String> = self
+            .columns
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{:<w$}", c.to_uppercase().replace('_', " ")))
+            .collect();
         println!("{}", header.join("  ").trim_end());
         for r in &cells {
-            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
             println!("{}", line.join("  ").trim_end());
         }
         if self.rows.is_empty() {
