@@ -137,6 +137,9 @@ impl Settings {
         };
         let listen = merged.listen.unwrap_or_else(|| "127.0.0.1:7001".into());
         let advertise = merged.advertise.unwrap_or_else(|| listen.clone());
+        if advertise.ends_with(":0") {
+            bail!("--advertise {advertise} has port 0; other CHNs need a fixed port (for example --listen 127.0.0.1:7001)");
+        }
         if advertise.starts_with("0.0.0.0:") || advertise.starts_with("[::]:") {
             bail!("--listen {listen} is a wildcard address; give --advertise HOST:PORT that other CHNs can reach");
         }
