@@ -54,10 +54,7 @@ impl Cluster {
             .iter()
             .map(|a| {
                 Endpoint::from_shared(format!("http://{a}"))
-                    .map(|e| {
-                        e.connect_timeout(Duration::from_millis(800))
-                            .tcp_nodelay(true)
-                    })
+                    .map(|e| e.connect_timeout(Duration::from_millis(800)).tcp_nodelay(true))
                     .map_err(|e| ConnectError::BadAddress {
                         addr: a.clone(),
                         reason: e.to_string(),
@@ -116,13 +113,10 @@ impl Cluster {
         loop {
             match call(self.admin_at(i)).await {
                 Ok(r) => {
-                    self.preferred
-                        .store(i % self.channels.len(), Ordering::Relaxed);
+                    self.preferred.store(i % self.channels.len(), Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                Err(s)
-                    if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
-                {
+                Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
                     i += 1;
                     tried_all_once += 1;
                     if tried_all_once >= self.channels.len() {
@@ -143,11 +137,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{s:?} is not a size; use e.g. 4096, 64K, 64M, 2G"))?;
-    let shift = match unit
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
+    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
         "" => 0,
         "K" => 10,
         "M" => 20,
@@ -198,14 +188,9 @@ mod tests {
 
     #[tokio::test]
     async fn empty_address_lists_are_refused() {
-        assert!(matches!(
-            Cluster::from_list(" , "),
-            Err(ConnectError::NoAddress)
-        ));
+        assert!(matches!(Cluster::from_list(" , "), Err(ConnectError::NoAddress)));
         assert_eq!(
-            Cluster::from_list("127.0.0.1:1, http://127.0.0.1:2")
-                .unwrap()
-                .addrs(),
+            Cluster::from_list("127.0.0.1:1, http://127.0.0.1:2").unwrap().addrs(),
             ["127.0.0.1:1", "127.0.0.1:2"]
         );
     }

@@ -35,20 +35,13 @@ fn missing_cluster_address_says_how_to_give_one() {
     let out = nasctl(&["disk", "list"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--cluster") && err.contains("NAS_CLUSTER"),
-        "{err}"
-    );
+    assert!(err.contains("--cluster") && err.contains("NAS_CLUSTER"), "{err}");
 }
 
 #[test]
 fn usage_errors_exit_2_and_bad_values_are_named() {
     let out = nasctl(&["lu", "create", "--raid", "5"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "missing --disks is a usage error"
-    );
+    assert_eq!(out.status.code(), Some(2), "missing --disks is a usage error");
     let out = nasctl(&[
         "--cluster",
         "127.0.0.1:1",
@@ -64,28 +57,13 @@ fn usage_errors_exit_2_and_bad_values_are_named() {
     let out = nasctl(&["array", "init", "--disks", "3", "--size", "12Q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
-    let out = nasctl(&[
-        "--cluster",
-        "127.0.0.1:1",
-        "path",
-        "add",
-        "CHN1",
-        "--to",
-        "lu:x",
-    ]);
+    let out = nasctl(&["--cluster", "127.0.0.1:1", "path", "add", "CHN1", "--to", "lu:x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("shared, backup or lu:N"));
 }
 
 #[test]
 fn unreachable_cluster_is_reported_not_hung() {
-    let out = nasctl(&[
-        "--cluster",
-        "127.0.0.1:1",
-        "--retry-secs",
-        "1",
-        "cluster",
-        "status",
-    ]);
+    let out = nasctl(&["--cluster", "127.0.0.1:1", "--retry-secs", "1", "cluster", "status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unavailable"));
 }

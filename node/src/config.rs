@@ -87,11 +87,7 @@ pub struct Config {
 
 /// The node id a CHN name implies: its trailing digits.
 pub fn node_id_from_name(name: &str) -> Option<u64> {
-    let digits: String = name
-        .chars()
-        .rev()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
+    let digits: String = name.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
     let digits: String = digits.chars().rev().collect();
     digits.parse().ok().filter(|n| *n > 0)
 }
@@ -120,10 +116,9 @@ impl Settings {
     pub fn resolve(self) -> anyhow::Result<Config> {
         let merged = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                let file: Settings = toml::from_str(&text)
-                    .with_context(|| format!("invalid TOML in {}", path.display()))?;
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let file: Settings =
+                    toml::from_str(&text).with_context(|| format!("invalid TOML in {}", path.display()))?;
                 self.merge(file)
             }
             None => self,
@@ -149,10 +144,7 @@ impl Settings {
         let election_min_ms = merged.election_min_ms.unwrap_or(400);
         let election_max_ms = merged.election_max_ms.unwrap_or(800);
         let heartbeat_ms = merged.raft_heartbeat_ms.unwrap_or(100);
-        if heartbeat_ms == 0
-            || heartbeat_ms >= election_min_ms
-            || election_min_ms >= election_max_ms
-        {
+        if heartbeat_ms == 0 || heartbeat_ms >= election_min_ms || election_min_ms >= election_max_ms {
             bail!("need 0 < raft heartbeat ({heartbeat_ms} ms) < election min ({election_min_ms}) < election max ({election_max_ms})");
         }
         let daemon_interval_ms = merged.daemon_interval_ms.unwrap_or(500);
@@ -172,9 +164,7 @@ impl Settings {
                 election_max_ms,
                 snapshot_threshold: merged.snapshot_threshold.unwrap_or(5000).max(1),
                 keep_logs: merged.keep_logs.unwrap_or(500),
-                quorum_timeout: Duration::from_millis(
-                    merged.quorum_timeout_ms.unwrap_or(5000).max(100),
-                ),
+                quorum_timeout: Duration::from_millis(merged.quorum_timeout_ms.unwrap_or(5000).max(100)),
             },
             daemon_interval: Duration::from_millis(daemon_interval_ms),
         })
@@ -202,15 +192,9 @@ mod tests {
             "name = \"CHN2\"\nlisten = \"127.0.0.1:9\"\ndata = \"/x\"\nsnapshot_threshold = 7\n",
         )
         .unwrap();
-        let cfg = Settings::parse_from([
-            "nasd",
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:8",
-        ])
-        .resolve()
-        .unwrap();
+        let cfg = Settings::parse_from(["nasd", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:8"])
+            .resolve()
+            .unwrap();
         assert_eq!(cfg.name, "CHN2");
         assert_eq!(cfg.node_id, 2);
         assert_eq!(cfg.listen, "127.0.0.1:8");
@@ -226,17 +210,9 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(format!("{err:#}").contains("nmae"), "{err:#}");
-        let err = Settings::parse_from([
-            "nasd",
-            "--name",
-            "CHN1",
-            "--data",
-            "/x",
-            "--election-min-ms",
-            "50",
-        ])
-        .resolve()
-        .unwrap_err();
+        let err = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x", "--election-min-ms", "50"])
+            .resolve()
+            .unwrap_err();
         assert!(err.to_string().contains("heartbeat"), "{err}");
     }
 }

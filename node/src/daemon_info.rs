@@ -24,10 +24,7 @@ pub async fn report_loop(lu: SharedLu, interval: Duration, version: String) {
             continue;
         }
         let role = format!("{:?}", lu.raft.metrics().borrow().state);
-        let states = HashMap::from([
-            ("raft".to_string(), role),
-            ("admin".to_string(), "running".to_string()),
-        ]);
+        let states = HashMap::from([("raft".to_string(), role), ("admin".to_string(), "running".to_string())]);
         let cmd = Command {
             kind: Some(Kind::ReportDaemon(ReportDaemon {
                 chn: lu.name.clone(),

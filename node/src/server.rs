@@ -19,15 +19,11 @@ use nas_proto::{admin_server::AdminServer, raft_server::RaftServer};
 const MAX_MESSAGE: usize = 64 << 20;
 
 /// Runs the CHN until `shutdown` completes.
-pub async fn run(
-    cfg: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("cannot create data directory {}", cfg.data.display()))?;
     if let Some(array) = &cfg.array {
-        std::fs::create_dir_all(array)
-            .with_context(|| format!("cannot create array directory {}", array.display()))?;
+        std::fs::create_dir_all(array).with_context(|| format!("cannot create array directory {}", array.display()))?;
     }
     let addr: SocketAddr = tokio::net::lookup_host(&cfg.listen)
         .await

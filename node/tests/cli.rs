@@ -36,14 +36,7 @@ fn missing_or_bad_settings_are_refused_with_the_fix() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--name is required"));
     let out = nasd(&["--name", "head", "--data", "/tmp/x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
-    let out = nasd(&[
-        "--name",
-        "CHN1",
-        "--data",
-        "/tmp/x",
-        "--listen",
-        "0.0.0.0:7001",
-    ]);
+    let out = nasd(&["--name", "CHN1", "--data", "/tmp/x", "--listen", "0.0.0.0:7001"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--advertise"));
 }
 

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nas_client::proto::{admin_client::AdminClient, Client, UpsertClientRequest};
-use nas_tests::etcd::{
-    kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest,
-};
+use nas_tests::etcd::{kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest};
 use nas_tests::{wait_until, TestCluster};
 use tonic::transport::{Channel, Endpoint};
 
@@ -105,8 +103,7 @@ fn channels(addr: &str) -> anyhow::Result<Vec<Channel>> {
 }
 
 /// One system under load: how to send one write from client `c`.
-type Target =
-    Arc<dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+type Target = Arc<dyn Fn(usize, u64) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 async fn nasd_target(cluster: &TestCluster) -> anyhow::Result<Target> {
     let status = cluster.status("CHN1").await.context("cluster status")?;
@@ -126,9 +123,7 @@ async fn nasd_target(cluster: &TestCluster) -> anyhow::Result<Target> {
                 ..Default::default()
             };
             admin
-                .upsert_client(UpsertClientRequest {
-                    client: Some(client),
-                })
+                .upsert_client(UpsertClientRequest { client: Some(client) })
                 .await
                 .is_ok()
         })
@@ -152,9 +147,7 @@ impl Drop for Etcd {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn start_etcd(etcd: &Path) -> anyhow::Result<Etcd> {
@@ -175,36 +168,19 @@ fn start_etcd(etcd: &Path) -> anyhow::Result<Etcd> {
                 .args(["--name", &format!("e{i}")])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("e{i}")))
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
-                .args([
-                    "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
-                ])
+                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                ])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
                 .args(["--initial-cluster", &initial.join(",")])
-                .args([
-                    "--initial-cluster-state",
-                    "new",
-                    "--initial-cluster-token",
-                    "nas-bench",
-                ])
+                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "nas-bench"])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
                 .context("start etcd")?,
         );
     }
-    let client_addrs = ports
-        .iter()
-        .map(|(c, _)| format!("127.0.0.1:{c}"))
-        .collect();
+    let client_addrs = ports.iter().map(|(c, _)| format!("127.0.0.1:{c}")).collect();
     Ok(Etcd {
         children,
         client_addrs,
@@ -277,12 +253,19 @@ fn main() -> anyhow::Result<()> {
             "--seconds" => secs = args.next().context("--seconds N")?.parse()?,
             "--repeat" => repeat = args.next().context("--repeat N")?.parse::<usize>()?.max(1),
             "--clients" => {
-                clients = args.next().context("--clients 1,16,64")?.split(',').map(str::parse).collect::<Result<_, _>>()?
+                clients = args
+                    .next()
+                    .context("--clients 1,16,64")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
             }
             "--no-etcd" => with_etcd = false,
             "--nodes" => nodes = args.next().context("--nodes N")?.parse()?,
             "--bench" => {}
-            other => bail!("unknown option {other}; use --seconds N, --repeat N, --clients LIST, --nodes N (nasd only), --no-etcd"),
+            other => bail!(
+                "unknown option {other}; use --seconds N, --repeat N, --clients LIST, --nodes N (nasd only), --no-etcd"
+            ),
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -305,7 +288,10 @@ fn main() -> anyhow::Result<()> {
             "\nReplicated writes, {nodes} nasd CHNs and 3 etcd members on loopback, {VALUE_BYTES}-byte values, \
              median of {repeat} interleaved runs of {secs} s per point"
         );
-        println!("{:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>9}", "clients", "nasd op/s", "p50 ms", "p99 ms", "etcd op/s", "p50 ms", "p99 ms", "nasd/etcd");
+        println!(
+            "{:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>9}",
+            "clients", "nasd op/s", "p50 ms", "p99 ms", "etcd op/s", "p50 ms", "p99 ms", "nasd/etcd"
+        );
         for &n in &clients {
             let (mut nas_runs, mut etcd_runs) = (Vec::new(), Vec::new());
             for _ in 0..repeat {
@@ -327,14 +313,22 @@ fn main() -> anyhow::Result<()> {
                 ),
                 None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
-            println!("{n:>7} | {:>10.0} {:>8} {:>8} | {eo:>10} {e50:>8} {e99:>8} | {ratio:>9}", a.ops_per_sec, ms(a.p50), ms(a.p99));
+            println!(
+                "{n:>7} | {:>10.0} {:>8} {:>8} | {eo:>10} {e50:>8} {e99:>8} | {ratio:>9}",
+                a.ops_per_sec,
+                ms(a.p50),
+                ms(a.p99)
+            );
             let errors = a.errors + e.as_ref().map_or(0, |e| e.errors);
             if errors > 0 {
                 println!("        ({errors} failed requests not counted)");
             }
         }
         let last = nas_cluster.status("CHN1").await.context("status after the run")?;
-        eprintln!("nasd: last applied index {}, snapshot at {}", last.last_applied, last.snapshot_index);
+        eprintln!(
+            "nasd: last applied index {}, snapshot at {}",
+            last.last_applied, last.snapshot_index
+        );
         Ok(())
     })
 }

@@ -19,12 +19,13 @@ use tonic::transport::Channel;
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
     let path = profile_dir.join(name);
-    assert!(path.is_file(), "{} is not built; run the tests with `cargo nextest run --workspace` (or cargo test --workspace)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is not built; run the tests with `cargo nextest run --workspace` (or cargo test --workspace)",
+        path.display()
+    );
     path
 }
 
@@ -70,12 +71,7 @@ impl TestCluster {
 
     /// Runs `cluster up` again: restarts stopped CHNs, or grows the cluster.
     pub fn cluster_up(&mut self, nodes: Option<usize>, nasd_args: &[&str]) -> anyhow::Result<()> {
-        let mut args = vec![
-            "--json".to_string(),
-            "cluster".into(),
-            "up".into(),
-            "--dir".into(),
-        ];
+        let mut args = vec!["--json".to_string(), "cluster".into(), "up".into(), "--dir".into()];
         args.push(self.dir.path().display().to_string());
         if let Some(n) = nodes {
             args.extend(["--nodes".into(), n.to_string()]);
@@ -95,12 +91,8 @@ impl TestCluster {
                 self.logs()
             );
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "cluster up --json printed {:?}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("cluster up --json printed {:?}", String::from_utf8_lossy(&out.stdout)))?;
         self.nodes = v["nodes"]
             .as_array()
             .context("nodes in cluster up output")?
@@ -120,11 +112,7 @@ impl TestCluster {
 
     /// `NAS_CLUSTER` value for this cluster.
     pub fn cluster_env(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| n.addr.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.nodes.iter().map(|n| n.addr.as_str()).collect::<Vec<_>>().join(",")
     }
 
     /// Runs nasctl against this cluster.
@@ -163,22 +151,18 @@ impl TestCluster {
 
     /// The pid of a running CHN.
     pub fn pid(&self, name: &str) -> Option<i32> {
-        let text =
-            std::fs::read_to_string(self.dir().join(name.to_lowercase()).join("nasd.pid")).ok()?;
+        let text = std::fs::read_to_string(self.dir().join(name.to_lowercase()).join("nasd.pid")).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
     /// kill -9 one CHN and wait until the process is gone.
     pub fn kill9(&self, name: &str) {
-        let pid = self
-            .pid(name)
-            .unwrap_or_else(|| panic!("{name} is not running"));
+        let pid = self.pid(name).unwrap_or_else(|| panic!("{name} is not running"));
         // SAFETY: kill(2) on a child process this harness started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
-        {
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
             assert!(Instant::now() < deadline, "{name} survived SIGKILL");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -210,8 +194,7 @@ impl TestCluster {
         let mut out = String::new();
         for n in &self.nodes {
             let log =
-                std::fs::read_to_string(self.dir().join(n.name.to_lowercase()).join("nasd.log"))
-                    .unwrap_or_default();
+                std::fs::read_to_string(self.dir().join(n.name.to_lowercase()).join("nasd.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             out += &format!(
                 "--- {} ---\n{}\n",

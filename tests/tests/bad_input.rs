@@ -5,18 +5,10 @@ use nas_client::proto::*;
 use nas_tests::TestCluster;
 use tonic::Code;
 
-async fn expect(
-    r: Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>,
-    code: Code,
-    needle: &str,
-) {
+async fn expect(r: Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>, code: Code, needle: &str) {
     let err = r.expect_err("must be refused");
     assert_eq!(err.code(), code, "{}", err.message());
-    assert!(
-        err.message().contains(needle),
-        "{:?} lacks {needle:?}",
-        err.message()
-    );
+    assert!(err.message().contains(needle), "{:?} lacks {needle:?}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,9 +16,7 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
     let c = TestCluster::up(3, &[])?;
     // Through a follower, so that forwarding keeps the status intact.
     let follower = {
-        let leader = c
-            .leader_seen_by("CHN1", std::time::Duration::from_secs(5))
-            .await?;
+        let leader = c.leader_seen_by("CHN1", std::time::Duration::from_secs(5)).await?;
         c.nodes
             .iter()
             .find(|n| n.name != leader)
@@ -122,16 +112,9 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
         "not allowed",
     )
     .await;
-    let users = a
-        .list_users(ListRequest { local: false })
-        .await?
-        .into_inner()
-        .users;
+    let users = a.list_users(ListRequest { local: false }).await?.into_inner().users;
     assert_eq!(users.len(), 1);
-    assert!(
-        users[0].password_hash.is_empty(),
-        "hashes must not leave the shared LU"
-    );
+    assert!(users[0].password_hash.is_empty(), "hashes must not leave the shared LU");
 
     let export = |name: &str, lu: u32, owner: &str| CreateExportRequest {
         name: name.into(),
@@ -140,18 +123,8 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
         partner_chn: "CHN2".into(),
         users: vec!["alice".into()],
     };
-    expect(
-        a.create_export(export("home", 9, "CHN1")).await,
-        Code::NotFound,
-        "LU 9",
-    )
-    .await;
-    expect(
-        a.create_export(export("home", 1, "CHN7")).await,
-        Code::NotFound,
-        "CHN7",
-    )
-    .await;
+    expect(a.create_export(export("home", 9, "CHN1")).await, Code::NotFound, "LU 9").await;
+    expect(a.create_export(export("home", 1, "CHN7")).await, Code::NotFound, "CHN7").await;
     expect(
         a.create_export(export("ho me", 1, "CHN1")).await,
         Code::InvalidArgument,
@@ -160,10 +133,7 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
     .await;
     a.create_export(export("home", 1, "CHN1")).await?;
     expect(
-        a.remove_chn(RemoveChnRequest {
-            name: "CHN1".into(),
-        })
-        .await,
+        a.remove_chn(RemoveChnRequest { name: "CHN1".into() }).await,
         Code::FailedPrecondition,
         "serves export home",
     )
@@ -231,11 +201,7 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
     .await;
 
     // Nothing above changed the tables beyond the accepted commands.
-    let lus = a
-        .list_lus(ListRequest { local: false })
-        .await?
-        .into_inner()
-        .lus;
+    let lus = a.list_lus(ListRequest { local: false }).await?.into_inner().lus;
     assert_eq!(lus.len(), 1);
     Ok(())
 }
@@ -247,29 +213,15 @@ async fn malformed_raft_messages_are_refused_and_the_chn_survives() -> anyhow::R
         .connect()
         .await?;
     let mut raft = raft_client::RaftClient::new(ch);
-    for garbage in [
-        vec![],
-        vec![0xff; 7],
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-    ] {
+    for garbage in [vec![], vec![0xff; 7], vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]] {
         let err = raft
-            .append_entries(RaftBytes {
-                data: garbage.clone(),
-            })
+            .append_entries(RaftBytes { data: garbage.clone() })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
-        let err = raft
-            .vote(RaftBytes {
-                data: garbage.clone(),
-            })
-            .await
-            .unwrap_err();
+        let err = raft.vote(RaftBytes { data: garbage.clone() }).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
-        let err = raft
-            .install_snapshot(RaftBytes { data: garbage })
-            .await
-            .unwrap_err();
+        let err = raft.install_snapshot(RaftBytes { data: garbage }).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
     }
     let err = raft.forward(Command { kind: None }).await;

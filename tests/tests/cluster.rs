@@ -18,17 +18,30 @@ fn client_row(id: &str) -> UpsertClientRequest {
     }
 }
 
+/// Writes `n` client rows named `prefix-i` through any CHN and returns the
+/// acknowledged ids.
+async fn write_clients(client: &nas_client::Cluster, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}-{i:03}");
+        client
+            .admin(|mut a| {
+                let r = client_row(&id);
+                async move { a.upsert_client(r).await }
+            })
+            .await?;
+        acked.push(id);
+    }
+    Ok(acked)
+}
+
 async fn client_ids(c: &TestCluster, chn: &str, local: bool) -> Vec<String> {
     let r = c
         .admin(chn)
         .list_clients(ListRequest { local })
         .await
         .expect("list clients");
-    r.into_inner()
-        .clients
-        .into_iter()
-        .map(|c| c.client_id)
-        .collect()
+    r.into_inner().clients.into_iter().map(|c| c.client_id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,11 +65,7 @@ async fn writes_through_every_chn_are_seen_by_every_chn() -> anyhow::Result<()> 
         "--size",
         "8M",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for n in &c.nodes {
         let ids = client_ids(&c, &n.name, false).await;
         assert_eq!(
@@ -75,9 +84,7 @@ async fn writes_through_every_chn_are_seen_by_every_chn() -> anyhow::Result<()> 
     }
     let status = c.status("CHN2").await.expect("status");
     assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
-    assert!(status
-        .shared_lu
-        .is_some_and(|s| s.initialized && s.backup_initialized));
+    assert!(status.shared_lu.is_some_and(|s| s.initialized && s.backup_initialized));
     Ok(())
 }
 
@@ -87,17 +94,7 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> anyhow::Result<
     // restarted CHN to catch up by snapshot install.
     let c = TestCluster::up(3, &["--snapshot-threshold=150", "--keep-logs=0"])?;
     let client = c.client();
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        let id = format!("before-{i}");
-        client
-            .admin(|mut a| {
-                let r = client_row(&id);
-                async move { a.upsert_client(r).await }
-            })
-            .await?;
-        acked.push(id);
-    }
+    let mut acked = write_clients(&client, "before", 20).await?;
     let old = c.leader_seen_by("CHN1", Duration::from_secs(5)).await?;
     let killed_at = Instant::now();
     c.kill9(&old);
@@ -117,51 +114,25 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> anyhow::Result<
     let elected_in = killed_at.elapsed();
     eprintln!("new leader {new} elected {elected_in:?} after kill -9 of {old}");
     // Election timeout is 400-800 ms; allow for a loaded 2-core machine.
-    assert!(
-        elected_in < Duration::from_secs(5),
-        "election took {elected_in:?}"
-    );
+    assert!(elected_in < Duration::from_secs(5), "election took {elected_in:?}");
 
-    for i in 0..200 {
-        let id = format!("after-{i}");
-        client
-            .admin(|mut a| {
-                let r = client_row(&id);
-                async move { a.upsert_client(r).await }
-            })
-            .await?;
-        acked.push(id);
-    }
+    acked.extend(write_clients(&client, "after", 200).await?);
     acked.sort();
     let mut seen = client_ids(&c, &new, false).await;
     seen.sort();
-    assert_eq!(
-        seen, acked,
-        "an acknowledged write is missing after failover"
-    );
-    let snapshot_index = wait_until(
-        "the leader to compact its log",
-        Duration::from_secs(10),
-        || async {
-            c.status(&new)
-                .await
-                .map(|s| s.snapshot_index)
-                .filter(|i| *i > 0)
-        },
-    )
+    assert_eq!(seen, acked, "an acknowledged write is missing after failover");
+    let snapshot_index = wait_until("the leader to compact its log", Duration::from_secs(10), || async {
+        c.status(&new).await.map(|s| s.snapshot_index).filter(|i| *i > 0)
+    })
     .await?;
 
     let mut c = c;
     c.cluster_up(None, &[])?;
-    let back = wait_until(
-        "the restarted CHN to catch up",
-        Duration::from_secs(20),
-        || async {
-            let s = c.status(&old).await?;
-            let leader = c.status(&new).await?;
-            (s.last_applied >= leader.last_applied && s.snapshot_index > 0).then_some(s)
-        },
-    )
+    let back = wait_until("the restarted CHN to catch up", Duration::from_secs(20), || async {
+        let s = c.status(&old).await?;
+        let leader = c.status(&new).await?;
+        (s.last_applied >= leader.last_applied && s.snapshot_index > 0).then_some(s)
+    })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
     assert!(
@@ -178,17 +149,7 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> anyhow::Result<
 async fn whole_cluster_kill9_and_restart_keeps_every_acknowledged_write() -> anyhow::Result<()> {
     let mut c = TestCluster::up(3, &[])?;
     let client = c.client();
-    let mut acked = Vec::new();
-    for i in 0..50 {
-        let id = format!("k-{i:02}");
-        client
-            .admin(|mut a| {
-                let r = client_row(&id);
-                async move { a.upsert_client(r).await }
-            })
-            .await?;
-        acked.push(id);
-    }
+    let acked = write_clients(&client, "k", 50).await?;
     let lu = client
         .admin(|mut a| async move {
             a.init_array(InitArrayRequest {
@@ -225,28 +186,16 @@ async fn chns_join_as_voters_and_can_be_removed() -> anyhow::Result<()> {
     let out = c.nasctl(&["--json", "chn", "list"]);
     let chns: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(chns.as_array().map(Vec::len), Some(5));
-    assert!(chns
-        .as_array()
-        .into_iter()
-        .flatten()
-        .all(|c| c["state"] == "INSTALLED"));
+    assert!(chns.as_array().into_iter().flatten().all(|c| c["state"] == "INSTALLED"));
 
     // Remove CHN4 through another CHN; the request reaches the leader.
     let out = c.nasctl(&["--cluster", &c.node("CHN2").addr, "chn", "remove", "CHN4"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status = wait_until(
-        "CHN4 out of the membership",
-        Duration::from_secs(10),
-        || async {
-            c.status("CHN1")
-                .await
-                .filter(|s| s.members.iter().all(|m| m.name != "CHN4"))
-        },
-    )
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = wait_until("CHN4 out of the membership", Duration::from_secs(10), || async {
+        c.status("CHN1")
+            .await
+            .filter(|s| s.members.iter().all(|m| m.name != "CHN4"))
+    })
     .await?;
     assert_eq!(status.members.len(), 4);
     let chns = c
@@ -259,16 +208,12 @@ async fn chns_join_as_voters_and_can_be_removed() -> anyhow::Result<()> {
     // Removing it again is a precise NOT_FOUND.
     let err = c
         .admin("CHN1")
-        .remove_chn(RemoveChnRequest {
-            name: "CHN4".into(),
-        })
+        .remove_chn(RemoveChnRequest { name: "CHN4".into() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{}", err.message());
     // The cluster still commits with CHN4 gone.
-    c.admin("CHN5")
-        .upsert_client(client_row("after-remove"))
-        .await?;
+    c.admin("CHN5").upsert_client(client_row("after-remove")).await?;
     Ok(())
 }
 

@@ -66,11 +66,7 @@ impl AdminService {
     }
 
     /// Reads the tables, linearizably unless the caller accepts stale data.
-    async fn read<T>(
-        &self,
-        req: Request<ListRequest>,
-        f: impl FnOnce(&Tables) -> T,
-    ) -> Result<(T, bool), Status> {
+    async fn read<T>(&self, req: Request<ListRequest>, f: impl FnOnce(&Tables) -> T) -> Result<(T, bool), Status> {
         let local = req.into_inner().local;
         if !local {
             self.lu.ensure_current().await?;
@@ -81,17 +77,13 @@ impl AdminService {
 
     /// An Admin client on the leader when another CHN leads, for the
     /// membership calls that only the leader may make.
-    async fn leader_admin(
-        &self,
-    ) -> Result<Option<admin_client::AdminClient<tonic::transport::Channel>>, Status> {
+    async fn leader_admin(&self) -> Result<Option<admin_client::AdminClient<tonic::transport::Channel>>, Status> {
         self.lu.require_initialized().await?;
         let leader = match self.lu.leader() {
             Some(l) => l,
             None => {
                 let wait = self.lu.raft.wait(Some(Duration::from_secs(5)));
-                let _ = wait
-                    .metrics(|m| m.current_leader.is_some(), "leader known")
-                    .await;
+                let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;
                 self.lu.leader().ok_or_else(|| {
                     Status::unavailable("no CHN leads the shared LU (is a majority down?); retry when they are back")
                 })?
@@ -112,13 +104,7 @@ impl AdminService {
         self.lu.state.read().tables.daemons.get(name).cloned()
     }
 
-    async fn register(
-        &self,
-        name: &str,
-        node_id: u64,
-        address: &str,
-        state: ChnState,
-    ) -> Result<(), Status> {
+    async fn register(&self, name: &str, node_id: u64, address: &str, state: ChnState) -> Result<(), Status> {
         self.lu
             .write(Command {
                 kind: Some(Kind::RegisterChn(RegisterChn {
@@ -139,10 +125,7 @@ fn membership_error(what: &str, e: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl admin_server::Admin for AdminService {
-    async fn node_info(
-        &self,
-        _req: Request<NodeInfoRequest>,
-    ) -> Result<Response<NodeInfoReply>, Status> {
+    async fn node_info(&self, _req: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
         let m = self.lu.raft.metrics().borrow().clone();
         let initialized = self
             .lu
@@ -200,10 +183,7 @@ impl admin_server::Admin for AdminService {
         Ok(Response::new(ClusterStatusReply {
             answered_by: self.lu.name.clone(),
             leader_id,
-            leader_name: nodes
-                .get(&leader_id)
-                .map(|n| n.name.clone())
-                .unwrap_or_default(),
+            leader_name: nodes.get(&leader_id).map(|n| n.name.clone()).unwrap_or_default(),
             term: m.current_term,
             last_applied: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
@@ -213,10 +193,7 @@ impl admin_server::Admin for AdminService {
         }))
     }
 
-    async fn bootstrap(
-        &self,
-        _req: Request<BootstrapRequest>,
-    ) -> Result<Response<ChnReply>, Status> {
+    async fn bootstrap(&self, _req: Request<BootstrapRequest>) -> Result<Response<ChnReply>, Status> {
         let initialized = self
             .lu
             .raft
@@ -243,27 +220,15 @@ impl admin_server::Admin for AdminService {
             .wait(Some(Duration::from_secs(10)))
             .current_leader(self.lu.id, "bootstrap")
             .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "bootstrapped, but no leader yet: {e}; retry `chn list`"
-                ))
-            })?;
-        self.register(
-            &self.lu.name,
-            self.lu.id,
-            &self.lu.addr,
-            ChnState::ChnInstalled,
-        )
-        .await?;
+            .map_err(|e| Status::unavailable(format!("bootstrapped, but no leader yet: {e}; retry `chn list`")))?;
+        self.register(&self.lu.name, self.lu.id, &self.lu.addr, ChnState::ChnInstalled)
+            .await?;
         Ok(Response::new(ChnReply {
             chn: self.daemon_row(&self.lu.name),
         }))
     }
 
-    async fn init_shared_lu(
-        &self,
-        req: Request<InitSharedLuRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
+    async fn init_shared_lu(&self, req: Request<InitSharedLuRequest>) -> Result<Response<WriteReply>, Status> {
         let with_backup = req.into_inner().with_backup;
         self.write(Kind::InitSharedLu(InitSharedLu {
             with_backup,
@@ -280,19 +245,11 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn list_paths(&self, req: Request<ListRequest>) -> Result<Response<PathList>, Status> {
-        let (paths, possibly_stale) = self
-            .read(req, |t| t.paths.values().cloned().collect())
-            .await?;
-        Ok(Response::new(PathList {
-            paths,
-            possibly_stale,
-        }))
+        let (paths, possibly_stale) = self.read(req, |t| t.paths.values().cloned().collect()).await?;
+        Ok(Response::new(PathList { paths, possibly_stale }))
     }
 
-    async fn install_chn(
-        &self,
-        req: Request<InstallChnRequest>,
-    ) -> Result<Response<ChnReply>, Status> {
+    async fn install_chn(&self, req: Request<InstallChnRequest>) -> Result<Response<ChnReply>, Status> {
         let r = req.into_inner();
         check_name("CHN", &r.name).map_err(rejected)?;
         check_addr(&r.address)?;
@@ -307,12 +264,7 @@ impl admin_server::Admin for AdminService {
         );
         let info = tokio::time::timeout(PROBE_TIMEOUT, probe.node_info(NodeInfoRequest {}))
             .await
-            .map_err(|_| {
-                Status::unavailable(format!(
-                    "nasd at {} did not answer in time; is it running?",
-                    r.address
-                ))
-            })?
+            .map_err(|_| Status::unavailable(format!("nasd at {} did not answer in time; is it running?", r.address)))?
             .map_err(|s| {
                 Status::unavailable(format!(
                     "cannot reach nasd at {}: {}; start it first (nasd --name {} --listen {})",
@@ -343,10 +295,7 @@ impl admin_server::Admin for AdminService {
                 r.address
             )));
         }
-        if let Some(other) = nodes
-            .iter()
-            .find(|(id, n)| n.name == r.name && **id != info.node_id)
-        {
+        if let Some(other) = nodes.iter().find(|(id, n)| n.name == r.name && **id != info.node_id) {
             return Err(Status::already_exists(format!(
                 "CHN {} is already installed as node {}",
                 r.name, other.0
@@ -359,17 +308,10 @@ impl admin_server::Admin for AdminService {
                 name: r.name.clone(),
                 addr: r.address.clone(),
             };
-            tokio::time::timeout(
-                CATCH_UP_TIMEOUT,
-                self.lu.raft.add_learner(info.node_id, node, true),
-            )
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(
-                    "the new CHN did not catch up in time; run chn install again",
-                )
-            })?
-            .map_err(|e| membership_error("adding the learner", e))?;
+            tokio::time::timeout(CATCH_UP_TIMEOUT, self.lu.raft.add_learner(info.node_id, node, true))
+                .await
+                .map_err(|_| Status::deadline_exceeded("the new CHN did not catch up in time; run chn install again"))?
+                .map_err(|e| membership_error("adding the learner", e))?;
             let ids = BTreeSet::from([info.node_id]);
             self.lu
                 .raft
@@ -384,10 +326,7 @@ impl admin_server::Admin for AdminService {
         }))
     }
 
-    async fn remove_chn(
-        &self,
-        req: Request<RemoveChnRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
+    async fn remove_chn(&self, req: Request<RemoveChnRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         check_name("CHN", &r.name).map_err(rejected)?;
         if let Some(mut leader) = self.leader_admin().await? {
@@ -395,16 +334,11 @@ impl admin_server::Admin for AdminService {
         }
         self.lu.ensure_current().await?;
         let (nodes, voters) = self.lu.members();
-        let member = nodes
-            .iter()
-            .find(|(_, n)| n.name == r.name)
-            .map(|(id, _)| *id);
+        let member = nodes.iter().find(|(_, n)| n.name == r.name).map(|(id, _)| *id);
         let mut result = WriteReply::default();
         if self.daemon_row(&r.name).is_some() {
             result = self
-                .write(Kind::RemoveChn(RemoveChn {
-                    chn: r.name.clone(),
-                }))
+                .write(Kind::RemoveChn(RemoveChn { chn: r.name.clone() }))
                 .await?
                 .into_inner();
         } else if member.is_none() {
@@ -415,9 +349,7 @@ impl admin_server::Admin for AdminService {
         }
         if let Some(id) = member {
             if voters.len() == 1 && voters.contains(&id) {
-                return Err(Status::failed_precondition(
-                    "cannot remove the last voting CHN",
-                ));
+                return Err(Status::failed_precondition("cannot remove the last voting CHN"));
             }
             let change = if voters.contains(&id) {
                 ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -436,19 +368,11 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn list_chns(&self, req: Request<ListRequest>) -> Result<Response<ChnList>, Status> {
-        let (chns, possibly_stale) = self
-            .read(req, |t| t.daemons.values().cloned().collect())
-            .await?;
-        Ok(Response::new(ChnList {
-            chns,
-            possibly_stale,
-        }))
+        let (chns, possibly_stale) = self.read(req, |t| t.daemons.values().cloned().collect()).await?;
+        Ok(Response::new(ChnList { chns, possibly_stale }))
     }
 
-    async fn init_array(
-        &self,
-        req: Request<InitArrayRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
+    async fn init_array(&self, req: Request<InitArrayRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         self.write(Kind::InitArray(InitArray {
             disks: r.disks,
@@ -458,19 +382,11 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn list_disks(&self, req: Request<ListRequest>) -> Result<Response<DiskList>, Status> {
-        let (disks, possibly_stale) = self
-            .read(req, |t| t.disks.values().cloned().collect())
-            .await?;
-        Ok(Response::new(DiskList {
-            disks,
-            possibly_stale,
-        }))
+        let (disks, possibly_stale) = self.read(req, |t| t.disks.values().cloned().collect()).await?;
+        Ok(Response::new(DiskList { disks, possibly_stale }))
     }
 
-    async fn create_lu(
-        &self,
-        req: Request<CreateLuRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
+    async fn create_lu(&self, req: Request<CreateLuRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         if r.disks.len() > crate::shared_lu::tables::MAX_DISKS as usize {
             return Err(Status::invalid_argument("too many disks in one LU"));
@@ -484,22 +400,15 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn list_lus(&self, req: Request<ListRequest>) -> Result<Response<LuList>, Status> {
-        let (lus, possibly_stale) = self
-            .read(req, |t| t.lus.values().cloned().collect())
-            .await?;
-        Ok(Response::new(LuList {
-            lus,
-            possibly_stale,
-        }))
+        let (lus, possibly_stale) = self.read(req, |t| t.lus.values().cloned().collect()).await?;
+        Ok(Response::new(LuList { lus, possibly_stale }))
     }
 
     async fn add_user(&self, req: Request<AddUserRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         check_name("user", &r.name).map_err(rejected)?;
         if r.password.chars().count() < 8 || r.password.len() > 1024 {
-            return Err(Status::invalid_argument(
-                "password must be 8 to 1024 characters long",
-            ));
+            return Err(Status::invalid_argument("password must be 8 to 1024 characters long"));
         }
         let password = r.password;
         // Hashing costs tens of milliseconds of CPU: keep it off the runtime.
@@ -519,8 +428,7 @@ impl admin_server::Admin for AdminService {
             groups: r.groups,
             enabled: true,
         };
-        self.write(Kind::AddUser(AddUser { user: Some(user) }))
-            .await
+        self.write(Kind::AddUser(AddUser { user: Some(user) })).await
     }
 
     async fn list_users(&self, req: Request<ListRequest>) -> Result<Response<UserList>, Status> {
@@ -536,16 +444,10 @@ impl admin_server::Admin for AdminService {
                     .collect()
             })
             .await?;
-        Ok(Response::new(UserList {
-            users,
-            possibly_stale,
-        }))
+        Ok(Response::new(UserList { users, possibly_stale }))
     }
 
-    async fn create_export(
-        &self,
-        req: Request<CreateExportRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
+    async fn create_export(&self, req: Request<CreateExportRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         let export = Export {
             name: r.name,
@@ -555,42 +457,27 @@ impl admin_server::Admin for AdminService {
             state: ServiceState::ServiceServing as i32,
             users: r.users,
         };
-        self.write(Kind::CreateExport(CreateExport {
-            export: Some(export),
-        }))
-        .await
+        self.write(Kind::CreateExport(CreateExport { export: Some(export) }))
+            .await
     }
 
-    async fn list_exports(
-        &self,
-        req: Request<ListRequest>,
-    ) -> Result<Response<ExportList>, Status> {
-        let (exports, possibly_stale) = self
-            .read(req, |t| t.exports.values().cloned().collect())
-            .await?;
+    async fn list_exports(&self, req: Request<ListRequest>) -> Result<Response<ExportList>, Status> {
+        let (exports, possibly_stale) = self.read(req, |t| t.exports.values().cloned().collect()).await?;
         Ok(Response::new(ExportList {
             exports,
             possibly_stale,
         }))
     }
 
-    async fn upsert_client(
-        &self,
-        req: Request<UpsertClientRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
+    async fn upsert_client(&self, req: Request<UpsertClientRequest>) -> Result<Response<WriteReply>, Status> {
         self.write(Kind::UpsertClient(UpsertClient {
             client: req.into_inner().client,
         }))
         .await
     }
 
-    async fn list_clients(
-        &self,
-        req: Request<ListRequest>,
-    ) -> Result<Response<ClientList>, Status> {
-        let (clients, possibly_stale) = self
-            .read(req, |t| t.clients.values().cloned().collect())
-            .await?;
+    async fn list_clients(&self, req: Request<ListRequest>) -> Result<Response<ClientList>, Status> {
+        let (clients, possibly_stale) = self.read(req, |t| t.clients.values().cloned().collect()).await?;
         Ok(Response::new(ClientList {
             clients,
             possibly_stale,

@@ -41,25 +41,16 @@ impl raft_server::Raft for RaftService {
         encode(&self.lu.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<RaftBytes>,
-    ) -> Result<Response<RaftBytes>, Status> {
+    async fn install_snapshot(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         let rpc = decode(req)?;
         encode(&self.lu.raft.install_snapshot(rpc).await)
     }
 
     async fn forward(&self, req: Request<Command>) -> Result<Response<CommandResult>, Status> {
-        self.lu
-            .write_local(req.into_inner())
-            .await
-            .map(Response::new)
+        self.lu.write_local(req.into_inner()).await.map(Response::new)
     }
 
-    async fn read_index(
-        &self,
-        _req: Request<ReadIndexRequest>,
-    ) -> Result<Response<ReadIndexReply>, Status> {
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
         let index = self.lu.read_index().await?;
         Ok(Response::new(ReadIndexReply { index }))
     }

@@ -121,17 +121,12 @@ impl LogStore {
     }
 
     /// Queues a write and waits until it is committed.
-    async fn write_and_wait(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<()>>) -> Write,
-    ) -> Result<()> {
+    async fn write_and_wait(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Write) -> Result<()> {
         let (done, committed) = oneshot::channel();
         self.writes
             .send(make(done))
             .map_err(|_| io_err("the log writer thread stopped"))?;
-        committed
-            .await
-            .map_err(|_| io_err("the log writer thread stopped"))?
+        committed.await.map_err(|_| io_err("the log writer thread stopped"))?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -139,9 +134,7 @@ impl LogStore {
         job: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || job(&db))
-            .await
-            .map_err(read_err)?
+        tokio::task::spawn_blocking(move || job(&db)).await.map_err(read_err)?
     }
 
     fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> {
@@ -172,14 +165,10 @@ fn writer(db: &Database, queue: &mpsc::Receiver<Write>, durable_upto: &AtomicU64
         }
         for w in group {
             match w {
-                Write::Append { done, .. } => done.log_io_completed(
-                    result
-                        .clone()
-                        .map_err(|e| std::io::Error::other(e.to_string())),
-                ),
-                Write::Meta { done, .. }
-                | Write::Truncate { done, .. }
-                | Write::Purge { done, .. } => {
+                Write::Append { done, .. } => {
+                    done.log_io_completed(result.clone().map_err(|e| std::io::Error::other(e.to_string())))
+                }
+                Write::Meta { done, .. } | Write::Truncate { done, .. } | Write::Purge { done, .. } => {
                     let _ = done.send(result.clone());
                 }
                 Write::Hint { .. } => {}
@@ -332,10 +321,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        self.blocking(
-            |db| Ok(Self::get_meta::<Option<LogId<NodeId>>>(db, COMMITTED_KEY)?.flatten()),
-        )
-        .await
+        self.blocking(|db| Ok(Self::get_meta::<Option<LogId<NodeId>>>(db, COMMITTED_KEY)?.flatten()))
+            .await
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
@@ -366,25 +353,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         self.writes
-            .send(Write::Append {
-                rows,
-                done: callback,
-            })
+            .send(Write::Append { rows, done: callback })
             .map_err(|_| io_err("the log writer thread stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         let from = log_id.index;
         self.tail_mut().retain(|k, _| *k < from);
-        self.write_and_wait(|done| Write::Truncate { from, done })
-            .await
+        self.write_and_wait(|done| Write::Truncate { from, done }).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         let upto = log_id.index;
         let purged = encode(&log_id)?;
         self.tail_mut().retain(|k, _| *k > upto);
-        self.write_and_wait(|done| Write::Purge { upto, purged, done })
-            .await
+        self.write_and_wait(|done| Write::Purge { upto, purged, done }).await
     }
 }

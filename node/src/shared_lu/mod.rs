@@ -25,9 +25,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 
-use nas_proto::{
-    raft_client::RaftClient, Command, CommandBatch, CommandResult, CommandResults, ReadIndexRequest,
-};
+use nas_proto::{raft_client::RaftClient, Command, CommandBatch, CommandResult, CommandResults, ReadIndexRequest};
 use network::{Network, Peers};
 use sm_store::{StateMachineStore, StateReader};
 use tokio::sync::{mpsc, oneshot};
@@ -149,8 +147,7 @@ impl SharedLu {
             dir: dir.clone(),
             source,
         })?;
-        let sm = StateMachineStore::open(data_dir)
-            .map_err(|source| StartError::State { dir, source })?;
+        let sm = StateMachineStore::open(data_dir).map_err(|source| StartError::State { dir, source })?;
         let state = sm.reader();
         let config = openraft::Config {
             cluster_name: "nas-shared-lu".into(),
@@ -199,9 +196,7 @@ impl SharedLu {
     async fn await_leader(&self) -> Result<(NodeId, ChnNode), Status> {
         self.require_initialized().await?;
         let wait = self.raft.wait(Some(self.quorum_timeout));
-        let _ = wait
-            .metrics(|m| m.current_leader.is_some(), "leader known")
-            .await;
+        let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;
         self.leader()
             .ok_or_else(|| no_quorum("the shared LU", self.quorum_timeout))
     }
@@ -262,11 +257,7 @@ impl SharedLu {
 
     async fn write_here(&self, cmd: Command) -> Result<CommandResult, Redirect> {
         let (reply, verdict) = oneshot::channel();
-        let stopped = || {
-            Redirect::Failed(Status::unavailable(
-                "this CHN is shutting down; retry on another CHN",
-            ))
-        };
+        let stopped = || Redirect::Failed(Status::unavailable("this CHN is shutting down; retry on another CHN"));
         self.proposals
             .send(Proposal { cmd, reply })
             .await
@@ -294,18 +285,14 @@ impl SharedLu {
             .applied_index_at_least(Some(index), "read index")
             .await
             .map(|_| ())
-            .map_err(|_| {
-                Status::unavailable("this CHN did not catch up with the leader in time; retry")
-            })
+            .map_err(|_| Status::unavailable("this CHN did not catch up with the leader in time; retry"))
     }
 
     /// Leader side of [`ensure_current`](Self::ensure_current) for a follower.
     pub async fn read_index(&self) -> Result<u64, Status> {
         match self.read_index_here().await? {
             Some(index) => Ok(index),
-            None => Err(Status::unavailable(
-                "this CHN no longer leads; retry on the leader",
-            )),
+            None => Err(Status::unavailable("this CHN no longer leads; retry on the leader")),
         }
     }
 
@@ -320,9 +307,7 @@ impl SharedLu {
             match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
                 Err(_) => return Err(no_quorum("the read", self.quorum_timeout)),
                 Ok(Ok(log_id)) => return Ok(Some(log_id.map_or(0, |l| l.index))),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
-                    return Ok(None)
-                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => return Ok(None),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))))
                     if tokio::time::Instant::now() + Duration::from_millis(50) < deadline =>
                 {
@@ -337,12 +322,7 @@ impl SharedLu {
     }
 
     /// Members of the group: voters and learners with their nodes.
-    pub fn members(
-        &self,
-    ) -> (
-        BTreeMap<NodeId, ChnNode>,
-        std::collections::BTreeSet<NodeId>,
-    ) {
+    pub fn members(&self) -> (BTreeMap<NodeId, ChnNode>, std::collections::BTreeSet<NodeId>) {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
@@ -361,12 +341,7 @@ enum Redirect {
 /// Proposes queued commands in batches, one Raft entry per batch, with up
 /// to `MAX_IN_FLIGHT` entries in flight: many concurrent writers share one
 /// entry, one fsync per member and one replication round trip.
-async fn batch_proposals(
-    raft: Raft,
-    mut queue: mpsc::Receiver<Proposal>,
-    me: NodeId,
-    timeout: Duration,
-) {
+async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: NodeId, timeout: Duration) {
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         // Waiting for a slot is what lets the next batch grow.
@@ -382,16 +357,16 @@ async fn batch_proposals(
         }
         let raft = raft.clone();
         tokio::spawn(async move {
-            let (commands, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-            let outcome =
-                tokio::time::timeout(timeout, raft.client_write(CommandBatch { commands })).await;
+            let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let outcome = tokio::time::timeout(timeout, raft.client_write(CommandBatch { commands })).await;
             drop(permit);
             let failure = match outcome {
                 Ok(Ok(resp)) => {
                     let mut results = resp.data.results.into_iter();
                     for reply in replies {
-                        let r = results.next().ok_or_else(|| Redirect::Failed(Status::internal("missing command result")));
+                        let r = results
+                            .next()
+                            .ok_or_else(|| Redirect::Failed(Status::internal("missing command result")));
                         let _ = reply.send(r);
                     }
                     return;
@@ -425,13 +400,10 @@ mod storage_tests {
     struct Builder;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-        async fn build(
-            &self,
-        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>>
-        {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
             let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
-            let log = LogStore::open(dir.path())
-                .map_err(|e| openraft::StorageIOError::write(&std::io::Error::other(e)))?;
+            let log =
+                LogStore::open(dir.path()).map_err(|e| openraft::StorageIOError::write(&std::io::Error::other(e)))?;
             let sm = StateMachineStore::open(dir.path())?;
             Ok((dir, log, sm))
         }

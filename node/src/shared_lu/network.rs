@@ -8,13 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
@@ -74,27 +72,19 @@ pub struct Connection {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, ChnNode, RaftError<NodeId, E>>;
 
 /// One method of the generated Raft client, as a plain function.
-type RaftMethod =
-    fn(
-        RaftClient<Channel>,
-        RaftBytes,
-    )
-        -> futures::future::BoxFuture<'static, Result<tonic::Response<RaftBytes>, tonic::Status>>;
+type RaftMethod = fn(
+    RaftClient<Channel>,
+    RaftBytes,
+) -> futures::future::BoxFuture<'static, Result<tonic::Response<RaftBytes>, tonic::Status>>;
 
 impl Connection {
-    async fn call<Req, Resp, E>(
-        &self,
-        req: &Req,
-        option: &RPCOption,
-        method: RaftMethod,
-    ) -> Result<Resp, RpcErr<E>>
+    async fn call<Req, Resp, E>(&self, req: &Req, option: &RPCOption, method: RaftMethod) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data =
-            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let channel = self
             .peers
             .channel(&self.addr)
@@ -111,8 +101,7 @@ impl Connection {
                 }
             })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
-            postcard::from_bytes(&reply.into_inner().data)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            postcard::from_bytes(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -140,14 +129,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         .await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, r| {
-            Box::pin(async move { c.vote(r).await })
-        })
-        .await
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(&rpc, &option, |mut c, r| Box::pin(async move { c.vote(r).await }))
+            .await
     }
 }

@@ -12,8 +12,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -104,12 +104,7 @@ impl StateMachineStore {
 
         let mut applied = Applied::default();
         let tx = db.begin_read().map_err(read_err)?;
-        for item in tx
-            .open_table(ROWS)
-            .map_err(read_err)?
-            .iter()
-            .map_err(read_err)?
-        {
+        for item in tx.open_table(ROWS).map_err(read_err)?.iter().map_err(read_err)? {
             let (_, v) = item.map_err(read_err)?;
             applied.tables.put_row(decode::<Row>(v.value())?);
         }
@@ -186,8 +181,7 @@ impl StateMachineStore {
                 let mut m = tx.open_table(META).map_err(io_err)?;
                 m.insert(APPLIED_KEY, meta.as_slice()).map_err(io_err)?;
                 if let Some(snapshot) = &snapshot {
-                    m.insert(SNAPSHOT_KEY, snapshot.as_slice())
-                        .map_err(io_err)?;
+                    m.insert(SNAPSHOT_KEY, snapshot.as_slice()).map_err(io_err)?;
                 }
             }
             tx.commit().map_err(io_err)
@@ -221,14 +215,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 s.membership.clone(),
             )
         };
-        let seq = self
-            .snapshot_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self.snapshot_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let snapshot_id = match last_applied {
-            Some(l) => format!(
-                "{}-{}-{}-{seq}",
-                l.leader_id.term, l.leader_id.node_id, l.index
-            ),
+            Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => format!("empty-{seq}"),
         };
         let meta = SnapshotMeta {
@@ -263,8 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ChnNode>), StorageError<NodeId>>
-    {
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, ChnNode>), StorageError<NodeId>> {
         let s = self.reader();
         let s = s.read();
         Ok((s.last_applied, s.membership.clone()))
@@ -321,9 +309,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -333,9 +319,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let proto = nas_proto::Tables::decode(data.as_slice()).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
-        })?;
+        let proto = nas_proto::Tables::decode(data.as_slice())
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
         let stored = encode(&StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -346,23 +331,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state.tables = Tables::from_proto(proto);
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
-            let keys = state
-                .tables
-                .all_rows()
-                .iter()
-                .map(Row::key)
-                .collect::<Vec<_>>();
-            (
-                Self::encode_rows(&state.tables, keys)?,
-                Self::applied_meta(&state)?,
-            )
+            let keys = state.tables.all_rows().iter().map(Row::key).collect::<Vec<_>>();
+            (Self::encode_rows(&state.tables, keys)?, Self::applied_meta(&state)?)
         };
         self.persist(rows, applied_meta, Some(stored)).await
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let db = self.db.clone();
         let stored = tokio::task::spawn_blocking(move || {
             let tx = db.begin_read().map_err(read_err)?;

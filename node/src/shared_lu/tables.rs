@@ -23,9 +23,7 @@ pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
 pub const FIRST_UID: u32 = 1000;
 
 /// A key of one table row, used to persist exactly the rows a command touched.
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RowKey {
     Disk(u32),
     Lu(u32),
@@ -79,10 +77,7 @@ pub struct Applied {
 
 impl Applied {
     fn rows(touched: Vec<RowKey>) -> Self {
-        Applied {
-            assigned: 0,
-            touched,
-        }
+        Applied { assigned: 0, touched }
     }
 }
 
@@ -99,10 +94,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Rejection> {
     if name.len() > 64 {
         return reject(
             Code::InvalidArgument,
-            format!(
-                "{what} name is {} characters long; the limit is 64",
-                name.len()
-            ),
+            format!("{what} name is {} characters long; the limit is 64", name.len()),
         );
     }
     if !name.chars().all(ok_char) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -177,12 +169,7 @@ impl Tables {
                     );
                 }
             }
-            _ => {
-                return reject(
-                    Code::InvalidArgument,
-                    "path target must be shared, backup or a data LU",
-                )
-            }
+            _ => return reject(Code::InvalidArgument, "path target must be shared, backup or a data LU"),
         }
         Ok((p.chn.clone(), p.target, p.lu))
     }
@@ -190,10 +177,7 @@ impl Tables {
     fn add_path(&mut self, path: Option<&Path>) -> Result<Applied, Rejection> {
         let key = self.path_key(path)?;
         if self.paths.contains_key(&key) {
-            return reject(
-                Code::AlreadyExists,
-                format!("CHN {} already has this path", key.0),
-            );
+            return reject(Code::AlreadyExists, format!("CHN {} already has this path", key.0));
         }
         let row = Path {
             chn: key.0.clone(),
@@ -231,10 +215,7 @@ impl Tables {
         if c.disks == 0 || c.disks > MAX_DISKS {
             return reject(
                 Code::InvalidArgument,
-                format!(
-                    "disk count {} is out of range; give 1 to {MAX_DISKS}",
-                    c.disks
-                ),
+                format!("disk count {} is out of range; give 1 to {MAX_DISKS}", c.disks),
             );
         }
         if !(MIN_DISK_BYTES..=MAX_DISK_BYTES).contains(&c.disk_capacity_bytes) {
@@ -324,10 +305,7 @@ impl Tables {
                 _ => {
                     return reject(
                         Code::FailedPrecondition,
-                        format!(
-                            "disk {d} is {}; choose a NOT USED disk",
-                            disk_state_name(disk.state)
-                        ),
+                        format!("disk {d} is {}; choose a NOT USED disk", disk_state_name(disk.state)),
                     );
                 }
             }
@@ -368,10 +346,7 @@ impl Tables {
         };
         check_name("user", &u.name)?;
         if !u.password_hash.starts_with("$argon2") {
-            return reject(
-                Code::InvalidArgument,
-                "password hash is not an argon2 PHC string",
-            );
+            return reject(Code::InvalidArgument, "password hash is not an argon2 PHC string");
         }
         if self.users.contains_key(&u.name) {
             return reject(
@@ -381,12 +356,7 @@ impl Tables {
         }
         let mut row = u.clone();
         if row.uid == 0 {
-            let highest = self
-                .users
-                .values()
-                .map(|u| u.uid)
-                .max()
-                .unwrap_or(FIRST_UID - 1);
+            let highest = self.users.values().map(|u| u.uid).max().unwrap_or(FIRST_UID - 1);
             row.uid = highest.max(FIRST_UID - 1).saturating_add(1);
         } else if let Some(other) = self.users.values().find(|o| o.uid == row.uid) {
             return reject(
@@ -430,10 +400,7 @@ impl Tables {
         if !self.lus.contains_key(&e.lu) {
             return reject(
                 Code::NotFound,
-                format!(
-                    "LU {} does not exist; create it with `nasctl lu create`",
-                    e.lu
-                ),
+                format!("LU {} does not exist; create it with `nasctl lu create`", e.lu),
             );
         }
         if let Some(other) = self.exports.values().find(|o| o.lu == e.lu) {
@@ -446,10 +413,7 @@ impl Tables {
         if !e.partner_chn.is_empty() {
             self.live_chn(&e.partner_chn, "partner")?;
             if e.partner_chn == e.owner_chn {
-                return reject(
-                    Code::InvalidArgument,
-                    "the partner CHN must differ from the owner CHN",
-                );
+                return reject(Code::InvalidArgument, "the partner CHN must differ from the owner CHN");
             }
         }
         for u in &e.users {
@@ -471,11 +435,7 @@ impl Tables {
         if c.node_id == 0 {
             return reject(Code::InvalidArgument, "node id 0 is reserved");
         }
-        if let Some(other) = self
-            .daemons
-            .values()
-            .find(|d| d.node_id == c.node_id && d.chn != c.chn)
-        {
+        if let Some(other) = self.daemons.values().find(|d| d.node_id == c.node_id && d.chn != c.chn) {
             return reject(
                 Code::AlreadyExists,
                 format!("node id {} already belongs to CHN {}", c.node_id, other.chn),
@@ -528,10 +488,7 @@ impl Tables {
         let Some(row) = self.daemons.get_mut(&c.chn) else {
             return reject(
                 Code::NotFound,
-                format!(
-                    "CHN {} is not installed; install it with `nasctl chn install`",
-                    c.chn
-                ),
+                format!("CHN {} is not installed; install it with `nasctl chn install`", c.chn),
             );
         };
         row.heartbeat_ms = c.heartbeat_ms;
@@ -618,40 +575,26 @@ impl Tables {
 
     fn acquire_file_lock(&mut self, c: &AcquireFileLock) -> Result<Applied, Rejection> {
         if !self.exports.contains_key(&c.export) {
-            return reject(
-                Code::NotFound,
-                format!("export {} does not exist", c.export),
-            );
+            return reject(Code::NotFound, format!("export {} does not exist", c.export));
         }
         if c.path.is_empty() || c.session.is_empty() {
-            return reject(
-                Code::InvalidArgument,
-                "file lock needs a path and a session",
-            );
+            return reject(Code::InvalidArgument, "file lock needs a path and a session");
         }
         let mode = LockMode::try_from(c.mode).unwrap_or(LockMode::Unspecified);
         if mode == LockMode::Unspecified {
-            return reject(
-                Code::InvalidArgument,
-                "lock mode must be shared or exclusive",
-            );
+            return reject(Code::InvalidArgument, "lock mode must be shared or exclusive");
         }
         let key = (c.export.clone(), c.path.clone());
         // Work on a copy so that a refused lock leaves the table untouched.
-        let mut row = self
-            .file_locks
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| FileLock {
-                export: c.export.clone(),
-                path: c.path.clone(),
-                holders: vec![],
-            });
+        let mut row = self.file_locks.get(&key).cloned().unwrap_or_else(|| FileLock {
+            export: c.export.clone(),
+            path: c.path.clone(),
+            holders: vec![],
+        });
         row.holders
             .retain(|h| h.lease_expiry_ms > c.now_ms || h.session == c.session);
         let conflict = row.holders.iter().find(|h| {
-            h.session != c.session
-                && (mode == LockMode::LockExclusive || h.mode == LockMode::LockExclusive as i32)
+            h.session != c.session && (mode == LockMode::LockExclusive || h.mode == LockMode::LockExclusive as i32)
         });
         if let Some(h) = conflict {
             return reject(
@@ -678,20 +621,14 @@ impl Tables {
     fn release_file_lock(&mut self, c: &ReleaseFileLock) -> Result<Applied, Rejection> {
         let key = (c.export.clone(), c.path.clone());
         let Some(row) = self.file_locks.get_mut(&key) else {
-            return reject(
-                Code::NotFound,
-                format!("{}:{} is not locked", c.export, c.path),
-            );
+            return reject(Code::NotFound, format!("{}:{} is not locked", c.export, c.path));
         };
         let before = row.holders.len();
         row.holders.retain(|h| h.session != c.session);
         if row.holders.len() == before {
             return reject(
                 Code::NotFound,
-                format!(
-                    "session {} holds no lock on {}:{}",
-                    c.session, c.export, c.path
-                ),
+                format!("session {} holds no lock on {}:{}", c.session, c.export, c.path),
             );
         }
         if row.holders.is_empty() {
@@ -739,11 +676,7 @@ impl Tables {
             RowKey::Lu(n) => self.lus.get(n).cloned().map(Row::Lu),
             RowKey::Path(c, t, l) => self.paths.get(&(c.clone(), *t, *l)).cloned().map(Row::Path),
             RowKey::LuLock(n) => self.lu_locks.get(n).cloned().map(Row::LuLock),
-            RowKey::FileLock(e, p) => self
-                .file_locks
-                .get(&(e.clone(), p.clone()))
-                .cloned()
-                .map(Row::FileLock),
+            RowKey::FileLock(e, p) => self.file_locks.get(&(e.clone(), p.clone())).cloned().map(Row::FileLock),
             RowKey::User(n) => self.users.get(n).cloned().map(Row::User),
             RowKey::Client(n) => self.clients.get(n).cloned().map(Row::Client),
             RowKey::Export(n) => self.exports.get(n).cloned().map(Row::Export),
@@ -768,8 +701,7 @@ impl Tables {
                 self.lu_locks.insert(r.lu, r);
             }
             Row::FileLock(r) => {
-                self.file_locks
-                    .insert((r.export.clone(), r.path.clone()), r);
+                self.file_locks.insert((r.export.clone(), r.path.clone()), r);
             }
             Row::User(r) => {
                 self.users.insert(r.name.clone(), r);
@@ -892,11 +824,7 @@ mod tests {
         let before = t.clone();
         let r = t.apply(&c).expect_err("command must be rejected");
         assert_eq!(r.code, code, "{}", r.message);
-        assert!(
-            r.message.contains(needle),
-            "{:?} lacks {needle:?}",
-            r.message
-        );
+        assert!(r.message.contains(needle), "{:?} lacks {needle:?}", r.message);
         assert_eq!(*t, before, "a rejected command changed the tables");
     }
 
@@ -935,12 +863,7 @@ mod tests {
             Code::InvalidArgument,
             "listed twice",
         );
-        rejected_with(
-            &mut t,
-            lu(RaidLevel::Raid1, &[3, 9]),
-            Code::NotFound,
-            "disk 9",
-        );
+        rejected_with(&mut t, lu(RaidLevel::Raid1, &[3, 9]), Code::NotFound, "disk 9");
         rejected_with(
             &mut t,
             lu(RaidLevel::Unspecified, &[3, 4]),
@@ -957,12 +880,7 @@ mod tests {
             Code::InvalidArgument,
             "power of two",
         );
-        rejected_with(
-            &mut t,
-            Command { kind: None },
-            Code::InvalidArgument,
-            "empty command",
-        );
+        rejected_with(&mut t, Command { kind: None }, Code::InvalidArgument, "empty command");
     }
 
     #[test]
@@ -1014,26 +932,11 @@ mod tests {
         };
         assert_eq!(t.apply(&add("alice", 0)).unwrap().assigned, 1000);
         assert_eq!(t.apply(&add("bob", 0)).unwrap().assigned, 1001);
-        rejected_with(
-            &mut t,
-            add("alice", 0),
-            Code::AlreadyExists,
-            "already exists",
-        );
+        rejected_with(&mut t, add("alice", 0), Code::AlreadyExists, "already exists");
         rejected_with(&mut t, add("carol", 1001), Code::AlreadyExists, "uid 1001");
         rejected_with(&mut t, add("", 0), Code::InvalidArgument, "empty");
-        rejected_with(
-            &mut t,
-            add("../etc", 0),
-            Code::InvalidArgument,
-            "not allowed",
-        );
-        rejected_with(
-            &mut t,
-            add(&"x".repeat(65), 0),
-            Code::InvalidArgument,
-            "limit is 64",
-        );
+        rejected_with(&mut t, add("../etc", 0), Code::InvalidArgument, "not allowed");
+        rejected_with(&mut t, add(&"x".repeat(65), 0), Code::InvalidArgument, "limit is 64");
         let plain = cmd(Kind::AddUser(AddUser {
             user: Some(User {
                 name: "dave".into(),
@@ -1061,18 +964,8 @@ mod tests {
                 }),
             }))
         };
-        rejected_with(
-            &mut t,
-            export("home", 7, "CHN1", "CHN5"),
-            Code::NotFound,
-            "LU 7",
-        );
-        rejected_with(
-            &mut t,
-            export("home", 1, "CHN9", "CHN5"),
-            Code::NotFound,
-            "CHN9",
-        );
+        rejected_with(&mut t, export("home", 7, "CHN1", "CHN5"), Code::NotFound, "LU 7");
+        rejected_with(&mut t, export("home", 1, "CHN9", "CHN5"), Code::NotFound, "CHN9");
         rejected_with(
             &mut t,
             export("home", 1, "CHN1", "CHN1"),
@@ -1133,12 +1026,7 @@ mod tests {
                 epoch,
             }))
         };
-        rejected_with(
-            &mut t,
-            release("CHN1", 1),
-            Code::FailedPrecondition,
-            "held by CHN CHN5",
-        );
+        rejected_with(&mut t, release("CHN1", 1), Code::FailedPrecondition, "held by CHN CHN5");
         t.apply(&release("CHN5", 2)).unwrap();
     }
 
@@ -1175,12 +1063,7 @@ mod tests {
             "locked by session",
         );
         t.apply(&lock("s3", LockMode::LockExclusive, 200)).unwrap();
-        assert_eq!(
-            t.file_locks[&("home".to_string(), "/a".to_string())]
-                .holders
-                .len(),
-            1
-        );
+        assert_eq!(t.file_locks[&("home".to_string(), "/a".to_string())].holders.len(), 1);
     }
 
     #[test]
@@ -1200,14 +1083,12 @@ mod tests {
         let name = prop::sample::select(vec!["CHN1", "CHN2", "alice", "", "home", "bad/name"]);
         let disks = prop::collection::vec(0u32..8, 0..5);
         prop_oneof![
-            (
-                0u32..8,
-                prop::sample::select(vec![0u64, 10, 1 << 20, 64 << 20])
-            )
-                .prop_map(|(disks, cap)| cmd(Kind::InitArray(InitArray {
+            (0u32..8, prop::sample::select(vec![0u64, 10, 1 << 20, 64 << 20])).prop_map(|(disks, cap)| cmd(
+                Kind::InitArray(InitArray {
                     disks,
                     disk_capacity_bytes: cap
-                }))),
+                })
+            )),
             (prop::sample::select(vec![0i32, 1, 3, 5]), disks.clone()).prop_map(|(raid, disks)| {
                 cmd(Kind::CreateLu(CreateLu {
                     raid,
@@ -1223,8 +1104,8 @@ mod tests {
             }))),
             name.clone()
                 .prop_map(|n| cmd(Kind::RemoveChn(RemoveChn { chn: n.into() }))),
-            (name.clone(), 0u32..4, name.clone(), name.clone()).prop_map(|(n, lu, o, p)| cmd(
-                Kind::CreateExport(CreateExport {
+            (name.clone(), 0u32..4, name.clone(), name.clone()).prop_map(|(n, lu, o, p)| cmd(Kind::CreateExport(
+                CreateExport {
                     export: Some(Export {
                         name: n.into(),
                         lu,
@@ -1232,8 +1113,8 @@ mod tests {
                         partner_chn: p.into(),
                         ..Default::default()
                     })
-                })
-            )),
+                }
+            ))),
             (name.clone(), 0u32..1002).prop_map(|(n, uid)| cmd(Kind::AddUser(AddUser {
                 user: Some(User {
                     name: n.into(),
@@ -1243,14 +1124,12 @@ mod tests {
                     enabled: true
                 })
             }))),
-            (0u32..3, name, 0u64..3000).prop_map(|(lu, chn, now)| cmd(Kind::AcquireLuLock(
-                AcquireLuLock {
-                    lu,
-                    chn: chn.into(),
-                    lease_ms: 1000,
-                    now_ms: now
-                }
-            ))),
+            (0u32..3, name, 0u64..3000).prop_map(|(lu, chn, now)| cmd(Kind::AcquireLuLock(AcquireLuLock {
+                lu,
+                chn: chn.into(),
+                lease_ms: 1000,
+                now_ms: now
+            }))),
             Just(Command { kind: None }),
         ]
     }
@@ -1261,9 +1140,7 @@ mod tests {
         for (n, d) in &t.disks {
             if d.state == DiskState::DiskUsed as i32 {
                 assert!(
-                    t.lus
-                        .get(&d.raid_group)
-                        .is_some_and(|l| l.disks.contains(n)),
+                    t.lus.get(&d.raid_group).is_some_and(|l| l.disks.contains(n)),
                     "disk {n} orphaned"
                 );
             } else {

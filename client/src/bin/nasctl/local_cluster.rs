@@ -55,17 +55,14 @@ fn node_dir(dir: &Path, name: &str) -> PathBuf {
 pub fn load_layout(dir: &Path) -> anyhow::Result<Layout> {
     let path = layout_path(dir);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
-        }
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Layout::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    let l =
-        std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
     Ok(l.local_addr()?.port())
 }
 
@@ -95,10 +92,7 @@ fn find_nasd(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate nasctl itself")?;
     let dir = exe.parent().context("nasctl has no parent directory")?;
     let beside = dir.join("nasd");
-    if let (Some(cargo), Some(manifest)) = (
-        std::env::var_os("CARGO"),
-        std::env::var_os("CARGO_MANIFEST_DIR"),
-    ) {
+    if let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) {
         let release = dir.file_name().is_some_and(|n| n == "release");
         eprintln!("building nasd (cargo run) ...");
         let mut build = Command::new(cargo);
@@ -123,7 +117,10 @@ fn find_nasd(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    bail!("cannot find nasd beside {} or on PATH; build it (cargo build --release) or pass --nasd PATH", exe.display())
+    bail!(
+        "cannot find nasd beside {} or on PATH; build it (cargo build --release) or pass --nasd PATH",
+        exe.display()
+    )
 }
 
 fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String]) -> anyhow::Result<()> {
@@ -171,10 +168,7 @@ where
             Err(e) => last = e,
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "timed out after {} s waiting for {what}: {last}",
-                timeout.as_secs()
-            );
+            bail!("timed out after {} s waiting for {what}: {last}", timeout.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -230,12 +224,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     for (i, node) in layout.nodes.iter().enumerate() {
         let log = node_dir(dir, &node.name).join("nasd.log");
         let info = wait_for(
-            &format!(
-                "{} to answer at {} (log: {})",
-                node.name,
-                node.addr,
-                log.display()
-            ),
+            &format!("{} to answer at {} (log: {})", node.name, node.addr, log.display()),
             Duration::from_secs(30),
             || {
                 let mut c = cluster.admin_at(i);
@@ -256,19 +245,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let first = &layout.nodes[0];
     if !initialized[0] {
         eprintln!("installing {} (bootstrap) ...", first.name);
-        ignore_exists(
-            cluster
-                .admin_at(0)
-                .bootstrap(proto::BootstrapRequest {})
-                .await,
-        )?;
+        ignore_exists(cluster.admin_at(0).bootstrap(proto::BootstrapRequest {}).await)?;
     }
     ignore_exists(
         cluster
-            .admin(|mut c| async move {
-                c.init_shared_lu(proto::InitSharedLuRequest { with_backup: true })
-                    .await
-            })
+            .admin(|mut c| async move { c.init_shared_lu(proto::InitSharedLuRequest { with_backup: true }).await })
             .await,
     )?;
     for node in &layout.nodes {
@@ -292,11 +273,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         let status = cluster
             .admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await })
             .await?;
-        if status
-            .members
-            .iter()
-            .any(|m| m.name == node.name && m.voter)
-        {
+        if status.members.iter().any(|m| m.name == node.name && m.voter) {
             continue;
         }
         eprintln!("installing {} ...", node.name);
@@ -320,18 +297,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         || {
             let cluster = &cluster;
             async move {
-                let s =
-                    cluster
-                        .admin(|mut c| async move {
-                            c.cluster_status(proto::ClusterStatusRequest {}).await
-                        })
-                        .await
-                        .map_err(|s| s.message().to_string())?;
+                let s = cluster
+                    .admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await })
+                    .await
+                    .map_err(|s| s.message().to_string())?;
                 let healthy = s.leader_id != 0
                     && s.members.iter().filter(|m| m.voter).count() == n
-                    && s.members
-                        .iter()
-                        .all(|m| (0..5000).contains(&m.heartbeat_age_ms));
+                    && s.members.iter().all(|m| (0..5000).contains(&m.heartbeat_age_ms));
                 Ok(healthy.then_some(s))
             }
         },
@@ -408,11 +380,7 @@ pub async fn down(dir: &Path, json: bool) -> anyhow::Result<()> {
     } else if stopped.is_empty() {
         println!("no CHN of {} was running", dir.display());
     } else {
-        println!(
-            "stopped {} CHN(s); data kept in {}",
-            stopped.len(),
-            dir.display()
-        );
+        println!("stopped {} CHN(s); data kept in {}", stopped.len(), dir.display());
     }
     Ok(())
 }

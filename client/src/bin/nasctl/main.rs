@@ -240,10 +240,7 @@ enum LockCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("nasctl: cannot start: {e}");
@@ -276,10 +273,7 @@ fn list_req(o: ReadOpts) -> ListRequest {
 
 fn written(json: bool, what: &str, r: WriteReply) {
     if json {
-        println!(
-            "{}",
-            json!({"log_index": r.log_index, "assigned": r.assigned})
-        );
+        println!("{}", json!({"log_index": r.log_index, "assigned": r.assigned}));
     } else {
         println!("{what} (log index {})", r.log_index);
     }
@@ -436,14 +430,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .admin(|mut a| async move { a.list_lus(list_req(o)).await })
                 .await
                 .map_err(status_err)?;
-            let mut t = Table::new(&[
-                "lu",
-                "raid",
-                "disks",
-                "capacity_bytes",
-                "capacity",
-                "stripe_unit_bytes",
-            ]);
+            let mut t = Table::new(&["lu", "raid", "disks", "capacity_bytes", "capacity", "stripe_unit_bytes"]);
             for l in &r.lus {
                 t.row(vec![
                     json!(l.number),
@@ -458,15 +445,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stale_note(json, r.possibly_stale);
             Ok(())
         }
-        Cmd::Chn(ChnCmd::Install {
-            name,
-            addr,
-            bootstrap,
-        }) => {
+        Cmd::Chn(ChnCmd::Install { name, addr, bootstrap }) => {
             let reply = if bootstrap {
                 // Bootstrap must reach exactly that CHN, not any member.
-                let one = Cluster::new(&[addr.as_str()])?
-                    .with_retry_for(std::time::Duration::from_secs(cli.retry_secs));
+                let one =
+                    Cluster::new(&[addr.as_str()])?.with_retry_for(std::time::Duration::from_secs(cli.retry_secs));
                 let info = one
                     .admin(|mut a| async move { a.node_info(NodeInfoRequest {}).await })
                     .await
@@ -573,15 +556,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?;
             if json {
-                println!(
-                    "{}",
-                    json!({"user": name, "uid": r.assigned, "log_index": r.log_index})
-                );
+                println!("{}", json!({"user": name, "uid": r.assigned, "log_index": r.log_index}));
             } else {
-                println!(
-                    "user {name} added with uid {} (log index {})",
-                    r.assigned, r.log_index
-                );
+                println!("user {name} added with uid {} (log index {})", r.assigned, r.log_index);
             }
             Ok(())
         }
@@ -592,12 +569,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status_err)?;
             let mut t = Table::new(&["user", "uid", "groups", "enabled"]);
             for u in &r.users {
-                t.row(vec![
-                    json!(u.name),
-                    json!(u.uid),
-                    json!(u.groups),
-                    json!(u.enabled),
-                ]);
+                t.row(vec![json!(u.name), json!(u.uid), json!(u.groups), json!(u.enabled)]);
             }
             t.print(json);
             stale_note(json, r.possibly_stale);
@@ -676,14 +648,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .admin(|mut a| async move { a.list_locks(list_req(o)).await })
                 .await
                 .map_err(status_err)?;
-            let mut t = Table::new(&[
-                "kind",
-                "target",
-                "holder",
-                "mode",
-                "epoch",
-                "lease_expiry_ms",
-            ]);
+            let mut t = Table::new(&["kind", "target", "holder", "mode", "epoch", "lease_expiry_ms"]);
             for l in &r.lu_locks {
                 let target = if l.lu == 0 {
                     "SHARED".to_string()
@@ -776,14 +741,7 @@ async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
         }
     );
     println!("answered by:   {}\n", s.answered_by);
-    let mut t = Table::new(&[
-        "chn",
-        "node_id",
-        "address",
-        "role",
-        "heartbeat_age_ms",
-        "matched_index",
-    ]);
+    let mut t = Table::new(&["chn", "node_id", "address", "role", "heartbeat_age_ms", "matched_index"]);
     for m in &s.members {
         let role = if m.node_id == s.leader_id {
             "leader"

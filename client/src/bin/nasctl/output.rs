@@ -40,29 +40,15 @@ impl Table {
                     Value::Object(obj)
                 })
                 .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into())
-            );
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into()));
             return;
         }
-        let cells: Vec<Vec<String>> = self
-            .rows
-            .iter()
-            .map(|r| r.iter().map(cell).collect())
-            .collect();
+        let cells: Vec<Vec<String>> = self.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
         let widths: Vec<usize> = self
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                cells
-                    .iter()
-                    .map(|r| r[i].len())
-                    .max()
-                    .unwrap_or(0)
-                    .max(c.len())
-            })
+            .map(|(i, c)| cells.iter().map(|r| r[i].len()).max().unwrap_or(0).max(c.len()))
             .collect();
         let header: Vec<String> = self
             .columns
@@ -72,11 +58,7 @@ impl Table {
             .collect();
         println!("{}", header.join("  ").trim_end());
         for r in &cells {
-            let line: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
+            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             println!("{}", line.join("  ").trim_end());
         }
         if self.rows.is_empty() {
