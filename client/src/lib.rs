@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use nas_proto::admin_client::AdminClient;
+use nas_proto::{ClusterStatusReply, ClusterStatusRequest};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
@@ -126,6 +127,31 @@ impl Cluster {
                 }
                 Err(s) => return Err(s),
             }
+        }
+    }
+}
+
+impl Cluster {
+    /// The cluster status as the Raft leader sees it (replication progress
+    /// and heartbeat ages are only current there). Falls back to the view
+    /// of whichever CHN answered when the leader cannot be reached.
+    pub async fn leader_status(&self) -> Result<ClusterStatusReply, Status> {
+        let first = self
+            .admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await })
+            .await?;
+        if first.leader_id == 0 || first.answered_by == first.leader_name {
+            return Ok(first);
+        }
+        let Some(leader) = first.members.iter().find(|m| m.node_id == first.leader_id) else {
+            return Ok(first);
+        };
+        let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", leader.address)) else {
+            return Ok(first);
+        };
+        let mut a = AdminClient::new(endpoint.connect_timeout(Duration::from_millis(800)).connect_lazy());
+        match a.cluster_status(ClusterStatusRequest {}).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(_) => Ok(first),
         }
     }
 }

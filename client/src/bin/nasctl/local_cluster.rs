@@ -297,13 +297,15 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         || {
             let cluster = &cluster;
             async move {
-                let s = cluster
-                    .admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await })
-                    .await
-                    .map_err(|s| s.message().to_string())?;
+                let s = cluster.leader_status().await.map_err(|s| s.message().to_string())?;
+                // Only the leader's view shows whether a restarted CHN has
+                // caught up (matched index) and is reporting (heartbeat).
                 let healthy = s.leader_id != 0
+                    && s.answered_by == s.leader_name
                     && s.members.iter().filter(|m| m.voter).count() == n
-                    && s.members.iter().all(|m| (0..5000).contains(&m.heartbeat_age_ms));
+                    && s.members
+                        .iter()
+                        .all(|m| (0..5000).contains(&m.heartbeat_age_ms) && m.matched_index > 0);
                 Ok(healthy.then_some(s))
             }
         },
@@ -340,6 +342,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     }
     println!("\nNext:");
     println!("  export $(cat {})", dir.join("cluster.env").display());
+    if let Ok(me) = std::env::current_exe() {
+        let on_path =
+            std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nasctl") == me));
+        if !on_path {
+            println!("  alias nasctl={}", me.display());
+        }
+    }
     println!("  nasctl cluster status");
     println!("  nasctl array init --disks 6 --size 64M && nasctl lu create --raid 5 --disks 1,2,3");
     println!("  nasctl user add alice && nasctl export create home --lu 1 --chn CHN1 --partner CHN2 --users alice");

@@ -689,10 +689,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
-    let s = c
-        .admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await })
-        .await
-        .map_err(status_err)?;
+    let s = c.leader_status().await.map_err(status_err)?;
     let shared = s.shared_lu.unwrap_or_default();
     if json {
         let members: Vec<Value> = s
