@@ -13,6 +13,15 @@ use nas_proto::{command::Kind, Command, ReportDaemon};
 use crate::service::admin::now_ms;
 use crate::shared_lu::SharedLu;
 
+/// The host's one-minute load average in hundredths (150 = 1.5), which
+/// partners use to pick the least loaded survivor; 0 where unknown.
+fn load_percent() -> u32 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |l| (l * 100.0) as u32)
+}
+
 /// Writes this CHN's heartbeat every `interval` until the task is dropped.
 pub async fn report_loop(lu: SharedLu, interval: Duration, version: String) {
     let mut tick = tokio::time::interval(interval);
@@ -31,7 +40,7 @@ pub async fn report_loop(lu: SharedLu, interval: Duration, version: String) {
                 heartbeat_ms: now_ms(),
                 daemon_states: states,
                 version: version.clone(),
-                load: 0,
+                load: load_percent(),
             })),
         };
         if let Err(e) = lu.write(cmd).await {

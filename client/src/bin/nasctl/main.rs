@@ -493,10 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .admin(|mut a| async move { a.list_chns(list_req(o)).await })
                 .await
                 .map_err(status_err)?;
-            let status = c
-                .admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await })
-                .await
-                .map_err(status_err)?;
+            let status = c.leader_status().await.map_err(status_err)?;
             let mut t = Table::new(&[
                 "chn",
                 "node_id",
@@ -505,6 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "raft_role",
                 "voter",
                 "heartbeat_age_ms",
+                "load",
             ]);
             for d in &r.chns {
                 let member = status.members.iter().find(|m| m.node_id == d.node_id);
@@ -523,6 +521,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!(d.daemon_states.get("raft").cloned().unwrap_or_default()),
                     json!(member.is_some_and(|m| m.voter)),
                     age,
+                    json!(f64::from(d.load) / 100.0),
                 ]);
             }
             t.print(json);
