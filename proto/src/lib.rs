@@ -1,7 +1,7 @@
 //! The gRPC protocol of the NAS cluster.
 //!
 //! Owns the generated message and service types (package `nas.v1`) and
-//! nothing else: no logic lives here.
+//! the operator-facing spelling of their enums; no other logic lives here.
 
 #![allow(clippy::large_enum_variant)]
 
@@ -11,3 +11,20 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// How people see enum values: in nasd's error messages and nasctl's
+/// output alike, so that both spell a state the same way.
+pub mod labels {
+    use super::DiskState;
+
+    /// `NOT USED`, `USED`, `FAILED`, `SPARE` as in the physical disk table.
+    pub fn disk_state(state: i32) -> &'static str {
+        match DiskState::try_from(state) {
+            Ok(DiskState::DiskNotUsed) => "NOT USED",
+            Ok(DiskState::DiskUsed) => "USED",
+            Ok(DiskState::DiskFailed) => "FAILED",
+            Ok(DiskState::DiskSpare) => "SPARE",
+            _ => "UNKNOWN",
+        }
+    }
+}

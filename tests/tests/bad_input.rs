@@ -243,3 +243,51 @@ async fn malformed_raft_messages_are_refused_and_the_chn_survives() -> anyhow::R
     assert!(c.pid("CHN2").is_some());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chn_that_was_never_installed_says_how_to_bootstrap() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    /// Kills the nasd also when an assertion fails.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _nasd = Killed(
+        std::process::Command::new(nas_tests::bin("nasd"))
+            .args(["--name", "CHN7", "--listen", &addr, "--data"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let mut admin = admin_client::AdminClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy(),
+    );
+    let answered = nas_tests::wait_until("the new nasd to answer", std::time::Duration::from_secs(20), || {
+        let mut a = admin.clone();
+        async move { a.node_info(NodeInfoRequest {}).await.ok().map(|r| r.into_inner()) }
+    })
+    .await;
+    let info = answered?;
+    assert!(!info.initialized);
+    assert_eq!((info.node_id, info.name.as_str()), (7, "CHN7"));
+    let r = admin
+        .init_array(InitArrayRequest {
+            disks: 3,
+            disk_capacity_bytes: 1 << 20,
+        })
+        .await;
+    expect(r, Code::FailedPrecondition, "--bootstrap").await;
+    let r = admin
+        .install_chn(InstallChnRequest {
+            name: "CHN8".into(),
+            address: "127.0.0.1:9".into(),
+        })
+        .await;
+    expect(r, Code::FailedPrecondition, "--bootstrap").await;
+    Ok(())
+}

@@ -127,12 +127,7 @@ fn membership_error(what: &str, e: impl std::fmt::Display) -> Status {
 impl admin_server::Admin for AdminService {
     async fn node_info(&self, _req: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
         let m = self.lu.raft.metrics().borrow().clone();
-        let initialized = self
-            .lu
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let initialized = self.lu.is_initialized().await?;
         Ok(Response::new(NodeInfoReply {
             node_id: self.lu.id,
             name: self.lu.name.clone(),
@@ -194,12 +189,7 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn bootstrap(&self, _req: Request<BootstrapRequest>) -> Result<Response<ChnReply>, Status> {
-        let initialized = self
-            .lu
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let initialized = self.lu.is_initialized().await?;
         if initialized {
             return Err(Status::already_exists(format!(
                 "{} already belongs to an initialized shared LU; install further CHNs with `nasctl chn install`",

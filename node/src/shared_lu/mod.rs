@@ -203,14 +203,22 @@ impl SharedLu {
 
     /// Fails with FAILED_PRECONDITION while this CHN belongs to no shared LU.
     pub async fn require_initialized(&self) -> Result<(), Status> {
-        match self.raft.is_initialized().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Status::failed_precondition(format!(
-                "{} is not part of a shared LU yet: bootstrap the first CHN with                  `nasctl chn install NAME --addr ADDR --bootstrap`, then install this one",
-                self.name
-            ))),
-            Err(e) => Err(Status::unavailable(format!("shared LU stopped: {e}"))),
+        if self.is_initialized().await? {
+            return Ok(());
         }
+        Err(Status::failed_precondition(format!(
+            "{} is not part of a shared LU yet: bootstrap the first CHN with \
+             `nasctl chn install NAME --addr ADDR --bootstrap`, then install this one",
+            self.name
+        )))
+    }
+
+    /// Whether this CHN belongs to a shared LU (bootstrapped or joined).
+    pub async fn is_initialized(&self) -> Result<bool, Status> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(format!("shared LU stopped: {e}")))
     }
 
     /// Commits `cmd` through the leader, wherever it is, and returns the

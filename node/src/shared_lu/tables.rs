@@ -305,7 +305,10 @@ impl Tables {
                 _ => {
                     return reject(
                         Code::FailedPrecondition,
-                        format!("disk {d} is {}; choose a NOT USED disk", disk_state_name(disk.state)),
+                        format!(
+                            "disk {d} is {}; choose a NOT USED disk",
+                            nas_proto::labels::disk_state(disk.state)
+                        ),
                     );
                 }
             }
@@ -765,17 +768,6 @@ impl Row {
             Row::Daemon(r) => RowKey::Daemon(r.chn.clone()),
             Row::SharedLu(_) => RowKey::SharedLu,
         }
-    }
-}
-
-/// The operator-facing name of a disk state, as in the disk table.
-pub fn disk_state_name(state: i32) -> &'static str {
-    match DiskState::try_from(state) {
-        Ok(DiskState::DiskNotUsed) => "NOT USED",
-        Ok(DiskState::DiskUsed) => "USED",
-        Ok(DiskState::DiskFailed) => "FAILED",
-        Ok(DiskState::DiskSpare) => "SPARE",
-        _ => "UNKNOWN",
     }
 }
 

@@ -389,7 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!(d.capacity_bytes),
                     json!(human_size(d.capacity_bytes)),
                     group,
-                    json!(disk_state(d.state)),
+                    json!(nas_proto::labels::disk_state(d.state)),
                 ]);
             }
             t.print(json);
@@ -799,16 +799,6 @@ fn target_name(p: &proto::Path) -> String {
         Ok(PathTarget::PathSharedLuBackup) => "backup".into(),
         Ok(PathTarget::PathDataLu) => format!("lu:{}", p.lu),
         _ => "unknown".into(),
-    }
-}
-
-fn disk_state(s: i32) -> &'static str {
-    match DiskState::try_from(s) {
-        Ok(DiskState::DiskNotUsed) => "NOT USED",
-        Ok(DiskState::DiskUsed) => "USED",
-        Ok(DiskState::DiskFailed) => "FAILED",
-        Ok(DiskState::DiskSpare) => "SPARE",
-        _ => "UNKNOWN",
     }
 }
 
