@@ -173,9 +173,24 @@ async fn whole_cluster_kill9_and_restart_keeps_every_acknowledged_write() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chns_join_as_voters_and_can_be_removed() -> anyhow::Result<()> {
-    let mut c = TestCluster::up(3, &[])?;
+    // Compact early so that the new CHNs must start from a snapshot.
+    let mut c = TestCluster::up(3, &["--snapshot-threshold=20", "--keep-logs=0"])?;
+    write_clients(&c.client(), "early", 30).await?;
+    let compacted = wait_until("the leader to compact its log", Duration::from_secs(10), || async {
+        c.status("CHN1").await.map(|s| s.snapshot_index).filter(|i| *i > 0)
+    })
+    .await?;
     c.cluster_up(Some(5), &[])?;
     let status = c.status("CHN5").await.expect("status from CHN5");
+    assert!(
+        status.snapshot_index > 0,
+        "CHN5 joined without a snapshot (leader compacted at {compacted})"
+    );
+    assert_eq!(
+        client_ids(&c, "CHN5", false).await.len(),
+        30,
+        "CHN5 lacks rows from before it joined"
+    );
     let voters: Vec<_> = status
         .members
         .iter()
