@@ -268,3 +268,29 @@ async fn losing_the_quorum_gives_unavailable_and_service_comes_back() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_down_stops_cleanly_and_up_restarts_with_the_same_state() -> anyhow::Result<()> {
+    let mut c = TestCluster::up(3, &[])?;
+    let acked = write_clients(&c.client(), "kept", 10).await?;
+    let dir = c.dir().display().to_string();
+    let out = c.nasctl(&["cluster", "down", "--dir", &dir]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for n in &c.nodes {
+        assert!(c.pid(&n.name).is_none(), "{} still runs after cluster down", n.name);
+        let log = std::fs::read_to_string(c.dir().join(n.name.to_lowercase()).join("nasd.log"))?;
+        assert!(
+            log.contains("SIGTERM: shutting down") && log.contains("CHN stopped"),
+            "{} did not stop cleanly:\n{log}",
+            n.name
+        );
+    }
+    let before: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    c.cluster_up(None, &[])?;
+    let after: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    assert_eq!(before, after, "a restarted cluster keeps its addresses");
+    let mut seen = client_ids(&c, "CHN3", false).await;
+    seen.sort();
+    assert_eq!(seen, acked);
+    Ok(())
+}
