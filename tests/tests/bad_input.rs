@@ -156,6 +156,21 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
         "LU 5",
     )
     .await;
+    let backup = Path {
+        chn: "CHN2".into(),
+        target: PathTarget::PathSharedLuBackup as i32,
+        lu: 0,
+    };
+    a.remove_path(PathRequest {
+        path: Some(backup.clone()),
+    })
+    .await?;
+    expect(
+        a.remove_path(PathRequest { path: Some(backup) }).await,
+        Code::NotFound,
+        "no such path",
+    )
+    .await;
     expect(
         a.upsert_client(UpsertClientRequest { client: None }).await,
         Code::InvalidArgument,

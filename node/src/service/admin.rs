@@ -234,6 +234,13 @@ impl admin_server::Admin for AdminService {
         .await
     }
 
+    async fn remove_path(&self, req: Request<PathRequest>) -> Result<Response<WriteReply>, Status> {
+        self.write(Kind::RemovePath(RemovePath {
+            path: req.into_inner().path,
+        }))
+        .await
+    }
+
     async fn list_paths(&self, req: Request<ListRequest>) -> Result<Response<PathList>, Status> {
         let (paths, possibly_stale) = self.read(req, |t| t.paths.values().cloned().collect()).await?;
         Ok(Response::new(PathList { paths, possibly_stale }))

@@ -134,6 +134,12 @@ enum PathCmd {
         #[arg(long)]
         to: String,
     },
+    /// Take a path away: `shared`, `backup` or `lu:N`.
+    Remove {
+        chn: String,
+        #[arg(long)]
+        to: String,
+    },
     /// List the path table.
     List(ReadOpts),
 }
@@ -324,23 +330,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             written(json, "shared LU initialized", r);
             Ok(())
         }
-        Cmd::Path(PathCmd::Add { chn, to }) => {
-            let (target, lu) = parse_target(&to)?;
-            let path = proto::Path {
-                chn,
-                target: target as i32,
-                lu,
-            };
-            let r = c
-                .admin(|mut a| {
-                    let path = path.clone();
-                    async move { a.add_path(PathRequest { path: Some(path) }).await }
-                })
-                .await
-                .map_err(status_err)?;
-            written(json, "path added", r);
-            Ok(())
-        }
+        Cmd::Path(PathCmd::Add { chn, to }) => change_path(&c, chn, &to, true, json).await,
+        Cmd::Path(PathCmd::Remove { chn, to }) => change_path(&c, chn, &to, false, json).await,
         Cmd::Path(PathCmd::List(o)) => {
             let r = c
                 .admin(|mut a| async move { a.list_paths(list_req(o)).await })
@@ -685,6 +676,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `path add` and `path remove`.
+async fn change_path(c: &Cluster, chn: String, to: &str, add: bool, json: bool) -> anyhow::Result<()> {
+    let (target, lu) = parse_target(to)?;
+    let req = PathRequest {
+        path: Some(proto::Path {
+            chn,
+            target: target as i32,
+            lu,
+        }),
+    };
+    let r = c
+        .admin(|mut a| {
+            let req = req.clone();
+            async move {
+                if add {
+                    a.add_path(req).await
+                } else {
+                    a.remove_path(req).await
+                }
+            }
+        })
+        .await
+        .map_err(status_err)?;
+    written(json, if add { "path added" } else { "path removed" }, r);
+    Ok(())
 }
 
 async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
