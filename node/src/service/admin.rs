@@ -78,17 +78,7 @@ impl AdminService {
     /// An Admin client on the leader when another CHN leads, for the
     /// membership calls that only the leader may make.
     async fn leader_admin(&self) -> Result<Option<admin_client::AdminClient<tonic::transport::Channel>>, Status> {
-        self.lu.require_initialized().await?;
-        let leader = match self.lu.leader() {
-            Some(l) => l,
-            None => {
-                let wait = self.lu.raft.wait(Some(Duration::from_secs(5)));
-                let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;
-                self.lu.leader().ok_or_else(|| {
-                    Status::unavailable("no CHN leads the shared LU (is a majority down?); retry when they are back")
-                })?
-            }
-        };
+        let leader = self.lu.await_leader().await?;
         if leader.0 == self.lu.id {
             return Ok(None);
         }

@@ -193,7 +193,7 @@ impl SharedLu {
     }
 
     /// Waits (up to the quorum timeout) until some CHN is known to lead.
-    async fn await_leader(&self) -> Result<(NodeId, ChnNode), Status> {
+    pub async fn await_leader(&self) -> Result<(NodeId, ChnNode), Status> {
         self.require_initialized().await?;
         let wait = self.raft.wait(Some(self.quorum_timeout));
         let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;

@@ -285,7 +285,9 @@ fn written(json: bool, what: &str, r: WriteReply) {
     }
 }
 
-fn stale_note(json: bool, stale: bool) {
+/// Prints a list, noting on stderr when it came from a possibly stale copy.
+fn print_list(t: &Table, json: bool, stale: bool) {
+    t.print(json);
     if stale && !json {
         eprintln!("(answered from the contacted CHN's copy; may be stale)");
     }
@@ -341,8 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for p in &r.paths {
                 t.row(vec![json!(p.chn), json!(target_name(p))]);
             }
-            t.print(json);
-            stale_note(json, r.possibly_stale);
+            print_list(&t, json, r.possibly_stale);
             Ok(())
         }
         Cmd::Array(ArrayCmd::Init { disks, size }) => {
@@ -383,8 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!(nas_proto::labels::disk_state(d.state)),
                 ]);
             }
-            t.print(json);
-            stale_note(json, r.possibly_stale);
+            print_list(&t, json, r.possibly_stale);
             Ok(())
         }
         Cmd::Lu(LuCmd::Create {
@@ -432,8 +432,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!(l.stripe_unit_bytes),
                 ]);
             }
-            t.print(json);
-            stale_note(json, r.possibly_stale);
+            print_list(&t, json, r.possibly_stale);
             Ok(())
         }
         Cmd::Chn(ChnCmd::Install { name, addr, bootstrap }) => {
@@ -515,8 +514,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!(f64::from(d.load) / 100.0),
                 ]);
             }
-            t.print(json);
-            stale_note(json, r.possibly_stale);
+            print_list(&t, json, r.possibly_stale);
             Ok(())
         }
         Cmd::Chn(ChnCmd::Remove { name }) => {
@@ -561,8 +559,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for u in &r.users {
                 t.row(vec![json!(u.name), json!(u.uid), json!(u.groups), json!(u.enabled)]);
             }
-            t.print(json);
-            stale_note(json, r.possibly_stale);
+            print_list(&t, json, r.possibly_stale);
             Ok(())
         }
         Cmd::Export(ExportCmd::Create {
@@ -610,8 +607,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!(e.users),
                 ]);
             }
-            t.print(json);
-            stale_note(json, r.possibly_stale);
+            print_list(&t, json, r.possibly_stale);
             Ok(())
         }
         Cmd::Client(ClientCmd::List(o)) => {
@@ -629,8 +625,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!(cl.last_seen_ms),
                 ]);
             }
-            t.print(json);
-            stale_note(json, r.possibly_stale);
+            print_list(&t, json, r.possibly_stale);
             Ok(())
         }
         Cmd::Lock(LockCmd::List(o)) => {
@@ -671,8 +666,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ]);
                 }
             }
-            t.print(json);
-            stale_note(json, r.possibly_stale);
+            print_list(&t, json, r.possibly_stale);
             Ok(())
         }
     }
