@@ -5,6 +5,7 @@
 //! [`service`] holds the gRPC handlers; [`daemon_info`] writes this CHN's
 //! heartbeat; [`server`] wires them onto one port.
 
+pub mod array;
 pub mod config;
 pub mod daemon_info;
 pub mod server;

@@ -1,0 +1,801 @@
+//! The LU block device: one RAID 1 or RAID 5 LU over its member disks.
+//!
+//! Owns member health (a member that fails an I/O is never used again until
+//! it is replaced and rebuilt), the superblock copies, and crash recovery on
+//! open. Reads share a lock; writes, flushes and rebuild steps take it
+//! exclusively, so a stripe is never read half-written. It must never
+//! return bytes it cannot vouch for: when redundancy is exhausted it fails.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use super::disk::{check_range, PhysicalDisk};
+use super::intent::{Bitmap, Journal, JournalEntry, ENTRY_HEADER};
+use super::layout::{Geometry, Raid};
+use super::superblock::{
+    MemberRecord, MemberState, Superblock, BITMAP_AT, BITMAP_BYTES, JOURNAL_AT, JOURNAL_BYTES, MAX_UNIT,
+};
+use super::{Array, ArrayError};
+
+/// What a file system needs from the LU under it.
+pub trait BlockDevice: Send + Sync {
+    /// Bytes addressable on the device.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` from `offset`; fails rather than return unverifiable bytes.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError>;
+    /// Writes `data` at `offset`; durable only after [`BlockDevice::flush`].
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), ArrayError>;
+}
+
+/// How an LU is laid out, as the LU management table says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuSpec {
+    pub lu: u32,
+    pub raid: Raid,
+    /// Member disks in slot order.
+    pub disks: Vec<u32>,
+    pub unit: u64,
+    /// Bytes used on each member.
+    pub per_disk: u64,
+    /// Capacity every member disk's header must state.
+    pub disk_capacity: u64,
+}
+
+/// Callback told the number of a disk that failed an I/O.
+pub type FailureHook = Arc<dyn Fn(u32) + Send + Sync>;
+
+/// How a CHN opens an LU.
+#[derive(Clone, Default)]
+pub struct OpenOptions {
+    /// Fencing epoch of the opener; an LU stamped with a higher one is refused.
+    pub epoch: u64,
+    pub on_member_failure: Option<FailureHook>,
+    /// Fault injection for crash tests: abort the process right before the
+    /// member write with this number (counting from 1).
+    pub abort_at_member_write: Option<u64>,
+}
+
+/// The condition of an LU, as `lu list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LuHealth {
+    Optimal,
+    Degraded,
+    Rebuilding,
+    Failed,
+}
+
+const ACTIVE: u8 = 0;
+const FAILED: u8 = 1;
+const REBUILDING: u8 = 2;
+
+/// One member position of the LU.
+pub(super) struct Slot {
+    pub disk: Option<Arc<PhysicalDisk>>,
+    pub number: u32,
+    state: AtomicU8,
+    /// Stripes rebuilt so far, when rebuilding.
+    done: AtomicU64,
+}
+
+impl Slot {
+    fn new(number: u32, disk: Option<PhysicalDisk>, state: MemberState) -> Self {
+        let (code, done) = match (&disk, state) {
+            (None, _) | (_, MemberState::Failed) => (FAILED, 0),
+            (Some(_), MemberState::Active) => (ACTIVE, 0),
+            (Some(_), MemberState::Rebuilding { done }) => (REBUILDING, done),
+        };
+        Self {
+            disk: disk.map(Arc::new),
+            number,
+            state: AtomicU8::new(code),
+            done: AtomicU64::new(done),
+        }
+    }
+
+    /// A replacement disk that holds nothing valid yet.
+    pub fn new_rebuilding(disk: PhysicalDisk) -> Self {
+        Self::new(disk.number(), Some(disk), MemberState::Rebuilding { done: 0 })
+    }
+
+    /// Whether this member holds valid data for stripe `s`.
+    pub fn available(&self, s: u64) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            ACTIVE => true,
+            REBUILDING => s < self.done.load(Ordering::Acquire),
+            _ => false,
+        }
+    }
+
+    /// Whether this member takes metadata writes (not failed).
+    pub fn present(&self) -> bool {
+        self.state.load(Ordering::Acquire) != FAILED
+    }
+
+    pub fn record(&self) -> MemberRecord {
+        let state = match self.state.load(Ordering::Acquire) {
+            ACTIVE => MemberState::Active,
+            REBUILDING => MemberState::Rebuilding {
+                done: self.done.load(Ordering::Acquire),
+            },
+            _ => MemberState::Failed,
+        };
+        MemberRecord {
+            disk: self.number,
+            state,
+        }
+    }
+
+    pub fn rebuilt(&self) -> Option<u64> {
+        (self.state.load(Ordering::Acquire) == REBUILDING).then(|| self.done.load(Ordering::Acquire))
+    }
+
+    pub fn set_done(&self, done: u64) {
+        self.done.store(done, Ordering::Release);
+    }
+
+    pub fn set_active(&self) {
+        self.state.store(ACTIVE, Ordering::Release);
+    }
+}
+
+/// State changed only under the exclusive lock.
+pub(super) struct Inner {
+    pub slots: Vec<Slot>,
+    pub sb: Superblock,
+    pub bitmap: Bitmap,
+    pub journal: Journal,
+    /// Intent regions whose chunks on `sb.suspect_slot` are lost.
+    pub suspect: BTreeSet<u64>,
+    /// When the rebuild last recorded its progress in the superblock.
+    pub checkpointed: Instant,
+}
+
+/// An open LU.
+pub struct LuDevice {
+    pub(super) lu: u32,
+    pub(super) geo: Geometry,
+    pub(super) inner: RwLock<Inner>,
+    /// Why the LU failed, once it has.
+    failed: Mutex<Option<String>>,
+    /// A member failed and the superblocks do not say so yet.
+    pending: AtomicBool,
+    rr: AtomicUsize,
+    member_writes: AtomicU64,
+    opts: OpenOptions,
+}
+
+impl std::fmt::Debug for LuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LuDevice")
+            .field("lu", &self.lu)
+            .field("geo", &self.geo)
+            .finish()
+    }
+}
+
+fn validate(spec: &LuSpec) -> Result<Geometry, ArrayError> {
+    let refuse = |reason: String| Err(ArrayError::Refused { lu: spec.lu, reason });
+    let min = match spec.raid {
+        Raid::Mirror => 2,
+        Raid::Parity => 3,
+    };
+    if spec.disks.len() < min {
+        return refuse(format!("needs at least {min} member disks, {} given", spec.disks.len()));
+    }
+    let distinct: BTreeSet<_> = spec.disks.iter().collect();
+    if distinct.len() != spec.disks.len() {
+        return refuse("a disk is listed twice; each disk can be a member once".into());
+    }
+    if !spec.unit.is_power_of_two() || !(4096..=MAX_UNIT).contains(&spec.unit) {
+        return refuse(format!(
+            "stripe unit {} is not a power of two from 4 KiB to 1 MiB",
+            spec.unit
+        ));
+    }
+    if spec.per_disk == 0 || spec.per_disk % spec.unit != 0 || spec.per_disk > spec.disk_capacity {
+        return refuse(format!(
+            "{} bytes per member is not a positive multiple of the stripe unit within the disk capacity",
+            spec.per_disk
+        ));
+    }
+    Ok(Geometry {
+        raid: spec.raid,
+        members: spec.disks.len(),
+        unit: spec.unit,
+        per_disk: spec.per_disk,
+    })
+}
+
+fn xor_into(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d ^= s;
+    }
+}
+
+/// Exposed to the RAID modules of this directory.
+pub(super) fn xor(dst: &mut [u8], src: &[u8]) {
+    xor_into(dst, src)
+}
+
+impl LuDevice {
+    /// Formats a new LU on disks that hold nothing worth keeping: discards
+    /// their data (so RAID 5 parity starts consistent) and writes the
+    /// superblocks.
+    pub fn create(array: &Array, spec: &LuSpec, opts: OpenOptions) -> Result<Self, ArrayError> {
+        let geo = validate(spec)?;
+        let mut disks = Vec::new();
+        for &d in &spec.disks {
+            let disk = array.open_disk(d, spec.disk_capacity)?;
+            disk.zero_data(0, spec.per_disk)?;
+            disk.zero_meta(BITMAP_AT, BITMAP_BYTES as u64)?;
+            disk.zero_meta(JOURNAL_AT, JOURNAL_BYTES)?;
+            disk.sync()?;
+            disks.push(disk);
+        }
+        let sb = Superblock {
+            generation: 1,
+            lu: spec.lu,
+            raid: spec.raid,
+            unit: spec.unit,
+            per_disk: spec.per_disk,
+            epoch: opts.epoch,
+            region_stripes: Superblock::region_stripes_for(spec.unit, spec.per_disk),
+            members: spec
+                .disks
+                .iter()
+                .map(|&disk| MemberRecord {
+                    disk,
+                    state: MemberState::Active,
+                })
+                .collect(),
+            suspect_slot: None,
+        };
+        for disk in &disks {
+            sb.write(disk)?;
+        }
+        let slots = disks
+            .into_iter()
+            .map(|d| Slot::new(d.number(), Some(d), MemberState::Active))
+            .collect();
+        Ok(Self::assemble(geo, sb, slots, opts))
+    }
+
+    /// Opens an existing LU: finds the newest superblock among the members
+    /// the table names, opens the members it lists, and repairs what a crash
+    /// may have left (journal replay, then resync of dirty regions).
+    pub fn open(array: &Array, spec: &LuSpec, opts: OpenOptions) -> Result<Self, ArrayError> {
+        let geo = validate(spec)?;
+        let mut problems = Vec::new();
+        let mut newest: Option<Superblock> = None;
+        for &d in &spec.disks {
+            match array
+                .open_disk(d, spec.disk_capacity)
+                .and_then(|disk| Superblock::read(&disk))
+            {
+                Ok(Some(sb)) if sb.lu == spec.lu => {
+                    if newest.as_ref().is_none_or(|n| sb.generation > n.generation) {
+                        newest = Some(sb);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let Some(mut sb) = newest else {
+            return Err(ArrayError::LuFailed {
+                lu: spec.lu,
+                reason: format!("no member disk holds its superblock ({})", problems.join("; ")),
+            });
+        };
+        if sb.raid != spec.raid
+            || sb.unit != spec.unit
+            || sb.per_disk != spec.per_disk
+            || sb.members.len() != geo.members
+        {
+            return Err(ArrayError::Corrupt(format!(
+                "LU {}: the superblock on its disks does not match the LU table ({:?}, unit {}, {} members)",
+                spec.lu,
+                sb.raid,
+                sb.unit,
+                sb.members.len()
+            )));
+        }
+        if sb.epoch > opts.epoch {
+            return Err(ArrayError::Fenced {
+                lu: spec.lu,
+                found: sb.epoch,
+                ours: opts.epoch,
+            });
+        }
+        let mut newly_missing = Vec::new();
+        let mut slots = Vec::new();
+        for (i, m) in sb.members.iter().enumerate() {
+            let disk = match m.state {
+                MemberState::Failed => None,
+                _ => match array.open_disk(m.disk, spec.disk_capacity) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::warn!(lu = spec.lu, disk = m.disk, "member unavailable at open: {e}");
+                        newly_missing.push(i);
+                        if let Some(hook) = &opts.on_member_failure {
+                            hook(m.disk);
+                        }
+                        None
+                    }
+                },
+            };
+            slots.push(Slot::new(m.disk, disk, m.state));
+        }
+        sb.epoch = opts.epoch;
+        let dev = Self::assemble(geo, sb, slots, opts);
+        dev.recover(&newly_missing)?;
+        Ok(dev)
+    }
+
+    fn assemble(geo: Geometry, sb: Superblock, slots: Vec<Slot>, opts: OpenOptions) -> Self {
+        let inner = Inner {
+            bitmap: Bitmap::new(sb.region_stripes),
+            journal: Journal::new(geo.unit),
+            slots,
+            sb,
+            suspect: BTreeSet::new(),
+            checkpointed: Instant::now(),
+        };
+        Self {
+            lu: inner.sb.lu,
+            geo,
+            inner: RwLock::new(inner),
+            failed: Mutex::new(None),
+            pending: AtomicBool::new(false),
+            rr: AtomicUsize::new(0),
+            member_writes: AtomicU64::new(0),
+            opts,
+        }
+    }
+
+    pub fn lu(&self) -> u32 {
+        self.lu
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    pub(super) fn read_lock(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn write_lock(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The member records as the device sees them now.
+    pub fn members(&self) -> Vec<MemberRecord> {
+        self.read_lock().slots.iter().map(Slot::record).collect()
+    }
+
+    pub fn health(&self) -> LuHealth {
+        if self.failure().is_some() {
+            return LuHealth::Failed;
+        }
+        let inner = self.read_lock();
+        let failed = inner.slots.iter().filter(|s| !s.present()).count();
+        if failed > self.redundancy() {
+            LuHealth::Failed
+        } else if inner.slots.iter().any(|s| s.rebuilt().is_some()) {
+            LuHealth::Rebuilding
+        } else if inner.slots.iter().any(|s| !s.present()) {
+            LuHealth::Degraded
+        } else {
+            LuHealth::Optimal
+        }
+    }
+
+    /// Takes member `disk` out of service as if it had failed an I/O (the
+    /// operator's `disk fail`), and records that in the superblocks.
+    pub fn fail_member(&self, disk: u32) -> Result<(), ArrayError> {
+        let mut guard = self.write_lock();
+        let inner = &mut *guard;
+        let Some(slot) = inner.slots.iter().find(|s| s.number == disk) else {
+            return Err(ArrayError::Refused {
+                lu: self.lu,
+                reason: format!("disk {disk} is not a member"),
+            });
+        };
+        let cause = ArrayError::Refused {
+            lu: self.lu,
+            reason: "failed by the operator".into(),
+        };
+        self.fail_slot(slot, &cause);
+        self.settle_failures(inner)
+    }
+
+    /// Why the LU failed, if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn check_usable(&self) -> Result<(), ArrayError> {
+        match self.failure() {
+            Some(reason) => Err(ArrayError::LuFailed { lu: self.lu, reason }),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn lu_failed(&self, reason: impl Into<String>) -> ArrayError {
+        let reason = reason.into();
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::error!(lu = self.lu, "LU failed: {reason}");
+            *f = Some(reason.clone());
+        }
+        ArrayError::LuFailed { lu: self.lu, reason }
+    }
+
+    /// Takes a member out of service after an I/O error.
+    pub(super) fn fail_slot(&self, slot: &Slot, err: &ArrayError) {
+        if slot.state.swap(FAILED, Ordering::AcqRel) != FAILED {
+            tracing::warn!(lu = self.lu, disk = slot.number, "member disk failed: {err}");
+            self.pending.store(true, Ordering::Release);
+            if let Some(hook) = &self.opts.on_member_failure {
+                hook(slot.number);
+            }
+        }
+    }
+
+    /// Reads from a member; on error the member is failed and false returned.
+    pub(super) fn member_read(&self, slot: &Slot, offset: u64, buf: &mut [u8]) -> bool {
+        let Some(disk) = &slot.disk else { return false };
+        match disk.read_data(offset, buf) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail_slot(slot, &e);
+                false
+            }
+        }
+    }
+
+    /// Writes to a member; on error the member is failed and false returned.
+    pub(super) fn member_write(&self, slot: &Slot, offset: u64, data: &[u8]) -> bool {
+        let Some(disk) = &slot.disk else { return false };
+        if let Some(at) = self.opts.abort_at_member_write {
+            if self.member_writes.fetch_add(1, Ordering::Relaxed) + 1 == at {
+                tracing::error!("fault injection: aborting before member write {at}");
+                std::process::abort();
+            }
+        }
+        match disk.write_data(offset, data) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail_slot(slot, &e);
+                false
+            }
+        }
+    }
+
+    /// Writes a metadata range durably to every present member.
+    pub(super) fn meta_to_all(&self, inner: &Inner, at: u64, bytes: &[u8]) {
+        for slot in inner.slots.iter().filter(|s| s.present()) {
+            if let Some(disk) = &slot.disk {
+                if let Err(e) = disk.write_meta_durable(at, bytes) {
+                    self.fail_slot(slot, &e);
+                }
+            }
+        }
+    }
+
+    /// Flushes every present member, failing those that cannot.
+    pub(super) fn sync_all(&self, inner: &Inner) {
+        for slot in inner.slots.iter().filter(|s| s.present()) {
+            if let Some(disk) = &slot.disk {
+                if let Err(e) = disk.sync() {
+                    self.fail_slot(slot, &e);
+                }
+            }
+        }
+    }
+
+    /// Records the members' current states in a new superblock generation.
+    pub(super) fn write_superblock(&self, inner: &mut Inner) -> Result<(), ArrayError> {
+        inner.sb.generation += 1;
+        inner.sb.members = inner.slots.iter().map(Slot::record).collect();
+        let bytes = inner.sb.encode()?;
+        self.meta_to_all(inner, super::superblock::SUPERBLOCK_AT, &bytes);
+        Ok(())
+    }
+
+    /// Makes member failures seen since the last call durable before any
+    /// further write: a stale member must never look healthy after a crash.
+    /// Writes made before the failure are flushed first, because from now
+    /// on the intent bitmap can no longer repair them.
+    pub(super) fn settle_failures(&self, inner: &mut Inner) -> Result<(), ArrayError> {
+        while self.pending.swap(false, Ordering::AcqRel) {
+            self.sync_all(inner);
+            self.write_superblock(inner)?;
+            if inner.bitmap.clear_except(&inner.suspect) {
+                let bits = inner.bitmap.as_bytes().to_vec();
+                self.meta_to_all(inner, BITMAP_AT, &bits);
+            }
+        }
+        let failed: Vec<u32> = inner.slots.iter().filter(|s| !s.present()).map(|s| s.number).collect();
+        if failed.len() > self.redundancy() {
+            return Err(self.lu_failed(format!("member disks {failed:?} have failed, more than RAID can cover")));
+        }
+        Ok(())
+    }
+
+    /// Marks the intent regions of stripe `s` dirty, durably, before it is written.
+    pub(super) fn mark_dirty(&self, inner: &mut Inner, s: u64) {
+        if inner.bitmap.mark(s, s) {
+            let bits = inner.bitmap.as_bytes().to_vec();
+            self.meta_to_all(inner, BITMAP_AT, &bits);
+        }
+    }
+
+    /// Fails reads of a chunk on the suspect member inside a suspect region.
+    pub(super) fn check_suspect(&self, inner: &Inner, slot: usize, s: u64) -> Result<(), ArrayError> {
+        if inner.sb.suspect_slot == Some(slot as u32) && inner.suspect.contains(&inner.bitmap.region_of(s)) {
+            return Err(ArrayError::DataLoss {
+                lu: self.lu,
+                offset: s * self.geo.stripe_bytes(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Journals the final content of a degraded stripe's missing chunk,
+    /// durably, on one surviving member.
+    pub(super) fn journal(
+        &self,
+        inner: &mut Inner,
+        stripe: u64,
+        slot: usize,
+        start: u64,
+        data: &[u8],
+    ) -> Result<(), ArrayError> {
+        if inner.journal.is_full() {
+            self.reset_journal(inner);
+        }
+        let entry = JournalEntry {
+            seq: inner.journal.next_seq,
+            stripe,
+            slot: slot as u32,
+            start,
+            data: data.to_vec(),
+        };
+        let at = inner.journal.slot_at(inner.journal.used);
+        let holder = inner
+            .slots
+            .iter()
+            .enumerate()
+            .find(|(i, s)| *i != slot && s.present() && s.disk.is_some());
+        let Some((_, holder)) = holder else {
+            return Err(self.lu_failed("no member left to hold the write journal"));
+        };
+        let Some(disk) = &holder.disk else {
+            return Err(self.lu_failed("journal member vanished"));
+        };
+        if let Err(e) = disk.write_meta_durable(at, &entry.encode()) {
+            self.fail_slot(holder, &e);
+            return Err(self.lu_failed(format!("journal write failed: {e}")));
+        }
+        inner.journal.next_seq += 1;
+        inner.journal.used += 1;
+        Ok(())
+    }
+
+    /// Makes journaled stripes durable in place, then empties the journal.
+    fn reset_journal(&self, inner: &mut Inner) {
+        if inner.journal.used == 0 {
+            return;
+        }
+        self.sync_all(inner);
+        let len = inner.journal.slot_at(inner.journal.used) - JOURNAL_AT;
+        let zeros = vec![0u8; len as usize];
+        self.meta_to_all(inner, JOURNAL_AT, &zeros);
+        inner.journal.used = 0;
+    }
+
+    /// Reads every valid journal entry of every present member, oldest first.
+    fn read_journal(&self, inner: &Inner) -> Vec<JournalEntry> {
+        let mut entries = std::collections::BTreeMap::new();
+        for slot in inner.slots.iter().filter(|s| s.present()) {
+            let Some(disk) = &slot.disk else { continue };
+            for i in 0..inner.journal.capacity() {
+                let at = inner.journal.slot_at(i);
+                let mut header = vec![0u8; ENTRY_HEADER as usize];
+                if disk.read_meta(at, &mut header).is_err() {
+                    break;
+                }
+                let Some((mut e, len, crc)) = JournalEntry::decode_header(&header) else {
+                    break;
+                };
+                if len as u64 > self.geo.unit {
+                    break;
+                }
+                let mut data = vec![0u8; len];
+                if disk.read_meta(at + ENTRY_HEADER, &mut data).is_err() || crc32fast::hash(&data) != crc {
+                    break;
+                }
+                e.data = data;
+                entries.insert(e.seq, e);
+            }
+        }
+        entries.into_values().collect()
+    }
+
+    /// Repairs what a crash may have left: replays the degraded-write
+    /// journal, then makes parity or mirrors agree in dirty regions.
+    fn recover(&self, newly_missing: &[usize]) -> Result<(), ArrayError> {
+        let mut guard = self.write_lock();
+        let inner = &mut *guard;
+        self.pending.store(!newly_missing.is_empty(), Ordering::Release);
+        if let Some(slot) = inner.slots.iter().find(|s| s.present()) {
+            if let Some(disk) = &slot.disk {
+                let mut bits = vec![0u8; BITMAP_BYTES];
+                disk.read_meta(BITMAP_AT, &mut bits)?;
+                inner.bitmap = Bitmap::from_bytes(bits, inner.sb.region_stripes);
+            }
+        }
+        if inner.sb.suspect_slot.is_some() {
+            inner.suspect = inner.bitmap.dirty().into_iter().collect();
+        }
+        let entries = if self.geo.raid == Raid::Parity {
+            self.read_journal(inner)
+        } else {
+            Vec::new()
+        };
+        for e in &entries {
+            self.replay_entry(inner, e);
+        }
+        if let Some(last) = entries.last() {
+            inner.journal.next_seq = last.seq + 1;
+            inner.journal.used = inner.journal.capacity();
+        }
+        let dirty = inner.bitmap.dirty();
+        let stripes = self.geo.stripes();
+        let known_lost = inner.suspect.clone();
+        for r in dirty.into_iter().filter(|r| !known_lost.contains(r)) {
+            for s in inner.bitmap.region_stripes(r, stripes) {
+                let missing: Vec<usize> = (0..self.geo.members)
+                    .filter(|&i| !inner.slots[i].available(s))
+                    .collect();
+                match (self.geo.raid, missing.as_slice()) {
+                    (_, []) | (Raid::Mirror, _) => {
+                        self.resync_stripe(inner, s);
+                    }
+                    (Raid::Parity, [m]) if newly_missing.contains(m) && self.geo.parity_slot(s) != *m => {
+                        tracing::error!(lu = self.lu, region = r, "stripes were being written when the CHN stopped and a member is now missing: marking them lost");
+                        inner.suspect.insert(r);
+                        inner.sb.suspect_slot = Some(*m as u32);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.sync_all(inner);
+        self.reset_journal(inner);
+        if inner.bitmap.clear_except(&inner.suspect) {
+            let bits = inner.bitmap.as_bytes().to_vec();
+            self.meta_to_all(inner, BITMAP_AT, &bits);
+        }
+        self.pending.store(false, Ordering::Release);
+        self.write_superblock(inner)?;
+        self.settle_failures(inner)
+    }
+
+    /// Recomputes parity of a journaled stripe from the journaled chunk.
+    fn replay_entry(&self, inner: &Inner, e: &JournalEntry) {
+        let (s, m) = (e.stripe, e.slot as usize);
+        let p = self.geo.parity_slot(s);
+        let end = e.start + e.data.len() as u64;
+        if s >= self.geo.stripes() || m >= self.geo.members || end > self.geo.unit || m == p {
+            return;
+        }
+        if inner.slots[m].available(s) || !inner.slots[p].available(s) {
+            return;
+        }
+        let base = self.geo.disk_offset(s);
+        let mut parity = e.data.clone();
+        let mut tmp = vec![0u8; e.data.len()];
+        for i in (0..self.geo.members).filter(|&i| i != m && i != p) {
+            if !inner.slots[i].available(s) || !self.member_read(&inner.slots[i], base + e.start, &mut tmp) {
+                return;
+            }
+            xor_into(&mut parity, &tmp);
+        }
+        self.member_write(&inner.slots[p], base + e.start, &parity);
+    }
+
+    /// Makes one stripe's redundancy agree with its data (after a crash or
+    /// during scrub repair): RAID 5 parity from data, RAID 1 copies from the
+    /// first readable member. Returns whether anything was rewritten.
+    pub(super) fn resync_stripe(&self, inner: &Inner, s: u64) -> bool {
+        match self.geo.raid {
+            Raid::Parity => self.parity_resync(inner, s, true).1,
+            Raid::Mirror => self.mirror_resync(inner, s, true).1,
+        }
+    }
+
+    /// Applies `f` to each stripe piece of an LU range after checking it.
+    fn each_piece(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(super::layout::StripePiece) -> Result<(), ArrayError>,
+    ) -> Result<(), ArrayError> {
+        check_range("LU", offset, len, self.geo.capacity())?;
+        self.check_usable()?;
+        for piece in self.geo.pieces(offset, len as u64) {
+            f(piece)?;
+        }
+        Ok(())
+    }
+
+    /// How many members may fail with the data still served.
+    fn redundancy(&self) -> usize {
+        match self.geo.raid {
+            Raid::Mirror => self.geo.members - 1,
+            Raid::Parity => 1,
+        }
+    }
+
+    pub(super) fn next_mirror(&self) -> usize {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl BlockDevice for LuDevice {
+    fn len(&self) -> u64 {
+        self.geo.capacity()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
+        let inner = self.read_lock();
+        self.each_piece(offset, buf.len(), |p| {
+            let out = &mut buf[p.buf_at..p.buf_at + p.len as usize];
+            match self.geo.raid {
+                Raid::Mirror => self.mirror_read(&inner, &p, out),
+                Raid::Parity => self.parity_read(&inner, &p, out),
+            }
+        })
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
+        let mut guard = self.write_lock();
+        let inner = &mut *guard;
+        self.each_piece(offset, data.len(), |p| {
+            self.settle_failures(inner)?;
+            self.mark_dirty(inner, p.stripe);
+            let src = &data[p.buf_at..p.buf_at + p.len as usize];
+            match self.geo.raid {
+                Raid::Mirror => self.mirror_write(inner, &p, src),
+                Raid::Parity => self.parity_write(inner, &p, src),
+            }
+        })?;
+        self.settle_failures(inner)
+    }
+
+    fn flush(&self) -> Result<(), ArrayError> {
+        let mut guard = self.write_lock();
+        let inner = &mut *guard;
+        self.check_usable()?;
+        self.settle_failures(inner)?;
+        self.sync_all(inner);
+        self.settle_failures(inner)?;
+        self.reset_journal(inner);
+        if inner.bitmap.clear_except(&inner.suspect) {
+            let bits = inner.bitmap.as_bytes().to_vec();
+            self.meta_to_all(inner, BITMAP_AT, &bits);
+        }
+        self.settle_failures(inner)
+    }
+}

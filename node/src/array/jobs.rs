@@ -1,0 +1,241 @@
+//! Long-running LU maintenance: rebuild onto a replacement disk and scrub.
+//!
+//! Both work in small batches under the device's exclusive lock, so the LU
+//! stays online and a client write is delayed by at most one batch. Rebuild
+//! progress is checkpointed in the superblock (after the rebuilt stripes
+//! are flushed), so a rebuild interrupted by a crash resumes there.
+//! This module must never mark a member active before every stripe of it
+//! is durable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::device::LuDevice;
+use super::disk::PhysicalDisk;
+use super::layout::Raid;
+use super::superblock::{MemberState, BITMAP_AT, BITMAP_BYTES, JOURNAL_AT, JOURNAL_BYTES};
+use super::ArrayError;
+
+/// Stripes handled per lock hold.
+const BATCH: u64 = 16;
+/// How often rebuild progress is made durable.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a rebuild or scrub stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Bytes of each member handled so far.
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Rate since the job started (or resumed), in bytes of LU data per second.
+    pub bytes_per_sec: u64,
+    pub eta_secs: u64,
+}
+
+impl Progress {
+    pub fn percent(&self) -> f64 {
+        if self.total_bytes == 0 {
+            100.0
+        } else {
+            self.done_bytes as f64 * 100.0 / self.total_bytes as f64
+        }
+    }
+}
+
+/// What a scrub found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScrubReport {
+    pub stripes_checked: u64,
+    pub mismatches: u64,
+    pub repaired: u64,
+    /// Stripes that could not be checked because a member is unavailable.
+    pub skipped: u64,
+}
+
+impl LuDevice {
+    /// Puts disk `new` into the slot of failed member `old`; the slot then
+    /// rebuilds from stripe 0. The new disk's old metadata is wiped so that
+    /// nothing it held before can be mistaken for this LU's.
+    pub fn replace_member(&self, old: u32, new: PhysicalDisk) -> Result<(), ArrayError> {
+        let mut guard = self.write_lock();
+        let inner = &mut *guard;
+        let refuse = |reason: String| Err(ArrayError::Refused { lu: self.lu, reason });
+        if inner.slots.iter().any(|s| s.number == new.number()) {
+            return refuse(format!("disk {} is already a member", new.number()));
+        }
+        let Some(i) = inner.slots.iter().position(|s| s.number == old) else {
+            return refuse(format!("disk {old} is not a member"));
+        };
+        if inner.slots[i].present() {
+            return refuse(format!(
+                "disk {old} has not failed; fail it first with `nasctl disk fail {old}`"
+            ));
+        }
+        if new.capacity() < self.geo.per_disk {
+            return refuse(format!(
+                "disk {} is smaller than the {} bytes each member needs",
+                new.number(),
+                self.geo.per_disk
+            ));
+        }
+        new.zero_meta(BITMAP_AT, BITMAP_BYTES as u64)?;
+        new.zero_meta(JOURNAL_AT, JOURNAL_BYTES)?;
+        // Everything written while degraded must be durable before the
+        // journal that protects it can be dropped.
+        self.sync_all(inner);
+        self.settle_failures(inner)?;
+        inner.slots[i] = super::device::Slot::new_rebuilding(new);
+        self.write_superblock(inner)?;
+        tracing::info!(
+            lu = self.lu,
+            old,
+            new = inner.slots[i].number,
+            "member replaced; rebuild pending"
+        );
+        Ok(())
+    }
+
+    /// The disk being rebuilt and how many of its stripes are done.
+    pub fn rebuild_state(&self) -> Option<(u32, u64)> {
+        let inner = self.read_lock();
+        inner
+            .slots
+            .iter()
+            .find_map(|s| s.rebuilt().map(|done| (s.number, done)))
+    }
+
+    /// Rebuilds up to `max` stripes of the member being rebuilt. Returns
+    /// (stripes done, stripes in total), or `None` when nothing is rebuilding.
+    pub fn rebuild_step(&self, max: u64) -> Result<Option<(u64, u64)>, ArrayError> {
+        let mut guard = self.write_lock();
+        let inner = &mut *guard;
+        self.settle_failures(inner)?;
+        let Some(t) = inner.slots.iter().position(|s| s.rebuilt().is_some()) else {
+            return Ok(None);
+        };
+        let total = self.geo.stripes();
+        let start = inner.slots[t].rebuilt().unwrap_or(0);
+        let end = (start + max).min(total);
+        for s in start..end {
+            let chunk = match self.geo.raid {
+                Raid::Parity => self.parity_rebuild_chunk(inner, s, t)?,
+                Raid::Mirror => self.mirror_rebuild_chunk(inner, s, t)?,
+            };
+            if !self.member_write(&inner.slots[t], self.geo.disk_offset(s), &chunk) {
+                self.settle_failures(inner)?;
+                return Err(ArrayError::Refused {
+                    lu: self.lu,
+                    reason: format!("the replacement disk {} failed during rebuild", inner.slots[t].number),
+                });
+            }
+            inner.slots[t].set_done(s + 1);
+        }
+        let finished = end == total;
+        if finished || inner.checkpointed.elapsed() >= CHECKPOINT_EVERY {
+            let synced = match &inner.slots[t].disk {
+                Some(d) => d.sync(),
+                None => Ok(()),
+            };
+            if let Err(e) = synced {
+                self.fail_slot(&inner.slots[t], &e);
+                self.settle_failures(inner)?;
+                return Err(e);
+            }
+            if finished {
+                inner.slots[t].set_active();
+                tracing::info!(lu = self.lu, disk = inner.slots[t].number, "rebuild complete");
+            }
+            self.write_superblock(inner)?;
+            inner.checkpointed = Instant::now();
+        }
+        Ok(Some((end, total)))
+    }
+
+    /// Checks (and with `repair` fixes) stripes `from..from + count`.
+    pub fn scrub_step(&self, from: u64, count: u64, repair: bool) -> Result<ScrubReport, ArrayError> {
+        let mut guard = self.write_lock();
+        let inner = &mut *guard;
+        self.settle_failures(inner)?;
+        let mut r = ScrubReport::default();
+        for s in from..(from + count).min(self.geo.stripes()) {
+            if (0..self.geo.members).any(|i| !inner.slots[i].available(s)) {
+                r.skipped += 1;
+                continue;
+            }
+            let (bad, fixed) = match self.geo.raid {
+                Raid::Parity => self.parity_resync(inner, s, repair),
+                Raid::Mirror => self.mirror_resync(inner, s, repair),
+            };
+            r.stripes_checked += 1;
+            r.mismatches += bad as u64;
+            r.repaired += fixed as u64;
+        }
+        self.settle_failures(inner)?;
+        Ok(r)
+    }
+}
+
+fn progress(dev: &LuDevice, done: u64, total: u64, from: u64, started: Instant) -> Progress {
+    let unit = dev.geometry().unit;
+    let data = dev.geometry().data_members() as u64;
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let rate = ((done - from) * unit * data) as f64 / secs;
+    let left = (total - done) * unit * data;
+    Progress {
+        done_bytes: done * unit,
+        total_bytes: total * unit,
+        bytes_per_sec: rate as u64,
+        eta_secs: if rate > 0.0 {
+            (left as f64 / rate).ceil() as u64
+        } else {
+            0
+        },
+    }
+}
+
+/// Runs the pending rebuild to the end (or until `cancel`), calling
+/// `report` after every batch.
+pub fn rebuild(dev: &LuDevice, cancel: &AtomicBool, mut report: impl FnMut(&Progress)) -> Result<Progress, ArrayError> {
+    let started = Instant::now();
+    let from = dev.rebuild_state().map_or(0, |(_, done)| done);
+    let mut last = Progress::default();
+    while !cancel.load(Ordering::Relaxed) {
+        let Some((done, total)) = dev.rebuild_step(BATCH)? else {
+            break;
+        };
+        last = progress(dev, done, total, from, started);
+        report(&last);
+        if done == total {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+/// Scrubs the whole LU (or until `cancel`), calling `report` after every batch.
+pub fn scrub(
+    dev: &LuDevice,
+    repair: bool,
+    cancel: &AtomicBool,
+    mut report: impl FnMut(&Progress, &ScrubReport),
+) -> Result<ScrubReport, ArrayError> {
+    let started = Instant::now();
+    let total = dev.geometry().stripes();
+    let mut sum = ScrubReport::default();
+    let mut s = 0;
+    while s < total && !cancel.load(Ordering::Relaxed) {
+        let r = dev.scrub_step(s, BATCH, repair)?;
+        sum.stripes_checked += r.stripes_checked;
+        sum.mismatches += r.mismatches;
+        sum.repaired += r.repaired;
+        sum.skipped += r.skipped;
+        s = (s + BATCH).min(total);
+        report(&progress(dev, s, total, 0, started), &sum);
+    }
+    Ok(sum)
+}
+
+/// Whether a member record says it still needs a rebuild.
+pub fn needs_rebuild(state: MemberState) -> bool {
+    matches!(state, MemberState::Rebuilding { .. })
+}

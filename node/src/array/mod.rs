@@ -1,0 +1,125 @@
+//! The disk array: physical disks as files in the array directory, and LUs
+//! (RAID 1 mirrors and RAID 5 rotating parity) as block devices over them.
+//!
+//! Map: [`disk`] is one disk file and its header; [`layout`] is RAID
+//! geometry; [`superblock`] is what members record about their LU;
+//! [`intent`] holds the write-intent bitmap and degraded-write journal that
+//! make writes crash-consistent; [`device`] is the LU block device with its
+//! RAID 1 ([`raid1`]) and RAID 5 ([`raid5`]) paths; [`jobs`] runs rebuild
+//! and scrub.
+//!
+//! Everything here is synchronous file I/O and knows nothing of the shared
+//! LU or gRPC: the CHN's LU host records what happens here in the tables.
+
+pub mod device;
+pub mod disk;
+pub mod intent;
+pub mod jobs;
+pub mod layout;
+mod raid1;
+mod raid5;
+pub mod superblock;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+pub use device::{BlockDevice, LuDevice, LuHealth, LuSpec, OpenOptions};
+pub use disk::PhysicalDisk;
+pub use layout::Raid;
+
+/// Everything that can go wrong in the disk array, each naming what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ArrayError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk {disk} is missing: {path} does not exist; put the disk back or replace it with `nasctl disk replace {disk}`")]
+    DiskMissing { disk: u32, path: PathBuf },
+    #[error("disk {disk} ({path}) already exists; remove it by hand only if it holds nothing you need")]
+    DiskExists { disk: u32, path: PathBuf },
+    #[error("disk {disk} ({path}) has no valid disk header; it is not a disk of this array")]
+    DiskNoHeader { disk: u32, path: PathBuf },
+    #[error("disk {disk} ({path}) belongs to another array ({found:032x}, expected {expected:032x}); it was swapped in by mistake")]
+    DiskForeign {
+        disk: u32,
+        path: PathBuf,
+        found: u128,
+        expected: u128,
+    },
+    #[error("slot of disk {disk} ({path}) holds disk {found}; disks were swapped, put each back in its place")]
+    DiskSwapped { disk: u32, path: PathBuf, found: u32 },
+    #[error("disk {disk} ({path}) is {found} bytes, expected {expected}; it was truncated or replaced by a disk of the wrong size")]
+    DiskWrongSize {
+        disk: u32,
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("{what} range {offset}+{len} is outside 0..{limit}")]
+    OutOfRange {
+        what: &'static str,
+        offset: u64,
+        len: u64,
+        limit: u64,
+    },
+    #[error("LU {lu} has failed: {reason}; its data cannot be served")]
+    LuFailed { lu: u32, reason: String },
+    #[error("LU {lu}: bytes at {offset} lived on a disk that went missing while they were being written; they are lost, rewrite them")]
+    DataLoss { lu: u32, offset: u64 },
+    #[error(
+        "LU {lu} was opened with fencing epoch {found} by another CHN (ours is {ours}); this CHN must not write it"
+    )]
+    Fenced { lu: u32, found: u64, ours: u64 },
+    #[error("LU {lu}: {reason}")]
+    Refused { lu: u32, reason: String },
+    #[error("corrupt array metadata: {0}")]
+    Corrupt(String),
+}
+
+impl ArrayError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The disk-array directory and the identity of the array it holds.
+#[derive(Debug, Clone)]
+pub struct Array {
+    pub dir: PathBuf,
+    pub id: u128,
+}
+
+impl Array {
+    pub fn new(dir: impl AsRef<Path>, id: u128) -> Self {
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+            id,
+        }
+    }
+
+    /// Creates disks `1..=count`; a disk already there is checked instead,
+    /// so that an initialization interrupted half-way can be repeated.
+    pub fn create_disks(&self, count: u32, capacity: u64) -> Result<(), ArrayError> {
+        for number in 1..=count {
+            match PhysicalDisk::create(&self.dir, self.id, number, capacity) {
+                Ok(_) => {}
+                Err(ArrayError::DiskExists { .. }) => {
+                    PhysicalDisk::open(&self.dir, self.id, number, capacity)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn open_disk(&self, number: u32, capacity: u64) -> Result<PhysicalDisk, ArrayError> {
+        PhysicalDisk::open(&self.dir, self.id, number, capacity)
+    }
+}

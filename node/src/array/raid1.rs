@@ -1,0 +1,78 @@
+//! RAID 1: every member holds every byte. Reads go to one healthy member
+//! in turn; writes go to all of them.
+//!
+//! Owns the mirror read, write and resync paths. It must never read a
+//! member for a stripe it does not hold valid data for.
+
+use super::device::{Inner, LuDevice};
+use super::layout::StripePiece;
+use super::ArrayError;
+
+impl LuDevice {
+    pub(super) fn mirror_read(&self, inner: &Inner, p: &StripePiece, out: &mut [u8]) -> Result<(), ArrayError> {
+        let n = inner.slots.len();
+        let first = self.next_mirror();
+        let at = self.geo.disk_offset(p.stripe) + p.within;
+        for i in 0..n {
+            let slot = &inner.slots[(first + i) % n];
+            if slot.available(p.stripe) && self.member_read(slot, at, out) {
+                return Ok(());
+            }
+        }
+        Err(self.lu_failed("no mirror member can be read"))
+    }
+
+    pub(super) fn mirror_write(&self, inner: &mut Inner, p: &StripePiece, data: &[u8]) -> Result<(), ArrayError> {
+        let at = self.geo.disk_offset(p.stripe) + p.within;
+        let mut written = 0;
+        for slot in inner.slots.iter().filter(|s| s.available(p.stripe)) {
+            if self.member_write(slot, at, data) {
+                written += 1;
+            }
+        }
+        if written == 0 {
+            return Err(self.lu_failed("no mirror member can be written"));
+        }
+        Ok(())
+    }
+
+    /// Compares the mirrors of stripe `s`; with `repair`, copies the first
+    /// readable member over those that differ. Returns (differed, repaired).
+    pub(super) fn mirror_resync(&self, inner: &Inner, s: u64, repair: bool) -> (bool, bool) {
+        let at = self.geo.disk_offset(s);
+        let unit = self.geo.unit as usize;
+        let mut reference: Option<Vec<u8>> = None;
+        let mut differs = false;
+        let mut repaired = false;
+        for slot in inner.slots.iter().filter(|x| x.available(s)) {
+            let mut buf = vec![0u8; unit];
+            if !self.member_read(slot, at, &mut buf) {
+                continue;
+            }
+            match &reference {
+                None => reference = Some(buf),
+                Some(r) if *r != buf => {
+                    differs = true;
+                    if repair && self.member_write(slot, at, r) {
+                        repaired = true;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        (differs, repaired)
+    }
+
+    /// The content of stripe `s` for a member being rebuilt: a copy from a
+    /// member that holds it.
+    pub(super) fn mirror_rebuild_chunk(&self, inner: &Inner, s: u64, target: usize) -> Result<Vec<u8>, ArrayError> {
+        let mut buf = vec![0u8; self.geo.unit as usize];
+        let at = self.geo.disk_offset(s);
+        for (i, slot) in inner.slots.iter().enumerate() {
+            if i != target && slot.available(s) && self.member_read(slot, at, &mut buf) {
+                return Ok(buf);
+            }
+        }
+        Err(self.lu_failed("no mirror member left to rebuild from"))
+    }
+}

@@ -1,0 +1,355 @@
+//! The LU block device against a reference model: random writes, reads,
+//! member failures, flushes, reopenings, replacements and partial
+//! rebuilds, with every read compared byte for byte with a plain buffer.
+
+use std::sync::atomic::AtomicBool;
+
+use proptest::prelude::*;
+
+use super::device::{BlockDevice, LuDevice, LuHealth, LuSpec, OpenOptions};
+use super::layout::Raid;
+use super::{jobs, Array, ArrayError};
+
+const ID: u128 = 0xA11A;
+const DISKS: u32 = 8;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { at: u64, len: u64, seed: u8 },
+    Read { at: u64, len: u64 },
+    Fail { slot: usize },
+    Flush,
+    Reopen,
+    Replace,
+    Rebuild { stripes: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<u64>(), 1u64..70_000, any::<u8>()).prop_map(|(at, len, seed)| Op::Write { at, len, seed }),
+        4 => (any::<u64>(), 1u64..70_000).prop_map(|(at, len)| Op::Read { at, len }),
+        1 => (0usize..5).prop_map(|slot| Op::Fail { slot }),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Replace),
+        2 => (1u64..40).prop_map(|stripes| Op::Rebuild { stripes }),
+    ]
+}
+
+fn pattern(len: usize, seed: u8, at: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| (at as usize + i).wrapping_mul(31) as u8 ^ seed)
+        .collect()
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    array: Array,
+    spec: LuSpec,
+    dev: LuDevice,
+    model: Vec<u8>,
+    /// Disks taken out of the LU; a real operator never puts them back.
+    retired: Vec<u32>,
+}
+
+impl Rig {
+    fn new(raid: Raid, members: usize, unit: u64, stripes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let array = Array::new(dir.path(), ID);
+        let per_disk = unit * stripes;
+        array.create_disks(DISKS, per_disk + unit).unwrap();
+        let spec = LuSpec {
+            lu: 1,
+            raid,
+            disks: (1..=members as u32).collect(),
+            unit,
+            per_disk,
+            disk_capacity: per_disk + unit,
+        };
+        let dev = LuDevice::create(&array, &spec, OpenOptions::default()).unwrap();
+        let model = vec![0u8; dev.len() as usize];
+        Self {
+            _dir: dir,
+            array,
+            spec,
+            dev,
+            model,
+            retired: Vec::new(),
+        }
+    }
+
+    fn redundancy(&self) -> usize {
+        match self.spec.raid {
+            Raid::Mirror => self.spec.disks.len() - 1,
+            Raid::Parity => 1,
+        }
+    }
+
+    fn unavailable(&self) -> usize {
+        self.dev
+            .members()
+            .iter()
+            .filter(|m| m.state != super::superblock::MemberState::Active)
+            .count()
+    }
+
+    fn check_all(&self) {
+        let mut buf = vec![0u8; self.model.len()];
+        self.dev.read_at(0, &mut buf).unwrap();
+        assert!(buf == self.model, "LU content differs from the model");
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let cap = self.model.len() as u64;
+        match *op {
+            Op::Write { at, len, seed } => {
+                let at = at % cap;
+                let len = len.min(cap - at);
+                let data = pattern(len as usize, seed, at);
+                self.dev.write_at(at, &data).unwrap();
+                self.model[at as usize..(at + len) as usize].copy_from_slice(&data);
+            }
+            Op::Read { at, len } => {
+                let at = at % cap;
+                let len = len.min(cap - at);
+                let mut buf = vec![0u8; len as usize];
+                self.dev.read_at(at, &mut buf).unwrap();
+                assert!(
+                    buf[..] == self.model[at as usize..(at + len) as usize],
+                    "read at {at}+{len} differs"
+                );
+            }
+            Op::Fail { slot } => {
+                let members = self.dev.members();
+                let slot = slot % members.len();
+                if members[slot].state == super::superblock::MemberState::Active
+                    && self.unavailable() < self.redundancy()
+                {
+                    self.dev.fail_member(members[slot].disk).unwrap();
+                }
+            }
+            Op::Flush => self.dev.flush().unwrap(),
+            Op::Reopen => {
+                let spec = LuSpec {
+                    disks: self.dev.members().iter().map(|m| m.disk).collect(),
+                    ..self.spec.clone()
+                };
+                self.dev = LuDevice::open(&self.array, &spec, OpenOptions::default()).unwrap();
+                self.spec = spec;
+            }
+            Op::Replace => {
+                let members = self.dev.members();
+                let Some(failed) = members
+                    .iter()
+                    .find(|m| m.state == super::superblock::MemberState::Failed)
+                else {
+                    return;
+                };
+                let Some(spare) = (1..=DISKS).find(|d| !members.iter().any(|m| m.disk == *d) && !self.used_before(*d))
+                else {
+                    return;
+                };
+                let disk = self.array.open_disk(spare, self.spec.disk_capacity).unwrap();
+                self.dev.replace_member(failed.disk, disk).unwrap();
+                self.retired.push(failed.disk);
+            }
+            Op::Rebuild { stripes } => {
+                let _ = self.dev.rebuild_step(stripes).unwrap();
+            }
+        }
+    }
+}
+
+impl Rig {
+    fn used_before(&self, d: u32) -> bool {
+        self.retired.contains(&d)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn raid5_matches_the_model(members in 3usize..=5, ops in proptest::collection::vec(op(), 1..60)) {
+        let mut rig = Rig::new(Raid::Parity, members, 4096, 24);
+        for op in &ops {
+            rig.apply(op);
+        }
+        rig.check_all();
+        let spec = LuSpec { disks: rig.dev.members().iter().map(|m| m.disk).collect(), ..rig.spec.clone() };
+        drop(std::mem::replace(&mut rig.dev, LuDevice::open(&rig.array, &spec, OpenOptions::default()).unwrap()));
+        rig.check_all();
+    }
+
+    #[test]
+    fn raid1_matches_the_model(members in 2usize..=3, ops in proptest::collection::vec(op(), 1..60)) {
+        let mut rig = Rig::new(Raid::Mirror, members, 4096, 24);
+        for op in &ops {
+            rig.apply(op);
+        }
+        rig.check_all();
+    }
+}
+
+#[test]
+fn rebuild_restores_full_redundancy() {
+    for raid in [Raid::Parity, Raid::Mirror] {
+        let mut rig = Rig::new(raid, 3, 8192, 40);
+        rig.apply(&Op::Write {
+            at: 100,
+            len: 200_000,
+            seed: 7,
+        });
+        rig.dev.fail_member(2).unwrap();
+        assert_eq!(rig.dev.health(), LuHealth::Degraded);
+        rig.apply(&Op::Write {
+            at: 50_000,
+            len: 90_000,
+            seed: 9,
+        });
+        rig.check_all();
+        rig.apply(&Op::Replace);
+        assert_eq!(rig.dev.health(), LuHealth::Rebuilding);
+        let p = jobs::rebuild(&rig.dev, &AtomicBool::new(false), |_| {}).unwrap();
+        assert_eq!(p.done_bytes, p.total_bytes);
+        assert_eq!(rig.dev.health(), LuHealth::Optimal);
+        // The rebuilt member alone must now be able to stand in for another.
+        let other = rig.dev.members()[0].disk;
+        rig.dev.fail_member(other).unwrap();
+        rig.check_all();
+    }
+}
+
+#[test]
+fn a_second_failure_fails_the_lu_instead_of_returning_wrong_bytes() {
+    let mut rig = Rig::new(Raid::Parity, 3, 4096, 8);
+    rig.apply(&Op::Write {
+        at: 0,
+        len: 30_000,
+        seed: 1,
+    });
+    rig.dev.fail_member(1).unwrap();
+    let err = rig.dev.fail_member(2).unwrap_err();
+    assert!(matches!(err, ArrayError::LuFailed { .. }), "{err}");
+    assert_eq!(rig.dev.health(), LuHealth::Failed);
+    let mut buf = vec![0u8; 4096];
+    assert!(rig.dev.read_at(0, &mut buf).is_err());
+    assert!(rig.dev.write_at(0, &buf).is_err());
+}
+
+#[test]
+fn scrub_finds_and_repairs_damaged_redundancy() {
+    for raid in [Raid::Parity, Raid::Mirror] {
+        let rig = Rig::new(raid, 3, 4096, 8);
+        rig.dev.write_at(0, &pattern(rig.model.len(), 3, 0)).unwrap();
+        rig.dev.flush().unwrap();
+        // Damage the first stripe's parity (RAID 5: slot 2 holds it) or one mirror.
+        let damaged = rig.array.open_disk(3, rig.spec.disk_capacity).unwrap();
+        damaged.write_data(10, b"rot").unwrap();
+        let cancel = AtomicBool::new(false);
+        let found = jobs::scrub(&rig.dev, true, &cancel, |_, _| {}).unwrap();
+        assert_eq!((found.mismatches, found.repaired), (1, 1), "{raid:?}");
+        let again = jobs::scrub(&rig.dev, false, &cancel, |_, _| {}).unwrap();
+        assert_eq!(again.mismatches, 0);
+        assert_eq!(again.stripes_checked, 8);
+    }
+}
+
+#[test]
+fn bad_ranges_are_refused_without_touching_data() {
+    let rig = Rig::new(Raid::Parity, 3, 4096, 8);
+    let cap = rig.dev.len();
+    let mut buf = vec![0u8; 10];
+    assert!(matches!(
+        rig.dev.read_at(cap - 5, &mut buf),
+        Err(ArrayError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        rig.dev.write_at(u64::MAX - 2, &buf),
+        Err(ArrayError::OutOfRange { .. })
+    ));
+    rig.check_all();
+}
+
+#[test]
+fn bad_specs_are_refused() {
+    let rig = Rig::new(Raid::Parity, 3, 4096, 8);
+    let twice = LuSpec {
+        lu: 2,
+        disks: vec![4, 4, 5],
+        ..rig.spec.clone()
+    };
+    assert!(matches!(
+        LuDevice::create(&rig.array, &twice, OpenOptions::default()),
+        Err(ArrayError::Refused { .. })
+    ));
+    let small = LuSpec {
+        lu: 2,
+        raid: Raid::Parity,
+        disks: vec![4, 5],
+        ..rig.spec.clone()
+    };
+    assert!(LuDevice::create(&rig.array, &small, OpenOptions::default()).is_err());
+    let odd_unit = LuSpec {
+        lu: 2,
+        disks: vec![4, 5, 6],
+        unit: 3000,
+        ..rig.spec.clone()
+    };
+    assert!(LuDevice::create(&rig.array, &odd_unit, OpenOptions::default()).is_err());
+    let wrong_size = LuSpec {
+        lu: 2,
+        disks: vec![4, 5, 6],
+        disk_capacity: rig.spec.disk_capacity * 2,
+        ..rig.spec.clone()
+    };
+    assert!(matches!(
+        LuDevice::create(&rig.array, &wrong_size, OpenOptions::default()),
+        Err(ArrayError::DiskWrongSize { .. })
+    ));
+}
+
+#[test]
+fn a_stale_member_that_comes_back_is_not_trusted() {
+    let mut rig = Rig::new(Raid::Parity, 3, 4096, 8);
+    rig.apply(&Op::Write {
+        at: 0,
+        len: 40_000,
+        seed: 1,
+    });
+    rig.dev.fail_member(2).unwrap();
+    rig.apply(&Op::Write {
+        at: 0,
+        len: 40_000,
+        seed: 2,
+    });
+    rig.apply(&Op::Reopen);
+    assert_eq!(rig.dev.health(), LuHealth::Degraded);
+    rig.check_all();
+}
+
+#[test]
+fn fencing_epoch_refuses_an_older_opener() {
+    let rig = Rig::new(Raid::Mirror, 2, 4096, 8);
+    drop(
+        LuDevice::open(
+            &rig.array,
+            &rig.spec,
+            OpenOptions {
+                epoch: 5,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let err = LuDevice::open(
+        &rig.array,
+        &rig.spec,
+        OpenOptions {
+            epoch: 4,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, ArrayError::Fenced { found: 5, ours: 4, .. }), "{err}");
+}
