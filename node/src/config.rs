@@ -70,6 +70,9 @@ pub struct Settings {
     /// Interval of this CHN's daemon information (heartbeat) writes, in milliseconds [default: 500].
     #[arg(long, env = "NASD_DAEMON_INTERVAL_MS")]
     pub daemon_interval_ms: Option<u64>,
+    /// Lease of the LU locks this CHN holds, in milliseconds; renewed every third of it [default: 10000].
+    #[arg(long, env = "NASD_LU_LEASE_MS")]
+    pub lu_lease_ms: Option<u64>,
 }
 
 /// The validated configuration.
@@ -83,6 +86,7 @@ pub struct Config {
     pub array: Option<PathBuf>,
     pub raft: RaftSettings,
     pub daemon_interval: Duration,
+    pub lu_lease: Duration,
 }
 
 /// The node id a CHN name implies: its trailing digits.
@@ -109,6 +113,7 @@ impl Settings {
             keep_logs: self.keep_logs.or(file.keep_logs),
             quorum_timeout_ms: self.quorum_timeout_ms.or(file.quorum_timeout_ms),
             daemon_interval_ms: self.daemon_interval_ms.or(file.daemon_interval_ms),
+            lu_lease_ms: self.lu_lease_ms.or(file.lu_lease_ms),
         }
     }
 
@@ -151,6 +156,10 @@ impl Settings {
         if daemon_interval_ms == 0 {
             bail!("--daemon-interval-ms must be above 0");
         }
+        let lu_lease_ms = merged.lu_lease_ms.unwrap_or(10_000);
+        if lu_lease_ms < 300 {
+            bail!("--lu-lease-ms must be at least 300 (it is renewed every third of it)");
+        }
         Ok(Config {
             name,
             node_id,
@@ -167,6 +176,7 @@ impl Settings {
                 quorum_timeout: Duration::from_millis(merged.quorum_timeout_ms.unwrap_or(5000).max(100)),
             },
             daemon_interval: Duration::from_millis(daemon_interval_ms),
+            lu_lease: Duration::from_millis(lu_lease_ms),
         })
     }
 }

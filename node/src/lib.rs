@@ -3,11 +3,13 @@
 //! Map: [`config`] parses settings; [`shared_lu`] is the Raft-replicated
 //! state (tables, durable log and state machine, transport);
 //! [`service`] holds the gRPC handlers; [`daemon_info`] writes this CHN's
-//! heartbeat; [`server`] wires them onto one port.
+//! heartbeat; [`array`] is the disk array and its RAID LUs; [`lu_host`]
+//! holds the LUs this CHN has open; [`server`] wires them onto one port.
 
 pub mod array;
 pub mod config;
 pub mod daemon_info;
+pub mod lu_host;
 pub mod server;
 pub mod service;
 pub mod shared_lu;

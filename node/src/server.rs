@@ -54,8 +54,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     ));
     tracing::info!(name = %cfg.name, node_id = cfg.node_id, %addr, data = %cfg.data.display(), "CHN serving");
 
+    let (host, host_task) = crate::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease);
+    let host_task = tokio::spawn(host_task);
     let admin = AdminServer::new(AdminService {
         lu: lu.clone(),
+        host,
         version,
     })
     .max_decoding_message_size(MAX_MESSAGE)
@@ -80,6 +83,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .await;
 
     heartbeat.abort();
+    host_task.abort();
     if let Err(e) = lu.raft.shutdown().await {
         tracing::warn!(error = %e, "Raft did not shut down cleanly");
     }

@@ -15,7 +15,7 @@ pub use v1::*;
 /// How people see enum values: in nasd's error messages and nasctl's
 /// output alike, so that both spell a state the same way.
 pub mod labels {
-    use super::DiskState;
+    use super::{DiskState, LuHealth};
 
     /// `NOT USED`, `USED`, `FAILED`, `SPARE` as in the physical disk table.
     pub fn disk_state(state: i32) -> &'static str {
@@ -25,6 +25,17 @@ pub mod labels {
             Ok(DiskState::DiskFailed) => "FAILED",
             Ok(DiskState::DiskSpare) => "SPARE",
             _ => "UNKNOWN",
+        }
+    }
+
+    /// `OPTIMAL`, `DEGRADED`, `REBUILDING`, `FAILED`, or `NEW` before formatting.
+    pub fn lu_health(health: i32) -> &'static str {
+        match LuHealth::try_from(health) {
+            Ok(LuHealth::LuOptimal) => "OPTIMAL",
+            Ok(LuHealth::LuDegraded) => "DEGRADED",
+            Ok(LuHealth::LuRebuilding) => "REBUILDING",
+            Ok(LuHealth::LuFailed) => "FAILED",
+            _ => "NEW",
         }
     }
 }

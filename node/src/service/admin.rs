@@ -13,6 +13,7 @@ use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use crate::shared_lu::tables::{check_name, Tables};
+use crate::lu_host::{LuHost, Route};
 use crate::shared_lu::{ChnNode, SharedLu};
 use nas_proto::command::Kind;
 use nas_proto::*;
@@ -32,7 +33,20 @@ pub fn now_ms() -> u64 {
 /// The `Admin` service of one CHN.
 pub struct AdminService {
     pub lu: SharedLu,
+    pub host: LuHost,
     pub version: String,
+}
+
+/// Largest raw LU read or write in one call.
+const MAX_RAW_IO: usize = 4 << 20;
+/// Marks a call one CHN forwarded to the CHN holding an LU, so that it is
+/// never forwarded again (two CHNs disagreeing about a lock must not loop).
+const FORWARDED: &str = "x-nas-forwarded";
+
+fn forward<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
 }
 
 fn reply(r: CommandResult) -> Response<WriteReply> {
@@ -88,6 +102,23 @@ impl AdminService {
             .channel(&leader.1.addr)
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Some(admin_client::AdminClient::new(ch)))
+    }
+
+    /// An Admin client on the CHN serving an LU, refusing a second hop.
+    fn owner_admin<T>(&self, req: &Request<T>, chn: &str, addr: &str, lu: u32) -> Result<admin_client::AdminClient<tonic::transport::Channel>, Status> {
+        if req.metadata().contains_key(FORWARDED) {
+            return Err(Status::unavailable(format!("LU {lu} is served by CHN {chn} ({addr}); send the call there")));
+        }
+        let ch = self.lu.peers.channel(addr).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(admin_client::AdminClient::new(ch))
+    }
+
+    /// The LU a disk belongs to (0 when none), from current tables.
+    async fn disk_group(&self, disk: u32) -> Result<u32, Status> {
+        self.lu.ensure_current().await?;
+        let state = self.lu.state.read();
+        let d = state.tables.disks.get(&disk).ok_or_else(|| Status::not_found(format!("disk {disk} does not exist; see `nasctl disk list`")))?;
+        Ok(d.raid_group)
     }
 
     fn daemon_row(&self, name: &str) -> Option<Daemon> {
@@ -173,7 +204,7 @@ impl admin_server::Admin for AdminService {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
             members,
-            shared_lu: Some(state.tables.shared_lu),
+            shared_lu: Some(state.tables.shared_lu.clone()),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
         }))
     }
@@ -361,11 +392,7 @@ impl admin_server::Admin for AdminService {
 
     async fn init_array(&self, req: Request<InitArrayRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
-        self.write(Kind::InitArray(InitArray {
-            disks: r.disks,
-            disk_capacity_bytes: r.disk_capacity_bytes,
-        }))
-        .await
+        self.host.init_array(r.disks, r.disk_capacity_bytes).await.map(reply)
     }
 
     async fn list_disks(&self, req: Request<ListRequest>) -> Result<Response<DiskList>, Status> {
@@ -378,12 +405,8 @@ impl admin_server::Admin for AdminService {
         if r.disks.len() > crate::shared_lu::tables::MAX_DISKS as usize {
             return Err(Status::invalid_argument("too many disks in one LU"));
         }
-        self.write(Kind::CreateLu(CreateLu {
-            raid: r.raid,
-            disks: r.disks,
-            stripe_unit_bytes: r.stripe_unit_bytes,
-        }))
-        .await
+        let cmd = CreateLu { raid: r.raid, disks: r.disks, stripe_unit_bytes: r.stripe_unit_bytes };
+        self.host.create_lu(cmd).await.map(reply)
     }
 
     async fn list_lus(&self, req: Request<ListRequest>) -> Result<Response<LuList>, Status> {
@@ -469,6 +492,90 @@ impl admin_server::Admin for AdminService {
             clients,
             possibly_stale,
         }))
+    }
+
+    async fn fail_disk(&self, req: Request<DiskRequest>) -> Result<Response<WriteReply>, Status> {
+        let disk = req.get_ref().disk;
+        let lu = self.disk_group(disk).await?;
+        if lu == 0 {
+            return self.host.fail_disk(None, disk).await.map(reply);
+        }
+        match self.host.route(lu).await? {
+            Route::Local(dev) => self.host.fail_disk(Some(dev), disk).await.map(reply),
+            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.fail_disk(forward(req.into_inner())).await,
+        }
+    }
+
+    async fn replace_disk(&self, req: Request<ReplaceDiskRequest>) -> Result<Response<WriteReply>, Status> {
+        let r = req.get_ref().clone();
+        let lu = self.disk_group(r.disk).await?;
+        if lu == 0 {
+            return Err(Status::failed_precondition(format!(
+                "disk {} is in no RAID group; only a FAILED member of an LU can be replaced",
+                r.disk
+            )));
+        }
+        match self.host.route(lu).await? {
+            Route::Local(_) => {}
+            Route::Remote(chn, addr) => return self.owner_admin(&req, &chn, &addr, lu)?.replace_disk(forward(r)).await,
+        }
+        let spare = if r.spare != 0 {
+            r.spare
+        } else {
+            let state = self.lu.state.read();
+            state
+                .tables
+                .disks
+                .values()
+                .find(|d| d.raid_group == 0 && d.state == DiskState::DiskNotUsed as i32)
+                .map(|d| d.number)
+                .ok_or_else(|| Status::resource_exhausted("no NOT USED disk is left to replace it with"))?
+        };
+        let done = self.lu.write(Command { kind: Some(Kind::ReplaceDisk(ReplaceDisk { failed: r.disk, spare })) }).await?;
+        self.host.adopt(lu).await?;
+        Ok(reply(CommandResult { assigned: spare as u64, ..done }))
+    }
+
+    async fn rebuild_lu(&self, req: Request<LuRequest>) -> Result<Response<LuJobReply>, Status> {
+        let lu = req.get_ref().lu;
+        match self.host.route(lu).await? {
+            Route::Local(_) => Ok(Response::new(LuJobReply { lu, job: Some(self.host.start_job(lu, false, false)?) })),
+            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.rebuild_lu(forward(req.into_inner())).await,
+        }
+    }
+
+    async fn scrub_lu(&self, req: Request<ScrubLuRequest>) -> Result<Response<LuJobReply>, Status> {
+        let ScrubLuRequest { lu, repair } = *req.get_ref();
+        match self.host.route(lu).await? {
+            Route::Local(_) => Ok(Response::new(LuJobReply { lu, job: Some(self.host.start_job(lu, true, repair)?) })),
+            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.scrub_lu(forward(req.into_inner())).await,
+        }
+    }
+
+    async fn read_lu(&self, req: Request<ReadLuRequest>) -> Result<Response<ReadLuReply>, Status> {
+        let ReadLuRequest { lu, offset, length } = *req.get_ref();
+        if length as usize > MAX_RAW_IO {
+            return Err(Status::invalid_argument(format!("read at most {MAX_RAW_IO} bytes per call, {length} asked")));
+        }
+        match self.host.route(lu).await? {
+            Route::Local(dev) => Ok(Response::new(ReadLuReply { data: LuHost::read(dev, offset, length as usize).await? })),
+            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.read_lu(forward(req.into_inner())).await,
+        }
+    }
+
+    async fn write_lu(&self, req: Request<WriteLuRequest>) -> Result<Response<WriteReply>, Status> {
+        let lu = req.get_ref().lu;
+        if req.get_ref().data.len() > MAX_RAW_IO {
+            return Err(Status::invalid_argument(format!("write at most {MAX_RAW_IO} bytes per call")));
+        }
+        match self.host.route(lu).await? {
+            Route::Local(dev) => {
+                let r = req.into_inner();
+                LuHost::write(dev, r.offset, r.data, r.flush).await?;
+                Ok(Response::new(WriteReply::default()))
+            }
+            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.write_lu(forward(req.into_inner())).await,
+        }
     }
 
     async fn list_locks(&self, req: Request<ListRequest>) -> Result<Response<LockTables>, Status> {

@@ -17,6 +17,8 @@ pub const MIN_DISK_BYTES: u64 = 1 << 20;
 pub const MAX_DISK_BYTES: u64 = 64 << 40;
 /// Most physical disks one array may hold.
 pub const MAX_DISKS: u32 = 256;
+/// Largest stripe unit (a degraded-write journal entry holds one chunk).
+pub const MAX_STRIPE_UNIT: u64 = 1 << 20;
 /// RAID 5 stripe unit used when a command gives none.
 pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
 /// First uid handed out when a user is added without one.
@@ -130,6 +132,9 @@ impl Tables {
             Kind::ReleaseLuLock(c) => self.release_lu_lock(c),
             Kind::AcquireFileLock(c) => self.acquire_file_lock(c),
             Kind::ReleaseFileLock(c) => self.release_file_lock(c),
+            Kind::SetDiskState(c) => self.set_disk_state(c),
+            Kind::ReplaceDisk(c) => self.replace_disk(c),
+            Kind::ReportLu(c) => self.report_lu(c),
         }
     }
 
@@ -227,7 +232,12 @@ impl Tables {
                 ),
             );
         }
-        let mut touched = Vec::new();
+        let id_ok = c.array_id.len() == 32 && c.array_id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !id_ok {
+            return reject(Code::InvalidArgument, "array id must be 32 hexadecimal digits");
+        }
+        self.shared_lu.array_id = c.array_id.to_ascii_lowercase();
+        let mut touched = vec![RowKey::SharedLu];
         for number in 1..=c.disks {
             let disk = Disk {
                 number,
@@ -277,10 +287,10 @@ impl Tables {
         } else {
             c.stripe_unit_bytes
         };
-        if !stripe.is_power_of_two() || !(4096..=16 << 20).contains(&stripe) {
+        if !stripe.is_power_of_two() || !(4096..=MAX_STRIPE_UNIT).contains(&stripe) {
             return reject(
                 Code::InvalidArgument,
-                format!("stripe unit {stripe} bytes is invalid; give a power of two from 4 KiB to 16 MiB"),
+                format!("stripe unit {stripe} bytes is invalid; give a power of two from 4 KiB to 1 MiB"),
             );
         }
         let mut min_capacity = u64::MAX;
@@ -327,6 +337,9 @@ impl Tables {
             capacity_bytes: per_disk * data_disks,
             raid: raid as i32,
             stripe_unit_bytes: stripe,
+            health: LuHealth::Unspecified as i32,
+            job: None,
+            per_disk_bytes: per_disk,
         };
         let mut touched = vec![RowKey::Lu(number)];
         for d in &c.disks {
@@ -341,6 +354,88 @@ impl Tables {
             assigned: number as u64,
             touched,
         })
+    }
+
+    fn set_disk_state(&mut self, c: &SetDiskState) -> Result<Applied, Rejection> {
+        let Some(disk) = self.disks.get_mut(&c.disk) else {
+            return reject(Code::NotFound, format!("disk {} does not exist; see `nasctl disk list`", c.disk));
+        };
+        match DiskState::try_from(c.state) {
+            Ok(DiskState::DiskFailed) => disk.state = c.state,
+            Ok(DiskState::DiskNotUsed | DiskState::DiskSpare) if disk.raid_group == 0 => disk.state = c.state,
+            Ok(DiskState::DiskNotUsed | DiskState::DiskSpare) => {
+                return reject(
+                    Code::FailedPrecondition,
+                    format!("disk {} is a member of LU {}; replace it first", c.disk, disk.raid_group),
+                );
+            }
+            _ => return reject(Code::InvalidArgument, "a disk can only be set FAILED, NOT USED or SPARE"),
+        }
+        Ok(Applied::rows(vec![RowKey::Disk(c.disk)]))
+    }
+
+    fn replace_disk(&mut self, c: &ReplaceDisk) -> Result<Applied, Rejection> {
+        let Some(failed) = self.disks.get(&c.failed) else {
+            return reject(Code::NotFound, format!("disk {} does not exist; see `nasctl disk list`", c.failed));
+        };
+        if failed.state != DiskState::DiskFailed as i32 || failed.raid_group == 0 {
+            return reject(
+                Code::FailedPrecondition,
+                format!(
+                    "disk {} is {} and in no RAID group; only a FAILED member can be replaced",
+                    c.failed,
+                    nas_proto::labels::disk_state(failed.state)
+                ),
+            );
+        }
+        let lu_number = failed.raid_group;
+        let Some(spare) = self.disks.get(&c.spare) else {
+            return reject(Code::NotFound, format!("spare disk {} does not exist", c.spare));
+        };
+        let free = [DiskState::DiskNotUsed as i32, DiskState::DiskSpare as i32].contains(&spare.state);
+        if !free || spare.raid_group != 0 {
+            return reject(
+                Code::FailedPrecondition,
+                format!("disk {} is {}; choose a NOT USED or SPARE disk", c.spare, nas_proto::labels::disk_state(spare.state)),
+            );
+        }
+        let Some(lu) = self.lus.get_mut(&lu_number) else {
+            return reject(Code::NotFound, format!("LU {lu_number} does not exist"));
+        };
+        if spare.capacity_bytes < lu.per_disk_bytes {
+            return reject(
+                Code::FailedPrecondition,
+                format!("disk {} holds {} bytes, LU {lu_number} needs {} per member", c.spare, spare.capacity_bytes, lu.per_disk_bytes),
+            );
+        }
+        for d in lu.disks.iter_mut().filter(|d| **d == c.failed) {
+            *d = c.spare;
+        }
+        if let Some(d) = self.disks.get_mut(&c.failed) {
+            d.raid_group = 0;
+        }
+        if let Some(d) = self.disks.get_mut(&c.spare) {
+            d.raid_group = lu_number;
+            d.state = DiskState::DiskUsed as i32;
+        }
+        Ok(Applied {
+            assigned: lu_number as u64,
+            touched: vec![RowKey::Lu(lu_number), RowKey::Disk(c.failed), RowKey::Disk(c.spare)],
+        })
+    }
+
+    fn report_lu(&mut self, c: &ReportLu) -> Result<Applied, Rejection> {
+        let Some(lu) = self.lus.get_mut(&c.lu) else {
+            return reject(Code::NotFound, format!("LU {} does not exist", c.lu));
+        };
+        if LuHealth::try_from(c.health).is_err() {
+            return reject(Code::InvalidArgument, "unknown LU health");
+        }
+        lu.health = c.health;
+        if c.job.is_some() {
+            lu.job = c.job.clone();
+        }
+        Ok(Applied::rows(vec![RowKey::Lu(c.lu)]))
     }
 
     fn add_user(&mut self, user: Option<&User>) -> Result<Applied, Rejection> {
@@ -654,7 +749,7 @@ impl Tables {
             clients: self.clients.values().cloned().collect(),
             exports: self.exports.values().cloned().collect(),
             daemons: self.daemons.values().cloned().collect(),
-            shared_lu: Some(self.shared_lu),
+            shared_lu: Some(self.shared_lu.clone()),
         }
     }
 
@@ -684,7 +779,7 @@ impl Tables {
             RowKey::Client(n) => self.clients.get(n).cloned().map(Row::Client),
             RowKey::Export(n) => self.exports.get(n).cloned().map(Row::Export),
             RowKey::Daemon(n) => self.daemons.get(n).cloned().map(Row::Daemon),
-            RowKey::SharedLu => Some(Row::SharedLu(self.shared_lu)),
+            RowKey::SharedLu => Some(Row::SharedLu(self.shared_lu.clone())),
         }
     }
 

@@ -159,6 +159,24 @@ enum ArrayCmd {
 enum DiskCmd {
     /// The physical disk management table.
     List(ReadOpts),
+    /// Take disk N out of service as if it had failed (a drill): its LU
+    /// goes on DEGRADED from the other members.
+    Fail { disk: u32 },
+    /// Replace FAILED disk N in its LU with a NOT USED disk; then run
+    /// `nasctl lu rebuild LU` to copy the data onto it.
+    Replace {
+        disk: u32,
+        /// The disk to put in its place [default: the lowest NOT USED disk].
+        #[arg(long)]
+        spare: Option<u32>,
+    },
+}
+
+#[derive(Args, Clone, Copy)]
+struct JobOpts {
+    /// Start the job and return at once; follow it with `nasctl lu list`.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 #[derive(Subcommand)]
@@ -171,12 +189,48 @@ enum LuCmd {
         /// Disk numbers, comma-separated (see `nasctl disk list`).
         #[arg(long, value_delimiter = ',', required = true)]
         disks: Vec<u32>,
-        /// RAID 5 stripe unit, a power of two from 4K to 16M [default: 64K].
+        /// Stripe unit, a power of two from 4K to 1M [default: 64K].
         #[arg(long, value_parser = parse_size)]
         stripe_unit: Option<u64>,
     },
-    /// The LU management table.
+    /// The LU management table, with each LU's health and rebuild or scrub progress.
     List(ReadOpts),
+    /// Rebuild LU N onto the disk that replaced its failed member, while it
+    /// stays online; shows progress until done. A rebuild interrupted by a
+    /// crash resumes by itself when the CHN comes back.
+    Rebuild {
+        lu: u32,
+        #[command(flatten)]
+        wait: JobOpts,
+    },
+    /// Check LU N's parity (RAID 5) or mirror copies (RAID 1) and report
+    /// inconsistent stripes; --repair rewrites them from the data.
+    Scrub {
+        lu: u32,
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        wait: JobOpts,
+    },
+    /// Read raw bytes of LU N (diagnostics; bypasses any file system) to
+    /// stdout or --out FILE.
+    Read {
+        lu: u32,
+        #[arg(long, default_value_t = 0, value_parser = parse_size)]
+        offset: u64,
+        #[arg(long, value_parser = parse_size)]
+        length: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write a local FILE as raw bytes into LU N at --offset and flush
+    /// (diagnostics and drills; overwrites whatever the LU held there).
+    Write {
+        lu: u32,
+        file: PathBuf,
+        #[arg(long, default_value_t = 0, value_parser = parse_size)]
+        offset: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +336,66 @@ fn written(json: bool, what: &str, r: WriteReply) {
         println!("{}", json!({"log_index": r.log_index, "assigned": r.assigned}));
     } else {
         println!("{what} (log index {})", r.log_index);
+    }
+}
+
+/// Bytes per raw LU read or write call.
+const RAW_CHUNK: u64 = 1 << 20;
+
+/// One line for a rebuild or scrub: progress while it runs, outcome after.
+fn job_line(j: &LuJob) -> String {
+    if j.finished {
+        return format!("{} on {}: {}", j.kind, j.chn, j.result);
+    }
+    let pct = if j.total_bytes == 0 { 0.0 } else { j.done_bytes as f64 * 100.0 / j.total_bytes as f64 };
+    format!(
+        "{} on {}: {pct:.1}% at {:.1} MB/s, ETA {}s",
+        j.kind,
+        j.chn,
+        j.bytes_per_sec as f64 / 1e6,
+        j.eta_secs
+    )
+}
+
+/// Shows a rebuild or scrub's progress (from the LU table) until it ends.
+/// `since` is the start time the CHN gave the job, so that an older job's
+/// outcome in the table is never mistaken for this one's.
+async fn follow_job(c: &Cluster, lu: u32, kind: &str, since: u64, no_wait: bool, json: bool) -> anyhow::Result<()> {
+    let mut last = String::new();
+    loop {
+        let r = c
+            .admin(|mut a| async move { a.list_lus(ListRequest { local: false }).await })
+            .await
+            .map_err(status_err)?;
+        let job = r.lus.iter().find(|l| l.number == lu).and_then(|l| l.job.clone());
+        let current = job.filter(|j| j.kind == kind && j.updated_ms >= since);
+        if let Some(j) = &current {
+            let line = job_line(j);
+            if j.finished || no_wait {
+                if json {
+                    println!("{}", serde_json::to_value(j).unwrap_or(Value::Null));
+                } else {
+                    if !last.is_empty() {
+                        eprintln!();
+                    }
+                    println!("LU {lu}: {line}");
+                }
+                if j.finished && j.result.starts_with("failed") {
+                    bail!("the {kind} of LU {lu} failed: {}", j.result);
+                }
+                return Ok(());
+            }
+            if !json && line != last {
+                eprint!("\r\x1b[KLU {lu}: {line}");
+                last = line;
+            }
+        } else if no_wait {
+            if !json {
+                println!("LU {lu}: {kind} started; follow it with `nasctl lu list`");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
@@ -421,8 +535,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .admin(|mut a| async move { a.list_lus(list_req(o)).await })
                 .await
                 .map_err(status_err)?;
-            let mut t = Table::new(&["lu", "raid", "disks", "capacity_bytes", "capacity", "stripe_unit_bytes"]);
+            let mut t = Table::new(&[
+                "lu",
+                "raid",
+                "disks",
+                "capacity_bytes",
+                "capacity",
+                "stripe_unit_bytes",
+                "health",
+                "job",
+            ]);
             for l in &r.lus {
+                let job = match &l.job {
+                    Some(j) if json => serde_json::to_value(j).unwrap_or(Value::Null),
+                    Some(j) => json!(job_line(j)),
+                    None => Value::Null,
+                };
                 t.row(vec![
                     json!(l.number),
                     json!(l.raid),
@@ -430,9 +558,99 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!(l.capacity_bytes),
                     json!(human_size(l.capacity_bytes)),
                     json!(l.stripe_unit_bytes),
+                    json!(nas_proto::labels::lu_health(l.health)),
+                    job,
                 ]);
             }
             print_list(&t, json, r.possibly_stale);
+            Ok(())
+        }
+        Cmd::Disk(DiskCmd::Fail { disk }) => {
+            let r = c
+                .admin(|mut a| async move { a.fail_disk(DiskRequest { disk }).await })
+                .await
+                .map_err(status_err)?;
+            written(json, &format!("disk {disk} marked FAILED"), r);
+            Ok(())
+        }
+        Cmd::Disk(DiskCmd::Replace { disk, spare }) => {
+            let req = ReplaceDiskRequest { disk, spare: spare.unwrap_or(0) };
+            let r = c
+                .admin(|mut a| async move { a.replace_disk(req).await })
+                .await
+                .map_err(status_err)?;
+            if json {
+                println!("{}", json!({"disk": disk, "spare": r.assigned, "log_index": r.log_index}));
+            } else {
+                println!(
+                    "disk {disk} replaced by disk {}; now run `nasctl lu rebuild LU` (see `nasctl disk list`)",
+                    r.assigned
+                );
+            }
+            Ok(())
+        }
+        Cmd::Lu(LuCmd::Rebuild { lu, wait }) => {
+            let r = c
+                .admin(|mut a| async move { a.rebuild_lu(LuRequest { lu }).await })
+                .await
+                .map_err(status_err)?;
+            let since = r.job.map_or(0, |j| j.updated_ms);
+            follow_job(&c, lu, "rebuild", since, wait.no_wait, json).await
+        }
+        Cmd::Lu(LuCmd::Scrub { lu, repair, wait }) => {
+            let r = c
+                .admin(|mut a| async move { a.scrub_lu(ScrubLuRequest { lu, repair }).await })
+                .await
+                .map_err(status_err)?;
+            let since = r.job.map_or(0, |j| j.updated_ms);
+            follow_job(&c, lu, "scrub", since, wait.no_wait, json).await
+        }
+        Cmd::Lu(LuCmd::Read { lu, offset, length, out }) => {
+            let mut data = Vec::with_capacity(length as usize);
+            let mut at = offset;
+            let end = offset.checked_add(length).context("offset + length overflows")?;
+            while at < end {
+                let n = (end - at).min(RAW_CHUNK);
+                let req = ReadLuRequest { lu, offset: at, length: n as u32 };
+                let r = c
+                    .admin(|mut a| async move { a.read_lu(req).await })
+                    .await
+                    .map_err(status_err)?;
+                data.extend_from_slice(&r.data);
+                at += n;
+            }
+            match out {
+                Some(path) => std::fs::write(&path, &data).with_context(|| format!("cannot write {}", path.display()))?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&data).context("cannot write to stdout")?;
+                }
+            }
+            Ok(())
+        }
+        Cmd::Lu(LuCmd::Write { lu, file, offset }) => {
+            let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut at = 0usize;
+            while at < data.len() || data.is_empty() {
+                let n = (data.len() - at).min(RAW_CHUNK as usize);
+                let last = at + n == data.len();
+                let req = WriteLuRequest { lu, offset: offset + at as u64, data: data[at..at + n].to_vec(), flush: last };
+                c.admin(|mut a| {
+                    let req = req.clone();
+                    async move { a.write_lu(req).await }
+                })
+                .await
+                .map_err(status_err)?;
+                at += n;
+                if data.is_empty() {
+                    break;
+                }
+            }
+            if json {
+                println!("{}", json!({"lu": lu, "offset": offset, "bytes": data.len()}));
+            } else {
+                println!("wrote {} to LU {lu} at offset {offset} (flushed)", human_size(data.len() as u64));
+            }
             Ok(())
         }
         Cmd::Chn(ChnCmd::Install { name, addr, bootstrap }) => {

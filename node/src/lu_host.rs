@@ -1,0 +1,476 @@
+//! The data LUs this CHN has open, and everything that ties them to the
+//! shared LU: LU locks (a lease plus a fencing epoch), formatting and
+//! opening block devices, which CHN serves calls for an LU, rebuild and
+//! scrub jobs, and reporting disk failures, LU health and job progress into
+//! the tables.
+//!
+//! Owns the only path by which this CHN opens an LU. It must never open an
+//! LU without holding its lock, and never keep one open after losing it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nas_proto::command::Kind;
+use nas_proto::*;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::array::{jobs, Array, ArrayError, BlockDevice, LuDevice, LuHealth as Health, LuSpec, OpenOptions, Raid};
+use crate::service::admin::now_ms;
+use crate::shared_lu::SharedLu;
+
+/// Where calls for an LU are served.
+pub enum Route {
+    Local(Arc<LuDevice>),
+    /// Another CHN holds the LU lock: (CHN name, address).
+    Remote(String, String),
+}
+
+/// A rebuild or scrub running on this CHN.
+struct Job {
+    cancel: AtomicBool,
+    state: Mutex<LuJob>,
+}
+
+struct Opened {
+    dev: Arc<LuDevice>,
+    job: Option<Arc<Job>>,
+    reported: Option<Health>,
+}
+
+struct HostInner {
+    shared: SharedLu,
+    array_dir: Option<PathBuf>,
+    lease: Duration,
+    open: Mutex<HashMap<u32, Opened>>,
+    failures: mpsc::UnboundedSender<u32>,
+}
+
+/// This CHN's LU host; cheap to clone.
+#[derive(Clone)]
+pub struct LuHost {
+    inner: Arc<HostInner>,
+}
+
+/// The gRPC status for an array error, keeping its advice.
+pub fn status(e: ArrayError) -> Status {
+    let msg = e.to_string();
+    match e {
+        ArrayError::OutOfRange { .. } => Status::out_of_range(msg),
+        ArrayError::DiskExists { .. } => Status::already_exists(msg),
+        ArrayError::DataLoss { .. } | ArrayError::Corrupt(_) => Status::data_loss(msg),
+        ArrayError::Io { .. } => Status::internal(msg),
+        _ => Status::failed_precondition(msg),
+    }
+}
+
+fn health_proto(h: Health) -> LuHealth {
+    match h {
+        Health::Optimal => LuHealth::LuOptimal,
+        Health::Degraded => LuHealth::LuDegraded,
+        Health::Rebuilding => LuHealth::LuRebuilding,
+        Health::Failed => LuHealth::LuFailed,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ArrayError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("LU task failed: {e}")))?
+        .map_err(status)
+}
+
+impl LuHost {
+    /// Creates the host and the task that must run beside it (failure
+    /// reports, lease renewal, progress reports, resuming after a restart).
+    pub fn new(shared: SharedLu, array_dir: Option<PathBuf>, lease: Duration) -> (Self, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let host = Self {
+            inner: Arc::new(HostInner { shared, array_dir, lease, open: Mutex::new(HashMap::new()), failures: tx }),
+        };
+        let bg = host.clone().background(rx);
+        (host, bg)
+    }
+
+    fn shared(&self) -> &SharedLu {
+        &self.inner.shared
+    }
+
+    fn array(&self) -> Result<Array, Status> {
+        let dir = self.inner.array_dir.clone().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "CHN {} was started without --array; restart it with the disk-array directory",
+                self.shared().name
+            ))
+        })?;
+        let id = self.shared().state.read().tables.shared_lu.array_id.clone();
+        let id = u128::from_str_radix(&id, 16)
+            .map_err(|_| Status::failed_precondition("the disk array is not initialized; run `nasctl array init`"))?;
+        Ok(Array::new(dir, id))
+    }
+
+    /// Creates the disk files, then records them in the disk table.
+    pub async fn init_array(&self, disks: u32, capacity: u64) -> Result<CommandResult, Status> {
+        let dir = self.inner.array_dir.clone().ok_or_else(|| {
+            Status::failed_precondition(format!("CHN {} was started without --array", self.shared().name))
+        })?;
+        self.shared().ensure_current().await?;
+        let tables_have = self.shared().state.read().tables.disks.len();
+        if tables_have > 0 {
+            return Err(Status::already_exists(format!(
+                "the disk array is already initialized with {tables_have} disks; see `nasctl disk list`"
+            )));
+        }
+        if disks == 0 || disks > crate::shared_lu::tables::MAX_DISKS {
+            return Err(Status::invalid_argument(format!(
+                "disk count {disks} is out of range; give 1 to {}",
+                crate::shared_lu::tables::MAX_DISKS
+            )));
+        }
+        if !(crate::shared_lu::tables::MIN_DISK_BYTES..=crate::shared_lu::tables::MAX_DISK_BYTES).contains(&capacity) {
+            return Err(Status::invalid_argument(format!(
+                "disk size {capacity} bytes is out of range; give 1 MiB to 64 TiB (for example --size 64M)"
+            )));
+        }
+        let id: u128 = rand::random();
+        let array = Array::new(dir, id);
+        blocking(move || array.create_disks(disks, capacity)).await?;
+        let cmd = Kind::InitArray(InitArray { disks, disk_capacity_bytes: capacity, array_id: format!("{id:032x}") });
+        self.shared().write(Command { kind: Some(cmd) }).await
+    }
+
+    /// Records a new LU, then formats its block device on this CHN.
+    pub async fn create_lu(&self, req: CreateLu) -> Result<CommandResult, Status> {
+        self.array()?;
+        let r = self.shared().write(Command { kind: Some(Kind::CreateLu(req)) }).await?;
+        self.open_local(r.assigned as u32).await?;
+        Ok(r)
+    }
+
+    fn spec(&self, lu: u32) -> Result<(LuSpec, i32), Status> {
+        let state = self.shared().state.read();
+        let t = &state.tables;
+        let row = t.lus.get(&lu).ok_or_else(|| Status::not_found(format!("LU {lu} does not exist; see `nasctl lu list`")))?;
+        let raid = match RaidLevel::try_from(row.raid) {
+            Ok(RaidLevel::Raid1) => Raid::Mirror,
+            _ => Raid::Parity,
+        };
+        let disk_capacity = row.disks.first().and_then(|d| t.disks.get(d)).map_or(0, |d| d.capacity_bytes);
+        let spec = LuSpec {
+            lu,
+            raid,
+            disks: row.disks.clone(),
+            unit: row.stripe_unit_bytes,
+            per_disk: row.per_disk_bytes,
+            disk_capacity,
+        };
+        Ok((spec, row.health))
+    }
+
+    /// Takes the LU lock (or renews it) and returns the fencing epoch.
+    async fn take_lock(&self, lu: u32) -> Result<u64, Status> {
+        let cmd = Kind::AcquireLuLock(AcquireLuLock {
+            lu,
+            chn: self.shared().name.clone(),
+            lease_ms: self.inner.lease.as_millis() as u64,
+            now_ms: now_ms(),
+        });
+        Ok(self.shared().write(Command { kind: Some(cmd) }).await?.assigned)
+    }
+
+    /// Opens (or formats, if it never was) an LU on this CHN under its lock.
+    async fn open_local(&self, lu: u32) -> Result<Arc<LuDevice>, Status> {
+        if let Some(o) = lock(&self.inner.open).get(&lu) {
+            return Ok(o.dev.clone());
+        }
+        let array = self.array()?;
+        let epoch = self.take_lock(lu).await?;
+        let (spec, health) = self.spec(lu)?;
+        let tx = self.inner.failures.clone();
+        let opts = OpenOptions {
+            epoch,
+            on_member_failure: Some(Arc::new(move |disk| {
+                let _ = tx.send(disk);
+            })),
+            abort_at_member_write: None,
+        };
+        let fresh = health == LuHealth::Unspecified as i32;
+        let s = spec.clone();
+        let dev = blocking(move || {
+            if fresh {
+                LuDevice::create(&array, &s, opts)
+            } else {
+                LuDevice::open(&array, &s, opts)
+            }
+        })
+        .await?;
+        let dev = Arc::new(dev);
+        self.adopt_replacements(&dev, &spec).await?;
+        let resume = {
+            let state = self.shared().state.read();
+            state.tables.lus.get(&lu).and_then(|l| l.job.clone()).is_some_and(|j| j.kind == "rebuild" && !j.finished)
+        };
+        lock(&self.inner.open).entry(lu).or_insert(Opened { dev: dev.clone(), job: None, reported: None });
+        tracing::info!(lu, epoch, "LU open on this CHN");
+        self.report(lu).await;
+        if resume && dev.rebuild_state().is_some() {
+            tracing::info!(lu, "resuming the interrupted rebuild");
+            self.start_job(lu, false, false)?;
+        }
+        Ok(dev)
+    }
+
+    /// Puts replacement disks the table names (after `disk replace`) into
+    /// the device's failed slots.
+    async fn adopt_replacements(&self, dev: &Arc<LuDevice>, spec: &LuSpec) -> Result<(), Status> {
+        let members = dev.members();
+        let failed: Vec<u32> = members
+            .iter()
+            .filter(|m| m.state == crate::array::superblock::MemberState::Failed)
+            .map(|m| m.disk)
+            .collect();
+        let new: Vec<u32> = spec.disks.iter().copied().filter(|d| !members.iter().any(|m| m.disk == *d)).collect();
+        for (old, new) in failed.into_iter().zip(new) {
+            let array = self.array()?;
+            let (d, cap) = (dev.clone(), spec.disk_capacity);
+            blocking(move || d.replace_member(old, array.open_disk(new, cap)?)).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a `disk replace` the table just recorded to the open device.
+    pub async fn adopt(&self, lu: u32) -> Result<(), Status> {
+        let dev = lock(&self.inner.open).get(&lu).map(|o| o.dev.clone());
+        let Some(dev) = dev else { return Ok(()) };
+        let (spec, _) = self.spec(lu)?;
+        self.adopt_replacements(&dev, &spec).await?;
+        self.report(lu).await;
+        Ok(())
+    }
+
+    /// Where calls for `lu` go: here if this CHN holds (or can take) the
+    /// lock, else the CHN that holds it.
+    pub async fn route(&self, lu: u32) -> Result<Route, Status> {
+        if let Some(o) = lock(&self.inner.open).get(&lu) {
+            return Ok(Route::Local(o.dev.clone()));
+        }
+        self.shared().ensure_current().await?;
+        let holder = {
+            let state = self.shared().state.read();
+            let t = &state.tables;
+            if !t.lus.contains_key(&lu) {
+                return Err(Status::not_found(format!("LU {lu} does not exist; see `nasctl lu list`")));
+            }
+            t.lu_locks
+                .get(&lu)
+                .filter(|l| l.chn != self.shared().name && l.lease_expiry_ms > now_ms())
+                .and_then(|l| t.daemons.get(&l.chn).map(|d| (l.chn.clone(), d.address.clone())))
+        };
+        match holder {
+            Some((chn, addr)) => Ok(Route::Remote(chn, addr)),
+            None => Ok(Route::Local(self.open_local(lu).await?)),
+        }
+    }
+
+    /// The operator's `disk fail`: fails the member in its open LU (the
+    /// failure report then marks the disk FAILED) or just marks the disk.
+    pub async fn fail_disk(&self, dev: Option<Arc<LuDevice>>, disk: u32) -> Result<CommandResult, Status> {
+        if let Some(dev) = dev {
+            let lu = dev.lu();
+            // A second failure fails the LU; that is recorded, not refused.
+            if let Err(e) = blocking(move || dev.fail_member(disk)).await {
+                tracing::warn!(lu, disk, "{}", e.message());
+            }
+            self.report(lu).await;
+        }
+        let cmd = Kind::SetDiskState(SetDiskState { disk, state: DiskState::DiskFailed as i32 });
+        self.shared().write(Command { kind: Some(cmd) }).await
+    }
+
+    /// Starts a rebuild (or a scrub) of an LU open here; returns its state.
+    pub fn start_job(&self, lu: u32, scrub: bool, repair: bool) -> Result<LuJob, Status> {
+        let mut open = lock(&self.inner.open);
+        let o = open.get_mut(&lu).ok_or_else(|| Status::unavailable(format!("LU {lu} is not open on this CHN")))?;
+        if let Some(j) = &o.job {
+            let s = lock(&j.state).clone();
+            if !s.finished {
+                return Err(Status::failed_precondition(format!(
+                    "a {} of LU {lu} is already running ({:.0}% done); wait for it",
+                    s.kind,
+                    pct(&s)
+                )));
+            }
+        }
+        if !scrub && o.dev.rebuild_state().is_none() {
+            return Err(Status::failed_precondition(format!(
+                "LU {lu} has no member to rebuild; replace a failed disk first with `nasctl disk replace N`"
+            )));
+        }
+        let job = Arc::new(Job {
+            cancel: AtomicBool::new(false),
+            state: Mutex::new(LuJob {
+                kind: if scrub { "scrub" } else { "rebuild" }.into(),
+                chn: self.shared().name.clone(),
+                updated_ms: now_ms(),
+                ..LuJob::default()
+            }),
+        });
+        o.job = Some(job.clone());
+        let dev = o.dev.clone();
+        let started = lock(&job.state).clone();
+        tokio::task::spawn_blocking(move || {
+            let update = |p: &jobs::Progress| {
+                let mut s = lock(&job.state);
+                s.done_bytes = p.done_bytes;
+                s.total_bytes = p.total_bytes;
+                s.bytes_per_sec = p.bytes_per_sec;
+                s.eta_secs = p.eta_secs;
+                s.updated_ms = now_ms();
+            };
+            let result = if scrub {
+                jobs::scrub(&dev, repair, &job.cancel, |p, _| update(p)).map(|r| {
+                    format!(
+                        "checked {} stripes: {} inconsistent, {} repaired, {} skipped (degraded)",
+                        r.stripes_checked, r.mismatches, r.repaired, r.skipped
+                    )
+                })
+            } else {
+                jobs::rebuild(&dev, &job.cancel, update).map(|p| {
+                    format!("rebuilt {} MiB at {:.1} MB/s", p.total_bytes >> 20, p.bytes_per_sec as f64 / 1e6)
+                })
+            };
+            let mut s = lock(&job.state);
+            s.finished = true;
+            s.updated_ms = now_ms();
+            s.result = result.unwrap_or_else(|e| format!("failed: {e}"));
+            tracing::info!(lu, "{} finished: {}", s.kind, s.result);
+        });
+        Ok(started)
+    }
+
+    /// Writes the LU's health and job progress into the LU table.
+    async fn report(&self, lu: u32) {
+        let (health, job) = {
+            let mut open = lock(&self.inner.open);
+            let Some(o) = open.get_mut(&lu) else { return };
+            let health = o.dev.health();
+            let job = o.job.as_ref().map(|j| lock(&j.state).clone());
+            let finished = job.as_ref().is_some_and(|j| j.finished);
+            if job.is_none() && o.reported == Some(health) {
+                return;
+            }
+            o.reported = Some(health);
+            if finished {
+                o.job = None;
+            }
+            (health, job)
+        };
+        let cmd = Kind::ReportLu(ReportLu { lu, health: health_proto(health) as i32, job });
+        if let Err(e) = self.shared().write(Command { kind: Some(cmd) }).await {
+            tracing::debug!(lu, "LU report not written: {}", e.message());
+        }
+    }
+
+    /// Closes an LU whose lock this CHN lost: it must not write it again.
+    fn close(&self, lu: u32, why: &str) {
+        if let Some(o) = lock(&self.inner.open).remove(&lu) {
+            if let Some(j) = o.job {
+                j.cancel.store(true, Ordering::Relaxed);
+            }
+            tracing::warn!(lu, "closing LU: {why}");
+        }
+    }
+
+    async fn background(self, mut failures: mpsc::UnboundedReceiver<u32>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = tokio::time::Instant::now();
+        let mut resumed = false;
+        loop {
+            tokio::select! {
+                Some(disk) = failures.recv() => {
+                    let cmd = Kind::SetDiskState(SetDiskState { disk, state: DiskState::DiskFailed as i32 });
+                    if let Err(e) = self.shared().write(Command { kind: Some(cmd) }).await {
+                        tracing::warn!(disk, "disk failure not recorded yet: {}", e.message());
+                        let _ = self.inner.failures.send(disk);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if !resumed {
+                        resumed = self.resume_held().await;
+                    }
+                    let open: Vec<u32> = lock(&self.inner.open).keys().copied().collect();
+                    if renewed.elapsed() >= self.inner.lease / 3 {
+                        renewed = tokio::time::Instant::now();
+                        for &lu in &open {
+                            if let Err(e) = self.take_lock(lu).await {
+                                if e.code() == tonic::Code::FailedPrecondition {
+                                    self.close(lu, e.message());
+                                }
+                            }
+                        }
+                    }
+                    for lu in open {
+                        self.report(lu).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a restart: reopens the LUs whose lock this CHN still holds, so
+    /// that crash recovery runs and an interrupted rebuild resumes.
+    async fn resume_held(&self) -> bool {
+        if self.inner.array_dir.is_none() || self.shared().ensure_current().await.is_err() {
+            return self.inner.array_dir.is_none();
+        }
+        let mine: Vec<u32> = {
+            let state = self.shared().state.read();
+            state.tables.lu_locks.values().filter(|l| l.chn == self.shared().name).map(|l| l.lu).collect()
+        };
+        for lu in mine {
+            if let Err(e) = self.open_local(lu).await {
+                tracing::warn!(lu, "cannot reopen LU: {}", e.message());
+            }
+        }
+        true
+    }
+
+    /// Reads raw bytes of an LU open here.
+    pub async fn read(dev: Arc<LuDevice>, offset: u64, len: usize) -> Result<Vec<u8>, Status> {
+        blocking(move || {
+            let mut buf = vec![0u8; len];
+            dev.read_at(offset, &mut buf)?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    /// Writes raw bytes to an LU open here, flushing if asked.
+    pub async fn write(dev: Arc<LuDevice>, offset: u64, data: Vec<u8>, flush: bool) -> Result<(), Status> {
+        blocking(move || {
+            dev.write_at(offset, &data)?;
+            if flush {
+                dev.flush()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn pct(j: &LuJob) -> f64 {
+    if j.total_bytes == 0 {
+        0.0
+    } else {
+        j.done_bytes as f64 * 100.0 / j.total_bytes as f64
+    }
+}
