@@ -90,10 +90,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ArrayError> +
 impl LuHost {
     /// Creates the host and the task that must run beside it (failure
     /// reports, lease renewal, progress reports, resuming after a restart).
-    pub fn new(shared: SharedLu, array_dir: Option<PathBuf>, lease: Duration) -> (Self, impl std::future::Future<Output = ()>) {
+    pub fn new(
+        shared: SharedLu,
+        array_dir: Option<PathBuf>,
+        lease: Duration,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let host = Self {
-            inner: Arc::new(HostInner { shared, array_dir, lease, open: Mutex::new(HashMap::new()), failures: tx }),
+            inner: Arc::new(HostInner {
+                shared,
+                array_dir,
+                lease,
+                open: Mutex::new(HashMap::new()),
+                failures: tx,
+            }),
         };
         let bg = host.clone().background(rx);
         (host, bg)
@@ -142,27 +152,45 @@ impl LuHost {
         let id: u128 = rand::random();
         let array = Array::new(dir, id);
         blocking(move || array.create_disks(disks, capacity)).await?;
-        let cmd = Kind::InitArray(InitArray { disks, disk_capacity_bytes: capacity, array_id: format!("{id:032x}") });
+        let cmd = Kind::InitArray(InitArray {
+            disks,
+            disk_capacity_bytes: capacity,
+            array_id: format!("{id:032x}"),
+        });
         self.shared().write(Command { kind: Some(cmd) }).await
     }
 
     /// Records a new LU, then formats its block device on this CHN.
     pub async fn create_lu(&self, req: CreateLu) -> Result<CommandResult, Status> {
         self.array()?;
-        let r = self.shared().write(Command { kind: Some(Kind::CreateLu(req)) }).await?;
+        let r = self
+            .shared()
+            .write(Command {
+                kind: Some(Kind::CreateLu(req)),
+            })
+            .await?;
         self.open_local(r.assigned as u32).await?;
         Ok(r)
     }
 
-    fn spec(&self, lu: u32) -> Result<(LuSpec, i32), Status> {
+    /// The LU's layout from tables at least as new as our last write.
+    async fn spec(&self, lu: u32) -> Result<(LuSpec, i32), Status> {
+        self.shared().ensure_current().await?;
         let state = self.shared().state.read();
         let t = &state.tables;
-        let row = t.lus.get(&lu).ok_or_else(|| Status::not_found(format!("LU {lu} does not exist; see `nasctl lu list`")))?;
+        let row = t
+            .lus
+            .get(&lu)
+            .ok_or_else(|| Status::not_found(format!("LU {lu} does not exist; see `nasctl lu list`")))?;
         let raid = match RaidLevel::try_from(row.raid) {
             Ok(RaidLevel::Raid1) => Raid::Mirror,
             _ => Raid::Parity,
         };
-        let disk_capacity = row.disks.first().and_then(|d| t.disks.get(d)).map_or(0, |d| d.capacity_bytes);
+        let disk_capacity = row
+            .disks
+            .first()
+            .and_then(|d| t.disks.get(d))
+            .map_or(0, |d| d.capacity_bytes);
         let spec = LuSpec {
             lu,
             raid,
@@ -192,7 +220,7 @@ impl LuHost {
         }
         let array = self.array()?;
         let epoch = self.take_lock(lu).await?;
-        let (spec, health) = self.spec(lu)?;
+        let (spec, health) = self.spec(lu).await?;
         let tx = self.inner.failures.clone();
         let opts = OpenOptions {
             epoch,
@@ -215,13 +243,27 @@ impl LuHost {
         self.adopt_replacements(&dev, &spec).await?;
         let resume = {
             let state = self.shared().state.read();
-            state.tables.lus.get(&lu).and_then(|l| l.job.clone()).is_some_and(|j| j.kind == "rebuild" && !j.finished)
+            state
+                .tables
+                .lus
+                .get(&lu)
+                .and_then(|l| l.job.clone())
+                .is_some_and(|j| j.kind == "rebuild" && !j.finished)
         };
-        lock(&self.inner.open).entry(lu).or_insert(Opened { dev: dev.clone(), job: None, reported: None });
+        lock(&self.inner.open).entry(lu).or_insert(Opened {
+            dev: dev.clone(),
+            job: None,
+            reported: None,
+        });
         tracing::info!(lu, epoch, "LU open on this CHN");
         self.report(lu).await;
-        if resume && dev.rebuild_state().is_some() {
-            tracing::info!(lu, "resuming the interrupted rebuild");
+        if let (true, Some((disk, done))) = (resume, dev.rebuild_state()) {
+            tracing::info!(
+                lu,
+                disk,
+                "resuming the interrupted rebuild at stripe {done} of {}",
+                dev.geometry().stripes()
+            );
             self.start_job(lu, false, false)?;
         }
         Ok(dev)
@@ -236,7 +278,12 @@ impl LuHost {
             .filter(|m| m.state == crate::array::superblock::MemberState::Failed)
             .map(|m| m.disk)
             .collect();
-        let new: Vec<u32> = spec.disks.iter().copied().filter(|d| !members.iter().any(|m| m.disk == *d)).collect();
+        let new: Vec<u32> = spec
+            .disks
+            .iter()
+            .copied()
+            .filter(|d| !members.iter().any(|m| m.disk == *d))
+            .collect();
         for (old, new) in failed.into_iter().zip(new) {
             let array = self.array()?;
             let (d, cap) = (dev.clone(), spec.disk_capacity);
@@ -249,7 +296,7 @@ impl LuHost {
     pub async fn adopt(&self, lu: u32) -> Result<(), Status> {
         let dev = lock(&self.inner.open).get(&lu).map(|o| o.dev.clone());
         let Some(dev) = dev else { return Ok(()) };
-        let (spec, _) = self.spec(lu)?;
+        let (spec, _) = self.spec(lu).await?;
         self.adopt_replacements(&dev, &spec).await?;
         self.report(lu).await;
         Ok(())
@@ -266,7 +313,9 @@ impl LuHost {
             let state = self.shared().state.read();
             let t = &state.tables;
             if !t.lus.contains_key(&lu) {
-                return Err(Status::not_found(format!("LU {lu} does not exist; see `nasctl lu list`")));
+                return Err(Status::not_found(format!(
+                    "LU {lu} does not exist; see `nasctl lu list`"
+                )));
             }
             t.lu_locks
                 .get(&lu)
@@ -290,14 +339,19 @@ impl LuHost {
             }
             self.report(lu).await;
         }
-        let cmd = Kind::SetDiskState(SetDiskState { disk, state: DiskState::DiskFailed as i32 });
+        let cmd = Kind::SetDiskState(SetDiskState {
+            disk,
+            state: DiskState::DiskFailed as i32,
+        });
         self.shared().write(Command { kind: Some(cmd) }).await
     }
 
     /// Starts a rebuild (or a scrub) of an LU open here; returns its state.
     pub fn start_job(&self, lu: u32, scrub: bool, repair: bool) -> Result<LuJob, Status> {
         let mut open = lock(&self.inner.open);
-        let o = open.get_mut(&lu).ok_or_else(|| Status::unavailable(format!("LU {lu} is not open on this CHN")))?;
+        let o = open
+            .get_mut(&lu)
+            .ok_or_else(|| Status::unavailable(format!("LU {lu} is not open on this CHN")))?;
         if let Some(j) = &o.job {
             let s = lock(&j.state).clone();
             if !s.finished {
@@ -343,7 +397,11 @@ impl LuHost {
                 })
             } else {
                 jobs::rebuild(&dev, &job.cancel, update).map(|p| {
-                    format!("rebuilt {} MiB at {:.1} MB/s", p.total_bytes >> 20, p.bytes_per_sec as f64 / 1e6)
+                    format!(
+                        "rebuilt {} MiB at {:.1} MB/s",
+                        p.total_bytes >> 20,
+                        p.bytes_per_sec as f64 / 1e6
+                    )
                 })
             };
             let mut s = lock(&job.state);
@@ -372,7 +430,11 @@ impl LuHost {
             }
             (health, job)
         };
-        let cmd = Kind::ReportLu(ReportLu { lu, health: health_proto(health) as i32, job });
+        let cmd = Kind::ReportLu(ReportLu {
+            lu,
+            health: health_proto(health) as i32,
+            job,
+        });
         if let Err(e) = self.shared().write(Command { kind: Some(cmd) }).await {
             tracing::debug!(lu, "LU report not written: {}", e.message());
         }
@@ -434,7 +496,13 @@ impl LuHost {
         }
         let mine: Vec<u32> = {
             let state = self.shared().state.read();
-            state.tables.lu_locks.values().filter(|l| l.chn == self.shared().name).map(|l| l.lu).collect()
+            state
+                .tables
+                .lu_locks
+                .values()
+                .filter(|l| l.chn == self.shared().name)
+                .map(|l| l.lu)
+                .collect()
         };
         for lu in mine {
             if let Err(e) = self.open_local(lu).await {

@@ -29,7 +29,13 @@ fn spec() -> LuSpec {
 }
 
 fn pattern(len: usize, seed: u64, at: u64) -> Vec<u8> {
-    (0..len).map(|i| ((at as usize + i) as u64).wrapping_mul(2654435761).wrapping_add(seed * 97) as u8).collect()
+    (0..len)
+        .map(|i| {
+            ((at as usize + i) as u64)
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed * 97) as u8
+        })
+        .collect()
 }
 
 /// The writes the child will attempt, in order: (offset, len, seed).
@@ -53,9 +59,16 @@ fn child_entry() {
         panic!("bad {CHILD_ENV}")
     };
     let dir = Path::new(dir);
-    let opts = OpenOptions { abort_at_member_write: abort_at.parse().ok(), ..OpenOptions::default() };
+    let opts = OpenOptions {
+        abort_at_member_write: abort_at.parse().ok(),
+        ..OpenOptions::default()
+    };
     let dev = LuDevice::open(&Array::new(dir, ID), &spec(), opts).expect("open");
-    let mut acked = std::fs::OpenOptions::new().append(true).create(true).open(dir.join("acked")).expect("log");
+    let mut acked = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("acked"))
+        .expect("log");
     for (i, (at, len, s)) in plan(seed.parse().expect("seed"), dev.len()).into_iter().enumerate() {
         dev.write_at(at, &pattern(len as usize, s, at)).expect("write");
         writeln!(acked, "{i}").expect("log");
@@ -98,7 +111,11 @@ fn run_case(seed: u64, degraded_before: bool) {
         let (at, len, s) = plan[i];
         model[at as usize..(at + len) as usize].copy_from_slice(&pattern(len as usize, s, at));
     }
-    let torn = if status.success() { None } else { plan.get(acked.len()).copied() };
+    let torn = if status.success() {
+        None
+    } else {
+        plan.get(acked.len()).copied()
+    };
 
     // Reopen (recovery runs), then lose the member if it was not lost yet.
     let dev = LuDevice::open(&array, &spec(), OpenOptions::default()).unwrap();

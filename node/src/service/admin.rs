@@ -12,8 +12,8 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
-use crate::shared_lu::tables::{check_name, Tables};
 use crate::lu_host::{LuHost, Route};
+use crate::shared_lu::tables::{check_name, Tables};
 use crate::shared_lu::{ChnNode, SharedLu};
 use nas_proto::command::Kind;
 use nas_proto::*;
@@ -45,7 +45,8 @@ const FORWARDED: &str = "x-nas-forwarded";
 
 fn forward<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     r
 }
 
@@ -105,11 +106,23 @@ impl AdminService {
     }
 
     /// An Admin client on the CHN serving an LU, refusing a second hop.
-    fn owner_admin<T>(&self, req: &Request<T>, chn: &str, addr: &str, lu: u32) -> Result<admin_client::AdminClient<tonic::transport::Channel>, Status> {
+    fn owner_admin<T>(
+        &self,
+        req: &Request<T>,
+        chn: &str,
+        addr: &str,
+        lu: u32,
+    ) -> Result<admin_client::AdminClient<tonic::transport::Channel>, Status> {
         if req.metadata().contains_key(FORWARDED) {
-            return Err(Status::unavailable(format!("LU {lu} is served by CHN {chn} ({addr}); send the call there")));
+            return Err(Status::unavailable(format!(
+                "LU {lu} is served by CHN {chn} ({addr}); send the call there"
+            )));
         }
-        let ch = self.lu.peers.channel(addr).map_err(|e| Status::internal(e.to_string()))?;
+        let ch = self
+            .lu
+            .peers
+            .channel(addr)
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(admin_client::AdminClient::new(ch))
     }
 
@@ -117,7 +130,11 @@ impl AdminService {
     async fn disk_group(&self, disk: u32) -> Result<u32, Status> {
         self.lu.ensure_current().await?;
         let state = self.lu.state.read();
-        let d = state.tables.disks.get(&disk).ok_or_else(|| Status::not_found(format!("disk {disk} does not exist; see `nasctl disk list`")))?;
+        let d = state
+            .tables
+            .disks
+            .get(&disk)
+            .ok_or_else(|| Status::not_found(format!("disk {disk} does not exist; see `nasctl disk list`")))?;
         Ok(d.raid_group)
     }
 
@@ -405,7 +422,11 @@ impl admin_server::Admin for AdminService {
         if r.disks.len() > crate::shared_lu::tables::MAX_DISKS as usize {
             return Err(Status::invalid_argument("too many disks in one LU"));
         }
-        let cmd = CreateLu { raid: r.raid, disks: r.disks, stripe_unit_bytes: r.stripe_unit_bytes };
+        let cmd = CreateLu {
+            raid: r.raid,
+            disks: r.disks,
+            stripe_unit_bytes: r.stripe_unit_bytes,
+        };
         self.host.create_lu(cmd).await.map(reply)
     }
 
@@ -502,7 +523,11 @@ impl admin_server::Admin for AdminService {
         }
         match self.host.route(lu).await? {
             Route::Local(dev) => self.host.fail_disk(Some(dev), disk).await.map(reply),
-            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.fail_disk(forward(req.into_inner())).await,
+            Route::Remote(chn, addr) => {
+                self.owner_admin(&req, &chn, &addr, lu)?
+                    .fail_disk(forward(req.into_inner()))
+                    .await
+            }
         }
     }
 
@@ -531,42 +556,74 @@ impl admin_server::Admin for AdminService {
                 .map(|d| d.number)
                 .ok_or_else(|| Status::resource_exhausted("no NOT USED disk is left to replace it with"))?
         };
-        let done = self.lu.write(Command { kind: Some(Kind::ReplaceDisk(ReplaceDisk { failed: r.disk, spare })) }).await?;
+        let done = self
+            .lu
+            .write(Command {
+                kind: Some(Kind::ReplaceDisk(ReplaceDisk { failed: r.disk, spare })),
+            })
+            .await?;
         self.host.adopt(lu).await?;
-        Ok(reply(CommandResult { assigned: spare as u64, ..done }))
+        Ok(reply(CommandResult {
+            assigned: spare as u64,
+            ..done
+        }))
     }
 
     async fn rebuild_lu(&self, req: Request<LuRequest>) -> Result<Response<LuJobReply>, Status> {
         let lu = req.get_ref().lu;
         match self.host.route(lu).await? {
-            Route::Local(_) => Ok(Response::new(LuJobReply { lu, job: Some(self.host.start_job(lu, false, false)?) })),
-            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.rebuild_lu(forward(req.into_inner())).await,
+            Route::Local(_) => Ok(Response::new(LuJobReply {
+                lu,
+                job: Some(self.host.start_job(lu, false, false)?),
+            })),
+            Route::Remote(chn, addr) => {
+                self.owner_admin(&req, &chn, &addr, lu)?
+                    .rebuild_lu(forward(req.into_inner()))
+                    .await
+            }
         }
     }
 
     async fn scrub_lu(&self, req: Request<ScrubLuRequest>) -> Result<Response<LuJobReply>, Status> {
         let ScrubLuRequest { lu, repair } = *req.get_ref();
         match self.host.route(lu).await? {
-            Route::Local(_) => Ok(Response::new(LuJobReply { lu, job: Some(self.host.start_job(lu, true, repair)?) })),
-            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.scrub_lu(forward(req.into_inner())).await,
+            Route::Local(_) => Ok(Response::new(LuJobReply {
+                lu,
+                job: Some(self.host.start_job(lu, true, repair)?),
+            })),
+            Route::Remote(chn, addr) => {
+                self.owner_admin(&req, &chn, &addr, lu)?
+                    .scrub_lu(forward(req.into_inner()))
+                    .await
+            }
         }
     }
 
     async fn read_lu(&self, req: Request<ReadLuRequest>) -> Result<Response<ReadLuReply>, Status> {
         let ReadLuRequest { lu, offset, length } = *req.get_ref();
         if length as usize > MAX_RAW_IO {
-            return Err(Status::invalid_argument(format!("read at most {MAX_RAW_IO} bytes per call, {length} asked")));
+            return Err(Status::invalid_argument(format!(
+                "read at most {MAX_RAW_IO} bytes per call, {length} asked"
+            )));
         }
         match self.host.route(lu).await? {
-            Route::Local(dev) => Ok(Response::new(ReadLuReply { data: LuHost::read(dev, offset, length as usize).await? })),
-            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.read_lu(forward(req.into_inner())).await,
+            Route::Local(dev) => Ok(Response::new(ReadLuReply {
+                data: LuHost::read(dev, offset, length as usize).await?,
+            })),
+            Route::Remote(chn, addr) => {
+                self.owner_admin(&req, &chn, &addr, lu)?
+                    .read_lu(forward(req.into_inner()))
+                    .await
+            }
         }
     }
 
     async fn write_lu(&self, req: Request<WriteLuRequest>) -> Result<Response<WriteReply>, Status> {
         let lu = req.get_ref().lu;
         if req.get_ref().data.len() > MAX_RAW_IO {
-            return Err(Status::invalid_argument(format!("write at most {MAX_RAW_IO} bytes per call")));
+            return Err(Status::invalid_argument(format!(
+                "write at most {MAX_RAW_IO} bytes per call"
+            )));
         }
         match self.host.route(lu).await? {
             Route::Local(dev) => {
@@ -574,7 +631,11 @@ impl admin_server::Admin for AdminService {
                 LuHost::write(dev, r.offset, r.data, r.flush).await?;
                 Ok(Response::new(WriteReply::default()))
             }
-            Route::Remote(chn, addr) => self.owner_admin(&req, &chn, &addr, lu)?.write_lu(forward(req.into_inner())).await,
+            Route::Remote(chn, addr) => {
+                self.owner_admin(&req, &chn, &addr, lu)?
+                    .write_lu(forward(req.into_inner()))
+                    .await
+            }
         }
     }
 

@@ -358,7 +358,10 @@ impl Tables {
 
     fn set_disk_state(&mut self, c: &SetDiskState) -> Result<Applied, Rejection> {
         let Some(disk) = self.disks.get_mut(&c.disk) else {
-            return reject(Code::NotFound, format!("disk {} does not exist; see `nasctl disk list`", c.disk));
+            return reject(
+                Code::NotFound,
+                format!("disk {} does not exist; see `nasctl disk list`", c.disk),
+            );
         };
         match DiskState::try_from(c.state) {
             Ok(DiskState::DiskFailed) => disk.state = c.state,
@@ -366,17 +369,28 @@ impl Tables {
             Ok(DiskState::DiskNotUsed | DiskState::DiskSpare) => {
                 return reject(
                     Code::FailedPrecondition,
-                    format!("disk {} is a member of LU {}; replace it first", c.disk, disk.raid_group),
+                    format!(
+                        "disk {} is a member of LU {}; replace it first",
+                        c.disk, disk.raid_group
+                    ),
                 );
             }
-            _ => return reject(Code::InvalidArgument, "a disk can only be set FAILED, NOT USED or SPARE"),
+            _ => {
+                return reject(
+                    Code::InvalidArgument,
+                    "a disk can only be set FAILED, NOT USED or SPARE",
+                )
+            }
         }
         Ok(Applied::rows(vec![RowKey::Disk(c.disk)]))
     }
 
     fn replace_disk(&mut self, c: &ReplaceDisk) -> Result<Applied, Rejection> {
         let Some(failed) = self.disks.get(&c.failed) else {
-            return reject(Code::NotFound, format!("disk {} does not exist; see `nasctl disk list`", c.failed));
+            return reject(
+                Code::NotFound,
+                format!("disk {} does not exist; see `nasctl disk list`", c.failed),
+            );
         };
         if failed.state != DiskState::DiskFailed as i32 || failed.raid_group == 0 {
             return reject(
@@ -396,7 +410,11 @@ impl Tables {
         if !free || spare.raid_group != 0 {
             return reject(
                 Code::FailedPrecondition,
-                format!("disk {} is {}; choose a NOT USED or SPARE disk", c.spare, nas_proto::labels::disk_state(spare.state)),
+                format!(
+                    "disk {} is {}; choose a NOT USED or SPARE disk",
+                    c.spare,
+                    nas_proto::labels::disk_state(spare.state)
+                ),
             );
         }
         let Some(lu) = self.lus.get_mut(&lu_number) else {
@@ -405,7 +423,10 @@ impl Tables {
         if spare.capacity_bytes < lu.per_disk_bytes {
             return reject(
                 Code::FailedPrecondition,
-                format!("disk {} holds {} bytes, LU {lu_number} needs {} per member", c.spare, spare.capacity_bytes, lu.per_disk_bytes),
+                format!(
+                    "disk {} holds {} bytes, LU {lu_number} needs {} per member",
+                    c.spare, spare.capacity_bytes, lu.per_disk_bytes
+                ),
             );
         }
         for d in lu.disks.iter_mut().filter(|d| **d == c.failed) {

@@ -347,7 +347,11 @@ fn job_line(j: &LuJob) -> String {
     if j.finished {
         return format!("{} on {}: {}", j.kind, j.chn, j.result);
     }
-    let pct = if j.total_bytes == 0 { 0.0 } else { j.done_bytes as f64 * 100.0 / j.total_bytes as f64 };
+    let pct = if j.total_bytes == 0 {
+        0.0
+    } else {
+        j.done_bytes as f64 * 100.0 / j.total_bytes as f64
+    };
     format!(
         "{} on {}: {pct:.1}% at {:.1} MB/s, ETA {}s",
         j.kind,
@@ -574,13 +578,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Disk(DiskCmd::Replace { disk, spare }) => {
-            let req = ReplaceDiskRequest { disk, spare: spare.unwrap_or(0) };
+            let req = ReplaceDiskRequest {
+                disk,
+                spare: spare.unwrap_or(0),
+            };
             let r = c
                 .admin(|mut a| async move { a.replace_disk(req).await })
                 .await
                 .map_err(status_err)?;
             if json {
-                println!("{}", json!({"disk": disk, "spare": r.assigned, "log_index": r.log_index}));
+                println!(
+                    "{}",
+                    json!({"disk": disk, "spare": r.assigned, "log_index": r.log_index})
+                );
             } else {
                 println!(
                     "disk {disk} replaced by disk {}; now run `nasctl lu rebuild LU` (see `nasctl disk list`)",
@@ -605,13 +615,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let since = r.job.map_or(0, |j| j.updated_ms);
             follow_job(&c, lu, "scrub", since, wait.no_wait, json).await
         }
-        Cmd::Lu(LuCmd::Read { lu, offset, length, out }) => {
+        Cmd::Lu(LuCmd::Read {
+            lu,
+            offset,
+            length,
+            out,
+        }) => {
             let mut data = Vec::with_capacity(length as usize);
             let mut at = offset;
             let end = offset.checked_add(length).context("offset + length overflows")?;
             while at < end {
                 let n = (end - at).min(RAW_CHUNK);
-                let req = ReadLuRequest { lu, offset: at, length: n as u32 };
+                let req = ReadLuRequest {
+                    lu,
+                    offset: at,
+                    length: n as u32,
+                };
                 let r = c
                     .admin(|mut a| async move { a.read_lu(req).await })
                     .await
@@ -620,7 +639,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 at += n;
             }
             match out {
-                Some(path) => std::fs::write(&path, &data).with_context(|| format!("cannot write {}", path.display()))?,
+                Some(path) => {
+                    std::fs::write(&path, &data).with_context(|| format!("cannot write {}", path.display()))?
+                }
                 None => {
                     use std::io::Write;
                     std::io::stdout().write_all(&data).context("cannot write to stdout")?;
@@ -634,7 +655,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             while at < data.len() || data.is_empty() {
                 let n = (data.len() - at).min(RAW_CHUNK as usize);
                 let last = at + n == data.len();
-                let req = WriteLuRequest { lu, offset: offset + at as u64, data: data[at..at + n].to_vec(), flush: last };
+                let req = WriteLuRequest {
+                    lu,
+                    offset: offset + at as u64,
+                    data: data[at..at + n].to_vec(),
+                    flush: last,
+                };
                 c.admin(|mut a| {
                     let req = req.clone();
                     async move { a.write_lu(req).await }
@@ -649,7 +675,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", json!({"lu": lu, "offset": offset, "bytes": data.len()}));
             } else {
-                println!("wrote {} to LU {lu} at offset {offset} (flushed)", human_size(data.len() as u64));
+                println!(
+                    "wrote {} to LU {lu} at offset {offset} (flushed)",
+                    human_size(data.len() as u64)
+                );
             }
             Ok(())
         }
