@@ -128,10 +128,13 @@ impl LuHost {
 
     /// Creates the disk files, then records them in the disk table.
     pub async fn init_array(&self, disks: u32, capacity: u64) -> Result<CommandResult, Status> {
-        let dir = self.inner.array_dir.clone().ok_or_else(|| {
-            Status::failed_precondition(format!("CHN {} was started without --array", self.shared().name))
-        })?;
         self.shared().ensure_current().await?;
+        let dir = self.inner.array_dir.clone().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "CHN {} was started without --array; restart it with the disk-array directory",
+                self.shared().name
+            ))
+        })?;
         let tables_have = self.shared().state.read().tables.disks.len();
         if tables_have > 0 {
             return Err(Status::already_exists(format!(

@@ -55,9 +55,12 @@ fn plan(seed: u64, cap: u64) -> Vec<(u64, u64, u64)> {
 fn child_entry() {
     let Ok(args) = std::env::var(CHILD_ENV) else { return };
     let mut parts = args.split(',');
-    let (Some(dir), Some(seed), Some(abort_at)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(dir), Some(seed), Some(abort_at), Some(rebuild)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         panic!("bad {CHILD_ENV}")
     };
+    let rebuild = rebuild == "rebuild";
     let dir = Path::new(dir);
     let opts = OpenOptions {
         abort_at_member_write: abort_at.parse().ok(),
@@ -72,11 +75,25 @@ fn child_entry() {
     for (i, (at, len, s)) in plan(seed.parse().expect("seed"), dev.len()).into_iter().enumerate() {
         dev.write_at(at, &pattern(len as usize, s, at)).expect("write");
         writeln!(acked, "{i}").expect("log");
+        if rebuild && i % 3 == 2 {
+            dev.rebuild_step(3).expect("rebuild step");
+        }
     }
     std::process::exit(0);
 }
 
-fn run_case(seed: u64, degraded_before: bool) {
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    /// Crash while healthy, then a member is lost.
+    Healthy,
+    /// A member failed before the writes.
+    Degraded,
+    /// A member failed and was replaced; the child rebuilds between writes.
+    Rebuilding,
+}
+
+fn run_case(seed: u64, mode: Mode) {
+    let degraded_before = mode != Mode::Healthy;
     let dir = tempfile::tempdir().unwrap();
     let array = Array::new(dir.path(), ID);
     array.create_disks(4, UNIT * STRIPES).unwrap();
@@ -90,13 +107,25 @@ fn run_case(seed: u64, degraded_before: bool) {
     if degraded_before {
         dev.fail_member(lost).unwrap();
     }
+    if mode == Mode::Rebuilding {
+        array.create_disks(5, UNIT * STRIPES).unwrap();
+        dev.replace_member(lost, array.open_disk(5, UNIT * STRIPES).unwrap())
+            .unwrap();
+    }
     drop(dev);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let abort_at = rng.gen_range(1..120u64);
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{},{seed},{abort_at}", dir.path().display()))
+        .env(
+            CHILD_ENV,
+            format!(
+                "{},{seed},{abort_at},{}",
+                dir.path().display(),
+                if mode == Mode::Rebuilding { "rebuild" } else { "" }
+            ),
+        )
         .stderr(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .status()
@@ -118,8 +147,21 @@ fn run_case(seed: u64, degraded_before: bool) {
     };
 
     // Reopen (recovery runs), then lose the member if it was not lost yet.
-    let dev = LuDevice::open(&array, &spec(), OpenOptions::default()).unwrap();
-    if !degraded_before {
+    let members = if mode == Mode::Rebuilding {
+        vec![1, 5, 3, 4]
+    } else {
+        spec().disks
+    };
+    let dev = LuDevice::open(
+        &array,
+        &LuSpec {
+            disks: members,
+            ..spec()
+        },
+        OpenOptions::default(),
+    )
+    .unwrap();
+    if mode == Mode::Healthy {
         dev.fail_member(lost).unwrap();
     }
     let mut got = vec![0u8; cap as usize];
@@ -135,7 +177,7 @@ fn run_case(seed: u64, degraded_before: bool) {
             }
         }
         panic!(
-            "seed {seed} (abort at member write {abort_at}, degraded before: {degraded_before}): byte {i} is {g}, expected {m}; torn write {torn:?}"
+            "seed {seed} (abort at member write {abort_at}, {mode:?}): byte {i} is {g}, expected {m}; torn write {torn:?}"
         );
     }
 }
@@ -143,13 +185,20 @@ fn run_case(seed: u64, degraded_before: bool) {
 #[test]
 fn crash_while_healthy_then_member_lost() {
     for seed in 0..12 {
-        run_case(seed, false);
+        run_case(seed, Mode::Healthy);
     }
 }
 
 #[test]
 fn crash_while_degraded() {
     for seed in 100..112 {
-        run_case(seed, true);
+        run_case(seed, Mode::Degraded);
+    }
+}
+
+#[test]
+fn crash_while_rebuilding_with_writes() {
+    for seed in 200..216 {
+        run_case(seed, Mode::Rebuilding);
     }
 }

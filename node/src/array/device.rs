@@ -82,6 +82,8 @@ pub(super) struct Slot {
     state: AtomicU8,
     /// Stripes rebuilt so far, when rebuilding.
     done: AtomicU64,
+    /// Stripes rebuilt as the superblocks say: what a reopen would trust.
+    persisted: AtomicU64,
 }
 
 impl Slot {
@@ -96,6 +98,7 @@ impl Slot {
             number,
             state: AtomicU8::new(code),
             done: AtomicU64::new(done),
+            persisted: AtomicU64::new(done),
         }
     }
 
@@ -138,6 +141,12 @@ impl Slot {
 
     pub fn set_done(&self, done: u64) {
         self.done.store(done, Ordering::Release);
+    }
+
+    /// Whether stripe `s` is rebuilt here but a reopen would not know it.
+    pub fn rebuilt_unrecorded(&self, s: u64) -> bool {
+        self.rebuilt().is_some()
+            && (self.persisted.load(Ordering::Acquire)..self.done.load(Ordering::Acquire)).contains(&s)
     }
 
     pub fn set_active(&self) {
@@ -508,6 +517,27 @@ impl LuDevice {
         inner.sb.members = inner.slots.iter().map(Slot::record).collect();
         let bytes = inner.sb.encode()?;
         self.meta_to_all(inner, super::superblock::SUPERBLOCK_AT, &bytes);
+        for (slot, record) in inner.slots.iter().zip(&inner.sb.members) {
+            if let MemberState::Rebuilding { done } = record.state {
+                slot.persisted.store(done, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes rebuild progress durable: the rebuilt stripes first, then the
+    /// superblocks that vouch for them.
+    pub(super) fn checkpoint(&self, inner: &mut Inner) -> Result<(), ArrayError> {
+        for slot in inner.slots.iter().filter(|s| s.rebuilt().is_some()) {
+            if let Some(disk) = &slot.disk {
+                if let Err(e) = disk.sync() {
+                    self.fail_slot(slot, &e);
+                }
+            }
+        }
+        self.settle_failures(inner)?;
+        self.write_superblock(inner)?;
+        inner.checkpointed = Instant::now();
         Ok(())
     }
 
@@ -592,7 +622,7 @@ impl LuDevice {
     }
 
     /// Makes journaled stripes durable in place, then empties the journal.
-    fn reset_journal(&self, inner: &mut Inner) {
+    pub(super) fn reset_journal(&self, inner: &mut Inner) {
         if inner.journal.used == 0 {
             return;
         }
@@ -774,6 +804,12 @@ impl BlockDevice for LuDevice {
         let inner = &mut *guard;
         self.each_piece(offset, data.len(), |p| {
             self.settle_failures(inner)?;
+            // A healthy write to a stripe rebuilt since the last checkpoint
+            // would, after a crash, be read back through parity as if the
+            // stripe were still missing; record the progress first.
+            if inner.slots.iter().any(|s| s.rebuilt_unrecorded(p.stripe)) {
+                self.checkpoint(inner)?;
+            }
             self.mark_dirty(inner, p.stripe);
             let src = &data[p.buf_at..p.buf_at + p.len as usize];
             match self.geo.raid {

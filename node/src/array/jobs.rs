@@ -113,6 +113,10 @@ impl LuDevice {
         let Some(t) = inner.slots.iter().position(|s| s.rebuilt().is_some()) else {
             return Ok(None);
         };
+        // Journal entries describe stripes as missing on this member; once
+        // rebuilt, later writes there are not journaled, so replaying an
+        // older entry after a crash would undo them. Settle them first.
+        self.reset_journal(inner);
         let total = self.geo.stripes();
         let start = inner.slots[t].rebuilt().unwrap_or(0);
         let end = (start + max).min(total);
@@ -131,22 +135,22 @@ impl LuDevice {
             inner.slots[t].set_done(s + 1);
         }
         let finished = end == total;
-        if finished || inner.checkpointed.elapsed() >= CHECKPOINT_EVERY {
-            let synced = match &inner.slots[t].disk {
-                Some(d) => d.sync(),
-                None => Ok(()),
-            };
-            if let Err(e) = synced {
-                self.fail_slot(&inner.slots[t], &e);
-                self.settle_failures(inner)?;
-                return Err(e);
+        if finished {
+            self.checkpoint(inner)?;
+            if inner.slots[t].rebuilt().is_none() {
+                return Err(ArrayError::Refused {
+                    lu: self.lu,
+                    reason: format!(
+                        "the replacement disk {} failed at the end of its rebuild",
+                        inner.slots[t].number
+                    ),
+                });
             }
-            if finished {
-                inner.slots[t].set_active();
-                tracing::info!(lu = self.lu, disk = inner.slots[t].number, "rebuild complete");
-            }
+            inner.slots[t].set_active();
             self.write_superblock(inner)?;
-            inner.checkpointed = Instant::now();
+            tracing::info!(lu = self.lu, disk = inner.slots[t].number, "rebuild complete");
+        } else if inner.checkpointed.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint(inner)?;
         }
         Ok(Some((end, total)))
     }

@@ -353,3 +353,27 @@ fn fencing_epoch_refuses_an_older_opener() {
     .unwrap_err();
     assert!(matches!(err, ArrayError::Fenced { found: 5, ours: 4, .. }), "{err}");
 }
+
+/// Found by the model: a degraded write journaled while a member was
+/// missing must not be replayed over a later write once the member is
+/// rebuilt (the rebuild's checkpoint lags behind).
+#[test]
+fn journal_entries_do_not_outlive_the_rebuild_of_their_stripe() {
+    let mut rig = Rig::new(Raid::Parity, 3, 4096, 24);
+    rig.apply(&Op::Fail { slot: 1 });
+    rig.apply(&Op::Replace);
+    rig.apply(&Op::Write {
+        at: 13785,
+        len: 53593,
+        seed: 0,
+    });
+    rig.apply(&Op::Rebuild { stripes: 9 });
+    rig.apply(&Op::Write {
+        at: 56279,
+        len: 814,
+        seed: 158,
+    });
+    rig.check_all();
+    rig.apply(&Op::Reopen);
+    rig.check_all();
+}

@@ -896,6 +896,8 @@ mod tests {
         Command { kind: Some(kind) }
     }
 
+    const ARRAY_ID: &str = "0123456789abcdef0123456789abcdef";
+
     fn hash() -> String {
         "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()
     }
@@ -905,6 +907,7 @@ mod tests {
         t.apply(&cmd(Kind::InitArray(InitArray {
             disks,
             disk_capacity_bytes: 64 << 20,
+            array_id: ARRAY_ID.into(),
         })))
         .unwrap();
         t
@@ -999,6 +1002,7 @@ mod tests {
             cmd(Kind::InitArray(InitArray {
                 disks: 0,
                 disk_capacity_bytes: 1 << 20,
+                array_id: ARRAY_ID.into(),
             })),
             Code::InvalidArgument,
             "out of range",
@@ -1008,6 +1012,7 @@ mod tests {
             cmd(Kind::InitArray(InitArray {
                 disks: 2,
                 disk_capacity_bytes: 10,
+                array_id: ARRAY_ID.into(),
             })),
             Code::InvalidArgument,
             "1 MiB",
@@ -1018,6 +1023,7 @@ mod tests {
             cmd(Kind::InitArray(InitArray {
                 disks: 2,
                 disk_capacity_bytes: 1 << 20,
+                array_id: ARRAY_ID.into(),
             })),
             Code::AlreadyExists,
             "already initialized",
@@ -1194,7 +1200,8 @@ mod tests {
             (0u32..8, prop::sample::select(vec![0u64, 10, 1 << 20, 64 << 20])).prop_map(|(disks, cap)| cmd(
                 Kind::InitArray(InitArray {
                     disks,
-                    disk_capacity_bytes: cap
+                    disk_capacity_bytes: cap,
+                    array_id: ARRAY_ID.into()
                 })
             )),
             (prop::sample::select(vec![0i32, 1, 3, 5]), disks.clone()).prop_map(|(raid, disks)| {
@@ -1238,15 +1245,65 @@ mod tests {
                 lease_ms: 1000,
                 now_ms: now
             }))),
+            (0u32..8, prop::sample::select(vec![0i32, 1, 2, 3, 4, 9]))
+                .prop_map(|(disk, state)| cmd(Kind::SetDiskState(SetDiskState { disk, state }))),
+            (0u32..8, 0u32..8).prop_map(|(failed, spare)| cmd(Kind::ReplaceDisk(ReplaceDisk { failed, spare }))),
+            (0u32..3, 0i32..6).prop_map(|(lu, health)| cmd(Kind::ReportLu(ReportLu { lu, health, job: None }))),
             Just(Command { kind: None }),
         ]
+    }
+
+    #[test]
+    fn a_failed_member_is_replaced_by_a_free_disk_only() {
+        let mut t = with_array(5);
+        t.apply(&lu(RaidLevel::Raid5, &[1, 2, 3])).unwrap();
+        let replace = |failed, spare| cmd(Kind::ReplaceDisk(ReplaceDisk { failed, spare }));
+        rejected_with(&mut t, replace(2, 4), Code::FailedPrecondition, "only a FAILED member");
+        let fail = |disk| {
+            cmd(Kind::SetDiskState(SetDiskState {
+                disk,
+                state: DiskState::DiskFailed as i32,
+            }))
+        };
+        t.apply(&fail(2)).unwrap();
+        rejected_with(&mut t, replace(2, 3), Code::FailedPrecondition, "choose a NOT USED");
+        rejected_with(&mut t, replace(2, 9), Code::NotFound, "spare disk 9");
+        t.apply(&replace(2, 4)).unwrap();
+        assert_eq!(t.lus[&1].disks, vec![1, 4, 3]);
+        assert_eq!(
+            (t.disks[&4].state, t.disks[&4].raid_group),
+            (DiskState::DiskUsed as i32, 1)
+        );
+        assert_eq!(
+            (t.disks[&2].state, t.disks[&2].raid_group),
+            (DiskState::DiskFailed as i32, 0)
+        );
+        let unfail = cmd(Kind::SetDiskState(SetDiskState {
+            disk: 4,
+            state: DiskState::DiskNotUsed as i32,
+        }));
+        rejected_with(&mut t, unfail, Code::FailedPrecondition, "member of LU 1");
+        check_invariants(&t);
+    }
+
+    #[test]
+    fn array_id_must_be_hex() {
+        let mut t = Tables::default();
+        let bad = cmd(Kind::InitArray(InitArray {
+            disks: 2,
+            disk_capacity_bytes: 1 << 20,
+            array_id: "xyz".into(),
+        }));
+        rejected_with(&mut t, bad, Code::InvalidArgument, "32 hexadecimal digits");
     }
 
     /// Every USED disk belongs to exactly the LU that lists it, and every
     /// LU lists only USED disks of its own group.
     fn check_invariants(t: &Tables) {
         for (n, d) in &t.disks {
-            if d.state == DiskState::DiskUsed as i32 {
+            let member =
+                d.state == DiskState::DiskUsed as i32 || (d.state == DiskState::DiskFailed as i32 && d.raid_group != 0);
+            if member {
                 assert!(
                     t.lus.get(&d.raid_group).is_some_and(|l| l.disks.contains(n)),
                     "disk {n} orphaned"

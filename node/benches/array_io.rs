@@ -1,0 +1,288 @@
+//! Benchmark (not a test): LU throughput for RAID 1 and RAID 5, healthy and
+//! degraded, beside the same I/O pattern on one plain file on the same file
+//! system in the same run, as a ratio; plus rebuild speed.
+//!
+//! Run: `cargo bench -p nasd --bench array_io`
+//! Options (after `--`): `--size-mib N` LU size (default 256), `--seconds N`
+//! per random pattern (default 2), `--repeat N` interleaved runs, median
+//! reported (default 3), `--dir DIR` where the disk files go (default: the
+//! system temp directory).
+//!
+//! Every pattern ends with a flush (fdatasync of every member, or of the
+//! plain file), so writes are measured to stable storage, not to memory.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::Context;
+use nasd::array::{jobs, Array, ArrayError, BlockDevice, LuDevice, LuSpec, OpenOptions, Raid};
+use rand::{Rng, SeedableRng};
+
+const MIB: u64 = 1 << 20;
+const UNIT: u64 = 64 << 10;
+
+/// A plain file, the reference every LU figure is divided by.
+struct Plain(File);
+
+impl BlockDevice for Plain {
+    fn len(&self) -> u64 {
+        self.0.metadata().map_or(0, |m| m.len())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
+        self.0
+            .read_exact_at(buf, offset)
+            .map_err(|e| ArrayError::io("plain read", e))
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
+        self.0
+            .write_all_at(data, offset)
+            .map_err(|e| ArrayError::io("plain write", e))
+    }
+    fn flush(&self) -> Result<(), ArrayError> {
+        self.0.sync_data().map_err(|e| ArrayError::io("plain flush", e))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Pattern {
+    SeqWrite,
+    SeqRead,
+    RandWrite(usize),
+    RandRead(usize),
+}
+
+impl Pattern {
+    fn name(self) -> String {
+        match self {
+            Pattern::SeqWrite => "seq write 1 MiB".into(),
+            Pattern::SeqRead => "seq read 1 MiB".into(),
+            Pattern::RandWrite(b) => format!("rand write {} KiB", b >> 10),
+            Pattern::RandRead(b) => format!("rand read {} KiB", b >> 10),
+        }
+    }
+}
+
+/// MB/s of one pattern on one device.
+fn run(dev: &dyn BlockDevice, p: Pattern, secs: f64, seed: u64) -> anyhow::Result<f64> {
+    let len = dev.len();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    match p {
+        Pattern::SeqWrite | Pattern::SeqRead => {
+            let mut buf = vec![0u8; MIB as usize];
+            rng.fill(&mut buf[..]);
+            let mut at = 0;
+            while at + MIB <= len {
+                match p {
+                    Pattern::SeqWrite => dev.write_at(at, &buf)?,
+                    _ => dev.read_at(at, &mut buf)?,
+                }
+                at += MIB;
+                bytes += MIB;
+            }
+        }
+        Pattern::RandWrite(block) | Pattern::RandRead(block) => {
+            let mut buf = vec![0u8; block];
+            rng.fill(&mut buf[..]);
+            let blocks = len / block as u64;
+            while t0.elapsed().as_secs_f64() < secs {
+                for _ in 0..64 {
+                    let at = rng.gen_range(0..blocks) * block as u64;
+                    match p {
+                        Pattern::RandWrite(_) => dev.write_at(at, &buf)?,
+                        _ => dev.read_at(at, &mut buf)?,
+                    }
+                    bytes += block as u64;
+                }
+            }
+        }
+    }
+    if matches!(p, Pattern::SeqWrite | Pattern::RandWrite(_)) {
+        dev.flush()?;
+    }
+    Ok(bytes as f64 / t0.elapsed().as_secs_f64() / 1e6)
+}
+
+struct Setup {
+    name: &'static str,
+    raid: Option<Raid>,
+    members: usize,
+    degraded: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Creates the device for one setup in a fresh folder under `root`.
+fn build(root: &Path, s: &Setup, size: u64, round: usize) -> anyhow::Result<Box<dyn BlockDevice>> {
+    let dir = root.join(format!("{}-{round}", s.name.replace(' ', "-")));
+    std::fs::create_dir_all(&dir)?;
+    let Some(raid) = s.raid else {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("plain"))?;
+        f.set_len(size)?;
+        return Ok(Box::new(Plain(f)));
+    };
+    let data = match raid {
+        Raid::Mirror => 1,
+        Raid::Parity => s.members as u64 - 1,
+    };
+    let per_disk = size / data;
+    let array = Array::new(&dir, 7);
+    array.create_disks(s.members as u32, per_disk)?;
+    let spec = LuSpec {
+        lu: 1,
+        raid,
+        disks: (1..=s.members as u32).collect(),
+        unit: UNIT,
+        per_disk,
+        disk_capacity: per_disk,
+    };
+    let dev = LuDevice::create(&array, &spec, OpenOptions::default())?;
+    if s.degraded {
+        dev.fail_member(2)?;
+    }
+    Ok(Box::new(dev))
+}
+
+fn rebuild_speed(root: &Path, raid: Raid, members: usize, size: u64) -> anyhow::Result<f64> {
+    let dir = root.join(format!("rebuild-{raid:?}"));
+    std::fs::create_dir_all(&dir)?;
+    let data = if raid == Raid::Mirror { 1 } else { members as u64 - 1 };
+    let per_disk = size / data;
+    let array = Array::new(&dir, 9);
+    array.create_disks(members as u32 + 1, per_disk)?;
+    let spec = LuSpec {
+        lu: 1,
+        raid,
+        disks: (1..=members as u32).collect(),
+        unit: UNIT,
+        per_disk,
+        disk_capacity: per_disk,
+    };
+    let dev = LuDevice::create(&array, &spec, OpenOptions::default())?;
+    run(&dev, Pattern::SeqWrite, 0.0, 1)?;
+    dev.fail_member(2)?;
+    dev.replace_member(2, array.open_disk(members as u32 + 1, per_disk)?)?;
+    let p = jobs::rebuild(&dev, &AtomicBool::new(false), |_| {})?;
+    drop(dev);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(p.bytes_per_sec as f64 / 1e6)
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let size = arg(&args, "--size-mib")
+        .map_or(Ok(256), |s| s.parse::<u64>())
+        .context("--size-mib")?
+        * MIB;
+    let secs: f64 = arg(&args, "--seconds")
+        .map_or(Ok(2.0), |s| s.parse())
+        .context("--seconds")?;
+    let repeat: usize = arg(&args, "--repeat")
+        .map_or(Ok(3), |s| s.parse())
+        .context("--repeat")?;
+    let base = arg(&args, "--dir").map_or_else(std::env::temp_dir, PathBuf::from);
+    let root = tempfile::Builder::new().prefix("array-bench-").tempdir_in(&base)?;
+    let setups = [
+        Setup {
+            name: "plain file",
+            raid: None,
+            members: 0,
+            degraded: false,
+        },
+        Setup {
+            name: "RAID 1 x2",
+            raid: Some(Raid::Mirror),
+            members: 2,
+            degraded: false,
+        },
+        Setup {
+            name: "RAID 1 x2 degraded",
+            raid: Some(Raid::Mirror),
+            members: 2,
+            degraded: true,
+        },
+        Setup {
+            name: "RAID 5 x3",
+            raid: Some(Raid::Parity),
+            members: 3,
+            degraded: false,
+        },
+        Setup {
+            name: "RAID 5 x3 degraded",
+            raid: Some(Raid::Parity),
+            members: 3,
+            degraded: true,
+        },
+    ];
+    let patterns = [
+        Pattern::SeqWrite,
+        Pattern::SeqRead,
+        Pattern::RandWrite(4096),
+        Pattern::RandRead(4096),
+        Pattern::RandWrite(65536),
+        Pattern::RandRead(65536),
+    ];
+    println!(
+        "LU {} MiB, stripe unit 64 KiB, {repeat} interleaved runs, median MB/s (ratio to the plain file), in {}",
+        size / MIB,
+        base.display()
+    );
+    // results[pattern][setup] = samples
+    let mut results = vec![vec![Vec::new(); setups.len()]; patterns.len()];
+    for round in 0..repeat {
+        for (si, s) in setups.iter().enumerate() {
+            let dev = build(root.path(), s, size, round)?;
+            for (pi, p) in patterns.iter().enumerate() {
+                results[pi][si].push(run(dev.as_ref(), *p, secs, round as u64)?);
+            }
+            drop(dev);
+            std::fs::remove_dir_all(root.path().join(format!("{}-{round}", s.name.replace(' ', "-"))))?;
+        }
+    }
+    print!("{:<18}", "pattern");
+    for s in &setups {
+        print!(" | {:>22}", s.name);
+    }
+    println!();
+    for (pi, p) in patterns.iter().enumerate() {
+        let plain = median(results[pi][0].clone());
+        print!("{:<18}", p.name());
+        for si in 0..setups.len() {
+            let m = median(results[pi][si].clone());
+            if si == 0 {
+                print!(" | {:>15.1} MB/s", m);
+            } else {
+                print!(" | {:>9.1} MB/s ({:.2})", m, m / plain);
+            }
+        }
+        println!();
+    }
+    for (raid, members) in [(Raid::Mirror, 2), (Raid::Parity, 3)] {
+        let speeds: anyhow::Result<Vec<f64>> = (0..repeat)
+            .map(|_| rebuild_speed(root.path(), raid, members, size))
+            .collect();
+        println!(
+            "rebuild {raid:?} x{members}: {:.1} MB/s of LU data (median)",
+            median(speeds?)
+        );
+    }
+    Ok(())
+}
