@@ -3,13 +3,16 @@
 //! system in the same run, as a ratio; plus rebuild speed.
 //!
 //! Run: `cargo bench -p nasd --bench array_io`
-//! Options (after `--`): `--size-mib N` LU size (default 256), `--seconds N`
-//! per random pattern (default 2), `--repeat N` interleaved runs, median
-//! reported (default 3), `--dir DIR` where the disk files go (default: the
-//! system temp directory).
+//! Options (after `--`): `--size-mib N` LU size (default 256), `--ops N`
+//! operations per random pattern (default 8192), `--repeat N` interleaved
+//! runs, median reported (default 3), `--dir DIR` where the disk files go
+//! (default: the system temp directory).
 //!
-//! Every pattern ends with a flush (fdatasync of every member, or of the
-//! plain file), so writes are measured to stable storage, not to memory.
+//! Every device gets the same seeded sequence of operations. Write patterns
+//! end with a flush (fdatasync of every member, or of the plain file), so
+//! writes are measured to stable storage; before each read pattern the
+//! page cache is dropped when the bench runs as root, so reads come from
+//! the disk (the header line says which).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -65,10 +68,20 @@ impl Pattern {
     }
 }
 
+/// Drops the page cache (root only); true when it was dropped.
+fn drop_caches() -> bool {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
 /// MB/s of one pattern on one device.
-fn run(dev: &dyn BlockDevice, p: Pattern, secs: f64, seed: u64) -> anyhow::Result<f64> {
+fn run(dev: &dyn BlockDevice, p: Pattern, ops: u64, seed: u64) -> anyhow::Result<f64> {
     let len = dev.len();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    if matches!(p, Pattern::SeqRead | Pattern::RandRead(_)) {
+        drop_caches();
+    }
     let t0 = Instant::now();
     let mut bytes = 0u64;
     match p {
@@ -89,15 +102,13 @@ fn run(dev: &dyn BlockDevice, p: Pattern, secs: f64, seed: u64) -> anyhow::Resul
             let mut buf = vec![0u8; block];
             rng.fill(&mut buf[..]);
             let blocks = len / block as u64;
-            while t0.elapsed().as_secs_f64() < secs {
-                for _ in 0..64 {
-                    let at = rng.gen_range(0..blocks) * block as u64;
-                    match p {
-                        Pattern::RandWrite(_) => dev.write_at(at, &buf)?,
-                        _ => dev.read_at(at, &mut buf)?,
-                    }
-                    bytes += block as u64;
+            for _ in 0..ops {
+                let at = rng.gen_range(0..blocks) * block as u64;
+                match p {
+                    Pattern::RandWrite(_) => dev.write_at(at, &buf)?,
+                    _ => dev.read_at(at, &mut buf)?,
                 }
+                bytes += block as u64;
             }
         }
     }
@@ -171,7 +182,7 @@ fn rebuild_speed(root: &Path, raid: Raid, members: usize, size: u64) -> anyhow::
         disk_capacity: per_disk,
     };
     let dev = LuDevice::create(&array, &spec, OpenOptions::default())?;
-    run(&dev, Pattern::SeqWrite, 0.0, 1)?;
+    run(&dev, Pattern::SeqWrite, 0, 1)?;
     dev.fail_member(2)?;
     dev.replace_member(2, array.open_disk(members as u32 + 1, per_disk)?)?;
     let p = jobs::rebuild(&dev, &AtomicBool::new(false), |_| {})?;
@@ -192,9 +203,7 @@ fn main() -> anyhow::Result<()> {
         .map_or(Ok(256), |s| s.parse::<u64>())
         .context("--size-mib")?
         * MIB;
-    let secs: f64 = arg(&args, "--seconds")
-        .map_or(Ok(2.0), |s| s.parse())
-        .context("--seconds")?;
+    let ops: u64 = arg(&args, "--ops").map_or(Ok(8192), |s| s.parse()).context("--ops")?;
     let repeat: usize = arg(&args, "--repeat")
         .map_or(Ok(3), |s| s.parse())
         .context("--repeat")?;
@@ -240,8 +249,9 @@ fn main() -> anyhow::Result<()> {
         Pattern::RandWrite(65536),
         Pattern::RandRead(65536),
     ];
+    let cold = if drop_caches() { "reads from disk (page cache dropped)" } else { "reads may hit the page cache (not root)" };
     println!(
-        "LU {} MiB, stripe unit 64 KiB, {repeat} interleaved runs, median MB/s (ratio to the plain file), in {}",
+        "LU {} MiB, stripe unit 64 KiB, {ops} ops per random pattern, {repeat} interleaved runs, median MB/s (ratio to the plain file), {cold}, in {}",
         size / MIB,
         base.display()
     );
@@ -251,7 +261,7 @@ fn main() -> anyhow::Result<()> {
         for (si, s) in setups.iter().enumerate() {
             let dev = build(root.path(), s, size, round)?;
             for (pi, p) in patterns.iter().enumerate() {
-                results[pi][si].push(run(dev.as_ref(), *p, secs, round as u64)?);
+                results[pi][si].push(run(dev.as_ref(), *p, ops, round as u64)?);
             }
             drop(dev);
             std::fs::remove_dir_all(root.path().join(format!("{}-{round}", s.name.replace(' ', "-"))))?;
