@@ -6,7 +6,8 @@
 //! Options (after `--`): `--size-mib N` LU size (default 256), `--ops N`
 //! operations per random pattern (default 8192), `--repeat N` interleaved
 //! runs, median reported (default 3), `--dir DIR` where the disk files go
-//! (default: the system temp directory).
+//! (default: the system temp directory), `--only TEXT` patterns whose name
+//! contains TEXT (e.g. `--only "seq read"`).
 //!
 //! Every device gets the same seeded sequence of operations. Write patterns
 //! end with a flush (fdatasync of every member, or of the plain file), so
@@ -52,6 +53,8 @@ impl BlockDevice for Plain {
 #[derive(Clone, Copy, Debug)]
 enum Pattern {
     SeqWrite,
+    /// Right after the write, from the page cache: the software path alone.
+    SeqReadCached,
     SeqRead,
     RandWrite(usize),
     RandRead(usize),
@@ -61,6 +64,7 @@ impl Pattern {
     fn name(self) -> String {
         match self {
             Pattern::SeqWrite => "seq write 1 MiB".into(),
+            Pattern::SeqReadCached => "seq read 1 MiB, cached".into(),
             Pattern::SeqRead => "seq read 1 MiB".into(),
             Pattern::RandWrite(b) => format!("rand write {} KiB", b >> 10),
             Pattern::RandRead(b) => format!("rand read {} KiB", b >> 10),
@@ -85,7 +89,7 @@ fn run(dev: &dyn BlockDevice, p: Pattern, ops: u64, seed: u64) -> anyhow::Result
     let t0 = Instant::now();
     let mut bytes = 0u64;
     match p {
-        Pattern::SeqWrite | Pattern::SeqRead => {
+        Pattern::SeqWrite | Pattern::SeqRead | Pattern::SeqReadCached => {
             let mut buf = vec![0u8; MIB as usize];
             rng.fill(&mut buf[..]);
             let mut at = 0;
@@ -240,16 +244,33 @@ fn main() -> anyhow::Result<()> {
             members: 3,
             degraded: true,
         },
+        // Parity is a quarter of the bytes written instead of half.
+        Setup {
+            name: "RAID 5 x5",
+            raid: Some(Raid::Parity),
+            members: 5,
+            degraded: false,
+        },
     ];
+    let only = arg(&args, "--only");
     let patterns = [
         Pattern::SeqWrite,
+        Pattern::SeqReadCached,
         Pattern::SeqRead,
         Pattern::RandWrite(4096),
         Pattern::RandRead(4096),
         Pattern::RandWrite(65536),
         Pattern::RandRead(65536),
     ];
-    let cold = if drop_caches() { "reads from disk (page cache dropped)" } else { "reads may hit the page cache (not root)" };
+    let cold = if drop_caches() {
+        "reads from disk (page cache dropped)"
+    } else {
+        "reads may hit the page cache (not root)"
+    };
+    let patterns: Vec<Pattern> = patterns
+        .into_iter()
+        .filter(|p| only.as_ref().is_none_or(|o| p.name().contains(o.as_str())))
+        .collect();
     println!(
         "LU {} MiB, stripe unit 64 KiB, {ops} ops per random pattern, {repeat} interleaved runs, median MB/s (ratio to the plain file), {cold}, in {}",
         size / MIB,
@@ -267,14 +288,14 @@ fn main() -> anyhow::Result<()> {
             std::fs::remove_dir_all(root.path().join(format!("{}-{round}", s.name.replace(' ', "-"))))?;
         }
     }
-    print!("{:<18}", "pattern");
+    print!("{:<24}", "pattern");
     for s in &setups {
         print!(" | {:>22}", s.name);
     }
     println!();
     for (pi, p) in patterns.iter().enumerate() {
         let plain = median(results[pi][0].clone());
-        print!("{:<18}", p.name());
+        print!("{:<24}", p.name());
         for si in 0..setups.len() {
             let m = median(results[pi][si].clone());
             if si == 0 {

@@ -143,10 +143,12 @@ impl Slot {
         self.done.store(done, Ordering::Release);
     }
 
-    /// Whether stripe `s` is rebuilt here but a reopen would not know it.
-    pub fn rebuilt_unrecorded(&self, s: u64) -> bool {
+    /// Whether any of stripes `s0..=s1` is rebuilt here but a reopen would
+    /// not know it.
+    pub fn rebuilt_unrecorded(&self, s0: u64, s1: u64) -> bool {
         self.rebuilt().is_some()
-            && (self.persisted.load(Ordering::Acquire)..self.done.load(Ordering::Acquire)).contains(&s)
+            && self.persisted.load(Ordering::Acquire) <= s1
+            && s0 < self.done.load(Ordering::Acquire)
     }
 
     pub fn set_active(&self) {
@@ -561,14 +563,6 @@ impl LuDevice {
         Ok(())
     }
 
-    /// Marks the intent regions of stripe `s` dirty, durably, before it is written.
-    pub(super) fn mark_dirty(&self, inner: &mut Inner, s: u64) {
-        if inner.bitmap.mark(s, s) {
-            let bits = inner.bitmap.as_bytes().to_vec();
-            self.meta_to_all(inner, BITMAP_AT, &bits);
-        }
-    }
-
     /// Fails reads of a chunk on the suspect member inside a suspect region.
     pub(super) fn check_suspect(&self, inner: &Inner, slot: usize, s: u64) -> Result<(), ArrayError> {
         if inner.sb.suspect_slot == Some(slot as u32) && inner.suspect.contains(&inner.bitmap.region_of(s)) {
@@ -778,6 +772,35 @@ impl LuDevice {
         }
     }
 
+    /// What must be durable before stripes `s0..=s1` are written.
+    fn before_write(&self, inner: &mut Inner, s0: u64, s1: u64) -> Result<(), ArrayError> {
+        self.settle_failures(inner)?;
+        // A healthy write to a stripe rebuilt since the last checkpoint
+        // would, after a crash, be read back through parity as if the
+        // stripe were still missing; record the progress first.
+        if inner.slots.iter().any(|s| s.rebuilt_unrecorded(s0, s1)) {
+            self.checkpoint(inner)?;
+        }
+        if inner.bitmap.mark(s0, s1) {
+            let bits = inner.bitmap.as_bytes().to_vec();
+            self.meta_to_all(inner, BITMAP_AT, &bits);
+        }
+        Ok(())
+    }
+
+    /// Writes a range stripe by stripe (any health).
+    fn write_pieces(&self, inner: &mut Inner, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
+        for p in self.geo.pieces(offset, data.len() as u64) {
+            self.before_write(inner, p.stripe, p.stripe)?;
+            let src = &data[p.buf_at..p.buf_at + p.len as usize];
+            match self.geo.raid {
+                Raid::Mirror => self.mirror_write(inner, &p, src)?,
+                Raid::Parity => self.parity_write(inner, &p, src)?,
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn next_mirror(&self) -> usize {
         self.rr.fetch_add(1, Ordering::Relaxed)
     }
@@ -790,6 +813,12 @@ impl BlockDevice for LuDevice {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
         let inner = self.read_lock();
+        check_range("LU", offset, buf.len(), self.geo.capacity())?;
+        self.check_usable()?;
+        self.prefetch(&inner, offset, buf.len());
+        if self.geo.raid == Raid::Mirror && buf.len() >= super::bulk::BULK_MIN {
+            return self.mirror_read_large(&inner, offset, buf);
+        }
         self.each_piece(offset, buf.len(), |p| {
             let out = &mut buf[p.buf_at..p.buf_at + p.len as usize];
             match self.geo.raid {
@@ -802,21 +831,9 @@ impl BlockDevice for LuDevice {
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
-        self.each_piece(offset, data.len(), |p| {
-            self.settle_failures(inner)?;
-            // A healthy write to a stripe rebuilt since the last checkpoint
-            // would, after a crash, be read back through parity as if the
-            // stripe were still missing; record the progress first.
-            if inner.slots.iter().any(|s| s.rebuilt_unrecorded(p.stripe)) {
-                self.checkpoint(inner)?;
-            }
-            self.mark_dirty(inner, p.stripe);
-            let src = &data[p.buf_at..p.buf_at + p.len as usize];
-            match self.geo.raid {
-                Raid::Mirror => self.mirror_write(inner, &p, src),
-                Raid::Parity => self.parity_write(inner, &p, src),
-            }
-        })?;
+        check_range("LU", offset, data.len(), self.geo.capacity())?;
+        self.check_usable()?;
+        self.write_pieces(inner, offset, data)?;
         self.settle_failures(inner)
     }
 
@@ -825,7 +842,7 @@ impl BlockDevice for LuDevice {
         let inner = &mut *guard;
         self.check_usable()?;
         self.settle_failures(inner)?;
-        self.sync_all(inner);
+        self.sync_all_parallel(inner);
         self.settle_failures(inner)?;
         self.reset_journal(inner);
         if inner.bitmap.clear_except(&inner.suspect) {

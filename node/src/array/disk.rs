@@ -214,6 +214,23 @@ impl PhysicalDisk {
         sync_range(&self.file, at, data.len() as u64).map_err(err)
     }
 
+    /// Asks the kernel to start reading a data range now, asynchronously,
+    /// so that the reads that follow find it in memory. Only a hint.
+    pub fn will_need(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        if check_range("disk data", offset, len as usize, self.header.capacity).is_ok() {
+            // SAFETY: the descriptor is owned by `self.file`; fadvise reads no user memory.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    (META_BYTES + offset) as i64,
+                    len as i64,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+        }
+    }
+
     /// Zeroes a range of the data area, punching a hole where the file
     /// system can (instant, and keeps the disk file sparse).
     pub fn zero_data(&self, offset: u64, len: u64) -> Result<(), ArrayError> {

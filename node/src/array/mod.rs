@@ -5,12 +5,13 @@
 //! geometry; [`superblock`] is what members record about their LU;
 //! [`intent`] holds the write-intent bitmap and degraded-write journal that
 //! make writes crash-consistent; [`device`] is the LU block device with its
-//! RAID 1 ([`raid1`]) and RAID 5 ([`raid5`]) paths; [`jobs`] runs rebuild
-//! and scrub.
+//! RAID 1 (`raid1`) and RAID 5 (`raid5`) paths and the readahead hints for
+//! large reads (`bulk`); [`jobs`] runs rebuild and scrub.
 //!
 //! Everything here is synchronous file I/O and knows nothing of the shared
 //! LU or gRPC: the CHN's LU host records what happens here in the tables.
 
+mod bulk;
 pub mod device;
 pub mod disk;
 pub mod intent;

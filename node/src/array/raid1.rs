@@ -4,6 +4,7 @@
 //! Owns the mirror read, write and resync paths. It must never read a
 //! member for a stripe it does not hold valid data for.
 
+use super::bulk::mirror_share;
 use super::device::{Inner, LuDevice};
 use super::layout::StripePiece;
 use super::ArrayError;
@@ -20,6 +21,32 @@ impl LuDevice {
             }
         }
         Err(self.lu_failed("no mirror member can be read"))
+    }
+
+    /// A large read: each mirror serves one contiguous share, so that every
+    /// member file is read sequentially. Falls back to piece by piece (which
+    /// tries every mirror) when a share cannot be read.
+    pub(super) fn mirror_read_large(&self, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
+        let n = inner.slots.len();
+        let (s0, s1) = (offset / self.geo.unit, (offset + buf.len() as u64 - 1) / self.geo.unit);
+        if inner.slots.iter().all(|s| s.available(s0) && s.available(s1)) {
+            let len = buf.len();
+            let mut all = true;
+            for (i, slot) in inner.slots.iter().enumerate() {
+                let Some((at, part)) = mirror_share(offset, len, n, i) else {
+                    continue;
+                };
+                let from = (at - offset) as usize;
+                all &= self.member_read(slot, at, &mut buf[from..from + part]);
+            }
+            if all {
+                return Ok(());
+            }
+        }
+        for p in self.geo.pieces(offset, buf.len() as u64) {
+            self.mirror_read(inner, &p, &mut buf[p.buf_at..p.buf_at + p.len as usize])?;
+        }
+        Ok(())
     }
 
     pub(super) fn mirror_write(&self, inner: &mut Inner, p: &StripePiece, data: &[u8]) -> Result<(), ArrayError> {
