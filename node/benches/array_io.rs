@@ -293,11 +293,11 @@ fn main() -> anyhow::Result<()> {
         print!(" | {:>22}", s.name);
     }
     println!();
-    for (pi, p) in patterns.iter().enumerate() {
-        let plain = median(results[pi][0].clone());
+    for (p, row) in patterns.iter().zip(&results) {
+        let plain = median(row[0].clone());
         print!("{:<24}", p.name());
-        for si in 0..setups.len() {
-            let m = median(results[pi][si].clone());
+        for (si, samples) in row.iter().enumerate() {
+            let m = median(samples.clone());
             if si == 0 {
                 print!(" | {:>15.1} MB/s", m);
             } else {

@@ -39,6 +39,8 @@ struct Opened {
     dev: Arc<LuDevice>,
     job: Option<Arc<Job>>,
     reported: Option<Health>,
+    /// Last time the LU lock was confirmed ours.
+    renewed: tokio::time::Instant,
 }
 
 struct HostInner {
@@ -257,6 +259,7 @@ impl LuHost {
             dev: dev.clone(),
             job: None,
             reported: None,
+            renewed: tokio::time::Instant::now(),
         });
         tracing::info!(lu, epoch, "LU open on this CHN");
         self.report(lu).await;
@@ -476,12 +479,27 @@ impl LuHost {
                     if renewed.elapsed() >= self.inner.lease / 3 {
                         renewed = tokio::time::Instant::now();
                         for &lu in &open {
-                            if let Err(e) = self.take_lock(lu).await {
-                                if e.code() == tonic::Code::FailedPrecondition {
-                                    self.close(lu, e.message());
+                            match self.take_lock(lu).await {
+                                Ok(_) => {
+                                    if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
+                                        o.renewed = renewed;
+                                    }
                                 }
+                                Err(e) if e.code() == tonic::Code::FailedPrecondition => self.close(lu, e.message()),
+                                Err(e) => tracing::warn!(lu, "LU lock not renewed: {}", e.message()),
                             }
                         }
+                    }
+                    // Without a renewal (no quorum, say) the lease runs out and
+                    // another CHN may take the LU: stop using it before then.
+                    let margin = self.inner.lease / 10;
+                    let expired: Vec<u32> = lock(&self.inner.open)
+                        .iter()
+                        .filter(|(_, o)| o.renewed.elapsed() + margin >= self.inner.lease)
+                        .map(|(lu, _)| *lu)
+                        .collect();
+                    for lu in expired {
+                        self.close(lu, "its lease ran out without renewal");
                     }
                     for lu in open {
                         self.report(lu).await;

@@ -210,7 +210,7 @@ fn validate(spec: &LuSpec) -> Result<Geometry, ArrayError> {
             spec.unit
         ));
     }
-    if spec.per_disk == 0 || spec.per_disk % spec.unit != 0 || spec.per_disk > spec.disk_capacity {
+    if spec.per_disk == 0 || !spec.per_disk.is_multiple_of(spec.unit) || spec.per_disk > spec.disk_capacity {
         return refuse(format!(
             "{} bytes per member is not a positive multiple of the stripe unit within the disk capacity",
             spec.per_disk

@@ -532,7 +532,7 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn replace_disk(&self, req: Request<ReplaceDiskRequest>) -> Result<Response<WriteReply>, Status> {
-        let r = req.get_ref().clone();
+        let r = *req.get_ref();
         let lu = self.disk_group(r.disk).await?;
         if lu == 0 {
             return Err(Status::failed_precondition(format!(
