@@ -354,3 +354,124 @@ async fn bad_array_inputs_get_precise_statuses() -> anyhow::Result<()> {
     assert_eq!(back, b"still fine");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_fails_the_member_and_is_recorded_in_the_disk_table() -> anyhow::Result<()> {
+    let c = TestCluster::up(1, &[])?;
+    ok(c.nasctl(&["array", "init", "--disks", "3", "--size", "8M"]));
+    ok(c.nasctl(&["lu", "create", "--raid", "5", "--disks", "1,2,3"]));
+    let data = random_bytes(6 << 20, 6);
+    write_lu(&c, "CHN1", 1, 0, &data).await;
+    // The disk loses its data area under the open LU: the next read of it fails.
+    let disk = c.dir().join("array").join("disk-002.img");
+    std::fs::OpenOptions::new().write(true).open(&disk)?.set_len(4 << 20)?;
+    assert!(
+        read_lu(&c, "CHN1", 1, 0, data.len()).await == data,
+        "read around the failed disk differs"
+    );
+    wait_until("disk 2 recorded FAILED", Duration::from_secs(10), || async {
+        let disks = c
+            .admin("CHN1")
+            .list_disks(ListRequest { local: false })
+            .await
+            .ok()?
+            .into_inner()
+            .disks;
+        disks
+            .iter()
+            .any(|d| d.number == 2 && d.state == DiskState::DiskFailed as i32)
+            .then_some(())
+    })
+    .await?;
+    wait_until("LU 1 reported DEGRADED", Duration::from_secs(10), || async {
+        (lu_row(&c, 1).await.health == LuHealth::LuDegraded as i32).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_serving_chn_during_writes_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let mut c = TestCluster::up(3, &[])?;
+    ok(c.nasctl(&[
+        "--cluster",
+        &c.node("CHN2").addr,
+        "array",
+        "init",
+        "--disks",
+        "3",
+        "--size",
+        "16M",
+    ]));
+    ok(c.nasctl(&[
+        "--cluster",
+        &c.node("CHN2").addr,
+        "lu",
+        "create",
+        "--raid",
+        "5",
+        "--disks",
+        "1,2,3",
+    ]));
+    // A writer on CHN2 (the LU's holder) records every acknowledged write.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let mut admin = c.admin("CHN2");
+        let count = count.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..10_000u64 {
+                let offset = (i * 37_000) % (30 << 20);
+                let data = random_bytes(20_000, i);
+                let req = WriteLuRequest {
+                    lu: 1,
+                    offset,
+                    data,
+                    flush: true,
+                };
+                if admin.write_lu(req).await.is_err() {
+                    break;
+                }
+                acked.push(i);
+                count.store(acked.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+            acked
+        })
+    };
+    wait_until("20 acknowledged writes", Duration::from_secs(30), || async {
+        (count.load(std::sync::atomic::Ordering::Relaxed) >= 20).then_some(())
+    })
+    .await?;
+    c.kill9("CHN2");
+    let acked = writer.await?;
+    assert!(
+        acked.len() >= 20,
+        "the writer made too little progress ({})",
+        acked.len()
+    );
+    c.cluster_up(None, &[])?;
+    // Later writes overwrite earlier ones where they overlap: check each
+    // acknowledged write's bytes that no later acknowledged write covered.
+    let mut expect = vec![None; 30 << 20];
+    for &i in &acked {
+        let offset = ((i * 37_000) % (30 << 20)) as usize;
+        for (j, b) in random_bytes(20_000, i).into_iter().enumerate() {
+            if let Some(slot) = expect.get_mut(offset + j) {
+                *slot = Some(b);
+            }
+        }
+    }
+    let got = read_lu(&c, "CHN2", 1, 0, 30 << 20).await;
+    let lost = expect
+        .iter()
+        .zip(&got)
+        .filter(|(e, g)| e.is_some_and(|e| e != **g))
+        .count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} acknowledged bytes lost after kill -9 ({} writes acknowledged)",
+        acked.len()
+    );
+    Ok(())
+}
