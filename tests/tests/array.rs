@@ -25,6 +25,13 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs nasctl against one CHN only (so that calls must be forwarded).
+fn on(c: &TestCluster, chn: &str, args: &[&str]) -> String {
+    let mut all = vec!["--cluster", &c.node(chn).addr];
+    all.extend_from_slice(args);
+    ok(c.nasctl(&all))
+}
+
 async fn write_lu(c: &TestCluster, chn: &str, lu: u32, offset: u64, data: &[u8]) {
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
         let req = WriteLuRequest {
@@ -63,36 +70,9 @@ async fn lu_row(c: &TestCluster, lu: u32) -> Lu {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raid_lus_survive_a_failed_disk_and_rebuild_online() -> anyhow::Result<()> {
     let c = TestCluster::up(3, &[])?;
-    ok(c.nasctl(&[
-        "--cluster",
-        &c.node("CHN2").addr,
-        "array",
-        "init",
-        "--disks",
-        "7",
-        "--size",
-        "16M",
-    ]));
-    ok(c.nasctl(&[
-        "--cluster",
-        &c.node("CHN2").addr,
-        "lu",
-        "create",
-        "--raid",
-        "5",
-        "--disks",
-        "1,2,3",
-    ]));
-    ok(c.nasctl(&[
-        "--cluster",
-        &c.node("CHN3").addr,
-        "lu",
-        "create",
-        "--raid",
-        "1",
-        "--disks",
-        "4,5",
-    ]));
+    on(&c, "CHN2", &["array", "init", "--disks", "7", "--size", "16M"]);
+    on(&c, "CHN2", &["lu", "create", "--raid", "5", "--disks", "1,2,3"]);
+    on(&c, "CHN3", &["lu", "create", "--raid", "1", "--disks", "4,5"]);
     let five = random_bytes(3 << 20, 1);
     let one = random_bytes(2 << 20, 2);
     // CHN1 holds neither LU: its calls are forwarded to the lock holders.
@@ -175,26 +155,8 @@ async fn scrub_reports_and_repairs_damaged_parity() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_interrupted_by_kill9_resumes_where_it_was() -> anyhow::Result<()> {
     let mut c = TestCluster::up(3, &[])?;
-    ok(c.nasctl(&[
-        "--cluster",
-        &c.node("CHN1").addr,
-        "array",
-        "init",
-        "--disks",
-        "4",
-        "--size",
-        "160M",
-    ]));
-    ok(c.nasctl(&[
-        "--cluster",
-        &c.node("CHN1").addr,
-        "lu",
-        "create",
-        "--raid",
-        "5",
-        "--disks",
-        "1,2,3",
-    ]));
+    on(&c, "CHN1", &["array", "init", "--disks", "4", "--size", "160M"]);
+    on(&c, "CHN1", &["lu", "create", "--raid", "5", "--disks", "1,2,3"]);
     let data = random_bytes(2 << 20, 5);
     for at in [0u64, 100 << 20, 300 << 20] {
         write_lu(&c, "CHN1", 1, at, &data).await;
@@ -393,26 +355,8 @@ async fn an_io_error_fails_the_member_and_is_recorded_in_the_disk_table() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_serving_chn_during_writes_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let mut c = TestCluster::up(3, &[])?;
-    ok(c.nasctl(&[
-        "--cluster",
-        &c.node("CHN2").addr,
-        "array",
-        "init",
-        "--disks",
-        "3",
-        "--size",
-        "16M",
-    ]));
-    ok(c.nasctl(&[
-        "--cluster",
-        &c.node("CHN2").addr,
-        "lu",
-        "create",
-        "--raid",
-        "5",
-        "--disks",
-        "1,2,3",
-    ]));
+    on(&c, "CHN2", &["array", "init", "--disks", "3", "--size", "16M"]);
+    on(&c, "CHN2", &["lu", "create", "--raid", "5", "--disks", "1,2,3"]);
     // A writer on CHN2 (the LU's holder) records every acknowledged write.
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {

@@ -396,9 +396,10 @@ impl Tables {
             return reject(
                 Code::FailedPrecondition,
                 format!(
-                    "disk {} is {} and in no RAID group; only a FAILED member can be replaced",
+                    "disk {} is {}{}; only a FAILED member of an LU can be replaced",
                     c.failed,
-                    nas_proto::labels::disk_state(failed.state)
+                    nas_proto::labels::disk_state(failed.state),
+                    if failed.raid_group == 0 { " and in no LU" } else { "" }
                 ),
             );
         }
