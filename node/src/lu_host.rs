@@ -48,6 +48,7 @@ struct HostInner {
     array_dir: Option<PathBuf>,
     lease: Duration,
     open: Mutex<HashMap<u32, Opened>>,
+    opening: tokio::sync::Mutex<()>,
     failures: mpsc::UnboundedSender<u32>,
 }
 
@@ -104,6 +105,7 @@ impl LuHost {
                 array_dir,
                 lease,
                 open: Mutex::new(HashMap::new()),
+                opening: tokio::sync::Mutex::new(()),
                 failures: tx,
             }),
         };
@@ -220,6 +222,9 @@ impl LuHost {
 
     /// Opens (or formats, if it never was) an LU on this CHN under its lock.
     async fn open_local(&self, lu: u32) -> Result<Arc<LuDevice>, Status> {
+        // One opener at a time: two devices over the same disks would each
+        // run crash recovery and write without seeing the other.
+        let _opening = self.inner.opening.lock().await;
         if let Some(o) = lock(&self.inner.open).get(&lu) {
             return Ok(o.dev.clone());
         }
@@ -234,14 +239,13 @@ impl LuHost {
             })),
             abort_at_member_write: None,
         };
+        // Format only an LU the table calls new *and* no member recognizes:
+        // a lost health report must never lead to wiping a formatted LU.
         let fresh = health == LuHealth::Unspecified as i32;
         let s = spec.clone();
-        let dev = blocking(move || {
-            if fresh {
-                LuDevice::create(&array, &s, opts)
-            } else {
-                LuDevice::open(&array, &s, opts)
-            }
+        let dev = blocking(move || match LuDevice::open(&array, &s, opts.clone()) {
+            Err(ArrayError::Unformatted { .. }) if fresh => LuDevice::create(&array, &s, opts),
+            other => other,
         })
         .await?;
         let dev = Arc::new(dev);

@@ -300,10 +300,7 @@ impl LuDevice {
             }
         }
         let Some(mut sb) = newest else {
-            return Err(ArrayError::LuFailed {
-                lu: spec.lu,
-                reason: format!("no member disk holds its superblock ({})", problems.join("; ")),
-            });
+            return Err(ArrayError::Unformatted { lu: spec.lu, problems: problems.join("; ") });
         };
         if sb.raid != spec.raid
             || sb.unit != spec.unit
@@ -661,11 +658,16 @@ impl LuDevice {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
         self.pending.store(!newly_missing.is_empty(), Ordering::Release);
-        if let Some(slot) = inner.slots.iter().find(|s| s.present()) {
-            if let Some(disk) = &slot.disk {
-                let mut bits = vec![0u8; BITMAP_BYTES];
-                disk.read_meta(BITMAP_AT, &mut bits)?;
-                inner.bitmap = Bitmap::from_bytes(bits, inner.sb.region_stripes);
+        // Every present member holds the same bitmap; the first readable copy serves.
+        for slot in inner.slots.iter().filter(|s| s.present()) {
+            let Some(disk) = &slot.disk else { continue };
+            let mut bits = vec![0u8; BITMAP_BYTES];
+            match disk.read_meta(BITMAP_AT, &mut bits) {
+                Ok(()) => {
+                    inner.bitmap = Bitmap::from_bytes(bits, inner.sb.region_stripes);
+                    break;
+                }
+                Err(e) => self.fail_slot(slot, &e),
             }
         }
         if inner.sb.suspect_slot.is_some() {

@@ -67,6 +67,8 @@ pub enum ArrayError {
         len: u64,
         limit: u64,
     },
+    #[error("LU {lu} is not formatted: no member disk holds its superblock ({problems})")]
+    Unformatted { lu: u32, problems: String },
     #[error("LU {lu} has failed: {reason}; its data cannot be served")]
     LuFailed { lu: u32, reason: String },
     #[error("LU {lu}: bytes at {offset} lived on a disk that went missing while they were being written; they are lost, rewrite them")]
