@@ -161,10 +161,14 @@ enum DiskCmd {
     List(ReadOpts),
     /// Take disk N out of service as if it had failed (a drill): its LU
     /// goes on DEGRADED from the other members.
-    Fail { disk: u32 },
+    Fail {
+        /// Disk number (see `nasctl disk list`).
+        disk: u32,
+    },
     /// Replace FAILED disk N in its LU with a NOT USED disk; then run
     /// `nasctl lu rebuild LU` to copy the data onto it.
     Replace {
+        /// Number of the FAILED disk.
         disk: u32,
         /// The disk to put in its place [default: the lowest NOT USED disk].
         #[arg(long)]
@@ -199,6 +203,7 @@ enum LuCmd {
     /// stays online; shows progress until done. A rebuild interrupted by a
     /// crash resumes by itself when the CHN comes back.
     Rebuild {
+        /// LU number (see `nasctl lu list`).
         lu: u32,
         #[command(flatten)]
         wait: JobOpts,
@@ -206,7 +211,9 @@ enum LuCmd {
     /// Check LU N's parity (RAID 5) or mirror copies (RAID 1) and report
     /// inconsistent stripes; --repair rewrites them from the data.
     Scrub {
+        /// LU number (see `nasctl lu list`).
         lu: u32,
+        /// Rewrite inconsistent parity (RAID 5) or mirror copies (RAID 1) from the data.
         #[arg(long)]
         repair: bool,
         #[command(flatten)]
@@ -215,19 +222,26 @@ enum LuCmd {
     /// Read raw bytes of LU N (diagnostics; bypasses any file system) to
     /// stdout or --out FILE.
     Read {
+        /// LU number (see `nasctl lu list`).
         lu: u32,
+        /// Byte offset in the LU (sizes like 4K or 1M work).
         #[arg(long, default_value_t = 0, value_parser = parse_size)]
         offset: u64,
+        /// Bytes to read (e.g. 3M).
         #[arg(long, value_parser = parse_size)]
         length: u64,
+        /// Write them to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Write a local FILE as raw bytes into LU N at --offset and flush
     /// (diagnostics and drills; overwrites whatever the LU held there).
     Write {
+        /// LU number (see `nasctl lu list`).
         lu: u32,
+        /// Local file whose bytes are written.
         file: PathBuf,
+        /// Byte offset in the LU (sizes like 4K or 1M work).
         #[arg(long, default_value_t = 0, value_parser = parse_size)]
         offset: u64,
     },
