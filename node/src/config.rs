@@ -73,6 +73,10 @@ pub struct Settings {
     /// Lease of the LU locks this CHN holds, in milliseconds; renewed every third of it [default: 10000].
     #[arg(long, env = "NASD_LU_LEASE_MS")]
     pub lu_lease_ms: Option<u64>,
+    /// Most LU data a rebuild reconstructs per second, in MB/s, to leave
+    /// bandwidth to clients; 0 means as fast as the disks go [default: 0].
+    #[arg(long, env = "NASD_REBUILD_MAX_MB_S")]
+    pub rebuild_max_mb_s: Option<u64>,
 }
 
 /// The validated configuration.
@@ -87,6 +91,8 @@ pub struct Config {
     pub raft: RaftSettings,
     pub daemon_interval: Duration,
     pub lu_lease: Duration,
+    /// Rebuild rate limit in bytes per second, if any.
+    pub rebuild_limit: Option<u64>,
 }
 
 /// The node id a CHN name implies: its trailing digits.
@@ -114,6 +120,7 @@ impl Settings {
             quorum_timeout_ms: self.quorum_timeout_ms.or(file.quorum_timeout_ms),
             daemon_interval_ms: self.daemon_interval_ms.or(file.daemon_interval_ms),
             lu_lease_ms: self.lu_lease_ms.or(file.lu_lease_ms),
+            rebuild_max_mb_s: self.rebuild_max_mb_s.or(file.rebuild_max_mb_s),
         }
     }
 
@@ -177,6 +184,10 @@ impl Settings {
             },
             daemon_interval: Duration::from_millis(daemon_interval_ms),
             lu_lease: Duration::from_millis(lu_lease_ms),
+            rebuild_limit: merged
+                .rebuild_max_mb_s
+                .filter(|&m| m > 0)
+                .map(|m| m.saturating_mul(1_000_000)),
         })
     }
 }

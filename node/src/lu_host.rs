@@ -47,6 +47,7 @@ struct HostInner {
     shared: SharedLu,
     array_dir: Option<PathBuf>,
     lease: Duration,
+    rebuild_limit: Option<u64>,
     open: Mutex<HashMap<u32, Opened>>,
     opening: tokio::sync::Mutex<()>,
     failures: mpsc::UnboundedSender<u32>,
@@ -97,6 +98,7 @@ impl LuHost {
         shared: SharedLu,
         array_dir: Option<PathBuf>,
         lease: Duration,
+        rebuild_limit: Option<u64>,
     ) -> (Self, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let host = Self {
@@ -104,6 +106,7 @@ impl LuHost {
                 shared,
                 array_dir,
                 lease,
+                rebuild_limit,
                 open: Mutex::new(HashMap::new()),
                 opening: tokio::sync::Mutex::new(()),
                 failures: tx,
@@ -388,6 +391,7 @@ impl LuHost {
         });
         o.job = Some(job.clone());
         let dev = o.dev.clone();
+        let limit = self.inner.rebuild_limit;
         let started = lock(&job.state).clone();
         tokio::task::spawn_blocking(move || {
             let update = |p: &jobs::Progress| {
@@ -406,7 +410,7 @@ impl LuHost {
                     )
                 })
             } else {
-                jobs::rebuild(&dev, &job.cancel, update).map(|p| {
+                jobs::rebuild(&dev, &job.cancel, limit, update).map(|p| {
                     format!(
                         "rebuilt {} MiB at {:.1} MB/s",
                         p.total_bytes >> 20,

@@ -54,7 +54,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     ));
     tracing::info!(name = %cfg.name, node_id = cfg.node_id, %addr, data = %cfg.data.display(), "CHN serving");
 
-    let (host, host_task) = crate::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease);
+    let (host, host_task) = crate::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.rebuild_limit);
     let host_task = tokio::spawn(host_task);
     let admin = AdminServer::new(AdminService {
         lu: lu.clone(),

@@ -154,11 +154,12 @@ async fn scrub_reports_and_repairs_damaged_parity() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_interrupted_by_kill9_resumes_where_it_was() -> anyhow::Result<()> {
-    let mut c = TestCluster::up(3, &[])?;
-    on(&c, "CHN1", &["array", "init", "--disks", "4", "--size", "160M"]);
+    // Rate-limited, so that the rebuild is still running when CHN1 dies.
+    let mut c = TestCluster::up(3, &["--rebuild-max-mb-s=20"])?;
+    on(&c, "CHN1", &["array", "init", "--disks", "4", "--size", "64M"]);
     on(&c, "CHN1", &["lu", "create", "--raid", "5", "--disks", "1,2,3"]);
     let data = random_bytes(2 << 20, 5);
-    for at in [0u64, 100 << 20, 300 << 20] {
+    for at in [0u64, 50 << 20, 120 << 20] {
         write_lu(&c, "CHN1", 1, at, &data).await;
     }
     ok(c.nasctl(&["disk", "fail", "3"]));
@@ -187,7 +188,7 @@ async fn a_rebuild_interrupted_by_kill9_resumes_where_it_was() -> anyhow::Result
         c.logs()
     );
     ok(c.nasctl(&["disk", "fail", "1"]));
-    for at in [0u64, 100 << 20, 300 << 20] {
+    for at in [0u64, 50 << 20, 120 << 20] {
         assert!(
             read_lu(&c, "CHN2", 1, at, data.len()).await == data,
             "data at {at} differs after the resumed rebuild"

@@ -300,7 +300,10 @@ impl LuDevice {
             }
         }
         let Some(mut sb) = newest else {
-            return Err(ArrayError::Unformatted { lu: spec.lu, problems: problems.join("; ") });
+            return Err(ArrayError::Unformatted {
+                lu: spec.lu,
+                problems: problems.join("; "),
+            });
         };
         if sb.raid != spec.raid
             || sb.unit != spec.unit

@@ -197,9 +197,14 @@ fn progress(dev: &LuDevice, done: u64, total: u64, from: u64, started: Instant) 
     }
 }
 
-/// Runs the pending rebuild to the end (or until `cancel`), calling
-/// `report` after every batch.
-pub fn rebuild(dev: &LuDevice, cancel: &AtomicBool, mut report: impl FnMut(&Progress)) -> Result<Progress, ArrayError> {
+/// Runs the pending rebuild to the end (or until `cancel`), at most
+/// `limit` bytes of LU data per second, calling `report` after every batch.
+pub fn rebuild(
+    dev: &LuDevice,
+    cancel: &AtomicBool,
+    limit: Option<u64>,
+    mut report: impl FnMut(&Progress),
+) -> Result<Progress, ArrayError> {
     let started = Instant::now();
     let from = dev.rebuild_state().map_or(0, |(_, done)| done);
     let mut last = Progress::default();
@@ -211,6 +216,16 @@ pub fn rebuild(dev: &LuDevice, cancel: &AtomicBool, mut report: impl FnMut(&Prog
         report(&last);
         if done == total {
             break;
+        }
+        // Rate limit: pause until the bytes done fit the allowed rate. The
+        // device lock is not held here, so clients are served meanwhile.
+        if let Some(limit) = limit.filter(|&l| l > 0) {
+            let g = dev.geometry();
+            let bytes = (done - from) * g.unit * g.data_members() as u64;
+            let due = Duration::from_secs_f64(bytes as f64 / limit as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait.min(Duration::from_secs(1)));
+            }
         }
     }
     Ok(last)

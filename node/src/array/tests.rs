@@ -210,7 +210,7 @@ fn rebuild_restores_full_redundancy() {
         rig.check_all();
         rig.apply(&Op::Replace);
         assert_eq!(rig.dev.health(), LuHealth::Rebuilding);
-        let p = jobs::rebuild(&rig.dev, &AtomicBool::new(false), |_| {}).unwrap();
+        let p = jobs::rebuild(&rig.dev, &AtomicBool::new(false), None, |_| {}).unwrap();
         assert_eq!(p.done_bytes, p.total_bytes);
         assert_eq!(rig.dev.health(), LuHealth::Optimal);
         // The rebuilt member alone must now be able to stand in for another.
@@ -375,5 +375,27 @@ fn journal_entries_do_not_outlive_the_rebuild_of_their_stripe() {
     });
     rig.check_all();
     rig.apply(&Op::Reopen);
+    rig.check_all();
+}
+
+#[test]
+fn a_rate_limited_rebuild_takes_at_least_its_budget() {
+    let mut rig = Rig::new(Raid::Mirror, 2, 65536, 128);
+    rig.apply(&Op::Write {
+        at: 0,
+        len: 1 << 20,
+        seed: 5,
+    });
+    rig.dev.fail_member(1).unwrap();
+    rig.apply(&Op::Replace);
+    // 8 MiB of LU data in batches of 1 MiB at 40 MB/s: the pauses after
+    // the first 7 batches alone take 7 MiB / 40 MB/s = 183 ms.
+    let started = std::time::Instant::now();
+    jobs::rebuild(&rig.dev, &AtomicBool::new(false), Some(40_000_000), |_| {}).unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(180),
+        "{:?}",
+        started.elapsed()
+    );
     rig.check_all();
 }
