@@ -69,7 +69,6 @@ pub fn disk_path(dir: &Path, number: u32) -> PathBuf {
 pub struct PhysicalDisk {
     file: File,
     header: DiskHeader,
-    path: PathBuf,
 }
 
 impl PhysicalDisk {
@@ -107,7 +106,7 @@ impl PhysicalDisk {
         file.set_len(len).map_err(io)?;
         file.write_all_at(&header.encode(), 0).map_err(io)?;
         file.sync_all().map_err(io)?;
-        Ok(Self { file, header, path })
+        Ok(Self { file, header })
     }
 
     /// Opens disk `number` and checks that it is the disk it claims to be:
@@ -165,7 +164,7 @@ impl PhysicalDisk {
                 expected,
             });
         }
-        Ok(Self { file, header, path })
+        Ok(Self { file, header })
     }
 
     pub fn number(&self) -> u32 {
@@ -174,10 +173,6 @@ impl PhysicalDisk {
 
     pub fn capacity(&self) -> u64 {
         self.header.capacity
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Reads from the data area.

@@ -62,11 +62,6 @@ impl Bitmap {
         ((r / 8) as usize, 1 << (r % 8))
     }
 
-    pub fn is_set(&self, r: u64) -> bool {
-        let (i, m) = Self::bit(r);
-        self.bits.get(i).is_some_and(|b| b & m != 0)
-    }
-
     /// Sets the bits of stripes `s0..=s1`; true when any was clear, i.e.
     /// when the bitmap must be made durable before the write.
     pub fn mark(&mut self, s0: u64, s1: u64) -> bool {

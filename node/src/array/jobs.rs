@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::device::LuDevice;
 use super::disk::PhysicalDisk;
 use super::layout::Raid;
-use super::superblock::{MemberState, BITMAP_AT, BITMAP_BYTES, JOURNAL_AT, JOURNAL_BYTES};
+use super::superblock::{BITMAP_AT, BITMAP_BYTES, JOURNAL_AT, JOURNAL_BYTES};
 use super::ArrayError;
 
 /// Stripes handled per lock hold.
@@ -30,16 +30,6 @@ pub struct Progress {
     /// Rate since the job started (or resumed), in bytes of LU data per second.
     pub bytes_per_sec: u64,
     pub eta_secs: u64,
-}
-
-impl Progress {
-    pub fn percent(&self) -> f64 {
-        if self.total_bytes == 0 {
-            100.0
-        } else {
-            self.done_bytes as f64 * 100.0 / self.total_bytes as f64
-        }
-    }
 }
 
 /// What a scrub found.
@@ -252,9 +242,4 @@ pub fn scrub(
         report(&progress(dev, s, total, 0, started), &sum);
     }
     Ok(sum)
-}
-
-/// Whether a member record says it still needs a rebuild.
-pub fn needs_rebuild(state: MemberState) -> bool {
-    matches!(state, MemberState::Rebuilding { .. })
 }
