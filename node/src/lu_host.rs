@@ -430,27 +430,33 @@ impl LuHost {
     /// Writes the LU's health and job progress into the LU table.
     async fn report(&self, lu: u32) {
         let (health, job) = {
-            let mut open = lock(&self.inner.open);
-            let Some(o) = open.get_mut(&lu) else { return };
+            let open = lock(&self.inner.open);
+            let Some(o) = open.get(&lu) else { return };
             let health = o.dev.health();
             let job = o.job.as_ref().map(|j| lock(&j.state).clone());
-            let finished = job.as_ref().is_some_and(|j| j.finished);
             if job.is_none() && o.reported == Some(health) {
                 return;
             }
-            o.reported = Some(health);
-            if finished {
-                o.job = None;
-            }
             (health, job)
         };
+        let finished = job.as_ref().is_some_and(|j| j.finished);
         let cmd = Kind::ReportLu(ReportLu {
             lu,
             health: health_proto(health) as i32,
             job,
         });
-        if let Err(e) = self.shared().write(Command { kind: Some(cmd) }).await {
-            tracing::debug!(lu, "LU report not written: {}", e.message());
+        match self.shared().write(Command { kind: Some(cmd) }).await {
+            // Only a report that reached the table settles anything: a lost
+            // one is simply sent again on the next tick.
+            Ok(_) => {
+                if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
+                    o.reported = Some(health);
+                    if finished && o.job.as_ref().is_some_and(|j| lock(&j.state).finished) {
+                        o.job = None;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(lu, "LU report not written: {}", e.message()),
         }
     }
 
