@@ -412,7 +412,7 @@ impl LuHost {
             } else {
                 jobs::rebuild(&dev, &job.cancel, limit, update).map(|p| {
                     format!(
-                        "rebuilt {} MiB at {:.1} MB/s",
+                        "rebuilt {} MiB of the new member at {:.1} MB/s of LU data",
                         p.total_bytes >> 20,
                         p.bytes_per_sec as f64 / 1e6
                     )
