@@ -58,6 +58,15 @@ async fn read_lu(c: &TestCluster, chn: &str, lu: u32, offset: u64, len: usize) -
     out
 }
 
+/// A RAID 1 LU over `disks` with the default stripe unit.
+fn mirror(disks: &[u32]) -> CreateLuRequest {
+    CreateLuRequest {
+        raid: RaidLevel::Raid1 as i32,
+        disks: disks.to_vec(),
+        stripe_unit_bytes: 0,
+    }
+}
+
 async fn lu_row(c: &TestCluster, lu: u32) -> Lu {
     let r = c
         .admin("CHN1")
@@ -232,20 +241,8 @@ async fn bad_array_inputs_get_precise_statuses() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(twice.code(), Code::InvalidArgument, "{twice:?}");
-    a.create_lu(CreateLuRequest {
-        raid: RaidLevel::Raid1 as i32,
-        disks: vec![1, 2],
-        stripe_unit_bytes: 0,
-    })
-    .await?;
-    let used = a
-        .create_lu(CreateLuRequest {
-            raid: RaidLevel::Raid1 as i32,
-            disks: vec![2, 3],
-            stripe_unit_bytes: 0,
-        })
-        .await
-        .unwrap_err();
+    a.create_lu(mirror(&[1, 2])).await?;
+    let used = a.create_lu(mirror(&[2, 3])).await.unwrap_err();
     assert_eq!(used.code(), Code::FailedPrecondition);
     assert!(used.message().contains("USED"), "{used:?}");
 
@@ -286,14 +283,7 @@ async fn bad_array_inputs_get_precise_statuses() -> anyhow::Result<()> {
     // A disk file of the wrong size is named when an LU is built on it.
     let disk = c.dir().join("array").join("disk-004.img");
     std::fs::OpenOptions::new().write(true).open(&disk)?.set_len(1 << 20)?;
-    let wrong = a
-        .create_lu(CreateLuRequest {
-            raid: RaidLevel::Raid1 as i32,
-            disks: vec![4, 5],
-            stripe_unit_bytes: 0,
-        })
-        .await
-        .unwrap_err();
+    let wrong = a.create_lu(mirror(&[4, 5])).await.unwrap_err();
     assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
     assert!(wrong.message().contains("disk 4"), "{wrong:?}");
 
