@@ -410,3 +410,43 @@ async fn kill9_of_the_serving_chn_during_writes_loses_no_acknowledged_write() ->
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chn_that_cannot_renew_its_lu_lease_stops_serving_the_lu() -> anyhow::Result<()> {
+    let mut c = TestCluster::up(3, &["--lu-lease-ms=1500", "--quorum-timeout-ms=1000"])?;
+    on(&c, "CHN1", &["array", "init", "--disks", "3", "--size", "8M"]);
+    on(&c, "CHN1", &["lu", "create", "--raid", "1", "--disks", "1,2"]);
+    write_lu(&c, "CHN1", 1, 0, b"before the partition").await;
+    c.kill9("CHN2");
+    c.kill9("CHN3");
+    // Without a majority CHN1 cannot renew the lease, so it closes the LU
+    // before another CHN could take it, and refuses LU calls meanwhile.
+    wait_until("CHN1 to close LU 1", Duration::from_secs(20), || async {
+        let log = std::fs::read_to_string(c.dir().join("chn1").join("nasd.log")).ok()?;
+        log.contains("closing LU").then_some(())
+    })
+    .await?;
+    let err = c
+        .admin("CHN1")
+        .write_lu(WriteLuRequest {
+            lu: 1,
+            offset: 0,
+            data: b"during".to_vec(),
+            flush: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    c.cluster_up(None, &[])?;
+    let back = wait_until("LU 1 served again", Duration::from_secs(20), || async {
+        let req = ReadLuRequest {
+            lu: 1,
+            offset: 0,
+            length: 20,
+        };
+        c.admin("CHN1").read_lu(req).await.ok().map(|r| r.into_inner().data)
+    })
+    .await?;
+    assert_eq!(back, b"before the partition");
+    Ok(())
+}
