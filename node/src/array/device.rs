@@ -754,17 +754,14 @@ impl LuDevice {
         }
     }
 
-    /// Applies `f` to each stripe piece of an LU range after checking it.
-    fn each_piece(
-        &self,
-        offset: u64,
-        len: usize,
-        mut f: impl FnMut(super::layout::StripePiece) -> Result<(), ArrayError>,
-    ) -> Result<(), ArrayError> {
-        check_range("LU", offset, len, self.geo.capacity())?;
-        self.check_usable()?;
-        for piece in self.geo.pieces(offset, len as u64) {
-            f(piece)?;
+    /// Reads a range stripe by stripe (any health).
+    fn read_pieces(&self, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
+        for p in self.geo.pieces(offset, buf.len() as u64) {
+            let out = &mut buf[p.buf_at..p.buf_at + p.len as usize];
+            match self.geo.raid {
+                Raid::Mirror => self.mirror_read(inner, &p, out)?,
+                Raid::Parity => self.parity_read(inner, &p, out)?,
+            }
         }
         Ok(())
     }
@@ -824,13 +821,27 @@ impl BlockDevice for LuDevice {
         if self.geo.raid == Raid::Mirror && buf.len() >= super::bulk::BULK_MIN {
             return self.mirror_read_large(&inner, offset, buf);
         }
-        self.each_piece(offset, buf.len(), |p| {
-            let out = &mut buf[p.buf_at..p.buf_at + p.len as usize];
-            match self.geo.raid {
-                Raid::Mirror => self.mirror_read(&inner, &p, out),
-                Raid::Parity => self.parity_read(&inner, &p, out),
+        // RAID 5: whole stripes in the middle of a large healthy read go
+        // member by member; the partial stripes at its ends, piece by piece.
+        let sb = self.geo.stripe_bytes();
+        let end = offset + buf.len() as u64;
+        let (head, tail) = (offset.next_multiple_of(sb).min(end), end - end % sb);
+        let healthy = |s0: u64, s1: u64| {
+            inner.suspect.is_empty() && inner.slots.iter().all(|s| s.available(s0) && s.available(s1))
+        };
+        if self.geo.raid == Raid::Parity
+            && tail > head
+            && (tail - head) as usize >= super::bulk::BULK_MIN
+            && healthy(head / sb, (tail - 1) / sb)
+        {
+            let (front, rest) = buf.split_at_mut((head - offset) as usize);
+            let (middle, back) = rest.split_at_mut((tail - head) as usize);
+            if self.parity_read_stripes(&inner, head / sb, middle) {
+                self.read_pieces(&inner, offset, front)?;
+                return self.read_pieces(&inner, tail, back);
             }
-        })
+        }
+        self.read_pieces(&inner, offset, buf)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {

@@ -26,6 +26,51 @@ impl LuDevice {
         Ok(())
     }
 
+    /// Reads whole stripes `s0..` (LU bytes `out`, a multiple of the stripe
+    /// size) when every member is healthy there: one `preadv` per member
+    /// and run of data chunks, straight into `out`. Returns false (having
+    /// failed the member) when a read fails; the caller then goes stripe by
+    /// stripe, reconstructing.
+    pub(super) fn parity_read_stripes(&self, inner: &Inner, s0: u64, out: &mut [u8]) -> bool {
+        let g = self.geo;
+        let unit = g.unit as usize;
+        let k_count = g.data_members();
+        // Chunk j of `out` is data chunk j % k of stripe s0 + j / k.
+        let mut per_member: Vec<Vec<(u64, std::io::IoSliceMut<'_>)>> = (0..g.members).map(|_| Vec::new()).collect();
+        for (j, chunk) in out.chunks_mut(unit).enumerate() {
+            let s = s0 + (j / k_count) as u64;
+            per_member[g.data_slot(s, j % k_count)].push((s, std::io::IoSliceMut::new(chunk)));
+        }
+        for (slot, chunks) in inner.slots.iter().zip(per_member) {
+            let Some(disk) = &slot.disk else { return false };
+            // Runs of consecutive stripes are contiguous on the member.
+            let mut run: Vec<std::io::IoSliceMut<'_>> = Vec::new();
+            let mut first = 0;
+            let mut next = u64::MAX;
+            for (s, io) in chunks
+                .into_iter()
+                .chain(std::iter::once((u64::MAX, std::io::IoSliceMut::new(&mut []))))
+            {
+                if s != next && !run.is_empty() {
+                    if let Err(e) = disk.read_data_vectored(g.disk_offset(first), &mut run) {
+                        self.fail_slot(slot, &e);
+                        return false;
+                    }
+                    run.clear();
+                }
+                if s == u64::MAX {
+                    break;
+                }
+                if run.is_empty() {
+                    first = s;
+                }
+                run.push(io);
+                next = s + 1;
+            }
+        }
+        true
+    }
+
     /// Rebuilds `[start, start + out.len())` of member `missing`'s chunk of
     /// stripe `s` from every other member.
     fn reconstruct(&self, inner: &Inner, s: u64, missing: usize, start: u64, out: &mut [u8]) -> Result<(), ArrayError> {
