@@ -1,4 +1,4 @@
-//! Large reads and flushes: keeping every member busy at once.
+//! Large reads: keeping every member busy at once.
 //!
 //! A 1 MiB read over 64 KiB chunks is 16 member reads issued one after
 //! another, and each member file sees a pattern full of holes (RAID 5
@@ -9,8 +9,8 @@
 //! follow find them in memory. Measured here, helper threads per request
 //! cost more than they won on two cores; hints cost nothing.
 //!
-//! Owns only these hints and the parallel flush. It must never decide what
-//! a read returns: the RAID paths do.
+//! Owns only these hints. It must never decide what a read returns: the
+//! RAID paths do.
 
 use super::device::{Inner, LuDevice};
 use super::layout::{Geometry, Raid};
@@ -50,21 +50,6 @@ impl LuDevice {
             }
         }
     }
-
-    /// Flushes every present member in parallel, failing those that cannot.
-    pub(super) fn sync_all_parallel(&self, inner: &Inner) {
-        std::thread::scope(|scope| {
-            for slot in inner.slots.iter().filter(|s| s.present()) {
-                scope.spawn(move || {
-                    if let Some(disk) = &slot.disk {
-                        if let Err(e) = disk.sync() {
-                            self.fail_slot(slot, &e);
-                        }
-                    }
-                });
-            }
-        });
-    }
 }
 
 /// RAID 1: the contiguous share `(offset, len)` of a large read that mirror
@@ -77,7 +62,7 @@ pub fn mirror_share(offset: u64, len: usize, members: usize, member: usize) -> O
 
 /// Runs of consecutive stripes (as row ranges from `s0`) in which member
 /// `slot` holds data rather than parity.
-fn data_runs(g: &Geometry, s0: u64, s1: u64, slot: usize) -> Vec<(u64, u64)> {
+pub(super) fn data_runs(g: &Geometry, s0: u64, s1: u64, slot: usize) -> Vec<(u64, u64)> {
     let rows = s1 - s0 + 1;
     let mut runs = Vec::new();
     let mut row = 0;

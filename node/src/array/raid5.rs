@@ -7,6 +7,7 @@
 //! resync. It must never return reconstructed bytes when two members of a
 //! stripe are unavailable.
 
+use super::bulk::data_runs;
 use super::device::{xor, Inner, LuDevice};
 use super::layout::{ChunkPiece, StripePiece};
 use super::ArrayError;
@@ -35,37 +36,24 @@ impl LuDevice {
         let g = self.geo;
         let unit = g.unit as usize;
         let k_count = g.data_members();
-        // Chunk j of `out` is data chunk j % k of stripe s0 + j / k.
-        let mut per_member: Vec<Vec<(u64, std::io::IoSliceMut<'_>)>> = (0..g.members).map(|_| Vec::new()).collect();
+        let s1 = s0 + (out.len() / unit / k_count) as u64 - 1;
+        // Chunk j of `out` is data chunk j % k of stripe s0 + j / k; each
+        // member's list comes out in stripe order.
+        let mut per_member: Vec<Vec<std::io::IoSliceMut<'_>>> = (0..g.members).map(|_| Vec::new()).collect();
         for (j, chunk) in out.chunks_mut(unit).enumerate() {
             let s = s0 + (j / k_count) as u64;
-            per_member[g.data_slot(s, j % k_count)].push((s, std::io::IoSliceMut::new(chunk)));
+            per_member[g.data_slot(s, j % k_count)].push(std::io::IoSliceMut::new(chunk));
         }
-        for (slot, chunks) in inner.slots.iter().zip(per_member) {
+        for (i, (slot, chunks)) in inner.slots.iter().zip(per_member).enumerate() {
             let Some(disk) = &slot.disk else { return false };
-            // Runs of consecutive stripes are contiguous on the member.
-            let mut run: Vec<std::io::IoSliceMut<'_>> = Vec::new();
-            let mut first = 0;
-            let mut next = u64::MAX;
-            for (s, io) in chunks
-                .into_iter()
-                .chain(std::iter::once((u64::MAX, std::io::IoSliceMut::new(&mut []))))
-            {
-                if s != next && !run.is_empty() {
-                    if let Err(e) = disk.read_data_vectored(g.disk_offset(first), &mut run) {
-                        self.fail_slot(slot, &e);
-                        return false;
-                    }
-                    run.clear();
+            // A run of stripes where this member holds data is contiguous on it.
+            let mut chunks = chunks.into_iter();
+            for (start, end) in data_runs(&g, s0, s1, i) {
+                let mut run: Vec<_> = chunks.by_ref().take((end - start) as usize).collect();
+                if let Err(e) = disk.read_data_vectored(g.disk_offset(s0 + start), &mut run) {
+                    self.fail_slot(slot, &e);
+                    return false;
                 }
-                if s == u64::MAX {
-                    break;
-                }
-                if run.is_empty() {
-                    first = s;
-                }
-                run.push(io);
-                next = s + 1;
             }
         }
         true
