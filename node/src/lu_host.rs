@@ -120,54 +120,49 @@ impl LuHost {
         &self.inner.shared
     }
 
-    fn array(&self) -> Result<Array, Status> {
-        let dir = self.inner.array_dir.clone().ok_or_else(|| {
+    /// The disk-array directory this CHN was started with.
+    fn array_dir(&self) -> Result<PathBuf, Status> {
+        self.inner.array_dir.clone().ok_or_else(|| {
             Status::failed_precondition(format!(
                 "CHN {} was started without --array; restart it with the disk-array directory",
                 self.shared().name
             ))
-        })?;
+        })
+    }
+
+    fn array(&self) -> Result<Array, Status> {
+        let dir = self.array_dir()?;
         let id = self.shared().state.read().tables.shared_lu.array_id.clone();
         let id = u128::from_str_radix(&id, 16)
             .map_err(|_| Status::failed_precondition("the disk array is not initialized; run `nasctl array init`"))?;
         Ok(Array::new(dir, id))
     }
 
-    /// Creates the disk files, then records them in the disk table.
+    /// Creates the disk files, then records them in the disk table. The
+    /// table's own rules are checked first, so that a refused command
+    /// leaves no file behind.
     pub async fn init_array(&self, disks: u32, capacity: u64) -> Result<CommandResult, Status> {
         self.shared().ensure_current().await?;
-        let dir = self.inner.array_dir.clone().ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "CHN {} was started without --array; restart it with the disk-array directory",
-                self.shared().name
-            ))
-        })?;
-        let tables_have = self.shared().state.read().tables.disks.len();
-        if tables_have > 0 {
-            return Err(Status::already_exists(format!(
-                "the disk array is already initialized with {tables_have} disks; see `nasctl disk list`"
-            )));
-        }
-        if disks == 0 || disks > crate::shared_lu::tables::MAX_DISKS {
-            return Err(Status::invalid_argument(format!(
-                "disk count {disks} is out of range; give 1 to {}",
-                crate::shared_lu::tables::MAX_DISKS
-            )));
-        }
-        if !(crate::shared_lu::tables::MIN_DISK_BYTES..=crate::shared_lu::tables::MAX_DISK_BYTES).contains(&capacity) {
-            return Err(Status::invalid_argument(format!(
-                "disk size {capacity} bytes is out of range; give 1 MiB to 64 TiB (for example --size 64M)"
-            )));
-        }
+        let dir = self.array_dir()?;
         let id: u128 = rand::random();
-        let array = Array::new(dir, id);
-        blocking(move || array.create_disks(disks, capacity)).await?;
-        let cmd = Kind::InitArray(InitArray {
+        let cmd = InitArray {
             disks,
             disk_capacity_bytes: capacity,
             array_id: format!("{id:032x}"),
-        });
-        self.shared().write(Command { kind: Some(cmd) }).await
+        };
+        self.shared()
+            .state
+            .read()
+            .tables
+            .check_init_array(&cmd)
+            .map_err(|r| Status::new(r.code, r.message))?;
+        let array = Array::new(dir, id);
+        blocking(move || array.create_disks(disks, capacity)).await?;
+        self.shared()
+            .write(Command {
+                kind: Some(Kind::InitArray(cmd)),
+            })
+            .await
     }
 
     /// Records a new LU, then formats its block device on this CHN.

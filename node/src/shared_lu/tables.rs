@@ -207,7 +207,9 @@ impl Tables {
         Ok(Applied::rows(vec![RowKey::Path(key.0, key.1, key.2)]))
     }
 
-    fn init_array(&mut self, c: &InitArray) -> Result<Applied, Rejection> {
+    /// Whether `init_array` would accept `c`; lets a CHN refuse before it
+    /// creates any disk file.
+    pub fn check_init_array(&self, c: &InitArray) -> Result<(), Rejection> {
         if !self.disks.is_empty() {
             return reject(
                 Code::AlreadyExists,
@@ -236,6 +238,11 @@ impl Tables {
         if !id_ok {
             return reject(Code::InvalidArgument, "array id must be 32 hexadecimal digits");
         }
+        Ok(())
+    }
+
+    fn init_array(&mut self, c: &InitArray) -> Result<Applied, Rejection> {
+        self.check_init_array(c)?;
         self.shared_lu.array_id = c.array_id.to_ascii_lowercase();
         let mut touched = vec![RowKey::SharedLu];
         for number in 1..=c.disks {
