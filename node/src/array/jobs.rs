@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::device::LuDevice;
 use super::disk::PhysicalDisk;
 use super::layout::Raid;
-use super::superblock::{BITMAP_AT, BITMAP_BYTES, JOURNAL_AT, JOURNAL_BYTES};
+use super::superblock::{BITMAP_AT, JOURNAL_AT, JOURNAL_BYTES};
 use super::ArrayError;
 
 /// Stripes handled per lock hold.
@@ -68,13 +68,16 @@ impl LuDevice {
                 self.geo.per_disk
             ));
         }
-        new.zero_meta(BITMAP_AT, BITMAP_BYTES as u64)?;
+        // Journal entries left from the disk's past must never be replayed.
         new.zero_meta(JOURNAL_AT, JOURNAL_BYTES)?;
-        // Everything written while degraded must be durable before the
-        // journal that protects it can be dropped.
+        // Writes so far reach the disks before the superblocks name a new member.
         self.sync_all(inner);
         self.settle_failures(inner)?;
         inner.slots[i] = super::device::Slot::new_rebuilding(new);
+        // The new member carries the same write-intent bitmap as the others:
+        // recovery may read it from any of them.
+        let bits = inner.bitmap.as_bytes().to_vec();
+        self.meta_to_all(inner, BITMAP_AT, &bits);
         self.write_superblock(inner)?;
         tracing::info!(
             lu = self.lu,

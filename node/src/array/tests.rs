@@ -399,3 +399,36 @@ fn a_rate_limited_rebuild_takes_at_least_its_budget() {
     );
     rig.check_all();
 }
+
+#[test]
+fn a_replacement_member_carries_the_same_write_intent_bitmap() {
+    use super::superblock::{BITMAP_AT, BITMAP_BYTES};
+    let mut rig = Rig::new(Raid::Parity, 3, 4096, 24);
+    rig.dev.fail_member(1).unwrap();
+    // Degraded writes mark regions dirty on the surviving members.
+    rig.apply(&Op::Write {
+        at: 0,
+        len: 30_000,
+        seed: 4,
+    });
+    rig.apply(&Op::Replace);
+    let copies: Vec<Vec<u8>> = rig
+        .dev
+        .members()
+        .iter()
+        .map(|m| {
+            let disk = rig.array.open_disk(m.disk, rig.spec.disk_capacity).unwrap();
+            let mut bits = vec![0u8; BITMAP_BYTES];
+            disk.read_meta(BITMAP_AT, &mut bits).unwrap();
+            bits
+        })
+        .collect();
+    assert!(
+        copies[0].iter().any(|&b| b != 0),
+        "the degraded write left no dirty region"
+    );
+    assert!(
+        copies.iter().all(|c| *c == copies[0]),
+        "members disagree about dirty regions"
+    );
+}
