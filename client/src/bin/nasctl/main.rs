@@ -665,15 +665,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Lu(LuCmd::Write { lu, file, offset }) => {
             let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let mut at = 0usize;
-            while at < data.len() || data.is_empty() {
-                let n = (data.len() - at).min(RAW_CHUNK as usize);
-                let last = at + n == data.len();
+            // An empty file still makes one (flushing) call.
+            let chunks: Vec<&[u8]> = if data.is_empty() {
+                vec![&[]]
+            } else {
+                data.chunks(RAW_CHUNK as usize).collect()
+            };
+            let last = chunks.len() - 1;
+            for (i, chunk) in chunks.into_iter().enumerate() {
                 let req = WriteLuRequest {
                     lu,
-                    offset: offset + at as u64,
-                    data: data[at..at + n].to_vec(),
-                    flush: last,
+                    offset: offset + i as u64 * RAW_CHUNK,
+                    data: chunk.to_vec(),
+                    flush: i == last,
                 };
                 c.admin(|mut a| {
                     let req = req.clone();
@@ -681,10 +685,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(status_err)?;
-                at += n;
-                if data.is_empty() {
-                    break;
-                }
             }
             if json {
                 println!("{}", json!({"lu": lu, "offset": offset, "bytes": data.len()}));
