@@ -9,6 +9,7 @@
 pub mod array;
 pub mod config;
 pub mod daemon_info;
+pub mod fs;
 pub mod lu_host;
 pub mod server;
 pub mod service;

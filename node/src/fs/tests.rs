@@ -1,0 +1,606 @@
+//! The file system against an in-memory model, remounts and power cuts
+//! included.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use proptest::prelude::*;
+
+use super::volume::{CallId, Change, Outcome};
+use super::*;
+use crate::array::{ArrayError, BlockDevice};
+
+/// An LU in memory that remembers what was flushed, so a test can cut
+/// the power: everything written since the last flush is lost.
+struct MemDev {
+    state: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl MemDev {
+    fn new(len: usize) -> Arc<Self> {
+        Arc::new(MemDev {
+            state: Mutex::new((vec![0; len], vec![0; len])),
+        })
+    }
+
+    /// A device holding only what was durable on this one.
+    fn power_cut(&self) -> Arc<Self> {
+        let s = self.state.lock().unwrap();
+        Arc::new(MemDev {
+            state: Mutex::new((s.1.clone(), s.1.clone())),
+        })
+    }
+}
+
+impl BlockDevice for MemDev {
+    fn len(&self) -> u64 {
+        self.state.lock().unwrap().0.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), ArrayError> {
+        let s = self.state.lock().unwrap();
+        buf.copy_from_slice(&s.0[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::result::Result<(), ArrayError> {
+        let mut s = self.state.lock().unwrap();
+        s.0[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&self) -> std::result::Result<(), ArrayError> {
+        let mut s = self.state.lock().unwrap();
+        s.1 = s.0.clone();
+        Ok(())
+    }
+}
+
+const DEV_BYTES: usize = 24 << 20;
+
+fn root() -> Caller {
+    Caller {
+        uid: 0,
+        user: "root".into(),
+    }
+}
+
+fn alice() -> Caller {
+    Caller {
+        uid: 1000,
+        user: "alice".into(),
+    }
+}
+
+fn bob() -> Caller {
+    Caller {
+        uid: 1001,
+        user: "bob".into(),
+    }
+}
+
+fn p(s: &str) -> FsPath {
+    FsPath::parse(s).unwrap()
+}
+
+fn change(v: &Volume, caller: &Caller, change: Change) -> Result<Outcome> {
+    v.change_blocking(Request {
+        caller: caller.clone(),
+        change,
+        call: None,
+        durable: true,
+    })
+}
+
+fn create(v: &Volume, c: &Caller, path: &str) -> Result<u64> {
+    match change(
+        v,
+        c,
+        Change::Create {
+            path: p(path),
+            mode: 0o644,
+            exclusive: false,
+            truncate: false,
+        },
+    )? {
+        Outcome::Attr(a) => Ok(a.inode.ino),
+        o => panic!("create returned {o:?}"),
+    }
+}
+
+fn write(v: &Volume, c: &Caller, ino: u64, offset: u64, data: &[u8]) -> Result<Outcome> {
+    change(
+        v,
+        c,
+        Change::Write {
+            ino,
+            offset,
+            data: data.to_vec(),
+        },
+    )
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Dir,
+    File(Vec<u8>),
+}
+
+/// The model: path -> node, the root implied.
+#[derive(Debug, Default, Clone)]
+struct Model(BTreeMap<String, Node>);
+
+fn kind(e: &FsError) -> &'static str {
+    match e {
+        FsError::InvalidArgument(_) => "invalid",
+        FsError::NotFound(_) => "notfound",
+        FsError::AlreadyExists(_) => "exists",
+        FsError::PermissionDenied(_) => "perm",
+        FsError::FailedPrecondition(_) => "precondition",
+        FsError::NoSpace(_) => "nospace",
+        FsError::OutOfRange(_) => "range",
+        FsError::Io(_) => "io",
+        FsError::Corrupt(_) => "corrupt",
+    }
+}
+
+impl Model {
+    fn parent(path: &str) -> String {
+        match path.rfind('/') {
+            Some(0) | None => "/".into(),
+            Some(i) => path[..i].into(),
+        }
+    }
+
+    /// Resolves like the tree does: a missing component is NotFound, a
+    /// file on the way is FailedPrecondition.
+    fn resolve(&self, path: &str) -> std::result::Result<Node, &'static str> {
+        if path == "/" {
+            return Ok(Node::Dir);
+        }
+        let mut cur = String::new();
+        let names: Vec<&str> = path.split('/').filter(|n| !n.is_empty()).collect();
+        for (i, n) in names.iter().enumerate() {
+            cur.push('/');
+            cur.push_str(n);
+            match self.0.get(&cur) {
+                None => return Err("notfound"),
+                Some(Node::File(_)) if i + 1 < names.len() => return Err("precondition"),
+                Some(node) => {
+                    if i + 1 == names.len() {
+                        return Ok(node.clone());
+                    }
+                }
+            }
+        }
+        Ok(Node::Dir)
+    }
+
+    fn dir_parent(&self, path: &str) -> std::result::Result<(), &'static str> {
+        match self.resolve(&Self::parent(path))? {
+            Node::Dir => Ok(()),
+            Node::File(_) => Err("precondition"),
+        }
+    }
+
+    fn children(&self, dir: &str) -> Vec<String> {
+        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+        self.0
+            .keys()
+            .filter(|k| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+            .cloned()
+            .collect()
+    }
+
+    fn mkdir(&mut self, path: &str) -> std::result::Result<(), &'static str> {
+        self.dir_parent(path)?;
+        if self.0.contains_key(path) {
+            return Err("exists");
+        }
+        self.0.insert(path.into(), Node::Dir);
+        Ok(())
+    }
+
+    fn create(&mut self, path: &str) -> std::result::Result<(), &'static str> {
+        self.dir_parent(path)?;
+        match self.0.get(path) {
+            Some(Node::Dir) => Err("precondition"),
+            Some(Node::File(_)) => Ok(()),
+            None => {
+                self.0.insert(path.into(), Node::File(vec![]));
+                Ok(())
+            }
+        }
+    }
+
+    fn remove(&mut self, path: &str, dir: bool) -> std::result::Result<(), &'static str> {
+        self.dir_parent(path)?;
+        match self.0.get(path) {
+            None => Err("notfound"),
+            Some(Node::Dir) if !dir => Err("precondition"),
+            Some(Node::File(_)) if dir => Err("precondition"),
+            Some(Node::Dir) if !self.children(path).is_empty() => Err("precondition"),
+            _ => {
+                self.0.remove(path);
+                Ok(())
+            }
+        }
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> std::result::Result<(), &'static str> {
+        if to != from && to.starts_with(&format!("{from}/")) {
+            return Err("invalid");
+        }
+        self.dir_parent(from)?;
+        self.dir_parent(to)?;
+        let moving = self.0.get(from).cloned().ok_or("notfound")?;
+        if from == to {
+            return Ok(());
+        }
+        match (&moving, self.0.get(to)) {
+            (Node::Dir, Some(Node::File(_))) | (Node::File(_), Some(Node::Dir)) => return Err("precondition"),
+            (Node::Dir, Some(Node::Dir)) if !self.children(to).is_empty() => return Err("precondition"),
+            _ => {}
+        }
+        let moved: Vec<(String, Node)> = self
+            .0
+            .iter()
+            .filter(|(k, _)| *k == from || k.starts_with(&format!("{from}/")))
+            .map(|(k, v)| (format!("{to}{}", &k[from.len()..]), v.clone()))
+            .collect();
+        self.0.retain(|k, _| !(k == from || k.starts_with(&format!("{from}/"))));
+        self.0.remove(to);
+        self.0.extend(moved);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Mkdir(String),
+    Create(String),
+    Write(String, u64, Vec<u8>),
+    Truncate(String, u64),
+    Unlink(String),
+    Rmdir(String),
+    Rename(String, String),
+    Remount,
+    PowerCut,
+}
+
+fn path_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..4).prop_map(|v| format!("/{}", v.join("/")))
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => path_strategy().prop_map(Op::Mkdir),
+        3 => path_strategy().prop_map(Op::Create),
+        5 => (path_strategy(), 0u64..40_000, prop::collection::vec(any::<u8>(), 1..12_000))
+            .prop_map(|(p, o, d)| Op::Write(p, o, d)),
+        2 => (path_strategy(), 0u64..30_000).prop_map(|(p, s)| Op::Truncate(p, s)),
+        2 => path_strategy().prop_map(Op::Unlink),
+        1 => path_strategy().prop_map(Op::Rmdir),
+        2 => (path_strategy(), path_strategy()).prop_map(|(a, b)| Op::Rename(a, b)),
+        1 => Just(Op::Remount),
+        1 => Just(Op::PowerCut),
+    ]
+}
+
+fn same<T: std::fmt::Debug>(got: Result<T>, want: std::result::Result<(), &'static str>, what: &str) {
+    match (&got, want) {
+        (Ok(_), Ok(())) => {}
+        (Err(e), Err(k)) => assert_eq!(kind(e), k, "{what}: {e}"),
+        _ => panic!("{what}: file system {got:?}, model {want:?}"),
+    }
+}
+
+/// Every file and directory of the model is in the volume with the same
+/// content, nothing more, and the free space adds up.
+fn check(v: &Volume, m: &Model) {
+    let mut seen = BTreeMap::new();
+    let mut stack = vec!["/".to_string()];
+    let mut allocated = 0;
+    while let Some(dir) = stack.pop() {
+        let mut after = String::new();
+        loop {
+            let page = v.list(&root(), &p(&dir), &after, 2).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                let path = if dir == "/" {
+                    format!("/{}", e.name)
+                } else {
+                    format!("{dir}/{}", e.name)
+                };
+                allocated += e.attr.allocated_bytes;
+                assert_eq!(e.attr.allocated_bytes % BLOCK, 0);
+                assert!(
+                    e.attr.allocated_bytes <= e.attr.inode.size.div_ceil(BLOCK) * BLOCK,
+                    "{path} holds blocks past its end"
+                );
+                let node = match e.attr.inode.kind {
+                    FileKind::Dir => {
+                        stack.push(path.clone());
+                        Node::Dir
+                    }
+                    FileKind::File => Node::File(v.read(&root(), e.attr.inode.ino, 0, u64::MAX).unwrap()),
+                };
+                after = e.name;
+                seen.insert(path, node);
+            }
+        }
+    }
+    assert_eq!(digest(&seen), digest(&m.0));
+    let space = v.space().unwrap();
+    assert_eq!(
+        space.free_bytes + allocated,
+        space.data_bytes,
+        "space leaked or double counted"
+    );
+    assert_eq!(space.files as usize, m.0.len());
+}
+
+/// Names, kinds, lengths and checksums: short enough to read in a failure.
+fn digest(tree: &BTreeMap<String, Node>) -> Vec<(String, Option<(usize, u32)>)> {
+    tree.iter()
+        .map(|(k, n)| {
+            let file = match n {
+                Node::Dir => None,
+                Node::File(d) => Some((d.len(), crc32fast::hash(d))),
+            };
+            (k.clone(), file)
+        })
+        .collect()
+}
+
+fn ino_of(v: &Volume, path: &str) -> Option<u64> {
+    v.stat(&root(), &p(path)).ok().map(|a| a.inode.ino)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_tree_behaves_like_the_model(ops in prop::collection::vec(op_strategy(), 1..40)) {
+        let mut dev = MemDev::new(DEV_BYTES);
+        let mut v = Volume::mount(dev.clone()).unwrap();
+        let mut m = Model::default();
+        let c = root();
+        for op in ops {
+            match op {
+                Op::Mkdir(path) => same(change(&v, &c, Change::Mkdir { path: p(&path), mode: 0o755 }), m.mkdir(&path), "mkdir"),
+                Op::Create(path) => same(create(&v, &c, &path), m.create(&path), "create"),
+                Op::Write(path, off, data) => {
+                    if let (Some(ino), Ok(Node::File(mut content))) = (ino_of(&v, &path), m.resolve(&path)) {
+                        write(&v, &c, ino, off, &data).unwrap();
+                        let end = off as usize + data.len();
+                        if content.len() < end {
+                            content.resize(end, 0);
+                        }
+                        content[off as usize..end].copy_from_slice(&data);
+                        m.0.insert(path, Node::File(content));
+                    }
+                }
+                Op::Truncate(path, size) => {
+                    if let (Some(ino), Ok(Node::File(mut content))) = (ino_of(&v, &path), m.resolve(&path)) {
+                        change(&v, &c, Change::Truncate { ino, size }).unwrap();
+                        content.resize(size as usize, 0);
+                        m.0.insert(path, Node::File(content));
+                    }
+                }
+                Op::Unlink(path) => same(change(&v, &c, Change::Unlink { path: p(&path) }), m.remove(&path, false), "unlink"),
+                Op::Rmdir(path) => same(change(&v, &c, Change::Rmdir { path: p(&path) }), m.remove(&path, true), "rmdir"),
+                Op::Rename(from, to) => same(change(&v, &c, Change::Rename { from: p(&from), to: p(&to) }), m.rename(&from, &to), "rename"),
+                Op::Remount => {
+                    drop(v);
+                    v = Volume::mount(dev.clone()).unwrap();
+                }
+                Op::PowerCut => {
+                    // Every change above was acknowledged durable: a power
+                    // cut must not lose any of them.
+                    let cut = dev.power_cut();
+                    drop(v);
+                    dev = cut;
+                    v = Volume::mount(dev.clone()).unwrap();
+                }
+            }
+        }
+        check(&v, &m);
+    }
+}
+
+#[test]
+fn non_durable_pieces_vanish_in_a_power_cut_and_leave_no_trace() {
+    let dev = MemDev::new(DEV_BYTES);
+    let v = Volume::mount(dev.clone()).unwrap();
+    let ino = create(&v, &root(), "/f").unwrap();
+    write(&v, &root(), ino, 0, &[7; 5000]).unwrap();
+    for i in 0..4u64 {
+        v.change_blocking(Request {
+            caller: root(),
+            change: Change::Write {
+                ino,
+                offset: 5000 + i * 100_000,
+                data: vec![9; 100_000],
+            },
+            call: None,
+            durable: false,
+        })
+        .unwrap();
+    }
+    assert_eq!(v.stat_handle(ino).unwrap().inode.size, 405_000);
+    // The cut comes before the unmount, which would make them durable.
+    let cut = dev.power_cut();
+    drop(v);
+    let v = Volume::mount(cut).unwrap();
+    let mut m = Model::default();
+    m.0.insert("/f".into(), Node::File(vec![7; 5000]));
+    check(&v, &m);
+}
+
+#[test]
+fn a_call_sent_twice_is_applied_once() {
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let ino = create(&v, &root(), "/log").unwrap();
+    let append = |seq| {
+        v.change_blocking(Request {
+            caller: root(),
+            change: Change::Write {
+                ino,
+                offset: v.stat_handle(ino).unwrap().inode.size,
+                data: b"x".to_vec(),
+            },
+            call: Some(CallId {
+                client: "c1".into(),
+                seq,
+                acked: 0,
+            }),
+            durable: true,
+        })
+    };
+    assert_eq!(append(1).unwrap(), Outcome::Size(1));
+    assert_eq!(
+        append(1).unwrap(),
+        Outcome::Size(1),
+        "the retry returns the first reply"
+    );
+    assert_eq!(append(2).unwrap(), Outcome::Size(2));
+    assert_eq!(v.stored_reply("c1", 1).unwrap(), Some(Outcome::Size(1)));
+    // Acknowledging 2 forgets 1.
+    v.change_blocking(Request {
+        caller: root(),
+        change: Change::Seal { ino },
+        call: Some(CallId {
+            client: "c1".into(),
+            seq: 3,
+            acked: 3,
+        }),
+        durable: true,
+    })
+    .unwrap();
+    assert_eq!(v.stored_reply("c1", 1).unwrap(), None);
+    assert_eq!(v.read(&root(), ino, 0, 10).unwrap(), b"xx");
+}
+
+#[test]
+fn a_full_file_system_refuses_writes_cleanly_and_recovers_after_deletes() {
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let free = v.space().unwrap().free_bytes;
+    let a = create(&v, &root(), "/a").unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    let mut written = 0;
+    let err = loop {
+        match write(&v, &root(), a, written, &chunk) {
+            Ok(_) => written += chunk.len() as u64,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(kind(&err), "nospace", "{err}");
+    assert!(err.to_string().contains("delete files"), "{err}");
+    assert_eq!(
+        v.stat_handle(a).unwrap().inode.size,
+        written,
+        "the refused write changed nothing"
+    );
+    let b = create(&v, &root(), "/b").unwrap();
+    assert_eq!(kind(&write(&v, &root(), b, 0, &chunk).unwrap_err()), "nospace");
+    change(&v, &root(), Change::Unlink { path: p("/a") }).unwrap();
+    assert_eq!(v.space().unwrap().free_bytes, free);
+    write(&v, &root(), b, 0, &chunk).unwrap();
+    assert_eq!(v.read(&root(), b, 0, 16).unwrap(), vec![1u8; 16]);
+}
+
+#[test]
+fn owners_and_modes_are_enforced() {
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let f = create(&v, &alice(), "/alice.txt").unwrap();
+    write(&v, &alice(), f, 0, b"mine").unwrap();
+    assert_eq!(kind(&write(&v, &bob(), f, 0, b"evil").unwrap_err()), "perm");
+    assert_eq!(v.read(&bob(), f, 0, 4).unwrap(), b"mine", "0644 lets others read");
+    // The root is sticky: bob may not remove or replace alice's file.
+    assert_eq!(
+        kind(&change(&v, &bob(), Change::Unlink { path: p("/alice.txt") }).unwrap_err()),
+        "perm"
+    );
+    create(&v, &bob(), "/bob.txt").unwrap();
+    let r = change(
+        &v,
+        &bob(),
+        Change::Rename {
+            from: p("/bob.txt"),
+            to: p("/alice.txt"),
+        },
+    );
+    assert_eq!(kind(&r.unwrap_err()), "perm");
+    change(
+        &v,
+        &alice(),
+        Change::Mkdir {
+            path: p("/private"),
+            mode: 0o700,
+        },
+    )
+    .unwrap();
+    assert_eq!(kind(&create(&v, &bob(), "/private/x").unwrap_err()), "perm");
+    assert_eq!(kind(&v.list(&bob(), &p("/private"), "", 10).unwrap_err()), "perm");
+    create(&v, &alice(), "/private/x").unwrap();
+    assert_eq!(v.read(&alice(), f, 0, 4).unwrap(), b"mine");
+}
+
+#[test]
+fn bad_names_and_ranges_are_refused() {
+    for bad in ["", "relative", "/a/../b", "/a/./b", "/a\0b"] {
+        assert!(FsPath::parse(bad).is_err(), "{bad:?}");
+    }
+    assert!(FsPath::parse(&format!("/{}", "n".repeat(256))).is_err());
+    assert!(FsPath::parse(&format!("/{}", "n".repeat(255))).is_ok());
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let f = create(&v, &root(), "/f").unwrap();
+    write(&v, &root(), f, 0, b"abc").unwrap();
+    assert_eq!(kind(&write(&v, &root(), f, MAX_FILE_SIZE, b"x").unwrap_err()), "range");
+    assert_eq!(kind(&v.read(&root(), f, 4, 1).unwrap_err()), "range");
+    assert_eq!(
+        v.read(&root(), f, 3, 10).unwrap(),
+        b"",
+        "reading at the end gives nothing"
+    );
+    assert_eq!(v.read(&root(), f, 1, 10).unwrap(), b"bc", "reads stop at the end");
+    assert_eq!(
+        kind(&change(&v, &root(), Change::Rmdir { path: p("/") }).unwrap_err()),
+        "invalid"
+    );
+    change(
+        &v,
+        &root(),
+        Change::Mkdir {
+            path: p("/d"),
+            mode: 0o755,
+        },
+    )
+    .unwrap();
+    let r = change(
+        &v,
+        &root(),
+        Change::Rename {
+            from: p("/d"),
+            to: p("/d/e"),
+        },
+    );
+    assert_eq!(kind(&r.unwrap_err()), "invalid");
+    change(&v, &root(), Change::Unlink { path: p("/f") }).unwrap();
+    let gone = v.read(&root(), f, 0, 1).unwrap_err();
+    assert!(gone.to_string().contains("deleted"), "{gone}");
+}
+
+#[test]
+fn a_large_sequential_file_stays_in_one_extent() {
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let f = create(&v, &root(), "/big").unwrap();
+    for i in 0..8u64 {
+        write(&v, &root(), f, i << 20, &vec![i as u8; 1 << 20]).unwrap();
+    }
+    let a = v.stat_handle(f).unwrap();
+    assert_eq!(a.extents, 1);
+    assert_eq!(a.allocated_bytes, 8 << 20);
+    assert!(a.head_address >= layout::META_AT);
+    assert_eq!(v.read(&root(), f, (5 << 20) - 1, 2).unwrap(), vec![4, 5]);
+}

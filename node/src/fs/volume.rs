@@ -1,0 +1,442 @@
+//! A mounted file system: one writer thread that commits changes in
+//! groups, and reads that run concurrently on redb snapshots.
+//!
+//! Group commit: the writer takes every change waiting in its queue, applies
+//! them one after another in a single transaction and commits once, so 64
+//! clients pay for one flush of the LU instead of 64. A change that is
+//! refused does not disturb the others; an I/O failure aborts the whole
+//! group, and every caller in it is told nothing was committed.
+//!
+//! Changes that carry a (client id, sequence number) store their reply in
+//! the same transaction; the same call sent again gets the stored reply
+//! and is not applied twice.
+//!
+//! Reads take the data lock shared and the writer takes it exclusive, so a
+//! read never sees an extent whose blocks a concurrent change has freed
+//! and reused. Owns the redb database of the LU; must never let a caller
+//! reach it except through [`Volume`].
+
+use std::sync::{mpsc, Arc, RwLock};
+
+use redb::{Database, Durability, ReadableDatabase};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::backend::LuBackend;
+use super::layout::Superblock;
+use super::tree::{self, Tx, DIRENTS, EXTENTS, INODES, META, REPLIES};
+use super::{Attr, Caller, DirEntry, FileKind, FsError, FsPath, Result, Space, MAX_FILE_SIZE};
+use crate::array::BlockDevice;
+
+/// One change to the tree.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Mkdir {
+        path: FsPath,
+        mode: u32,
+    },
+    /// Create a file, or open an existing one for writing.
+    Create {
+        path: FsPath,
+        mode: u32,
+        exclusive: bool,
+        truncate: bool,
+    },
+    Write {
+        ino: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Truncate {
+        ino: u64,
+        size: u64,
+    },
+    Unlink {
+        path: FsPath,
+    },
+    Rmdir {
+        path: FsPath,
+    },
+    Rename {
+        from: FsPath,
+        to: FsPath,
+    },
+    /// Nothing but the stored reply: ends a streamed write whose pieces
+    /// were applied as non-durable changes.
+    Seal {
+        ino: u64,
+    },
+    /// Drop the stored replies of a client whose session ended.
+    Forget {
+        client: String,
+    },
+}
+
+/// What a change returns; stored as the reply of an exactly-once call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Attr(Attr),
+    /// The file's size after a write.
+    Size(u64),
+    Done,
+}
+
+/// Identifies one client call for exactly-once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallId {
+    pub client: String,
+    pub seq: u64,
+    /// Every call of this client below this number has been answered.
+    pub acked: u64,
+}
+
+/// A change, who makes it, and how it must be committed.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub caller: Caller,
+    pub change: Change,
+    pub call: Option<CallId>,
+    /// Whether the caller waits for the change to be durable (every change
+    /// but the pieces of a streamed write).
+    pub durable: bool,
+}
+
+struct Job {
+    req: Request,
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+struct Inner {
+    db: Database,
+    dev: Arc<dyn BlockDevice>,
+    data_lock: RwLock<()>,
+    data_len: u64,
+}
+
+/// A mounted file system; dropping it stops its writer once the queue is
+/// empty.
+pub struct Volume {
+    inner: Arc<Inner>,
+    queue: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Volume {
+    /// Waits for the writer to finish its queue and close the database, so
+    /// the LU can be mounted again (here or by another CHN) right after.
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Most changes committed by one transaction.
+const GROUP: usize = 256;
+
+impl Volume {
+    /// Mounts the file system on `dev`, formatting an LU that holds none.
+    pub fn mount(dev: Arc<dyn BlockDevice>) -> Result<Volume> {
+        let (sb, fresh) = match Superblock::read(dev.as_ref())? {
+            Some(sb) => (sb, false),
+            None => (Superblock::for_capacity(dev.len(), rand::random())?, true),
+        };
+        let (data_at, data_len) = (sb.data_at, sb.data_len);
+        let backend = LuBackend::new(dev.clone(), sb);
+        let db = Database::builder()
+            .set_cache_size(64 << 20)
+            .create_with_backend(backend)
+            .map_err(|e| FsError::Corrupt(format!("the file system's metadata cannot be opened: {e}")))?;
+        if fresh {
+            let txn = db.begin_write().map_err(FsError::db)?;
+            {
+                let mut tx = Tx::open(&txn, dev.as_ref())?;
+                tx.format(data_at, data_len)?;
+                tx.finish()?;
+            }
+            txn.commit().map_err(FsError::db)?;
+            tracing::info!(data_mib = data_len >> 20, "formatted a file system");
+        }
+        let inner = Arc::new(Inner {
+            db,
+            dev,
+            data_lock: RwLock::new(()),
+            data_len,
+        });
+        let (queue, rx) = mpsc::channel();
+        let writer = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("fs-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| FsError::Io(format!("cannot start the file-system writer: {e}")))?;
+        Ok(Volume {
+            inner,
+            queue: Some(queue),
+            writer: Some(writer),
+        })
+    }
+
+    /// Applies a change; returns once it is committed (durably if asked).
+    pub async fn change(&self, req: Request) -> Result<Outcome> {
+        let rx = self.enqueue(req)?;
+        rx.await
+            .map_err(|_| FsError::Io("the file-system writer stopped".into()))?
+    }
+
+    /// [`Volume::change`] for callers outside an async runtime.
+    pub fn change_blocking(&self, req: Request) -> Result<Outcome> {
+        let rx = self.enqueue(req)?;
+        rx.blocking_recv()
+            .map_err(|_| FsError::Io("the file-system writer stopped".into()))?
+    }
+
+    fn enqueue(&self, req: Request) -> Result<oneshot::Receiver<Result<Outcome>>> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .as_ref()
+            .and_then(|q| q.send(Job { req, reply: tx }).ok())
+            .ok_or_else(|| FsError::Io("the file system is unmounted".into()))?;
+        Ok(rx)
+    }
+
+    fn read_txn(&self) -> Result<redb::ReadTransaction> {
+        self.inner.db.begin_read().map_err(FsError::db)
+    }
+
+    /// Metadata of the file or directory at `path`.
+    pub fn stat(&self, caller: &Caller, path: &FsPath) -> Result<Attr> {
+        let txn = self.read_txn()?;
+        let inodes = txn.open_table(INODES).map_err(FsError::db)?;
+        let dirents = txn.open_table(DIRENTS).map_err(FsError::db)?;
+        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
+        tree::attr(&extents, tree::resolve(&inodes, &dirents, caller, path)?)
+    }
+
+    /// Metadata of the file a handle names.
+    pub fn stat_handle(&self, ino: u64) -> Result<Attr> {
+        let txn = self.read_txn()?;
+        let inodes = txn.open_table(INODES).map_err(FsError::db)?;
+        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
+        tree::attr(&extents, tree::by_handle(&inodes, ino)?)
+    }
+
+    /// Opens an existing file for reading: checks kind and permission.
+    pub fn open(&self, caller: &Caller, path: &FsPath) -> Result<Attr> {
+        let attr = self.stat(caller, path)?;
+        if attr.inode.kind == FileKind::Dir {
+            return Err(FsError::FailedPrecondition(format!(
+                "{path} is a directory; list it instead"
+            )));
+        }
+        if !readable(caller, &attr) {
+            return Err(FsError::PermissionDenied(format!(
+                "user {} may not read {path} (owner {}, mode {:o})",
+                caller.user, attr.inode.owner, attr.inode.mode
+            )));
+        }
+        Ok(attr)
+    }
+
+    /// Reads up to `len` bytes from `offset`; fewer at the end of the file.
+    pub fn read(&self, caller: &Caller, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let _shared = self.inner.data_lock.read().unwrap_or_else(|p| p.into_inner());
+        let txn = self.read_txn()?;
+        let inodes = txn.open_table(INODES).map_err(FsError::db)?;
+        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
+        let inode = tree::by_handle(&inodes, ino)?;
+        if inode.kind == FileKind::Dir {
+            return Err(FsError::FailedPrecondition(format!("handle {ino} is a directory")));
+        }
+        let attr = Attr {
+            inode: inode.clone(),
+            head_address: 0,
+            extents: 0,
+            allocated_bytes: 0,
+        };
+        if !readable(caller, &attr) {
+            return Err(FsError::PermissionDenied(format!(
+                "user {} may not read {} (owner {}, mode {:o})",
+                caller.user, inode.name, inode.owner, inode.mode
+            )));
+        }
+        if offset > inode.size {
+            return Err(FsError::OutOfRange(format!(
+                "offset {offset} is past the end of {} ({} bytes)",
+                inode.name, inode.size
+            )));
+        }
+        let len = len.min(inode.size - offset);
+        tree::read_data(&extents, self.inner.dev.as_ref(), ino, offset, len)
+    }
+
+    /// A page of the directory at `path`: entries after `after`.
+    pub fn list(&self, caller: &Caller, path: &FsPath, after: &str, limit: usize) -> Result<Vec<DirEntry>> {
+        let txn = self.read_txn()?;
+        let inodes = txn.open_table(INODES).map_err(FsError::db)?;
+        let dirents = txn.open_table(DIRENTS).map_err(FsError::db)?;
+        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
+        let dir = tree::resolve(&inodes, &dirents, caller, path)?;
+        if dir.kind != FileKind::Dir {
+            return Err(FsError::FailedPrecondition(format!(
+                "{path} is a file; stat it instead"
+            )));
+        }
+        let attr = Attr {
+            inode: dir.clone(),
+            head_address: 0,
+            extents: 0,
+            allocated_bytes: 0,
+        };
+        if !readable(caller, &attr) {
+            return Err(FsError::PermissionDenied(format!(
+                "user {} may not list {path}",
+                caller.user
+            )));
+        }
+        tree::list(&inodes, &dirents, &extents, &dir, after, limit.max(1))
+    }
+
+    /// Size, free space and file count.
+    pub fn space(&self) -> Result<Space> {
+        let txn = self.read_txn()?;
+        let meta = txn.open_table(META).map_err(FsError::db)?;
+        let get = |k: &str| -> Result<u64> { Ok(meta.get(k).map_err(FsError::db)?.map(|v| v.value()).unwrap_or(0)) };
+        Ok(Space {
+            data_bytes: self.inner.data_len,
+            free_bytes: get("free_bytes")?,
+            files: get("files")?,
+        })
+    }
+
+    /// The stored reply of a completed call, if any.
+    pub fn stored_reply(&self, client: &str, seq: u64) -> Result<Option<Outcome>> {
+        let txn = self.read_txn()?;
+        let replies = txn.open_table(REPLIES).map_err(FsError::db)?;
+        let found = replies.get((client, seq)).map_err(FsError::db)?;
+        found.map(|v| decode_outcome(v.value())).transpose()
+    }
+
+    /// Makes every committed change durable (they already are unless they
+    /// were pieces of an unfinished streamed write).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.dev.flush().map_err(FsError::from)
+    }
+
+    /// The largest file size, for clients that check ahead.
+    pub fn max_file_size(&self) -> u64 {
+        MAX_FILE_SIZE
+    }
+}
+
+fn readable(caller: &Caller, attr: &Attr) -> bool {
+    let i = &attr.inode;
+    caller.uid == 0 || (if caller.uid == i.uid { i.mode >> 6 } else { i.mode }) & 4 != 0
+}
+
+fn decode_outcome(bytes: &[u8]) -> Result<Outcome> {
+    postcard::from_bytes(bytes).map_err(|e| FsError::Corrupt(format!("stored reply: {e}")))
+}
+
+impl Inner {
+    fn run(&self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < GROUP {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            let results = self.apply(&batch);
+            for (job, r) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(r);
+            }
+        }
+    }
+
+    /// Applies a group of changes in one transaction; one result each.
+    fn apply(&self, batch: &[Job]) -> Vec<Result<Outcome>> {
+        let _exclusive = self.data_lock.write().unwrap_or_else(|p| p.into_inner());
+        let all_fail = |e: FsError| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
+        let mut txn = match self.db.begin_write() {
+            Ok(t) => t,
+            Err(e) => return all_fail(FsError::db(e)),
+        };
+        let mut results = Vec::with_capacity(batch.len());
+        let staged = (|| {
+            let mut tx = Tx::open(&txn, self.dev.as_ref())?;
+            for job in batch {
+                let r = apply_one(&mut tx, &job.req);
+                if let Err(e @ (FsError::Io(_) | FsError::Corrupt(_))) = &r {
+                    return Err(e.clone());
+                }
+                results.push(r);
+            }
+            let durable = batch.iter().any(|j| j.req.durable) || tx.frees();
+            tx.finish()?;
+            Ok(durable)
+        })();
+        let durable = match staged {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = txn.abort();
+                tracing::error!("file-system group of {} changes aborted: {e}", batch.len());
+                return all_fail(e);
+            }
+        };
+        let level = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        if let Err(e) = txn.set_durability(level) {
+            return all_fail(FsError::db(e));
+        }
+        if let Err(e) = txn.commit() {
+            let e = FsError::db(e);
+            tracing::error!("file-system commit failed: {e}");
+            return all_fail(e);
+        }
+        results
+    }
+}
+
+fn apply_one(tx: &mut Tx<'_>, req: &Request) -> Result<Outcome> {
+    if let Some(call) = &req.call {
+        if let Some(bytes) = tx.reply(&call.client, call.seq)? {
+            return decode_outcome(&bytes);
+        }
+    }
+    let c = &req.caller;
+    let out = match &req.change {
+        Change::Mkdir { path, mode } => Outcome::Attr(tx.mkdir(c, path, *mode)?),
+        Change::Create {
+            path,
+            mode,
+            exclusive,
+            truncate,
+        } => Outcome::Attr(tx.create(c, path, *mode, *exclusive, *truncate)?),
+        Change::Write { ino, offset, data } => Outcome::Size(tx.write(c, *ino, *offset, data)?),
+        Change::Truncate { ino, size } => Outcome::Attr(tx.truncate(c, *ino, *size)?),
+        Change::Unlink { path } => {
+            tx.unlink(c, path)?;
+            Outcome::Done
+        }
+        Change::Rmdir { path } => {
+            tx.rmdir(c, path)?;
+            Outcome::Done
+        }
+        Change::Rename { from, to } => Outcome::Attr(tx.rename(c, from, to)?),
+        Change::Seal { ino } => Outcome::Size(tree::by_handle(&tx.inodes, *ino)?.size),
+        Change::Forget { client } => {
+            tx.forget(client)?;
+            Outcome::Done
+        }
+    };
+    if let Some(call) = &req.call {
+        let bytes = postcard::to_stdvec(&out).map_err(|e| FsError::Io(format!("encoding a reply: {e}")))?;
+        tx.record(&call.client, call.seq, call.acked, &bytes)?;
+    }
+    Ok(out)
+}
