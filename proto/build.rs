@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/nas/v1/tables.proto",
         "proto/nas/v1/admin.proto",
         "proto/nas/v1/raft.proto",
+        "proto/nas/v1/nas.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

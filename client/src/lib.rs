@@ -17,6 +17,9 @@ use tonic::{Code, Response, Status};
 
 pub use nas_proto as proto;
 
+pub mod nas;
+pub use nas::NasClient;
+
 /// Environment variable holding the comma-separated CHN addresses.
 pub const CLUSTER_ENV: &str = "NAS_CLUSTER";
 

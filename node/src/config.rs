@@ -77,6 +77,14 @@ pub struct Settings {
     /// bandwidth to clients; 0 means as fast as the disks go [default: 0].
     #[arg(long, env = "NASD_REBUILD_MAX_MB_S")]
     pub rebuild_max_mb_s: Option<u64>,
+    /// A client session, and the file locks it holds, end this long after
+    /// the client was last heard of, in milliseconds [default: 30000].
+    #[arg(long, env = "NASD_SESSION_LEASE_MS")]
+    pub session_lease_ms: Option<u64>,
+    /// A client session ends this many seconds after it was opened, however
+    /// active [default: 86400].
+    #[arg(long, env = "NASD_SESSION_TTL_S")]
+    pub session_ttl_s: Option<u64>,
 }
 
 /// The validated configuration.
@@ -93,6 +101,8 @@ pub struct Config {
     pub lu_lease: Duration,
     /// Rebuild rate limit in bytes per second, if any.
     pub rebuild_limit: Option<u64>,
+    pub session_lease: Duration,
+    pub session_ttl: Duration,
 }
 
 /// The node id a CHN name implies: its trailing digits.
@@ -121,6 +131,8 @@ impl Settings {
             daemon_interval_ms: self.daemon_interval_ms.or(file.daemon_interval_ms),
             lu_lease_ms: self.lu_lease_ms.or(file.lu_lease_ms),
             rebuild_max_mb_s: self.rebuild_max_mb_s.or(file.rebuild_max_mb_s),
+            session_lease_ms: self.session_lease_ms.or(file.session_lease_ms),
+            session_ttl_s: self.session_ttl_s.or(file.session_ttl_s),
         }
     }
 
@@ -167,6 +179,14 @@ impl Settings {
         if lu_lease_ms < 300 {
             bail!("--lu-lease-ms must be at least 300 (it is renewed every third of it)");
         }
+        let session_lease_ms = merged.session_lease_ms.unwrap_or(30_000);
+        if session_lease_ms < 1000 {
+            bail!("--session-lease-ms must be at least 1000 (clients renew every third of it)");
+        }
+        let session_ttl_s = merged.session_ttl_s.unwrap_or(86_400);
+        if session_ttl_s == 0 {
+            bail!("--session-ttl-s must be above 0");
+        }
         Ok(Config {
             name,
             node_id,
@@ -188,6 +208,8 @@ impl Settings {
                 .rebuild_max_mb_s
                 .filter(|&m| m > 0)
                 .map(|m| m.saturating_mul(1_000_000)),
+            session_lease: Duration::from_millis(session_lease_ms),
+            session_ttl: Duration::from_secs(session_ttl_s),
         })
     }
 }

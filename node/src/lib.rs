@@ -4,13 +4,17 @@
 //! state (tables, durable log and state machine, transport);
 //! [`service`] holds the gRPC handlers; [`daemon_info`] writes this CHN's
 //! heartbeat; [`array`] is the disk array and its RAID LUs; [`lu_host`]
-//! holds the LUs this CHN has open; [`server`] wires them onto one port.
+//! holds the LUs this CHN has open; [`fs`] is the file system on a data
+//! LU; [`exports`] mounts the exports this CHN serves; [`sessions`] checks
+//! and renews client sessions; [`server`] wires them onto one port.
 
 pub mod array;
 pub mod config;
 pub mod daemon_info;
+pub mod exports;
 pub mod fs;
 pub mod lu_host;
 pub mod server;
 pub mod service;
+pub mod sessions;
 pub mod shared_lu;

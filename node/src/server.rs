@@ -11,9 +11,9 @@ use tokio_stream::StreamExt;
 use tonic::transport::Server;
 
 use crate::config::Config;
-use crate::service::{admin::AdminService, raft::RaftService};
+use crate::service::{admin::AdminService, nas::NasService, raft::RaftService};
 use crate::shared_lu::SharedLu;
-use nas_proto::{admin_server::AdminServer, raft_server::RaftServer};
+use nas_proto::{admin_server::AdminServer, nas_server::NasServer, raft_server::RaftServer};
 
 /// Largest message a CHN accepts (snapshots of the tables travel whole).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -56,6 +56,16 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
 
     let (host, host_task) = crate::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.rebuild_limit);
     let host_task = tokio::spawn(host_task);
+    let (sessions, sessions_task) = crate::sessions::Sessions::new(lu.clone(), cfg.session_lease, cfg.session_ttl);
+    let sessions_task = tokio::spawn(sessions_task);
+    let nas = NasServer::new(NasService {
+        shared: lu.clone(),
+        sessions,
+        exports: crate::exports::Exports::new(lu.clone(), host.clone()),
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
+    health.set_serving::<NasServer<NasService>>().await;
     let admin = AdminServer::new(AdminService {
         lu: lu.clone(),
         host,
@@ -77,6 +87,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let served = Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
+        .add_service(nas)
         .add_service(admin)
         .add_service(raft)
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -84,6 +95,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
 
     heartbeat.abort();
     host_task.abort();
+    sessions_task.abort();
     if let Err(e) = lu.raft.shutdown().await {
         tracing::warn!(error = %e, "Raft did not shut down cleanly");
     }

@@ -508,7 +508,12 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn list_clients(&self, req: Request<ListRequest>) -> Result<Response<ClientList>, Status> {
-        let (clients, possibly_stale) = self.read(req, |t| t.clients.values().cloned().collect()).await?;
+        // The session secret is a password: never shown.
+        let redact = |c: &Client| Client {
+            session: String::new(),
+            ..c.clone()
+        };
+        let (clients, possibly_stale) = self.read(req, |t| t.clients.values().map(redact).collect()).await?;
         Ok(Response::new(ClientList {
             clients,
             possibly_stale,
@@ -653,5 +658,16 @@ impl admin_server::Admin for AdminService {
             file_locks,
             possibly_stale,
         }))
+    }
+
+    async fn break_file_lock(&self, req: Request<BreakFileLockRequest>) -> Result<Response<WriteReply>, Status> {
+        let r = req.into_inner();
+        self.write(Kind::ReleaseFileLock(ReleaseFileLock {
+            all_holders: r.session.is_empty(),
+            export: r.export,
+            path: r.path,
+            session: r.session,
+        }))
+        .await
     }
 }

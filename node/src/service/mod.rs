@@ -1,8 +1,10 @@
-//! The gRPC services one CHN serves on its port: `Admin` (management
-//! terminal), `Raft` (CHN to CHN) and the standard health service.
+//! The gRPC services one CHN serves on its port: `Nas` (the file service),
+//! `Admin` (management terminal), `Raft` (CHN to CHN) and the standard
+//! health service.
 //!
 //! Handlers translate requests into shared-LU commands and reads; they
 //! must never touch storage directly.
 
 pub mod admin;
+pub mod nas;
 pub mod raft;

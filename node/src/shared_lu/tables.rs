@@ -135,6 +135,8 @@ impl Tables {
             Kind::SetDiskState(c) => self.set_disk_state(c),
             Kind::ReplaceDisk(c) => self.replace_disk(c),
             Kind::ReportLu(c) => self.report_lu(c),
+            Kind::TouchClients(c) => self.touch_clients(c),
+            Kind::ExpireClients(c) => self.expire_clients(c.now_ms),
         }
     }
 
@@ -643,7 +645,70 @@ impl Tables {
         if self.clients.remove(id).is_none() {
             return reject(Code::NotFound, format!("client {id} is not known"));
         }
-        Ok(Applied::rows(vec![RowKey::Client(id.to_string())]))
+        let mut touched = vec![RowKey::Client(id.to_string())];
+        touched.extend(self.drop_holders(|h| h.session == id));
+        Ok(Applied::rows(touched))
+    }
+
+    /// Removes the file-lock holds `gone` picks; returns the rows touched.
+    fn drop_holders(&mut self, gone: impl Fn(&FileLockHolder) -> bool) -> Vec<RowKey> {
+        let mut touched = Vec::new();
+        self.file_locks.retain(|(export, path), row| {
+            let before = row.holders.len();
+            row.holders.retain(|h| !gone(h));
+            if row.holders.len() != before {
+                touched.push(RowKey::FileLock(export.clone(), path.clone()));
+            }
+            !row.holders.is_empty()
+        });
+        touched
+    }
+
+    fn touch_clients(&mut self, c: &TouchClients) -> Result<Applied, Rejection> {
+        let mut touched = Vec::new();
+        for id in &c.client_ids {
+            // A client that expired meanwhile stays gone: it must open a
+            // new session.
+            let Some(client) = self.clients.get_mut(id) else {
+                continue;
+            };
+            client.last_seen_ms = client.last_seen_ms.max(c.now_ms);
+            let expiry = c.now_ms.saturating_add(client.lease_ms);
+            touched.push(RowKey::Client(id.clone()));
+            for ((export, path), row) in self.file_locks.iter_mut() {
+                let mut renewed = false;
+                for h in row.holders.iter_mut().filter(|h| &h.session == id) {
+                    h.lease_expiry_ms = h.lease_expiry_ms.max(expiry);
+                    renewed = true;
+                }
+                if renewed {
+                    touched.push(RowKey::FileLock(export.clone(), path.clone()));
+                }
+            }
+        }
+        Ok(Applied::rows(touched))
+    }
+
+    fn expire_clients(&mut self, now: u64) -> Result<Applied, Rejection> {
+        let ended: Vec<String> = self
+            .clients
+            .values()
+            .filter(|c| {
+                (c.expires_ms != 0 && c.expires_ms <= now)
+                    || (c.lease_ms != 0 && c.last_seen_ms.saturating_add(c.lease_ms) <= now)
+            })
+            .map(|c| c.client_id.clone())
+            .collect();
+        let mut touched = Vec::new();
+        for id in &ended {
+            self.clients.remove(id);
+            touched.push(RowKey::Client(id.clone()));
+        }
+        touched.extend(self.drop_holders(|h| ended.contains(&h.session) || h.lease_expiry_ms <= now));
+        Ok(Applied {
+            assigned: ended.len() as u64,
+            touched,
+        })
     }
 
     fn acquire_lu_lock(&mut self, c: &AcquireLuLock) -> Result<Applied, Rejection> {
@@ -707,6 +772,12 @@ impl Tables {
         if c.path.is_empty() || c.session.is_empty() {
             return reject(Code::InvalidArgument, "file lock needs a path and a session");
         }
+        if !self.clients.contains_key(&c.session) {
+            return reject(
+                Code::Unauthenticated,
+                format!("session {} has ended; open a new session", c.session),
+            );
+        }
         let mode = LockMode::try_from(c.mode).unwrap_or(LockMode::Unspecified);
         if mode == LockMode::Unspecified {
             return reject(Code::InvalidArgument, "lock mode must be shared or exclusive");
@@ -751,7 +822,7 @@ impl Tables {
             return reject(Code::NotFound, format!("{}:{} is not locked", c.export, c.path));
         };
         let before = row.holders.len();
-        row.holders.retain(|h| h.session != c.session);
+        row.holders.retain(|h| !c.all_holders && h.session != c.session);
         if row.holders.len() == before {
             return reject(
                 Code::NotFound,
@@ -1176,6 +1247,22 @@ mod tests {
                 now_ms: now,
             }))
         };
+        rejected_with(
+            &mut t,
+            lock("s1", LockMode::LockShared, 0),
+            Code::Unauthenticated,
+            "open a new session",
+        );
+        for s in ["s1", "s2", "s3"] {
+            t.apply(&cmd(Kind::UpsertClient(UpsertClient {
+                client: Some(Client {
+                    client_id: s.into(),
+                    lease_ms: 100,
+                    ..Default::default()
+                }),
+            })))
+            .unwrap();
+        }
         t.apply(&lock("s1", LockMode::LockShared, 0)).unwrap();
         t.apply(&lock("s2", LockMode::LockShared, 0)).unwrap();
         rejected_with(
@@ -1184,8 +1271,29 @@ mod tests {
             Code::FailedPrecondition,
             "locked by session",
         );
-        t.apply(&lock("s3", LockMode::LockExclusive, 200)).unwrap();
-        assert_eq!(t.file_locks[&("home".to_string(), "/a".to_string())].holders.len(), 1);
+        // s1 is heard of again: its hold lives on, s2's runs out.
+        t.apply(&cmd(Kind::TouchClients(TouchClients {
+            client_ids: vec!["s1".into(), "gone".into()],
+            now_ms: 90,
+        })))
+        .unwrap();
+        rejected_with(
+            &mut t,
+            lock("s3", LockMode::LockExclusive, 150),
+            Code::FailedPrecondition,
+            "locked by session s1",
+        );
+        let ended = t
+            .apply(&cmd(Kind::ExpireClients(ExpireClients { now_ms: 150 })))
+            .unwrap();
+        assert_eq!(ended.assigned, 2, "s2 and s3 were last seen at 0");
+        assert!(!t.clients.contains_key("s2"));
+        let key = ("home".to_string(), "/a".to_string());
+        assert_eq!(t.file_locks[&key].holders.len(), 1);
+        // Closing s1's session releases its lock.
+        t.apply(&cmd(Kind::RemoveClient(RemoveClient { client_id: "s1".into() })))
+            .unwrap();
+        assert!(!t.file_locks.contains_key(&key));
     }
 
     #[test]

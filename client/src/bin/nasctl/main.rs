@@ -5,18 +5,20 @@
 //! printed as one line that says what to do, with exit code 1 (2 for a
 //! usage error).
 
+mod files;
 mod local_cluster;
 mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use nas_client::proto::{self, *};
-use nas_client::{human_size, parse_size, Cluster, CLUSTER_ENV};
+use ::nas_client::proto::{self, *};
+use ::nas_client::{human_size, parse_size, Cluster, CLUSTER_ENV};
 use output::Table;
 
 #[derive(Parser)]
@@ -39,6 +41,8 @@ struct Cli {
     /// Seconds to keep retrying while no CHN answers or no leader is elected.
     #[arg(long, global = true, default_value_t = 15)]
     retry_secs: u64,
+    #[command(flatten)]
+    login: files::Login,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -82,9 +86,28 @@ enum Cmd {
     /// Client sessions recorded in the shared LU.
     #[command(subcommand)]
     Client(ClientCmd),
-    /// LU and file locks.
+    /// Files in an export: put, get, ls, stat, rm, mkdir, mv, df (as --user).
     #[command(subcommand)]
-    Lock(LockCmd),
+    Fs(files::FsCmd),
+    /// Take a file lock (`lock EXPORT:/path [--shared]`), or list LU and file locks (`lock list`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Lock(LockArgs),
+    /// Break a file lock as operator: every holder's, or one session's.
+    Unlock {
+        /// The locked file, as EXPORT:/path.
+        target: String,
+        /// Release only this session's hold (see `nasctl lock list`).
+        #[arg(long)]
+        session: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct LockArgs {
+    #[command(subcommand)]
+    list: Option<LockCmd>,
+    #[command(flatten)]
+    take: Option<files::TakeLock>,
 }
 
 #[derive(Subcommand)]
@@ -337,7 +360,7 @@ fn connect(cli: &Cli) -> anyhow::Result<Cluster> {
 
 /// Turns a gRPC status into an error line: the server's message already
 /// says what to do; the code name helps scripts and bug reports.
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code())
 }
 
@@ -345,7 +368,7 @@ fn list_req(o: ReadOpts) -> ListRequest {
     ListRequest { local: o.local }
 }
 
-fn written(json: bool, what: &str, r: WriteReply) {
+pub(crate) fn written(json: bool, what: &str, r: WriteReply) {
     if json {
         println!("{}", json!({"log_index": r.log_index, "assigned": r.assigned}));
     } else {
@@ -889,7 +912,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_list(&t, json, r.possibly_stale);
             Ok(())
         }
-        Cmd::Lock(LockCmd::List(o)) => {
+        Cmd::Fs(cmd) => files::run_fs(&c, &cli.login, cmd, json, Duration::from_secs(cli.retry_secs)).await,
+        Cmd::Unlock { target, session } => files::break_lock(&c, &target, session, json).await,
+        Cmd::Lock(LockArgs {
+            take: Some(take),
+            list: None,
+        }) => files::take_lock(&c, &cli.login, take, json, Duration::from_secs(cli.retry_secs)).await,
+        Cmd::Lock(LockArgs { list: None, take: None }) => {
+            bail!("give EXPORT:/path to take a lock, or `lock list` to see the lock tables")
+        }
+        Cmd::Lock(LockArgs {
+            list: Some(LockCmd::List(o)),
+            ..
+        }) => {
             let r = c
                 .admin(|mut a| async move { a.list_locks(list_req(o)).await })
                 .await

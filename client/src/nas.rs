@@ -1,0 +1,670 @@
+//! The file-service client: a session on one export, following the export
+//! to whichever CHN serves it.
+//!
+//! Every call that changes files gets a sequence number once and keeps it
+//! through every retry, so the CHN applies it at most once and a retry
+//! returns the first reply. Retries happen on UNAVAILABLE (and on a
+//! connection that broke mid-call), with backoff, after finding the owner
+//! again: from the `x-nas-owner` answer of a CHN that does not serve the
+//! export, or from the service table. Other statuses are answers and go
+//! back to the caller unchanged.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use nas_proto::nas_client::NasClient as NasGrpc;
+use nas_proto::*;
+use std::io::Write;
+
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+use crate::Cluster;
+
+/// Bytes per message of a streamed write.
+pub const CHUNK: usize = 1 << 20;
+/// Bytes per write call: the unit that is acknowledged (and retried) whole.
+pub const CALL_BYTES: usize = 16 << 20;
+/// Largest message either side accepts.
+const MAX_MESSAGE: usize = 64 << 20;
+/// Metadata key naming the CHN address that serves an export.
+const OWNER_KEY: &str = "x-nas-owner";
+
+/// How a client connects and retries.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Stable identity of this client; random when `None`.
+    pub client_id: Option<String>,
+    /// How long a call keeps retrying while the export is unreachable
+    /// (during a failover, say) before it gives up with UNAVAILABLE.
+    pub retry_for: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            client_id: None,
+            retry_for: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Conn {
+    addr: String,
+    grpc: NasGrpc<Channel>,
+}
+
+struct Inner {
+    cluster: Cluster,
+    export: String,
+    token: String,
+    client_id: String,
+    conn: Mutex<Conn>,
+    next_seq: AtomicU64,
+    /// Sequence numbers sent and not yet answered.
+    outstanding: Mutex<BTreeSet<u64>>,
+    retry_for: Duration,
+}
+
+/// A session on one export. Cheap to share: every method takes `&self`,
+/// and calls from several tasks run concurrently.
+pub struct NasClient {
+    inner: Arc<Inner>,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NasClient {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn channel(addr: &str) -> Result<NasGrpc<Channel>, Status> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::invalid_argument(format!("bad CHN address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_millis(800))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
+    Ok(NasGrpc::new(ep.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// Whether a status means "try again, maybe elsewhere".
+fn retryable(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable | Code::Cancelled => true,
+        // A connection that broke mid-call (the CHN died) surfaces as an
+        // h2 error; the CHN never answers Unknown itself.
+        Code::Unknown => true,
+        _ => false,
+    }
+}
+
+/// Where the service table says `export` is served.
+async fn owner_addr(cluster: &Cluster, export: &str) -> Result<String, Status> {
+    let req = || ListRequest { local: true };
+    let exports = cluster
+        .admin(|mut a| async move { a.list_exports(req()).await })
+        .await?;
+    let row = exports
+        .exports
+        .iter()
+        .find(|e| e.name == export)
+        .ok_or_else(|| Status::not_found(format!("export {export} does not exist; see `nasctl export list`")))?;
+    let chns = cluster.admin(|mut a| async move { a.list_chns(req()).await }).await?;
+    chns.chns
+        .iter()
+        .find(|c| c.chn == row.owner_chn)
+        .map(|c| c.address.clone())
+        .ok_or_else(|| {
+            Status::unavailable(format!(
+                "CHN {} serving export {export} is not installed",
+                row.owner_chn
+            ))
+        })
+}
+
+impl NasClient {
+    /// Opens a session as `user` and mounts `export`, wherever it is served.
+    pub async fn connect(
+        cluster: Cluster,
+        user: &str,
+        password: &str,
+        export: &str,
+        opts: Options,
+    ) -> Result<NasClient, Status> {
+        let deadline = tokio::time::Instant::now() + opts.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        let mut addr = owner_addr(&cluster, export).await?;
+        loop {
+            let mut grpc = channel(&addr)?;
+            let attempt = async {
+                let s = grpc
+                    .open_session(OpenSessionRequest {
+                        user: user.into(),
+                        password: password.into(),
+                        client_id: opts.client_id.clone().unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                grpc.mount(MountRequest {
+                    token: s.token.clone(),
+                    export: export.into(),
+                })
+                .await?;
+                Ok::<_, Status>(s)
+            };
+            match attempt.await {
+                Ok(s) => {
+                    let inner = Arc::new(Inner {
+                        cluster,
+                        export: export.into(),
+                        token: s.token,
+                        client_id: s.client_id,
+                        conn: Mutex::new(Conn { addr, grpc }),
+                        next_seq: AtomicU64::new(1),
+                        outstanding: Mutex::new(BTreeSet::new()),
+                        retry_for: opts.retry_for,
+                    });
+                    let every = Duration::from_millis(s.lease_ms.max(300) / 3);
+                    let keepalive = tokio::spawn(keep_alive(Arc::downgrade(&inner), every));
+                    return Ok(NasClient { inner, keepalive });
+                }
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
+                    addr = match s.metadata().get(OWNER_KEY).and_then(|v| v.to_str().ok()) {
+                        Some(a) if !a.is_empty() => a.to_string(),
+                        _ => owner_addr(&cluster, export).await.unwrap_or(addr),
+                    };
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    /// This client's id, under which the cluster records its session.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The session token (for calling the `Nas` service directly).
+    pub fn token(&self) -> &str {
+        &self.inner.token
+    }
+
+    /// The address of the CHN currently serving the export.
+    pub fn serving_addr(&self) -> String {
+        lock(&self.inner.conn).addr.clone()
+    }
+
+    /// Runs one call with retries; `seq` is 0 for calls that change nothing.
+    async fn call<T, F, Fut>(&self, seq: u64, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(NasGrpc<Channel>, Call) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.retry_for;
+        let mut backoff = Duration::from_millis(20);
+        let result = loop {
+            let grpc = lock(&inner.conn).grpc.clone();
+            let call = Call {
+                token: inner.token.clone(),
+                seq,
+                acked: self.acked(),
+            };
+            match f(grpc, call).await {
+                Ok(r) => break Ok(r.into_inner()),
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
+                    self.follow(&s).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(s) => break Err(s),
+            }
+        };
+        if seq != 0 {
+            lock(&inner.outstanding).remove(&seq);
+        }
+        result
+    }
+
+    /// A new sequence number, outstanding until its call ends.
+    fn seq(&self) -> u64 {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.outstanding).insert(seq);
+        seq
+    }
+
+    /// Every call below this number has been answered.
+    fn acked(&self) -> u64 {
+        let next = self.inner.next_seq.load(Ordering::Relaxed);
+        lock(&self.inner.outstanding).first().copied().unwrap_or(next)
+    }
+
+    /// Points the connection at whoever serves the export now.
+    async fn follow(&self, s: &Status) {
+        let named = s
+            .metadata()
+            .get(OWNER_KEY)
+            .and_then(|v| v.to_str().ok())
+            .filter(|a| !a.is_empty())
+            .map(str::to_string);
+        let addr = match named {
+            Some(a) => Some(a),
+            None => owner_addr(&self.inner.cluster, &self.inner.export).await.ok(),
+        };
+        let Some(addr) = addr else { return };
+        let mut conn = lock(&self.inner.conn);
+        if conn.addr != addr {
+            if let Ok(grpc) = channel(&addr) {
+                *conn = Conn { addr, grpc };
+            }
+        }
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileAttr, Status> {
+        self.call(0, |mut g, call| async move {
+            g.stat(FsPathRequest {
+                call: Some(call),
+                path: path.into(),
+            })
+            .await
+        })
+        .await
+    }
+
+    pub async fn stat_handle(&self, handle: u64) -> Result<FileAttr, Status> {
+        self.call(0, |mut g, call| async move {
+            g.stat_handle(HandleRequest {
+                call: Some(call),
+                handle,
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Opens an existing file for reading.
+    pub async fn open(&self, path: &str) -> Result<FileAttr, Status> {
+        self.call(0, |mut g, call| async move {
+            g.open(FsPathRequest {
+                call: Some(call),
+                path: path.into(),
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Creates a file (mode 0 = 0644), or opens an existing one for writing.
+    pub async fn create(&self, path: &str, mode: u32, exclusive: bool, truncate: bool) -> Result<FileAttr, Status> {
+        let seq = self.seq();
+        self.call(seq, |mut g, call| async move {
+            g.create(CreateRequest {
+                call: Some(call),
+                path: path.into(),
+                mode,
+                exclusive,
+                truncate,
+            })
+            .await
+        })
+        .await
+    }
+
+    pub async fn mkdir(&self, path: &str, mode: u32) -> Result<FileAttr, Status> {
+        let seq = self.seq();
+        self.call(seq, |mut g, call| async move {
+            g.mkdir(MkdirRequest {
+                call: Some(call),
+                path: path.into(),
+                mode,
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Writes `data` at `offset`, in calls of [`CALL_BYTES`] streamed in
+    /// chunks of [`CHUNK`]; returns the file's size after the last call.
+    pub async fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<u64, Status> {
+        let mut size = 0;
+        for (i, part) in data.chunks(CALL_BYTES).enumerate() {
+            let at = offset + (i * CALL_BYTES) as u64;
+            size = self.write_call(handle, at, part).await?;
+        }
+        if data.is_empty() {
+            size = self.stat_handle(handle).await?.size;
+        }
+        Ok(size)
+    }
+
+    /// One write call: acknowledged, and retried, as a whole.
+    async fn write_call(&self, handle: u64, offset: u64, data: &[u8]) -> Result<u64, Status> {
+        let seq = self.seq();
+        let reply = self
+            .call(seq, |mut g, call| {
+                let mut msgs: Vec<WriteChunk> = data
+                    .chunks(CHUNK)
+                    .enumerate()
+                    .map(|(i, c)| WriteChunk {
+                        call: None,
+                        handle,
+                        offset: offset + (i * CHUNK) as u64,
+                        data: c.to_vec(),
+                    })
+                    .collect();
+                if let Some(first) = msgs.first_mut() {
+                    first.call = Some(call);
+                }
+                async move { g.write(tokio_stream::iter(msgs)).await }
+            })
+            .await?;
+        Ok(reply.size)
+    }
+
+    /// Reads up to `len` bytes from `offset` (fewer at the end of the file).
+    pub async fn read(&self, handle: u64, offset: u64, len: u64) -> Result<Vec<u8>, Status> {
+        let mut out = Vec::new();
+        self.read_into(handle, offset, len, |piece| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Streams a range of a file into `sink`, piece by piece. After a
+    /// failover the read goes on from where it broke off.
+    pub async fn read_into<F>(&self, handle: u64, offset: u64, len: u64, mut sink: F) -> Result<u64, Status>
+    where
+        F: FnMut(&[u8]) -> Result<(), Status>,
+    {
+        let (mut at, end) = (offset, offset.saturating_add(len));
+        let deadline = || tokio::time::Instant::now() + self.inner.retry_for;
+        let mut give_up = deadline();
+        let mut backoff = Duration::from_millis(20);
+        while at < end {
+            let mut g = lock(&self.inner.conn).grpc.clone();
+            let req = ReadRequest {
+                call: Some(Call {
+                    token: self.inner.token.clone(),
+                    ..Call::default()
+                }),
+                handle,
+                offset: at,
+                length: end - at,
+            };
+            let before = at;
+            let attempt = async {
+                let mut stream = g.read(req).await?.into_inner();
+                while let Some(piece) = stream.message().await? {
+                    at += piece.data.len() as u64;
+                    sink(&piece.data)?;
+                    if piece.data.is_empty() {
+                        break;
+                    }
+                }
+                Ok::<bool, Status>(true)
+            };
+            match attempt.await {
+                Ok(_) => return Ok(at - offset),
+                Err(s) if retryable(&s) && tokio::time::Instant::now() < give_up => {
+                    if at > before {
+                        give_up = deadline();
+                    }
+                    self.follow(&s).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        Ok(at - offset)
+    }
+
+    pub async fn truncate(&self, handle: u64, size: u64) -> Result<FileAttr, Status> {
+        let seq = self.seq();
+        self.call(seq, |mut g, call| async move {
+            g.truncate(TruncateRequest {
+                call: Some(call),
+                handle,
+                size,
+            })
+            .await
+        })
+        .await
+    }
+
+    pub async fn unlink(&self, path: &str) -> Result<(), Status> {
+        let seq = self.seq();
+        self.call(seq, |mut g, call| async move {
+            g.unlink(FsPathRequest {
+                call: Some(call),
+                path: path.into(),
+            })
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn rmdir(&self, path: &str) -> Result<(), Status> {
+        let seq = self.seq();
+        self.call(seq, |mut g, call| async move {
+            g.rmdir(FsPathRequest {
+                call: Some(call),
+                path: path.into(),
+            })
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Moves `from` to `to` atomically, replacing what is at `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<FileAttr, Status> {
+        let seq = self.seq();
+        self.call(seq, |mut g, call| async move {
+            g.rename(RenameRequest {
+                call: Some(call),
+                from: from.into(),
+                to: to.into(),
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Every entry of a directory, page by page.
+    pub async fn list(&self, path: &str) -> Result<Vec<FileAttr>, Status> {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .call(0, |mut g, call| {
+                    let req = ReadDirRequest {
+                        call: Some(call),
+                        path: path.into(),
+                        after: after.clone(),
+                        limit: 0,
+                    };
+                    async move { g.read_dir(req).await }
+                })
+                .await?;
+            all.extend(page.entries);
+            if page.next.is_empty() {
+                return Ok(all);
+            }
+            after = page.next;
+        }
+    }
+
+    /// Makes everything written to the file durable on the disks.
+    pub async fn fsync(&self, handle: u64) -> Result<(), Status> {
+        self.call(0, |mut g, call| async move {
+            g.fsync(HandleRequest {
+                call: Some(call),
+                handle,
+            })
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn statfs(&self) -> Result<StatFsReply, Status> {
+        self.call(0, |mut g, _| async move {
+            g.stat_fs(SessionRequest {
+                token: self.inner.token.clone(),
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Takes a file lock held by this session, waiting up to `wait` for a
+    /// conflicting one to go.
+    pub async fn lock(&self, path: &str, shared: bool, wait: Duration) -> Result<(), Status> {
+        self.call(0, |mut g, call| async move {
+            g.lock(FileLockRequest {
+                call: Some(call),
+                path: path.into(),
+                shared,
+                wait_ms: wait.as_millis() as u64,
+            })
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn unlock(&self, path: &str) -> Result<(), Status> {
+        self.call(0, |mut g, call| async move {
+            g.unlock(FsPathRequest {
+                call: Some(call),
+                path: path.into(),
+            })
+            .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Ends the session: its locks are released.
+    pub async fn close(self) -> Result<(), Status> {
+        let token = &self.inner.token;
+        self.call(0, |mut g, _| {
+            let req = SessionRequest { token: token.clone() };
+            async move { g.close_session(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Copies a local file to `remote` (created or emptied), calling
+    /// `progress` with the bytes sent so far; returns the bytes copied.
+    pub async fn put_file(
+        &self,
+        local: &Path,
+        remote: &str,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, PutGetError> {
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| PutGetError::Local(format!("cannot open {}: {e}", local.display())))?;
+        let attr = self.create(remote, 0, false, true).await?;
+        let mut buf = vec![0u8; CALL_BYTES];
+        let mut at = 0u64;
+        loop {
+            let n = read_full(&mut file, &mut buf)
+                .await
+                .map_err(|e| PutGetError::Local(format!("cannot read {}: {e}", local.display())))?;
+            if n == 0 {
+                break;
+            }
+            self.write_call(attr.handle, at, &buf[..n]).await?;
+            at += n as u64;
+            progress(at);
+        }
+        Ok(at)
+    }
+
+    /// Copies `remote` into a local file, calling `progress` with the bytes
+    /// received so far; returns the bytes copied.
+    pub async fn get_file(
+        &self,
+        remote: &str,
+        local: &Path,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, PutGetError> {
+        let attr = self.open(remote).await?;
+        let file = std::fs::File::create(local)
+            .map_err(|e| PutGetError::Local(format!("cannot create {}: {e}", local.display())))?;
+        let mut file = std::io::BufWriter::with_capacity(4 << 20, file);
+        let mut got = 0u64;
+        let mut local_err = None;
+        let n = self
+            .read_into(attr.handle, 0, attr.size, |piece| {
+                got += piece.len() as u64;
+                progress(got, attr.size);
+                file.write_all(piece).map_err(|e| {
+                    local_err = Some(format!("cannot write {}: {e}", local.display()));
+                    Status::aborted("local write failed")
+                })
+            })
+            .await;
+        if let Some(e) = local_err {
+            return Err(PutGetError::Local(e));
+        }
+        let n = n?;
+        file.flush()
+            .map_err(|e| PutGetError::Local(format!("cannot write {}: {e}", local.display())))?;
+        Ok(n)
+    }
+}
+
+/// Errors of copying between a local file and the export.
+#[derive(Debug, thiserror::Error)]
+pub enum PutGetError {
+    #[error("{0}")]
+    Local(String),
+    #[error("{}", .0.message())]
+    Remote(#[from] Status),
+}
+
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = file.read(&mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+async fn keep_alive(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut g = lock(&inner.conn).grpc.clone();
+        let token = inner.token.clone();
+        drop(inner);
+        let _ = g.keep_alive(SessionRequest { token }).await;
+    }
+}

@@ -1,0 +1,143 @@
+//! The exports this CHN serves: for each, the file system mounted on the
+//! export's LU, opened through the LU host (so under the LU lock).
+//!
+//! A call for an export that another CHN owns is answered UNAVAILABLE with
+//! the owner's address in `x-nas-owner`, which the client library follows.
+//! When the LU host reopens an LU (its lock was lost and taken again), the
+//! old mount is dropped and the file system mounted afresh.
+//!
+//! Owns the mounted volumes; must never mount an LU it did not get from
+//! the LU host.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use nas_proto::Export;
+use tonic::Status;
+
+use crate::array::{BlockDevice, LuDevice};
+use crate::fs::Volume;
+use crate::lu_host::{LuHost, Route};
+use crate::shared_lu::SharedLu;
+
+/// Metadata key naming the CHN address that serves an export.
+pub const OWNER_KEY: &str = "x-nas-owner";
+
+struct Mounted {
+    dev: Arc<LuDevice>,
+    vol: Arc<Volume>,
+}
+
+/// This CHN's mounted exports; cheap to clone.
+#[derive(Clone)]
+pub struct Exports {
+    shared: SharedLu,
+    host: LuHost,
+    mounted: Arc<Mutex<HashMap<String, Mounted>>>,
+    mounting: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// UNAVAILABLE naming where to go instead.
+fn elsewhere(msg: String, addr: &str) -> Status {
+    let mut s = Status::unavailable(msg);
+    if let Ok(v) = addr.parse() {
+        s.metadata_mut().insert(OWNER_KEY, v);
+    }
+    s
+}
+
+impl Exports {
+    pub fn new(shared: SharedLu, host: LuHost) -> Self {
+        Exports {
+            shared,
+            host,
+            mounted: Arc::default(),
+            mounting: Arc::default(),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mounted>> {
+        self.mounted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The volume mounted for `export` on `dev`, if that is the one.
+    fn current(&self, export: &str, dev: &Arc<LuDevice>) -> Option<Arc<Volume>> {
+        let map = self.map();
+        map.get(export)
+            .filter(|m| Arc::ptr_eq(&m.dev, dev))
+            .map(|m| m.vol.clone())
+    }
+
+    /// The export's row in the service table.
+    pub async fn export(&self, name: &str) -> Result<Export, Status> {
+        let mut row = self.shared.state.read().tables.exports.get(name).cloned();
+        if row.is_none() {
+            self.shared.ensure_current().await?;
+            row = self.shared.state.read().tables.exports.get(name).cloned();
+        }
+        row.ok_or_else(|| Status::not_found(format!("export {name} does not exist; see `nasctl export list`")))
+    }
+
+    /// The mounted file system of `export`, mounting it if this CHN owns
+    /// the export and it is not mounted yet.
+    pub async fn volume(&self, export: &Export) -> Result<Arc<Volume>, Status> {
+        if export.owner_chn != self.shared.name {
+            let addr = self
+                .shared
+                .state
+                .read()
+                .tables
+                .daemons
+                .get(&export.owner_chn)
+                .map(|d| d.address.clone())
+                .unwrap_or_default();
+            return Err(elsewhere(
+                format!(
+                    "export {} is served by CHN {} at {addr}; connect there",
+                    export.name, export.owner_chn
+                ),
+                &addr,
+            ));
+        }
+        let dev = match self.host.route(export.lu).await? {
+            Route::Local(dev) => dev,
+            Route::Remote(chn, addr) => {
+                return Err(elsewhere(
+                    format!(
+                        "LU {} of export {} is still held by CHN {chn}; retry shortly",
+                        export.lu, export.name
+                    ),
+                    &addr,
+                ))
+            }
+        };
+        if let Some(vol) = self.current(&export.name, &dev) {
+            return Ok(vol);
+        }
+        let _one_at_a_time = self.mounting.lock().await;
+        if let Some(vol) = self.current(&export.name, &dev) {
+            return Ok(vol);
+        }
+        // The LU was reopened: the old mount must be gone before the file
+        // system is opened again.
+        let old = self.map().remove(&export.name);
+        if let Some(old) = old {
+            drop_blocking(old.vol).await;
+        }
+        let block: Arc<dyn BlockDevice> = dev.clone();
+        let vol = tokio::task::spawn_blocking(move || Volume::mount(block))
+            .await
+            .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
+            .map_err(|e| Status::unavailable(format!("export {} cannot be mounted: {e}", export.name)))?;
+        let vol = Arc::new(vol);
+        tracing::info!(export = %export.name, lu = export.lu, "export mounted");
+        self.map()
+            .insert(export.name.clone(), Mounted { dev, vol: vol.clone() });
+        Ok(vol)
+    }
+}
+
+/// Drops a volume off the runtime: unmounting waits for its writer.
+async fn drop_blocking(vol: Arc<Volume>) {
+    let _ = tokio::task::spawn_blocking(move || drop(vol)).await;
+}

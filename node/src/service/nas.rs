@@ -1,0 +1,517 @@
+//! The `Nas` service: the file service clients call.
+//!
+//! Each handler checks the session, finds the export's mounted file system
+//! (or answers where it is served), and turns the request into a file
+//! system read or change. Changes carry the client's (client id, sequence
+//! number) into the file system, which stores the reply with the change.
+//! File locks go to the shared LU's file lock table.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use nas_proto::command::Kind;
+use nas_proto::nas_server::Nas;
+use nas_proto::*;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::exports::Exports;
+use crate::fs::volume::{CallId, Change, Outcome};
+use crate::fs::{Attr, Caller, FileKind, FsError, FsPath, Request as FsRequest, Volume, MAX_FILE_SIZE};
+use crate::service::admin::now_ms;
+use crate::sessions::{Session, Sessions};
+use crate::shared_lu::SharedLu;
+
+/// Bytes per message of a read stream.
+const READ_CHUNK: u64 = 1 << 20;
+/// Longest a Lock call may wait for a conflicting lock.
+const MAX_LOCK_WAIT: Duration = Duration::from_secs(300);
+/// Largest directory page.
+const MAX_PAGE: u32 = 1000;
+
+pub struct NasService {
+    pub shared: SharedLu,
+    pub sessions: Sessions,
+    pub exports: Exports,
+}
+
+/// The gRPC status of a file-system error.
+pub fn fs_status(e: FsError) -> Status {
+    match e {
+        FsError::InvalidArgument(m) => Status::invalid_argument(m),
+        FsError::NotFound(m) => Status::not_found(m),
+        FsError::AlreadyExists(m) => Status::already_exists(m),
+        FsError::PermissionDenied(m) => Status::permission_denied(m),
+        FsError::FailedPrecondition(m) => Status::failed_precondition(m),
+        FsError::NoSpace(m) => Status::resource_exhausted(m),
+        FsError::OutOfRange(m) => Status::out_of_range(m),
+        // Nothing of the call was committed: the client may send it again.
+        FsError::Io(m) => Status::unavailable(format!("{m}; nothing was changed, retry")),
+        FsError::Corrupt(m) => Status::data_loss(m),
+    }
+}
+
+fn file_attr(a: Attr) -> FileAttr {
+    let i = a.inode;
+    FileAttr {
+        handle: i.ino,
+        name: i.name,
+        r#type: match i.kind {
+            FileKind::File => FileType::FileRegular,
+            FileKind::Dir => FileType::FileDirectory,
+        } as i32,
+        mode: i.mode,
+        uid: i.uid,
+        gid: i.gid,
+        owner: i.owner,
+        size: i.size,
+        mtime_ms: i.mtime_ms,
+        head_address: a.head_address,
+        extents: a.extents,
+        allocated_bytes: a.allocated_bytes,
+    }
+}
+
+fn path(p: &str) -> Result<FsPath, Status> {
+    FsPath::parse(p).map_err(fs_status)
+}
+
+/// Everything a file call runs with.
+struct Ctx {
+    session: Session,
+    vol: Arc<Volume>,
+    caller: Caller,
+    call: Option<CallId>,
+}
+
+impl Ctx {
+    fn request(&self, change: Change) -> FsRequest {
+        FsRequest {
+            caller: self.caller.clone(),
+            change,
+            call: self.call.clone(),
+            durable: true,
+        }
+    }
+
+    async fn change(&self, change: Change) -> Result<Outcome, Status> {
+        self.vol.change(self.request(change)).await.map_err(fs_status)
+    }
+
+    async fn attr(&self, change: Change) -> Result<Response<FileAttr>, Status> {
+        match self.change(change).await? {
+            Outcome::Attr(a) => Ok(Response::new(file_attr(a))),
+            other => Err(Status::internal(format!("unexpected file-system reply {other:?}"))),
+        }
+    }
+
+    async fn done(&self, change: Change) -> Result<Response<FsDone>, Status> {
+        self.change(change).await?;
+        Ok(Response::new(FsDone {}))
+    }
+
+    /// Runs a read of the volume off the runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Volume, &Caller) -> crate::fs::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let (vol, caller) = (self.vol.clone(), self.caller.clone());
+        tokio::task::spawn_blocking(move || f(&vol, &caller))
+            .await
+            .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+            .map_err(fs_status)
+    }
+}
+
+impl NasService {
+    /// Checks the session of `call` and finds its export's file system.
+    /// `mutating` calls must carry a sequence number.
+    async fn ctx(&self, call: Option<&Call>, mutating: bool) -> Result<Ctx, Status> {
+        let call = call.ok_or_else(|| Status::unauthenticated("the call names no session; pass Call.token"))?;
+        let session = self.sessions.check(&call.token).await?;
+        if session.export.is_empty() {
+            return Err(Status::failed_precondition(
+                "the session has no export mounted; call Mount first",
+            ));
+        }
+        let export = self.exports.export(&session.export).await?;
+        let vol = self.exports.volume(&export).await?;
+        let call_id = if mutating {
+            if call.seq == 0 {
+                return Err(Status::invalid_argument(
+                    "a call that changes files needs a sequence number (Call.seq > 0)",
+                ));
+            }
+            Some(CallId {
+                client: session.client_id.clone(),
+                seq: call.seq,
+                acked: call.acked,
+            })
+        } else {
+            None
+        };
+        Ok(Ctx {
+            caller: Caller {
+                uid: session.uid,
+                user: session.user.clone(),
+            },
+            session,
+            vol,
+            call: call_id,
+        })
+    }
+
+    async fn lock_once(&self, ctx: &Ctx, p: &FsPath, shared: bool) -> Result<(), Status> {
+        let mode = if shared {
+            LockMode::LockShared
+        } else {
+            LockMode::LockExclusive
+        };
+        let cmd = Kind::AcquireFileLock(AcquireFileLock {
+            export: ctx.session.export.clone(),
+            path: p.to_string(),
+            session: ctx.session.client_id.clone(),
+            mode: mode as i32,
+            lease_ms: self.sessions.lease().as_millis() as u64,
+            now_ms: now_ms(),
+        });
+        self.shared.write(Command { kind: Some(cmd) }).await.map(|_| ())
+    }
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Nas for NasService {
+    async fn open_session(&self, req: Request<OpenSessionRequest>) -> Result<Response<SessionReply>, Status> {
+        let r = req.into_inner();
+        if r.user.is_empty() {
+            return Err(Status::invalid_argument("user is empty; give the user name"));
+        }
+        self.sessions
+            .open(&r.user, &r.password, &r.client_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn keep_alive(&self, req: Request<SessionRequest>) -> Result<Response<KeepAliveReply>, Status> {
+        let token = req.into_inner().token;
+        self.sessions.check(&token).await?;
+        let (id, _) = token.split_once('.').unwrap_or_default();
+        let expires_ms = self
+            .shared
+            .state
+            .read()
+            .tables
+            .clients
+            .get(id)
+            .map_or(0, |c| c.expires_ms);
+        Ok(Response::new(KeepAliveReply { expires_ms }))
+    }
+
+    async fn close_session(&self, req: Request<SessionRequest>) -> Result<Response<FsDone>, Status> {
+        let s = self.sessions.check(&req.into_inner().token).await?;
+        if !s.export.is_empty() {
+            // Replies are only kept for retries; a closed session retries nothing.
+            if let Ok(export) = self.exports.export(&s.export).await {
+                if let Ok(vol) = self.exports.volume(&export).await {
+                    let forget = FsRequest {
+                        caller: Caller {
+                            uid: s.uid,
+                            user: s.user.clone(),
+                        },
+                        change: Change::Forget {
+                            client: s.client_id.clone(),
+                        },
+                        call: None,
+                        durable: false,
+                    };
+                    let _ = vol.change(forget).await;
+                }
+            }
+        }
+        self.sessions.close(&s).await?;
+        Ok(Response::new(FsDone {}))
+    }
+
+    async fn mount(&self, req: Request<MountRequest>) -> Result<Response<MountReply>, Status> {
+        let r = req.into_inner();
+        let s = self.sessions.check(&r.token).await?;
+        let export = self.exports.export(&r.export).await?;
+        // Permission first: a user who may not use the export learns nothing
+        // about where it is served.
+        self.sessions.mount(&s, &export).await?;
+        let vol = self.exports.volume(&export).await?;
+        let caller = Caller {
+            uid: s.uid,
+            user: s.user,
+        };
+        let (root, space) = tokio::task::spawn_blocking(move || -> crate::fs::Result<_> {
+            Ok((vol.stat(&caller, &FsPath::parse("/")?)?, vol.space()?))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
+        .map_err(fs_status)?;
+        Ok(Response::new(MountReply {
+            export: export.name,
+            chn: self.shared.name.clone(),
+            root: Some(file_attr(root)),
+            max_file_size: MAX_FILE_SIZE,
+            data_bytes: space.data_bytes,
+            free_bytes: space.free_bytes,
+            files: space.files,
+        }))
+    }
+
+    async fn stat_fs(&self, req: Request<SessionRequest>) -> Result<Response<StatFsReply>, Status> {
+        let call = Call {
+            token: req.into_inner().token,
+            ..Call::default()
+        };
+        let ctx = self.ctx(Some(&call), false).await?;
+        let s = ctx.read(|v, _| v.space()).await?;
+        Ok(Response::new(StatFsReply {
+            data_bytes: s.data_bytes,
+            free_bytes: s.free_bytes,
+            files: s.files,
+        }))
+    }
+
+    async fn stat(&self, req: Request<FsPathRequest>) -> Result<Response<FileAttr>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), false).await?;
+        let p = path(&r.path)?;
+        ctx.read(move |v, c| v.stat(c, &p))
+            .await
+            .map(|a| Response::new(file_attr(a)))
+    }
+
+    async fn stat_handle(&self, req: Request<HandleRequest>) -> Result<Response<FileAttr>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), false).await?;
+        let h = r.handle;
+        ctx.read(move |v, _| v.stat_handle(h))
+            .await
+            .map(|a| Response::new(file_attr(a)))
+    }
+
+    async fn open(&self, req: Request<FsPathRequest>) -> Result<Response<FileAttr>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), false).await?;
+        let p = path(&r.path)?;
+        ctx.read(move |v, c| v.open(c, &p))
+            .await
+            .map(|a| Response::new(file_attr(a)))
+    }
+
+    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<FileAttr>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), true).await?;
+        let mode = if r.mode == 0 { 0o644 } else { r.mode };
+        ctx.attr(Change::Create {
+            path: path(&r.path)?,
+            mode,
+            exclusive: r.exclusive,
+            truncate: r.truncate,
+        })
+        .await
+    }
+
+    async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<FileAttr>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), true).await?;
+        let mode = if r.mode == 0 { 0o755 } else { r.mode };
+        ctx.attr(Change::Mkdir {
+            path: path(&r.path)?,
+            mode,
+        })
+        .await
+    }
+
+    type ReadStream = ReadStream;
+
+    async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), false).await?;
+        let (handle, start, length) = (r.handle, r.offset, r.length);
+        // The first piece is read before answering, so a bad handle or
+        // offset is the call's status rather than a broken stream.
+        let first_len = length.min(READ_CHUNK);
+        let first = ctx.read(move |v, c| v.read(c, handle, start, first_len)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut at = start + first.len() as u64;
+        let mut left = length - first.len() as u64;
+        let more = first.len() as u64 == first_len;
+        tokio::spawn(async move {
+            if tx.send(Ok(ReadChunk { data: first })).await.is_err() || !more {
+                return;
+            }
+            while left > 0 {
+                let n = left.min(READ_CHUNK);
+                let piece = ctx.read(move |v, c| v.read(c, handle, at, n)).await;
+                let got = match piece {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let len = got.len() as u64;
+                if tx.send(Ok(ReadChunk { data: got })).await.is_err() || len < n {
+                    return;
+                }
+                at += len;
+                left -= len;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn write(&self, req: Request<Streaming<WriteChunk>>) -> Result<Response<FileWriteReply>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("the write stream is empty; send at least one chunk"))??;
+        let ctx = self.ctx(first.call.as_ref(), true).await?;
+        let handle = first.handle;
+        // A retry of a write that completed gets its reply, and its data
+        // is not written a second time over later writes.
+        if let Some(call) = &ctx.call {
+            let (client, seq) = (call.client.clone(), call.seq);
+            if let Some(Outcome::Size(size)) = ctx.read(move |v, _| v.stored_reply(&client, seq)).await? {
+                return Ok(Response::new(FileWriteReply { size }));
+            }
+        }
+        // One chunk ahead: the last one commits durably with the reply, so a
+        // one-chunk write costs one commit; earlier ones commit without a flush.
+        let mut pending = first;
+        loop {
+            let next = stream.next().await.transpose()?;
+            let change = Change::Write {
+                ino: handle,
+                offset: pending.offset,
+                data: std::mem::take(&mut pending.data),
+            };
+            match next {
+                None => {
+                    let size = match ctx.change(change).await? {
+                        Outcome::Size(s) => s,
+                        other => return Err(Status::internal(format!("unexpected file-system reply {other:?}"))),
+                    };
+                    return Ok(Response::new(FileWriteReply { size }));
+                }
+                Some(chunk) => {
+                    let piece = FsRequest {
+                        call: None,
+                        durable: false,
+                        ..ctx.request(change)
+                    };
+                    ctx.vol.change(piece).await.map_err(fs_status)?;
+                    pending = chunk;
+                }
+            }
+        }
+    }
+
+    async fn truncate(&self, req: Request<TruncateRequest>) -> Result<Response<FileAttr>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), true).await?;
+        ctx.attr(Change::Truncate {
+            ino: r.handle,
+            size: r.size,
+        })
+        .await
+    }
+
+    async fn unlink(&self, req: Request<FsPathRequest>) -> Result<Response<FsDone>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), true).await?;
+        ctx.done(Change::Unlink { path: path(&r.path)? }).await
+    }
+
+    async fn rmdir(&self, req: Request<FsPathRequest>) -> Result<Response<FsDone>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), true).await?;
+        ctx.done(Change::Rmdir { path: path(&r.path)? }).await
+    }
+
+    async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<FileAttr>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), true).await?;
+        ctx.attr(Change::Rename {
+            from: path(&r.from)?,
+            to: path(&r.to)?,
+        })
+        .await
+    }
+
+    async fn read_dir(&self, req: Request<ReadDirRequest>) -> Result<Response<ReadDirReply>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), false).await?;
+        let p = path(&r.path)?;
+        let limit = if r.limit == 0 { MAX_PAGE } else { r.limit.min(MAX_PAGE) } as usize;
+        let after = r.after;
+        let entries = ctx.read(move |v, c| v.list(c, &p, &after, limit)).await?;
+        let next = if entries.len() == limit {
+            entries.last().map(|e| e.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ReadDirReply {
+            entries: entries.into_iter().map(|e| file_attr(e.attr)).collect(),
+            next,
+        }))
+    }
+
+    async fn fsync(&self, req: Request<HandleRequest>) -> Result<Response<FsDone>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), false).await?;
+        let h = r.handle;
+        ctx.read(move |v, _| v.stat_handle(h).and_then(|_| v.sync())).await?;
+        Ok(Response::new(FsDone {}))
+    }
+
+    async fn lock(&self, req: Request<FileLockRequest>) -> Result<Response<FsDone>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), false).await?;
+        let p = path(&r.path)?;
+        let probe = p.clone();
+        ctx.read(move |v, c| v.stat(c, &probe)).await?;
+        let wait = Duration::from_millis(r.wait_ms).min(MAX_LOCK_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.lock_once(&ctx, &p, r.shared).await {
+                Ok(()) => return Ok(Response::new(FsDone {})),
+                Err(e) if e.code() == tonic::Code::FailedPrecondition && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                }
+                Err(e) if e.code() == tonic::Code::FailedPrecondition && !wait.is_zero() => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "{} (waited {} ms); try again later",
+                        e.message(),
+                        wait.as_millis()
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn unlock(&self, req: Request<FsPathRequest>) -> Result<Response<FsDone>, Status> {
+        let r = req.into_inner();
+        let ctx = self.ctx(r.call.as_ref(), false).await?;
+        let cmd = Kind::ReleaseFileLock(ReleaseFileLock {
+            export: ctx.session.export.clone(),
+            path: path(&r.path)?.to_string(),
+            session: ctx.session.client_id.clone(),
+            all_holders: false,
+        });
+        self.shared.write(Command { kind: Some(cmd) }).await?;
+        Ok(Response::new(FsDone {}))
+    }
+}

@@ -1,0 +1,294 @@
+//! Client sessions, kept in the shared LU's client table so that any CHN
+//! can check a token and a taking-over CHN can resume every session.
+//!
+//! A token is `CLIENT_ID.SECRET`. A session lives until its expiry, and
+//! while the client is heard of at least once per lease: each CHN collects
+//! the clients it served and renews them (and their file locks) in one
+//! command every quarter lease; the Raft leader ends the sessions whose
+//! lease ran out, which releases their file locks.
+//!
+//! Owns authentication of file-service calls; must never keep a session
+//! only in memory.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use argon2::{PasswordHash, PasswordVerifier};
+use nas_proto::command::Kind;
+use nas_proto::*;
+use tonic::Status;
+
+use crate::service::admin::now_ms;
+use crate::shared_lu::SharedLu;
+
+/// A checked session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub client_id: String,
+    pub user: String,
+    pub uid: u32,
+    /// The export mounted, or "" before Mount.
+    pub export: String,
+}
+
+struct Inner {
+    shared: SharedLu,
+    lease: Duration,
+    ttl: Duration,
+    /// Clients served since the last renewal.
+    seen: Mutex<HashSet<String>>,
+}
+
+/// This CHN's view of the sessions; cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    inner: Arc<Inner>,
+}
+
+fn unauthenticated(msg: impl Into<String>) -> Status {
+    Status::unauthenticated(msg)
+}
+
+fn check_client_id(id: &str) -> Result<(), Status> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "client id {id:?} is not allowed: use 1 to 64 of A-Z a-z 0-9 - _"
+        )))
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+impl Sessions {
+    /// The sessions of this CHN and the task that renews and expires them.
+    pub fn new(shared: SharedLu, lease: Duration, ttl: Duration) -> (Self, impl std::future::Future<Output = ()>) {
+        let s = Sessions {
+            inner: Arc::new(Inner {
+                shared,
+                lease,
+                ttl,
+                seen: Mutex::new(HashSet::new()),
+            }),
+        };
+        let bg = s.clone().background();
+        (s, bg)
+    }
+
+    fn shared(&self) -> &SharedLu {
+        &self.inner.shared
+    }
+
+    /// How long a session outlives the last time its client was heard of.
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// Checks the password and records a new session.
+    pub async fn open(&self, user: &str, password: &str, client_id: &str) -> Result<SessionReply, Status> {
+        let client_id = if client_id.is_empty() {
+            random_hex(8)
+        } else {
+            check_client_id(client_id)?;
+            client_id.to_string()
+        };
+        self.shared().ensure_current().await?;
+        let (row, existing) = {
+            let state = self.shared().state.read();
+            let t = &state.tables;
+            (t.users.get(user).cloned(), t.clients.get(&client_id).cloned())
+        };
+        // One answer for an unknown user and a wrong password, so that
+        // probing does not reveal which user names exist.
+        let denied = || unauthenticated(format!("user {user:?} or its password is wrong"));
+        let row = row.filter(|u| u.enabled).ok_or_else(denied)?;
+        let (hash, pw) = (row.password_hash.clone(), password.to_string());
+        let good = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| argon2::Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("password check failed: {e}")))?;
+        if !good {
+            return Err(denied());
+        }
+        if let Some(other) = existing {
+            if other.user != user {
+                return Err(Status::already_exists(format!(
+                    "client id {client_id} belongs to another user's session; pick another client id"
+                )));
+            }
+            // A client starting over: its old session and locks end first.
+            let cmd = Kind::RemoveClient(RemoveClient {
+                client_id: client_id.clone(),
+            });
+            let _ = self.shared().write(Command { kind: Some(cmd) }).await;
+        }
+        let now = now_ms();
+        let secret = random_hex(16);
+        let client = Client {
+            client_id: client_id.clone(),
+            session: secret.clone(),
+            user: user.to_string(),
+            export: String::new(),
+            last_seen_ms: now,
+            state: vec![],
+            expires_ms: now + self.inner.ttl.as_millis() as u64,
+            lease_ms: self.inner.lease.as_millis() as u64,
+            uid: row.uid,
+        };
+        let expires_ms = client.expires_ms;
+        self.shared()
+            .write(Command {
+                kind: Some(Kind::UpsertClient(UpsertClient { client: Some(client) })),
+            })
+            .await?;
+        Ok(SessionReply {
+            token: format!("{client_id}.{secret}"),
+            client_id,
+            expires_ms,
+            lease_ms: self.inner.lease.as_millis() as u64,
+        })
+    }
+
+    /// The session a token names, if it is valid and alive.
+    pub async fn check(&self, token: &str) -> Result<Session, Status> {
+        let (id, secret) = token
+            .split_once('.')
+            .ok_or_else(|| unauthenticated("the session token is malformed; open a session with OpenSession"))?;
+        let mut row = self.shared().state.read().tables.clients.get(id).cloned();
+        if row.is_none() {
+            // Opened a moment ago on another CHN: this copy may lag.
+            self.shared().ensure_current().await?;
+            row = self.shared().state.read().tables.clients.get(id).cloned();
+        }
+        let row =
+            row.ok_or_else(|| unauthenticated(format!("session {id} has ended or never existed; open a new session")))?;
+        if !same_secret(&row.session, secret) {
+            return Err(unauthenticated(format!(
+                "the token of session {id} is not valid; open a new session"
+            )));
+        }
+        let now = now_ms();
+        if row.expires_ms != 0 && row.expires_ms <= now {
+            return Err(unauthenticated(format!("session {id} expired; open a new session")));
+        }
+        let renewing = self.lock_seen().contains(id);
+        if !renewing && row.lease_ms != 0 && row.last_seen_ms.saturating_add(row.lease_ms) <= now {
+            return Err(unauthenticated(format!(
+                "session {id} was not heard of for {} ms and ended, with its file locks; open a new session",
+                row.lease_ms
+            )));
+        }
+        self.lock_seen().insert(id.to_string());
+        Ok(Session {
+            client_id: row.client_id,
+            user: row.user,
+            uid: row.uid,
+            export: row.export,
+        })
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Binds the session to `export`, if its user may use it.
+    pub async fn mount(&self, s: &Session, export: &Export) -> Result<(), Status> {
+        if !export.users.is_empty() && !export.users.contains(&s.user) {
+            return Err(Status::permission_denied(format!(
+                "user {} may not use export {}; its users are {}",
+                s.user,
+                export.name,
+                export.users.join(", ")
+            )));
+        }
+        if s.export == export.name {
+            return Ok(());
+        }
+        let mut row = self
+            .shared()
+            .state
+            .read()
+            .tables
+            .clients
+            .get(&s.client_id)
+            .cloned()
+            .ok_or_else(|| unauthenticated(format!("session {} has ended; open a new session", s.client_id)))?;
+        row.export = export.name.clone();
+        row.last_seen_ms = now_ms();
+        self.shared()
+            .write(Command {
+                kind: Some(Kind::UpsertClient(UpsertClient { client: Some(row) })),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a session: its file locks are released.
+    pub async fn close(&self, s: &Session) -> Result<(), Status> {
+        self.lock_seen().remove(&s.client_id);
+        let cmd = Kind::RemoveClient(RemoveClient {
+            client_id: s.client_id.clone(),
+        });
+        self.shared().write(Command { kind: Some(cmd) }).await?;
+        Ok(())
+    }
+
+    async fn background(self) {
+        let period = (self.inner.lease / 4).max(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let ids: Vec<String> = self.lock_seen().iter().cloned().collect();
+            if !ids.is_empty() {
+                let cmd = Kind::TouchClients(TouchClients {
+                    client_ids: ids.clone(),
+                    now_ms: now_ms(),
+                });
+                match self.shared().write(Command { kind: Some(cmd) }).await {
+                    Ok(_) => {
+                        let mut seen = self.lock_seen();
+                        for id in &ids {
+                            seen.remove(id);
+                        }
+                    }
+                    Err(e) => tracing::debug!("sessions not renewed yet: {}", e.message()),
+                }
+            }
+            let leads = self.shared().leader().is_some_and(|(id, _)| id == self.shared().id);
+            let any_due = {
+                let now = now_ms();
+                let state = self.shared().state.read();
+                let t = &state.tables;
+                t.clients.values().any(|c| {
+                    (c.expires_ms != 0 && c.expires_ms <= now)
+                        || (c.lease_ms != 0 && c.last_seen_ms.saturating_add(c.lease_ms) <= now)
+                }) || t
+                    .file_locks
+                    .values()
+                    .any(|l| l.holders.iter().any(|h| h.lease_expiry_ms <= now))
+            };
+            if leads && any_due {
+                let cmd = Kind::ExpireClients(ExpireClients { now_ms: now_ms() });
+                match self.shared().write(Command { kind: Some(cmd) }).await {
+                    Ok(r) if r.assigned > 0 => tracing::info!(ended = r.assigned, "client sessions ended by lease"),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("sessions not expired yet: {}", e.message()),
+                }
+            }
+        }
+    }
+}
