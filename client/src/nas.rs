@@ -365,10 +365,12 @@ impl NasClient {
                         handle,
                         offset: offset + (i * CHUNK) as u64,
                         data: c.to_vec(),
+                        total: 0,
                     })
                     .collect();
                 if let Some(first) = msgs.first_mut() {
                     first.call = Some(call);
+                    first.total = data.len() as u64;
                 }
                 async move { g.write(tokio_stream::iter(msgs)).await }
             })

@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::nas_client::proto::{admin_client::AdminClient, Client, UpsertClientRequest};
 use anyhow::{bail, Context};
-use nas_client::proto::{admin_client::AdminClient, Client, UpsertClientRequest};
 use nas_tests::etcd::{kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest};
 use nas_tests::{wait_until, TestCluster};
 use tonic::transport::{Channel, Endpoint};

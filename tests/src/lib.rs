@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use ::nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest};
+use ::nas_client::Cluster;
 use anyhow::{bail, Context};
-use nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest};
-use nas_client::Cluster;
 use tonic::transport::Channel;
 
 /// A built binary of this workspace (`nasd`, `nasctl`), next to the test
@@ -27,6 +27,24 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The stdout of a nasctl run that must succeed.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "nasctl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `len` reproducible pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen()).collect()
 }
 
 /// Polls `probe` until it returns `Some`, or fails after `timeout`.
@@ -123,6 +141,49 @@ impl TestCluster {
             .env("NAS_PASSWORD", "correct-horse")
             .output()
             .expect("run nasctl")
+    }
+
+    /// A file-service session of `user` (password `correct-horse`) on
+    /// `export`, found through every CHN.
+    pub async fn nas(&self, user: &str, export: &str) -> anyhow::Result<nas_client::NasClient> {
+        let opts = nas_client::nas::Options {
+            retry_for: Duration::from_secs(60),
+            ..Default::default()
+        };
+        nas_client::NasClient::connect(self.client(), user, "correct-horse", export, opts)
+            .await
+            .map_err(|s| anyhow::anyhow!("connect {user} to {export}: {s}"))
+    }
+
+    /// Sets up file service: a 6-disk array, LU 1 (RAID 5 on disks 1-3)
+    /// exported as `home` by CHN1 to alice and bob, LU 2 (RAID 1 on disks
+    /// 4-5) exported as `small` by CHN1 to alice only.
+    pub fn with_exports(&self) {
+        for args in [
+            &["array", "init", "--disks", "6", "--size", "64M"][..],
+            &["lu", "create", "--raid", "5", "--disks", "1,2,3"],
+            &["lu", "create", "--raid", "1", "--disks", "4,5"],
+            &["user", "add", "alice"],
+            &["user", "add", "bob"],
+            &[
+                "export",
+                "create",
+                "home",
+                "--lu",
+                "1",
+                "--chn",
+                "CHN1",
+                "--partner",
+                "CHN2",
+                "--users",
+                "alice,bob",
+            ],
+            &[
+                "export", "create", "small", "--lu", "2", "--chn", "CHN1", "--users", "alice",
+            ],
+        ] {
+            ok(self.nasctl(args));
+        }
     }
 
     /// A client handle over every CHN.

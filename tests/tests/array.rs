@@ -5,25 +5,9 @@
 
 use std::time::Duration;
 
-use nas_client::proto::*;
-use nas_tests::{wait_until, TestCluster};
-use rand::{Rng, SeedableRng};
+use ::nas_client::proto::*;
+use nas_tests::{ok, random_bytes, wait_until, TestCluster};
 use tonic::Code;
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..len).map(|_| rng.gen()).collect()
-}
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "nasctl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Runs nasctl against one CHN only (so that calls must be forwarded).
 fn on(c: &TestCluster, chn: &str, args: &[&str]) -> String {

@@ -1,7 +1,7 @@
 //! Bad input on purpose: every refusal is a precise gRPC status with a
 //! message that says what to do, nothing changes, and no CHN goes down.
 
-use nas_client::proto::*;
+use ::nas_client::proto::*;
 use nas_tests::TestCluster;
 use tonic::Code;
 

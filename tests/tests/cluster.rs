@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use nas_client::proto::*;
+use ::nas_client::proto::*;
 use nas_tests::{wait_until, TestCluster};
 use tonic::Code;
 
@@ -20,7 +20,7 @@ fn client_row(id: &str) -> UpsertClientRequest {
 
 /// Writes `n` client rows named `prefix-i` through any CHN and returns the
 /// acknowledged ids.
-async fn write_clients(client: &nas_client::Cluster, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
+async fn write_clients(client: &::nas_client::Cluster, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let mut acked = Vec::new();
     for i in 0..n {
         let id = format!("{prefix}-{i:03}");

@@ -10,9 +10,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use super::layout::{Superblock, META_AT};
+use super::ZEROS;
 use crate::array::BlockDevice;
-
-const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 struct State {
     /// The length redb set last.

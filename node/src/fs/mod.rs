@@ -41,6 +41,8 @@ pub const MAX_NAME: usize = 255;
 pub const MAX_PATH: usize = 4096;
 /// Inode number of the root directory.
 pub const ROOT: u64 = 1;
+/// A run of zeros to write from (growing the database, zeroing a tail).
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 /// What can go wrong in the file system; every message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,7 +14,9 @@
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::alloc::{self, FREE};
-use super::{now_ms, Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, BLOCK, MAX_FILE_SIZE, ROOT};
+use super::{
+    now_ms, Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, BLOCK, MAX_FILE_SIZE, ROOT, ZEROS,
+};
 use crate::array::BlockDevice;
 
 /// Inode number -> postcard-encoded [`Inode`].
@@ -32,7 +34,6 @@ const R: u32 = 4;
 const W: u32 = 2;
 const X: u32 = 1;
 const STICKY: u32 = 0o1000;
-const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 fn decode(bytes: &[u8]) -> Result<Inode> {
     postcard::from_bytes(bytes).map_err(|e| FsError::Corrupt(format!("inode record: {e}")))
@@ -151,6 +152,29 @@ where
         }
     }
     Ok(out)
+}
+
+/// The extents of `ino` in the blocks `[offset, end)` touches, and the
+/// block-aligned gaps between them that a write there must allocate.
+#[allow(clippy::type_complexity)]
+pub fn plan<E>(extents: &E, ino: u64, offset: u64, end: u64) -> Result<(Vec<(u64, u64, u64)>, Vec<(u64, u64)>)>
+where
+    E: ReadableTable<(u64, u64), (u64, u64)>,
+{
+    let (astart, aend) = (round_down(offset), round_up(end));
+    let have = mapped(extents, ino, astart, aend)?;
+    let mut gaps = Vec::new();
+    let mut pos = astart;
+    for &(f, _, n) in &have {
+        if f > pos {
+            gaps.push((pos, f));
+        }
+        pos = f + n;
+    }
+    if pos < aend {
+        gaps.push((pos, aend));
+    }
+    Ok((have, gaps))
 }
 
 /// What `stat` shows for an inode.
@@ -446,19 +470,8 @@ impl<'t> Tx<'t> {
             return Ok(inode.size);
         }
         // Plan first: what is mapped, and what fresh blocks the gaps need.
-        let (astart, aend) = (round_down(offset), round_up(end));
-        let have = mapped(&self.extents, ino, astart, aend)?;
-        let mut gaps = Vec::new();
-        let mut pos = astart;
-        for &(f, _, n) in &have {
-            if f > pos {
-                gaps.push((pos, f));
-            }
-            pos = f + n;
-        }
-        if pos < aend {
-            gaps.push((pos, aend));
-        }
+        let astart = round_down(offset);
+        let (have, gaps) = plan(&self.extents, ino, offset, end)?;
         let want: u64 = gaps.iter().map(|(s, e)| e - s).sum();
         if want > self.free_bytes {
             return Err(FsError::NoSpace(format!(

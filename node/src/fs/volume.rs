@@ -309,6 +309,32 @@ impl Volume {
         })
     }
 
+    /// Refuses, before anything is stored, a write of `len` bytes at
+    /// `offset` that cannot fit in the free space. (Writers racing for the
+    /// last free blocks can still run out part-way through a streamed
+    /// write; each piece then fails whole.)
+    pub fn check_fits(&self, ino: u64, offset: u64, len: u64) -> Result<()> {
+        let end = offset.saturating_add(len).min(MAX_FILE_SIZE);
+        let need: u64 = {
+            let txn = self.read_txn()?;
+            let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
+            tree::plan(&extents, ino, offset, end)?
+                .1
+                .iter()
+                .map(|(s, e)| e - s)
+                .sum()
+        };
+        let free = self.space()?.free_bytes;
+        if need > free {
+            return Err(FsError::NoSpace(format!(
+                "the file system is full: the write needs {} KiB, {} KiB are free; delete files to make room",
+                need >> 10,
+                free >> 10
+            )));
+        }
+        Ok(())
+    }
+
     /// The stored reply of a completed call, if any.
     pub fn stored_reply(&self, client: &str, seq: u64) -> Result<Option<Outcome>> {
         let txn = self.read_txn()?;

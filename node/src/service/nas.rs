@@ -385,6 +385,10 @@ impl Nas for NasService {
                 return Ok(Response::new(FileWriteReply { size }));
             }
         }
+        if first.total > 0 {
+            let (ino, offset, total) = (handle, first.offset, first.total);
+            ctx.read(move |v, _| v.check_fits(ino, offset, total)).await?;
+        }
         // One chunk ahead: the last one commits durably with the reply, so a
         // one-chunk write costs one commit; earlier ones commit without a flush.
         let mut pending = first;

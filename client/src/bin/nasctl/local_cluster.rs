@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use nas_client::proto::{self, PathTarget};
-use nas_client::Cluster;
+use ::nas_client::proto::{self, PathTarget};
+use ::nas_client::Cluster;
 
 /// What `cluster up` remembers in DIR/cluster.json.
 #[derive(Debug, Default, Serialize, Deserialize)]
