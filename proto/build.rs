@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Table rows and commands travel inside openraft entries, which are
         // serde-encoded (postcard) on the Raft transport.
         .type_attribute(".nas.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // File data: sliced out of the receive buffer instead of copied.
+        .bytes(".nas.v1.WriteChunk.data")
+        .bytes(".nas.v1.ReadChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

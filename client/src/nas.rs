@@ -17,8 +17,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nas_proto::nas_client::NasClient as NasGrpc;
+use nas_proto::Bytes;
 use nas_proto::*;
 use std::io::Write;
+
+use futures::StreamExt;
 
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
@@ -30,6 +33,8 @@ use crate::Cluster;
 pub const CHUNK: usize = 1 << 20;
 /// Bytes per write call: the unit that is acknowledged (and retried) whole.
 pub const CALL_BYTES: usize = 16 << 20;
+/// Write calls a `put_file` keeps in flight.
+const PUT_DEPTH: usize = 4;
 /// Largest message either side accepts.
 const MAX_MESSAGE: usize = 64 << 20;
 /// Metadata key naming the CHN address that serves an export.
@@ -94,7 +99,8 @@ fn channel(addr: &str) -> Result<NasGrpc<Channel>, Status> {
         .connect_timeout(Duration::from_millis(800))
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20));
+        .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(1 << 20);
     Ok(NasGrpc::new(ep.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
@@ -344,7 +350,7 @@ impl NasClient {
         let mut size = 0;
         for (i, part) in data.chunks(CALL_BYTES).enumerate() {
             let at = offset + (i * CALL_BYTES) as u64;
-            size = self.write_call(handle, at, part).await?;
+            size = self.write_call(handle, at, Bytes::copy_from_slice(part)).await?;
         }
         if data.is_empty() {
             size = self.stat_handle(handle).await?.size;
@@ -353,18 +359,16 @@ impl NasClient {
     }
 
     /// One write call: acknowledged, and retried, as a whole.
-    async fn write_call(&self, handle: u64, offset: u64, data: &[u8]) -> Result<u64, Status> {
+    async fn write_call(&self, handle: u64, offset: u64, data: Bytes) -> Result<u64, Status> {
         let seq = self.seq();
         let reply = self
             .call(seq, |mut g, call| {
-                let mut msgs: Vec<WriteChunk> = data
-                    .chunks(CHUNK)
-                    .enumerate()
-                    .map(|(i, c)| WriteChunk {
+                let mut msgs: Vec<WriteChunk> = (0..data.len().div_ceil(CHUNK))
+                    .map(|i| WriteChunk {
                         call: None,
                         handle,
                         offset: offset + (i * CHUNK) as u64,
-                        data: c.to_vec(),
+                        data: data.slice(i * CHUNK..((i + 1) * CHUNK).min(data.len())),
                         total: 0,
                     })
                     .collect();
@@ -382,7 +386,7 @@ impl NasClient {
     pub async fn read(&self, handle: u64, offset: u64, len: u64) -> Result<Vec<u8>, Status> {
         let mut out = Vec::new();
         self.read_into(handle, offset, len, |piece| {
-            out.extend_from_slice(piece);
+            out.extend_from_slice(&piece);
             Ok(())
         })
         .await?;
@@ -393,7 +397,7 @@ impl NasClient {
     /// failover the read goes on from where it broke off.
     pub async fn read_into<F>(&self, handle: u64, offset: u64, len: u64, mut sink: F) -> Result<u64, Status>
     where
-        F: FnMut(&[u8]) -> Result<(), Status>,
+        F: FnMut(Bytes) -> Result<(), Status>,
     {
         let (mut at, end) = (offset, offset.saturating_add(len));
         let deadline = || tokio::time::Instant::now() + self.inner.retry_for;
@@ -414,9 +418,10 @@ impl NasClient {
             let attempt = async {
                 let mut stream = g.read(req).await?.into_inner();
                 while let Some(piece) = stream.message().await? {
-                    at += piece.data.len() as u64;
-                    sink(&piece.data)?;
-                    if piece.data.is_empty() {
+                    let n = piece.data.len() as u64;
+                    at += n;
+                    sink(piece.data)?;
+                    if n == 0 {
                         break;
                     }
                 }
@@ -589,18 +594,34 @@ impl NasClient {
             .await
             .map_err(|e| PutGetError::Local(format!("cannot open {}: {e}", local.display())))?;
         let attr = self.create(remote, 0, false, true).await?;
-        let mut buf = vec![0u8; CALL_BYTES];
+        // Several calls in flight: the CHN commits them together and the
+        // network never waits for a flush.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut at = 0u64;
+        let mut done = 0u64;
         loop {
+            let mut buf = vec![0u8; CALL_BYTES];
             let n = read_full(&mut file, &mut buf)
                 .await
                 .map_err(|e| PutGetError::Local(format!("cannot read {}: {e}", local.display())))?;
             if n == 0 {
                 break;
             }
-            self.write_call(attr.handle, at, &buf[..n]).await?;
+            buf.truncate(n);
+            let offset = at;
             at += n as u64;
-            progress(at);
+            let data = Bytes::from(buf);
+            in_flight.push(async move { self.write_call(attr.handle, offset, data).await.map(|_| n as u64) });
+            if in_flight.len() >= PUT_DEPTH {
+                if let Some(r) = in_flight.next().await {
+                    done += r?;
+                    progress(done);
+                }
+            }
+        }
+        while let Some(r) = in_flight.next().await {
+            done += r?;
+            progress(done);
         }
         Ok(at)
     }
@@ -614,28 +635,33 @@ impl NasClient {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, PutGetError> {
         let attr = self.open(remote).await?;
-        let file = std::fs::File::create(local)
+        let mut file = std::fs::File::create(local)
             .map_err(|e| PutGetError::Local(format!("cannot create {}: {e}", local.display())))?;
-        let mut file = std::io::BufWriter::with_capacity(4 << 20, file);
+        // The local file is written on its own thread, so receiving the
+        // next pieces and writing this one overlap.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            for piece in rx {
+                file.write_all(&piece)?;
+            }
+            Ok(())
+        });
         let mut got = 0u64;
-        let mut local_err = None;
         let n = self
             .read_into(attr.handle, 0, attr.size, |piece| {
                 got += piece.len() as u64;
                 progress(got, attr.size);
-                file.write_all(piece).map_err(|e| {
-                    local_err = Some(format!("cannot write {}: {e}", local.display()));
-                    Status::aborted("local write failed")
-                })
+                // A closed channel means the writer failed; its error is
+                // reported below.
+                tx.send(piece).map_err(|_| Status::aborted("local write failed"))
             })
             .await;
-        if let Some(e) = local_err {
-            return Err(PutGetError::Local(e));
-        }
-        let n = n?;
-        file.flush()
-            .map_err(|e| PutGetError::Local(format!("cannot write {}: {e}", local.display())))?;
-        Ok(n)
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| PutGetError::Local("the local writer thread failed".into()))?;
+        written.map_err(|e| PutGetError::Local(format!("cannot write {}: {e}", local.display())))?;
+        Ok(n?)
     }
 }
 

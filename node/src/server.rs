@@ -86,6 +86,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     });
     let served = Server::builder()
         .tcp_nodelay(true)
+        // File data streams in 1 MiB messages: h2's 64 KiB defaults would
+        // stall every stream on window updates.
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
+        .max_frame_size(1 << 20)
         .add_service(health_service)
         .add_service(nas)
         .add_service(admin)

@@ -12,6 +12,9 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The buffer type of file data in `WriteChunk` and `ReadChunk`.
+pub use bytes::Bytes;
+
 /// How people see enum values: in nasd's error messages and nasctl's
 /// output alike, so that both spell a state the same way.
 pub mod labels {

@@ -387,7 +387,7 @@ async fn a_retried_call_is_applied_once() {
             call: call(&token, seq),
             handle: f.handle,
             offset: 0,
-            data: b"entry-1;".to_vec(),
+            data: b"entry-1;".to_vec().into(),
             total: 8,
         }])
     };

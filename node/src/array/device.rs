@@ -32,6 +32,9 @@ pub trait BlockDevice: Send + Sync {
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), ArrayError>;
+    /// Starts moving completed writes to the disks without waiting, so the
+    /// next flush is short. A hint; the default does nothing.
+    fn start_writeback(&self) {}
 }
 
 /// How an LU is laid out, as the LU management table says.
@@ -166,7 +169,16 @@ pub(super) struct Inner {
     pub suspect: BTreeSet<u64>,
     /// When the rebuild last recorded its progress in the superblock.
     pub checkpointed: Instant,
+    /// When a flush last cleared the write-intent bitmap.
+    pub bitmap_cleared: Instant,
 }
+
+/// How long write-intent bits stay set after a flush. Clearing them costs a
+/// durable metadata write, and setting them again on the next write
+/// another: a region written over and over (a file system's metadata)
+/// keeps its bit instead, which only means a little more resync after a
+/// crash.
+const BITMAP_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An open LU.
 pub struct LuDevice {
@@ -354,6 +366,7 @@ impl LuDevice {
             sb,
             suspect: BTreeSet::new(),
             checkpointed: Instant::now(),
+            bitmap_cleared: Instant::now(),
         };
         Self {
             lu: inner.sb.lu,
@@ -854,6 +867,18 @@ impl BlockDevice for LuDevice {
         self.settle_failures(inner)
     }
 
+    fn start_writeback(&self) {
+        let inner = self.read_lock();
+        for disk in inner
+            .slots
+            .iter()
+            .filter(|s| s.present())
+            .filter_map(|s| s.disk.as_ref())
+        {
+            disk.start_writeback();
+        }
+    }
+
     fn flush(&self) -> Result<(), ArrayError> {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
@@ -862,9 +887,10 @@ impl BlockDevice for LuDevice {
         self.sync_all(inner);
         self.settle_failures(inner)?;
         self.reset_journal(inner);
-        if inner.bitmap.clear_except(&inner.suspect) {
+        if inner.bitmap_cleared.elapsed() >= BITMAP_LINGER && inner.bitmap.clear_except(&inner.suspect) {
             let bits = inner.bitmap.as_bytes().to_vec();
             self.meta_to_all(inner, BITMAP_AT, &bits);
+            inner.bitmap_cleared = Instant::now();
         }
         self.settle_failures(inner)
     }

@@ -112,7 +112,7 @@ fn write(v: &Volume, c: &Caller, ino: u64, offset: u64, data: &[u8]) -> Result<O
         Change::Write {
             ino,
             offset,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
         },
     )
 }
@@ -420,7 +420,7 @@ fn non_durable_pieces_vanish_in_a_power_cut_and_leave_no_trace() {
             change: Change::Write {
                 ino,
                 offset: 5000 + i * 100_000,
-                data: vec![9; 100_000],
+                data: vec![9; 100_000].into(),
             },
             call: None,
             durable: false,
@@ -447,7 +447,7 @@ fn a_call_sent_twice_is_applied_once() {
             change: Change::Write {
                 ino,
                 offset: v.stat_handle(ino).unwrap().inode.size,
-                data: b"x".to_vec(),
+                data: b"x".to_vec().into(),
             },
             call: Some(CallId {
                 client: "c1".into(),

@@ -498,13 +498,19 @@ impl<'t> Tx<'t> {
             self.free_bytes -= ge - gs;
             let mut f = gs;
             for (at, n) in pieces {
-                let mut buf = vec![0u8; n as usize];
                 let (s, e) = (f.max(offset), (f + n).min(end));
-                if s < e {
-                    buf[(s - f) as usize..(e - f) as usize]
-                        .copy_from_slice(&data[(s - offset) as usize..(e - offset) as usize]);
+                if s == f && e == f + n {
+                    // Whole blocks of data: no padding to add.
+                    self.dev
+                        .write_at(at, &data[(s - offset) as usize..(e - offset) as usize])?;
+                } else {
+                    let mut buf = vec![0u8; n as usize];
+                    if s < e {
+                        buf[(s - f) as usize..(e - f) as usize]
+                            .copy_from_slice(&data[(s - offset) as usize..(e - offset) as usize]);
+                    }
+                    self.dev.write_at(at, &buf)?;
                 }
-                self.dev.write_at(at, &buf)?;
                 self.add_extent(ino, f, at, n)?;
                 f += n;
                 hint = at + n;

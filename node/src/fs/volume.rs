@@ -45,7 +45,7 @@ pub enum Change {
     Write {
         ino: u64,
         offset: u64,
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     Truncate {
         ino: u64,
@@ -423,6 +423,11 @@ impl Inner {
             let e = FsError::db(e);
             tracing::error!("file-system commit failed: {e}");
             return all_fail(e);
+        }
+        if !durable {
+            // Pieces of a streamed write: let the disks take them now, while
+            // the next ones travel, rather than all at the final flush.
+            self.dev.start_writeback();
         }
         results
     }

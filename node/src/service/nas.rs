@@ -345,7 +345,7 @@ impl Nas for NasService {
         let mut left = length - first.len() as u64;
         let more = first.len() as u64 == first_len;
         tokio::spawn(async move {
-            if tx.send(Ok(ReadChunk { data: first })).await.is_err() || !more {
+            if tx.send(Ok(ReadChunk { data: first.into() })).await.is_err() || !more {
                 return;
             }
             while left > 0 {
@@ -359,7 +359,7 @@ impl Nas for NasService {
                     }
                 };
                 let len = got.len() as u64;
-                if tx.send(Ok(ReadChunk { data: got })).await.is_err() || len < n {
+                if tx.send(Ok(ReadChunk { data: got.into() })).await.is_err() || len < n {
                     return;
                 }
                 at += len;

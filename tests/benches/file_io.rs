@@ -1,0 +1,268 @@
+//! Benchmark (not a test): the file service on a 3-CHN cluster on loopback.
+//!
+//! 1. A large file (1 GiB by default) written with `nas-client` (`put`) and
+//!    read back (`get`), beside `cp` of the same data on the same file
+//!    system in the same run, as a ratio (plain `cp`, and `cp` plus fsync,
+//!    since every acknowledged NAS write is durable).
+//! 2. Small files: create + 4 KiB write + close, per second, with 1, 16 and
+//!    64 concurrent clients, beside the same loop on the local file system
+//!    with an fsync per file (what "acknowledged is durable" costs there).
+//!
+//! Run: `cargo build --release && cargo bench -p nas-tests --bench file_io`
+//! Options (after `--`): `--size-mib N` (default 1024), `--repeat N`
+//! (default 3, median reported), `--clients 1,16,64`, `--seconds N` per
+//! small-file point (default 5), `--raid 1|5` (default 5).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::nas_client::NasClient;
+use anyhow::Context;
+use nas_tests::{ok, TestCluster};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn mb_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+/// Writes `bytes` of incompressible data to `path`.
+fn make_source(path: &Path, bytes: u64) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        for w in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn cp(src: &Path, dst: &Path, fsync: bool) -> anyhow::Result<Duration> {
+    let _ = std::fs::remove_file(dst);
+    let t = Instant::now();
+    let st = std::process::Command::new("cp").arg(src).arg(dst).status()?;
+    anyhow::ensure!(st.success(), "cp failed");
+    if fsync {
+        std::fs::File::open(dst)?.sync_all()?;
+    }
+    let took = t.elapsed();
+    std::fs::remove_file(dst)?;
+    Ok(took)
+}
+
+struct SmallStats {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+/// Create + 4 KiB write + close through the file service.
+async fn small_files_nas(clients: &[Arc<NasClient>], run: usize, secs: u64) -> SmallStats {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let data = Arc::new(vec![5u8; 4096]);
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(k, nas)| {
+            let (nas, data) = (nas.clone(), data.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let name = format!("/small/r{run}-c{k}-{i}");
+                    let Ok(a) = nas.create(&name, 0o644, true, false).await else {
+                        continue;
+                    };
+                    if nas.write(a.handle, 0, &data).await.is_ok() {
+                        lat.push(t.elapsed());
+                    }
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    all.sort();
+    SmallStats {
+        ops_per_sec: all.len() as f64 / secs as f64,
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+    }
+}
+
+/// The same loop on the local file system, fsync per file, one thread per client.
+fn small_files_local(dir: &Path, clients: usize, secs: u64) -> SmallStats {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let done = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..clients)
+        .map(|k| {
+            let dir = dir.to_path_buf();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let p = dir.join(format!("c{k}-{i}"));
+                    let ok = std::fs::File::create(&p)
+                        .and_then(|mut f| f.write_all(&[5u8; 4096]).and_then(|_| f.sync_all()))
+                        .is_ok();
+                    if ok {
+                        lat.push(t.elapsed());
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+    all.sort();
+    SmallStats {
+        ops_per_sec: done.load(Ordering::Relaxed) as f64 / secs as f64,
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    // As in nasctl: keep 1 MiB message buffers on the heap.
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+    let (mut size_mib, mut repeat, mut secs, mut raid) = (1024u64, 3usize, 5u64, 5u32);
+    let mut client_counts = vec![1usize, 16, 64];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--size-mib" => size_mib = args.next().context("--size-mib N")?.parse()?,
+            "--repeat" => repeat = args.next().context("--repeat N")?.parse::<usize>()?.max(1),
+            "--seconds" => secs = args.next().context("--seconds N")?.parse()?,
+            "--raid" => raid = args.next().context("--raid 1|5")?.parse()?,
+            "--clients" => {
+                client_counts = args
+                    .next()
+                    .context("--clients 1,16,64")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--bench" => {}
+            other => anyhow::bail!("unknown option {other}"),
+        }
+    }
+    let bytes = size_mib << 20;
+    let c = TestCluster::up(3, &[]).context("cluster")?;
+    // Disks big enough for the file plus metadata and the small files.
+    let disk_mib = if raid == 5 {
+        size_mib * 6 / 10 + 160
+    } else {
+        size_mib * 12 / 10 + 160
+    };
+    let disk = format!("{disk_mib}M");
+    let disks = if raid == 5 { "1,2,3" } else { "1,2" };
+    for a in [
+        &["array", "init", "--disks", "3", "--size", &disk][..],
+        &["lu", "create", "--raid", &raid.to_string(), "--disks", disks],
+        &["user", "add", "alice"],
+        &["export", "create", "home", "--lu", "1", "--chn", "CHN1"],
+    ] {
+        ok(c.nasctl(a));
+    }
+    let work = c.dir().join("bench");
+    std::fs::create_dir_all(&work)?;
+    let src = work.join("source.bin");
+    make_source(&src, bytes)?;
+    let nas = c.nas("alice", "home").await?;
+
+    println!("file service on a 3-CHN cluster on loopback, RAID {raid} LU; same file system for cp");
+    println!("large file: {size_mib} MiB, median of {repeat} interleaved runs");
+    let (mut cp_plain, mut cp_sync, mut put, mut get) = (vec![], vec![], vec![], vec![]);
+    for r in 0..repeat {
+        let dst = work.join("copy.bin");
+        cp_plain.push(mb_s(bytes, cp(&src, &dst, false)?));
+        cp_sync.push(mb_s(bytes, cp(&src, &dst, true)?));
+        let remote = format!("/big-{r}");
+        let t = Instant::now();
+        nas.put_file(&src, &remote, |_| {}).await?;
+        put.push(mb_s(bytes, t.elapsed()));
+        let t = Instant::now();
+        nas.get_file(&remote, &dst, |_, _| {}).await?;
+        get.push(mb_s(bytes, t.elapsed()));
+        std::fs::remove_file(&dst)?;
+        nas.unlink(&remote).await?;
+    }
+    let (cp_plain, cp_sync) = (median(cp_plain), median(cp_sync));
+    println!("  {:<24} {:>10}  {:>12}  {:>14}", "", "MB/s", "vs cp", "vs cp+fsync");
+    println!("  {:<24} {:>10.0}", "cp", cp_plain);
+    println!("  {:<24} {:>10.0}", "cp + fsync", cp_sync);
+    for (name, v) in [
+        ("nas-client put (write)", median(put)),
+        ("nas-client get (read)", median(get)),
+    ] {
+        println!("  {name:<24} {v:>10.0}  {:>12.2}  {:>14.2}", v / cp_plain, v / cp_sync);
+    }
+
+    println!("\nsmall files: create + 4 KiB write + close, {secs} s per point");
+    println!(
+        "  {:>7}  {:>10} {:>9} {:>9}   {:>12} {:>9} {:>9}   {:>6}",
+        "clients", "nas ops/s", "p50 ms", "p99 ms", "local+fsync", "p50 ms", "p99 ms", "ratio"
+    );
+    nas.mkdir("/small", 0o777).await?;
+    let max = client_counts.iter().copied().max().unwrap_or(1);
+    let mut sessions = Vec::new();
+    for _ in 0..max {
+        sessions.push(Arc::new(c.nas("alice", "home").await?));
+    }
+    for (run, &n) in client_counts.iter().enumerate() {
+        let s = small_files_nas(&sessions[..n], run, secs).await;
+        let local_dir = work.join(format!("local-{n}"));
+        std::fs::create_dir_all(&local_dir)?;
+        let l = small_files_local(&local_dir, n, secs);
+        std::fs::remove_dir_all(&local_dir)?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "  {n:>7}  {:>10.0} {:>9.2} {:>9.2}   {:>12.0} {:>9.2} {:>9.2}   {:>6.2}",
+            s.ops_per_sec,
+            ms(s.p50),
+            ms(s.p99),
+            l.ops_per_sec,
+            ms(l.p50),
+            ms(l.p99),
+            s.ops_per_sec / l.ops_per_sec.max(1e-9)
+        );
+    }
+    Ok(())
+}
