@@ -311,7 +311,8 @@ impl LuHost {
     }
 
     /// Where calls for `lu` go: here if this CHN holds (or can take) the
-    /// lock, else the CHN that holds it.
+    /// lock, else the CHN that holds it (for an exported LU nobody holds,
+    /// the export's owner).
     pub async fn route(&self, lu: u32) -> Result<Route, Status> {
         if let Some(o) = lock(&self.inner.open).get(&lu) {
             return Ok(Route::Local(o.dev.clone()));
@@ -325,10 +326,22 @@ impl LuHost {
                     "LU {lu} does not exist; see `nasctl lu list`"
                 )));
             }
-            t.lu_locks
+            let me = &self.shared().name;
+            let held = t
+                .lu_locks
                 .get(&lu)
-                .filter(|l| l.chn != self.shared().name && l.lease_expiry_ms > now_ms())
-                .and_then(|l| t.daemons.get(&l.chn).map(|d| (l.chn.clone(), d.address.clone())))
+                .filter(|l| l.lease_expiry_ms > now_ms())
+                .map(|l| l.chn.clone());
+            // An exported LU that nobody holds is left to the export's owner:
+            // opening it here would lock the owner out of its own file system.
+            let owner = t.exports.values().find(|e| e.lu == lu).map(|e| e.owner_chn.clone());
+            let go_to = match held {
+                Some(chn) => Some(chn),
+                None => owner,
+            };
+            go_to
+                .filter(|chn| chn != me)
+                .and_then(|chn| t.daemons.get(&chn).map(|d| (chn.clone(), d.address.clone())))
         };
         match holder {
             Some((chn, addr)) => Ok(Route::Remote(chn, addr)),

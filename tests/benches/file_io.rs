@@ -8,6 +8,9 @@
 //!    64 concurrent clients, beside the same loop on the local file system
 //!    with an fsync per file (what "acknowledged is durable" costs there).
 //!
+//! Every timed step starts after sync(2), so none pays for the writeback
+//! of the one before.
+//!
 //! Run: `cargo build --release && cargo bench -p nas-tests --bench file_io`
 //! Options (after `--`): `--size-mib N` (default 1024), `--repeat N`
 //! (default 3, median reported), `--clients 1,16,64`, `--seconds N` per
@@ -53,8 +56,15 @@ fn make_source(path: &Path, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes back every dirty page first, so no step pays for the one before.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 fn cp(src: &Path, dst: &Path, fsync: bool) -> anyhow::Result<Duration> {
     let _ = std::fs::remove_file(dst);
+    settle();
     let t = Instant::now();
     let st = std::process::Command::new("cp").arg(src).arg(dst).status()?;
     anyhow::ensure!(st.success(), "cp failed");
@@ -215,9 +225,11 @@ async fn main() -> anyhow::Result<()> {
         cp_plain.push(mb_s(bytes, cp(&src, &dst, false)?));
         cp_sync.push(mb_s(bytes, cp(&src, &dst, true)?));
         let remote = format!("/big-{r}");
+        settle();
         let t = Instant::now();
         nas.put_file(&src, &remote, |_| {}).await?;
         put.push(mb_s(bytes, t.elapsed()));
+        settle();
         let t = Instant::now();
         nas.get_file(&remote, &dst, |_, _| {}).await?;
         get.push(mb_s(bytes, t.elapsed()));

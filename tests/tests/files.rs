@@ -84,6 +84,29 @@ async fn snapshot(nas: &NasClient, dir: &str) -> BTreeMap<String, Vec<u8>> {
 async fn files_round_trip_through_the_library_and_nasctl() {
     let c = TestCluster::up(3, &[]).expect("cluster");
     c.with_exports();
+    // A raw LU read through CHN3 before anyone mounted: the LU must end up
+    // held by the export's owner, not by CHN3.
+    let raw = tempfile::NamedTempFile::new().expect("temp file");
+    let out = raw.path().to_str().unwrap();
+    ok(c.nasctl(&[
+        "--cluster",
+        &c.node("CHN3").addr,
+        "lu",
+        "read",
+        "1",
+        "--length",
+        "4K",
+        "--out",
+        out,
+    ]));
+    let locks: serde_json::Value = serde_json::from_str(&ok(c.nasctl(&["--json", "lock", "list"]))).expect("json");
+    let lu1 = locks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["target"] == "LU 1")
+        .expect("LU 1 is locked");
+    assert_eq!(lu1["holder"], "CHN1", "{locks}");
     // The library finds the owner (CHN1) even when told only of CHN3.
     let only3 = ::nas_client::Cluster::from_list(&c.node("CHN3").addr).expect("address");
     let nas = NasClient::connect(only3, "alice", "correct-horse", "home", Default::default())
@@ -336,6 +359,11 @@ async fn concurrent_clients_locks_and_lock_expiry() {
         Code::FailedPrecondition,
         "locked",
     );
+    // The operator breaks it.
+    ok(c.nasctl(&["unlock", "home:/shared/c0-1"]));
+    b.lock("/shared/c0-1", false, Duration::ZERO)
+        .await
+        .expect("a broken lock is free");
     session_ended(&c, &gone).await;
 }
 
