@@ -245,6 +245,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let example: Settings = toml::from_str(include_str!("../../deploy/nasd.example.toml")).unwrap();
+        assert_eq!(example.session_lease_ms, Some(30_000));
+        let cfg = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x"])
+            .merge(example)
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.session_lease, Duration::from_secs(30));
+    }
+
+    #[test]
     fn unknown_file_keys_and_bad_timings_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nasd.toml");

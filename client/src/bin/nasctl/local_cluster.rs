@@ -352,6 +352,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     println!("  nasctl cluster status");
     println!("  nasctl array init --disks 6 --size 64M && nasctl lu create --raid 5 --disks 1,2,3");
     println!("  nasctl user add alice && nasctl export create home --lu 1 --chn CHN1 --partner CHN2 --users alice");
+    println!("  export NAS_USER=alice   # and NAS_PASSWORD, or type it when asked");
+    println!("  nasctl fs put ./README.md home:/README.md && nasctl fs ls home:/ && nasctl fs stat home:/README.md");
     println!("  nasctl cluster down --dir {}", dir.display());
     Ok(())
 }
