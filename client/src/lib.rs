@@ -159,6 +159,17 @@ impl Cluster {
     }
 }
 
+/// Keeps large buffers on the heap: file data moves in 1 MiB messages, and
+/// glibc would otherwise map and unmap each one, paying page faults on every
+/// message. Call it first thing in `main` of a program that moves files.
+pub fn keep_message_buffers() {
+    // SAFETY: mallopt only tunes the allocator's thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 /// Parses a size such as `4096`, `64K`, `64M`, `2G` or `1T` (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();

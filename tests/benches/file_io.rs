@@ -166,12 +166,7 @@ fn small_files_local(dir: &Path, clients: usize, secs: u64) -> SmallStats {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    // As in nasctl: keep 1 MiB message buffers on the heap.
-    // SAFETY: mallopt only tunes the allocator.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
+    ::nas_client::keep_message_buffers();
     let (mut size_mib, mut repeat, mut secs, mut raid) = (1024u64, 3usize, 5u64, 5u32);
     let mut client_counts = vec![1usize, 16, 64];
     let mut args = std::env::args().skip(1);

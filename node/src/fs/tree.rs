@@ -30,7 +30,8 @@ pub const REPLIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("r
 /// Counters: "next_ino", "free_bytes", "files".
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-const R: u32 = 4;
+/// Read permission bit.
+pub const R: u32 = 4;
 const W: u32 = 2;
 const X: u32 = 1;
 const STICKY: u32 = 0o1000;
@@ -64,7 +65,8 @@ fn allowed(caller: &Caller, inode: &Inode, want: u32) -> bool {
     bits & want == want
 }
 
-fn need(caller: &Caller, inode: &Inode, want: u32, path: &str) -> Result<()> {
+/// Fails with PERMISSION_DENIED unless `caller` has `want` on `inode`.
+pub fn need(caller: &Caller, inode: &Inode, want: u32, path: &str) -> Result<()> {
     if allowed(caller, inode, want) {
         return Ok(());
     }

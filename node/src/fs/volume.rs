@@ -229,12 +229,7 @@ impl Volume {
                 "{path} is a directory; list it instead"
             )));
         }
-        if !readable(caller, &attr) {
-            return Err(FsError::PermissionDenied(format!(
-                "user {} may not read {path} (owner {}, mode {:o})",
-                caller.user, attr.inode.owner, attr.inode.mode
-            )));
-        }
+        tree::need(caller, &attr.inode, tree::R, &path.to_string())?;
         Ok(attr)
     }
 
@@ -248,18 +243,7 @@ impl Volume {
         if inode.kind == FileKind::Dir {
             return Err(FsError::FailedPrecondition(format!("handle {ino} is a directory")));
         }
-        let attr = Attr {
-            inode: inode.clone(),
-            head_address: 0,
-            extents: 0,
-            allocated_bytes: 0,
-        };
-        if !readable(caller, &attr) {
-            return Err(FsError::PermissionDenied(format!(
-                "user {} may not read {} (owner {}, mode {:o})",
-                caller.user, inode.name, inode.owner, inode.mode
-            )));
-        }
+        tree::need(caller, &inode, tree::R, &format!("file {}", inode.name))?;
         if offset > inode.size {
             return Err(FsError::OutOfRange(format!(
                 "offset {offset} is past the end of {} ({} bytes)",
@@ -282,18 +266,7 @@ impl Volume {
                 "{path} is a file; stat it instead"
             )));
         }
-        let attr = Attr {
-            inode: dir.clone(),
-            head_address: 0,
-            extents: 0,
-            allocated_bytes: 0,
-        };
-        if !readable(caller, &attr) {
-            return Err(FsError::PermissionDenied(format!(
-                "user {} may not list {path}",
-                caller.user
-            )));
-        }
+        tree::need(caller, &dir, tree::R, &path.to_string())?;
         tree::list(&inodes, &dirents, &extents, &dir, after, limit.max(1))
     }
 
@@ -353,11 +326,6 @@ impl Volume {
     pub fn max_file_size(&self) -> u64 {
         MAX_FILE_SIZE
     }
-}
-
-fn readable(caller: &Caller, attr: &Attr) -> bool {
-    let i = &attr.inode;
-    caller.uid == 0 || (if caller.uid == i.uid { i.mode >> 6 } else { i.mode }) & 4 != 0
 }
 
 fn decode_outcome(bytes: &[u8]) -> Result<Outcome> {

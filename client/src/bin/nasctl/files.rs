@@ -144,8 +144,18 @@ fn copy_err(e: PutGetError) -> anyhow::Error {
     }
 }
 
-fn rate(bytes: u64, took: Duration) -> String {
-    format!("{}/s", human_size((bytes as f64 / took.as_secs_f64().max(1e-6)) as u64))
+/// Reports a finished copy: bytes, time and rate.
+fn copied(json: bool, what: &str, bytes: u64, took: Duration) {
+    if json {
+        println!("{}", json!({"bytes": bytes, "seconds": took.as_secs_f64()}));
+    } else {
+        let rate = human_size((bytes as f64 / took.as_secs_f64().max(1e-6)) as u64);
+        println!(
+            "{what}: {} in {:.2} s ({rate}/s)",
+            human_size(bytes),
+            took.as_secs_f64()
+        );
+    }
 }
 
 /// Runs one `fs` command.
@@ -164,18 +174,12 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
                 .await
                 .map_err(copy_err)?;
             bar.finish_and_clear();
-            let took = start.elapsed();
-            if json {
-                println!("{}", json!({"bytes": n, "seconds": took.as_secs_f64()}));
-            } else {
-                println!(
-                    "put {} -> {remote}: {} in {:.2} s ({})",
-                    local.display(),
-                    human_size(n),
-                    took.as_secs_f64(),
-                    rate(n, took)
-                );
-            }
+            copied(
+                json,
+                &format!("put {} -> {remote}", local.display()),
+                n,
+                start.elapsed(),
+            );
             let _ = nas.close().await;
         }
         FsCmd::Get { remote, local } => {
@@ -189,18 +193,12 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
                 .await
                 .map_err(copy_err)?;
             bar.finish_and_clear();
-            let took = start.elapsed();
-            if json {
-                println!("{}", json!({"bytes": n, "seconds": took.as_secs_f64()}));
-            } else {
-                println!(
-                    "get {remote} -> {}: {} in {:.2} s ({})",
-                    local.display(),
-                    human_size(n),
-                    took.as_secs_f64(),
-                    rate(n, took)
-                );
-            }
+            copied(
+                json,
+                &format!("get {remote} -> {}", local.display()),
+                n,
+                start.elapsed(),
+            );
             let _ = nas.close().await;
         }
         FsCmd::Ls { remote } => {

@@ -336,13 +336,7 @@ enum LockCmd {
 }
 
 fn main() -> ExitCode {
-    // File data moves in 1 MiB buffers; glibc would map and unmap each one,
-    // paying page faults on every message. Keep them on the heap instead.
-    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
+    ::nas_client::keep_message_buffers();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
