@@ -16,7 +16,7 @@ use nas_proto::Export;
 use tonic::Status;
 
 use crate::array::{BlockDevice, LuDevice};
-use crate::fs::Volume;
+use crate::fs::{FsError, Volume};
 use crate::lu_host::{LuHost, Route};
 use crate::shared_lu::SharedLu;
 
@@ -128,7 +128,14 @@ impl Exports {
         let vol = tokio::task::spawn_blocking(move || Volume::mount(block))
             .await
             .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
-            .map_err(|e| Status::unavailable(format!("export {} cannot be mounted: {e}", export.name)))?;
+            .map_err(|e| {
+                let msg = format!("export {} cannot be mounted: {e}", export.name);
+                match e {
+                    FsError::Corrupt(_) => Status::data_loss(msg),
+                    FsError::NoSpace(_) => Status::failed_precondition(msg),
+                    _ => Status::unavailable(msg),
+                }
+            })?;
         let vol = Arc::new(vol);
         tracing::info!(export = %export.name, lu = export.lu, "export mounted");
         self.map()
