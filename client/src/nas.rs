@@ -195,6 +195,13 @@ impl NasClient {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
+                Err(s) if retryable(&s) => {
+                    return Err(Status::unavailable(format!(
+                        "export {export} did not answer at {addr} for {} s ({}); check its CHN with `nasctl cluster status`",
+                        opts.retry_for.as_secs(),
+                        s.message()
+                    )))
+                }
                 Err(s) => return Err(s),
             }
         }
@@ -238,6 +245,7 @@ impl NasClient {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
+                Err(s) if retryable(&s) => break Err(self.gave_up(&s)),
                 Err(s) => break Err(s),
             }
         };
@@ -245,6 +253,18 @@ impl NasClient {
             lock(&inner.outstanding).remove(&seq);
         }
         result
+    }
+
+    /// UNAVAILABLE after the retry budget is spent: says which CHN did not
+    /// answer and what to check.
+    fn gave_up(&self, s: &Status) -> Status {
+        Status::unavailable(format!(
+            "export {} did not answer at {} for {} s ({}); check its CHN with `nasctl cluster status`",
+            self.inner.export,
+            self.serving_addr(),
+            self.inner.retry_for.as_secs(),
+            s.message()
+        ))
     }
 
     /// A new sequence number, outstanding until its call ends.
@@ -437,6 +457,7 @@ impl NasClient {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
+                Err(s) if retryable(&s) => return Err(self.gave_up(&s)),
                 Err(s) => return Err(s),
             }
         }

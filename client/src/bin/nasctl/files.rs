@@ -15,7 +15,7 @@ use ::nas_client::nas::{Options, PutGetError};
 use ::nas_client::proto::{BreakFileLockRequest, FileAttr, FileType};
 use ::nas_client::{human_size, Cluster, NasClient};
 
-use crate::output::Table;
+use crate::output::{utc, Table};
 use crate::status_err;
 
 /// Where file commands log in: `--user` (or $NAS_USER) and $NAS_PASSWORD
@@ -121,6 +121,7 @@ fn attr_row(a: &FileAttr) -> Vec<Value> {
         json!(a.size),
         json!(format!("{:o}", a.mode)),
         json!(a.owner),
+        json!(utc(a.mtime_ms)),
         json!(a.mtime_ms),
     ]
 }
@@ -147,10 +148,10 @@ fn copy_err(e: PutGetError) -> anyhow::Error {
 /// Reports a finished copy: bytes, time and rate.
 fn copied(json: bool, what: &str, bytes: u64, took: Duration) {
     if json {
-        println!("{}", json!({"bytes": bytes, "seconds": took.as_secs_f64()}));
+        outln!("{}", json!({"bytes": bytes, "seconds": took.as_secs_f64()}));
     } else {
         let rate = human_size((bytes as f64 / took.as_secs_f64().max(1e-6)) as u64);
-        println!(
+        outln!(
             "{what}: {} in {:.2} s ({rate}/s)",
             human_size(bytes),
             took.as_secs_f64()
@@ -158,15 +159,42 @@ fn copied(json: bool, what: &str, bytes: u64, took: Duration) {
     }
 }
 
-/// Runs one `fs` command.
+impl FsCmd {
+    /// The export the command works on.
+    fn export(&self) -> anyhow::Result<String> {
+        match self {
+            FsCmd::Put { remote, .. }
+            | FsCmd::Get { remote, .. }
+            | FsCmd::Ls { remote }
+            | FsCmd::Stat { remote }
+            | FsCmd::Rm { remote }
+            | FsCmd::Mkdir { remote, .. } => Ok(split_target(remote)?.0),
+            FsCmd::Mv { from, .. } => Ok(split_target(from)?.0),
+            FsCmd::Df { export } => Ok(export.trim_end_matches(':').to_string()),
+        }
+    }
+}
+
+/// Runs one `fs` command in a session that is closed afterwards, also when
+/// the command fails (so its row leaves the client table at once).
 pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: Duration) -> anyhow::Result<()> {
+    if let FsCmd::Put { local, .. } = &cmd {
+        // A missing local file is found before logging in.
+        std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?;
+    }
+    let nas = session(c, login, &cmd.export()?, retry).await?;
+    let result = fs_command(&nas, cmd, json).await;
+    let _ = nas.close().await;
+    result
+}
+
+async fn fs_command(nas: &NasClient, cmd: FsCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
         FsCmd::Put { local, remote } => {
-            let (export, path) = split_target(&remote)?;
+            let (_, path) = split_target(&remote)?;
             let total = std::fs::metadata(&local)
                 .with_context(|| format!("cannot read {}", local.display()))?
                 .len();
-            let nas = session(c, login, &export, retry).await?;
             let bar = progress_bar(total, json);
             let start = Instant::now();
             let n = nas
@@ -180,11 +208,9 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
                 n,
                 start.elapsed(),
             );
-            let _ = nas.close().await;
         }
         FsCmd::Get { remote, local } => {
-            let (export, path) = split_target(&remote)?;
-            let nas = session(c, login, &export, retry).await?;
+            let (_, path) = split_target(&remote)?;
             let size = nas.stat(&path).await.map_err(status_err)?.size;
             let bar = progress_bar(size, json);
             let start = Instant::now();
@@ -199,22 +225,18 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
                 n,
                 start.elapsed(),
             );
-            let _ = nas.close().await;
         }
         FsCmd::Ls { remote } => {
-            let (export, path) = split_target(&remote)?;
-            let nas = session(c, login, &export, retry).await?;
+            let (_, path) = split_target(&remote)?;
             let entries = nas.list(&path).await.map_err(status_err)?;
-            let mut t = Table::new(&["name", "type", "size", "mode", "owner", "mtime_ms"]);
+            let mut t = Table::new(&["name", "type", "size", "mode", "owner", "mtime", "mtime_ms"]);
             for e in &entries {
                 t.row(attr_row(e));
             }
             t.print(json);
-            let _ = nas.close().await;
         }
         FsCmd::Stat { remote } => {
-            let (export, path) = split_target(&remote)?;
-            let nas = session(c, login, &export, retry).await?;
+            let (_, path) = split_target(&remote)?;
             let a = nas.stat(&path).await.map_err(status_err)?;
             let fields = [
                 (
@@ -230,6 +252,7 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
                 ("uid", json!(a.uid)),
                 ("gid", json!(a.gid)),
                 ("mode", json!(format!("{:o}", a.mode))),
+                ("mtime", json!(utc(a.mtime_ms))),
                 ("mtime_ms", json!(a.mtime_ms)),
                 ("extents", json!(a.extents)),
                 ("allocated_bytes", json!(a.allocated_bytes)),
@@ -237,21 +260,19 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
             if json {
                 let obj: serde_json::Map<String, Value> =
                     fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-                println!("{}", Value::Object(obj));
+                outln!("{}", Value::Object(obj));
             } else {
                 for (k, v) in fields {
                     let v = match v {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    println!("{k:>16}  {v}");
+                    outln!("{k:>16}  {v}");
                 }
             }
-            let _ = nas.close().await;
         }
         FsCmd::Rm { remote } => {
-            let (export, path) = split_target(&remote)?;
-            let nas = session(c, login, &export, retry).await?;
+            let (_, path) = split_target(&remote)?;
             let a = nas.stat(&path).await.map_err(status_err)?;
             if a.r#type == FileType::FileDirectory as i32 {
                 nas.rmdir(&path).await.map_err(status_err)?;
@@ -259,18 +280,15 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
                 nas.unlink(&path).await.map_err(status_err)?;
             }
             done(json, &format!("removed {remote}"));
-            let _ = nas.close().await;
         }
         FsCmd::Mkdir { remote, mode } => {
-            let (export, path) = split_target(&remote)?;
+            let (_, path) = split_target(&remote)?;
             let mode = u32::from_str_radix(&mode, 8)
                 .ok()
                 .filter(|m| *m <= 0o7777)
                 .ok_or_else(|| anyhow!("--mode {mode} is not octal permission bits like 755"))?;
-            let nas = session(c, login, &export, retry).await?;
             nas.mkdir(&path, mode).await.map_err(status_err)?;
             done(json, &format!("made {remote}"));
-            let _ = nas.close().await;
         }
         FsCmd::Mv { from, to } => {
             let (export, from_path) = split_target(&from)?;
@@ -278,14 +296,11 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
             if to_export != export {
                 bail!("{from} and {to} are on different exports; copy with get and put instead");
             }
-            let nas = session(c, login, &export, retry).await?;
             nas.rename(&from_path, &to_path).await.map_err(status_err)?;
             done(json, &format!("moved {from} -> {to}"));
-            let _ = nas.close().await;
         }
         FsCmd::Df { export } => {
             let export = export.trim_end_matches(':').to_string();
-            let nas = session(c, login, &export, retry).await?;
             let s = nas.statfs().await.map_err(status_err)?;
             let mut t = Table::new(&["export", "data_bytes", "free_bytes", "used_pct", "files"]);
             let used = s.data_bytes.saturating_sub(s.free_bytes) as f64 * 100.0 / s.data_bytes.max(1) as f64;
@@ -297,7 +312,6 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
                 json!(s.files),
             ]);
             t.print(json);
-            let _ = nas.close().await;
         }
     }
     Ok(())
@@ -305,9 +319,9 @@ pub async fn run_fs(c: &Cluster, login: &Login, cmd: FsCmd, json: bool, retry: D
 
 fn done(json: bool, what: &str) {
     if json {
-        println!("{}", json!({"ok": true}));
+        outln!("{}", json!({"ok": true}));
     } else {
-        println!("{what}");
+        outln!("{what}");
     }
 }
 
@@ -320,18 +334,18 @@ pub async fn take_lock(c: &Cluster, login: &Login, a: TakeLock, json: bool, retr
         .map_err(status_err)?;
     let mode = if a.shared { "shared" } else { "exclusive" };
     if json {
-        println!(
+        outln!(
             "{}",
             json!({"locked": a.target, "mode": mode, "session": nas.client_id()})
         );
     } else {
         match a.hold {
-            Some(s) => println!(
+            Some(s) => outln!(
                 "locked {} ({mode}) as session {}; releasing in {s} s",
                 a.target,
                 nas.client_id()
             ),
-            None => println!(
+            None => outln!(
                 "locked {} ({mode}) as session {}; press Ctrl-C to release",
                 a.target,
                 nas.client_id()
@@ -347,7 +361,7 @@ pub async fn take_lock(c: &Cluster, login: &Login, a: TakeLock, json: bool, retr
     nas.unlock(&path).await.map_err(status_err)?;
     let _ = nas.close().await;
     if !json {
-        println!("released {}", a.target);
+        outln!("released {}", a.target);
     }
     Ok(())
 }

@@ -320,19 +320,20 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             .iter()
             .map(|n| serde_json::json!({"name": n.name, "address": n.addr, "pid": running_pid(dir, &n.name), "dir": node_dir(dir, &n.name)}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"cluster": addrs.join(","), "leader": status.leader_name, "nodes": nodes, "env_file": dir.join("cluster.env")})
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "\nCluster of {n} CHNs is up (leader {}, term {}):",
-        status.leader_name, status.term
+        status.leader_name,
+        status.term
     );
     for node in &layout.nodes {
         let pid = running_pid(dir, &node.name).map_or("-".into(), |p| p.to_string());
-        println!(
+        outln!(
             "  {:<5} {:<16} pid {:<8} {}",
             node.name,
             node.addr,
@@ -340,21 +341,21 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             node_dir(dir, &node.name).display()
         );
     }
-    println!("\nNext:");
-    println!("  export $(cat {})", dir.join("cluster.env").display());
+    outln!("\nNext:");
+    outln!("  export $(cat {})", dir.join("cluster.env").display());
     if let Ok(me) = std::env::current_exe() {
         let on_path =
             std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nasctl") == me));
         if !on_path {
-            println!("  alias nasctl={}", me.display());
+            outln!("  alias nasctl={}", me.display());
         }
     }
-    println!("  nasctl cluster status");
-    println!("  nasctl array init --disks 6 --size 64M && nasctl lu create --raid 5 --disks 1,2,3");
-    println!("  nasctl user add alice && nasctl export create home --lu 1 --chn CHN1 --partner CHN2 --users alice");
-    println!("  export NAS_USER=alice   # and NAS_PASSWORD, or type it when asked");
-    println!("  nasctl fs put ./README.md home:/README.md && nasctl fs ls home:/ && nasctl fs stat home:/README.md");
-    println!("  nasctl cluster down --dir {}", dir.display());
+    outln!("  nasctl cluster status");
+    outln!("  nasctl array init --disks 6 --size 64M && nasctl lu create --raid 5 --disks 1,2,3");
+    outln!("  nasctl user add alice && nasctl export create home --lu 1 --chn CHN1 --partner CHN2 --users alice");
+    outln!("  export NAS_USER=alice   # and NAS_PASSWORD, or type it when asked");
+    outln!("  nasctl fs put ./README.md home:/README.md && nasctl fs ls home:/ && nasctl fs stat home:/README.md");
+    outln!("  nasctl cluster down --dir {}", dir.display());
     Ok(())
 }
 
@@ -387,11 +388,11 @@ pub async fn down(dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     if json {
         let names: Vec<_> = stopped.iter().map(|(n, _)| n.clone()).collect();
-        println!("{}", serde_json::json!({"stopped": names}));
+        outln!("{}", serde_json::json!({"stopped": names}));
     } else if stopped.is_empty() {
-        println!("no CHN of {} was running", dir.display());
+        outln!("no CHN of {} was running", dir.display());
     } else {
-        println!("stopped {} CHN(s); data kept in {}", stopped.len(), dir.display());
+        outln!("stopped {} CHN(s); data kept in {}", stopped.len(), dir.display());
     }
     Ok(())
 }

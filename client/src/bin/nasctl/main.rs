@@ -5,6 +5,17 @@
 //! printed as one line that says what to do, with exit code 1 (2 for a
 //! usage error).
 
+/// `println!` that ends nasctl quietly when stdout is closed (`nasctl ... | head`)
+/// instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod files;
 mod local_cluster;
 mod output;
@@ -371,9 +382,9 @@ fn list_req(o: ReadOpts) -> ListRequest {
 
 pub(crate) fn written(json: bool, what: &str, r: WriteReply) {
     if json {
-        println!("{}", json!({"log_index": r.log_index, "assigned": r.assigned}));
+        outln!("{}", json!({"log_index": r.log_index, "assigned": r.assigned}));
     } else {
-        println!("{what} (log index {})", r.log_index);
+        outln!("{what} (log index {})", r.log_index);
     }
 }
 
@@ -415,12 +426,12 @@ async fn follow_job(c: &Cluster, lu: u32, kind: &str, since: u64, no_wait: bool,
             let line = job_line(j);
             if j.finished || no_wait {
                 if json {
-                    println!("{}", serde_json::to_value(j).unwrap_or(Value::Null));
+                    outln!("{}", serde_json::to_value(j).unwrap_or(Value::Null));
                 } else {
                     if !last.is_empty() {
                         eprintln!();
                     }
-                    println!("LU {lu}: {line}");
+                    outln!("LU {lu}: {line}");
                 }
                 if j.finished && j.result.starts_with("failed") {
                     bail!("the {kind} of LU {lu} failed: {}", j.result);
@@ -433,7 +444,7 @@ async fn follow_job(c: &Cluster, lu: u32, kind: &str, since: u64, no_wait: bool,
             }
         } else if no_wait {
             if !json {
-                println!("LU {lu}: {kind} started; follow it with `nasctl lu list`");
+                outln!("LU {lu}: {kind} started; follow it with `nasctl lu list`");
             }
             return Ok(());
         }
@@ -566,9 +577,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?;
             if json {
-                println!("{}", json!({"lu": r.assigned, "log_index": r.log_index}));
+                outln!("{}", json!({"lu": r.assigned, "log_index": r.log_index}));
             } else {
-                println!("LU {} created (log index {})", r.assigned, r.log_index);
+                outln!("LU {} created (log index {})", r.assigned, r.log_index);
             }
             Ok(())
         }
@@ -625,12 +636,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     json!({"disk": disk, "spare": r.assigned, "log_index": r.log_index})
                 );
             } else {
-                println!(
+                outln!(
                     "disk {disk} replaced by disk {}; now run `nasctl lu rebuild LU` (see `nasctl disk list`)",
                     r.assigned
                 );
@@ -711,9 +722,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status_err)?;
             }
             if json {
-                println!("{}", json!({"lu": lu, "offset": offset, "bytes": data.len()}));
+                outln!("{}", json!({"lu": lu, "offset": offset, "bytes": data.len()}));
             } else {
-                println!(
+                outln!(
                     "wrote {} to LU {lu} at offset {offset} (flushed)",
                     human_size(data.len() as u64)
                 );
@@ -752,9 +763,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let chn = reply.chn.unwrap_or_default();
             if json {
-                println!("{}", chn_json(&chn));
+                outln!("{}", chn_json(&chn));
             } else {
-                println!(
+                outln!(
                     "{} installed as node {} ({})",
                     chn.chn,
                     chn.node_id,
@@ -829,9 +840,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?;
             if json {
-                println!("{}", json!({"user": name, "uid": r.assigned, "log_index": r.log_index}));
+                outln!("{}", json!({"user": name, "uid": r.assigned, "log_index": r.log_index}));
             } else {
-                println!("user {name} added with uid {} (log index {})", r.assigned, r.log_index);
+                outln!("user {name} added with uid {} (log index {})", r.assigned, r.log_index);
             }
             Ok(())
         }
@@ -1010,7 +1021,7 @@ async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
                        "matched_index": (m.matched_index >= 0).then_some(m.matched_index)})
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "answered_by": s.answered_by, "leader": s.leader_name, "leader_id": s.leader_id, "term": s.term,
@@ -1026,13 +1037,15 @@ async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
     } else {
         format!("{} (node {})", s.leader_name, s.leader_id)
     };
-    println!("leader:        {leader}");
-    println!("term:          {}", s.term);
-    println!(
+    outln!("leader:        {leader}");
+    outln!("term:          {}", s.term);
+    outln!(
         "last applied:  {} (log {}, snapshot {})",
-        s.last_applied, s.last_log_index, s.snapshot_index
+        s.last_applied,
+        s.last_log_index,
+        s.snapshot_index
     );
-    println!(
+    outln!(
         "shared LU:     {}{}",
         if shared.initialized {
             "initialized"
@@ -1045,7 +1058,7 @@ async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
             ""
         }
     );
-    println!("answered by:   {}\n", s.answered_by);
+    outln!("answered by:   {}\n", s.answered_by);
     let mut t = Table::new(&["chn", "node_id", "address", "role", "heartbeat_age_ms", "matched_index"]);
     for m in &s.members {
         let role = if m.node_id == s.leader_id {

@@ -40,7 +40,7 @@ impl Table {
                     Value::Object(obj)
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into()));
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into()));
             return;
         }
         let cells: Vec<Vec<String>> = self.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
@@ -56,13 +56,13 @@ impl Table {
             .zip(&widths)
             .map(|(c, w)| format!("{:<w$}", c.to_uppercase().replace('_', " ")))
             .collect();
-        println!("{}", header.join("  ").trim_end());
+        outln!("{}", header.join("  ").trim_end());
         for r in &cells {
             let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-            println!("{}", line.join("  ").trim_end());
+            outln!("{}", line.join("  ").trim_end());
         }
         if self.rows.is_empty() {
-            println!("(none)");
+            outln!("(none)");
         }
     }
 }
@@ -73,5 +73,37 @@ fn cell(v: &Value) -> String {
         Value::Null => "-".into(),
         Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
         other => other.to_string(),
+    }
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates_are_civil() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_795_641_937_882), "2026-11-25 21:25:37");
     }
 }
