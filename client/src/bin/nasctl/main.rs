@@ -373,6 +373,12 @@ fn connect(cli: &Cli) -> anyhow::Result<Cluster> {
 /// Turns a gRPC status into an error line: the server's message already
 /// says what to do; the code name helps scripts and bug reports.
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::Unavailable && s.message().starts_with("tcp connect error") {
+        return anyhow!(
+            "no CHN answered ({}); check --cluster / $NAS_CLUSTER and that the cluster is up (`nasctl cluster up --dir DIR`)",
+            s.message()
+        );
+    }
     anyhow!("{} ({:?})", s.message(), s.code())
 }
 
