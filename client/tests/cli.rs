@@ -65,5 +65,7 @@ fn usage_errors_exit_2_and_bad_values_are_named() {
 fn unreachable_cluster_is_reported_not_hung() {
     let out = nasctl(&["--cluster", "127.0.0.1:1", "--retry-secs", "1", "cluster", "status"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Unavailable"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Unavailable"), "{err}");
+    assert!(err.contains("check --cluster"), "the message says what to do: {err}");
 }

@@ -18,6 +18,26 @@ use nas_proto::{admin_server::AdminServer, nas_server::NasServer, raft_server::R
 /// Largest message a CHN accepts (snapshots of the tables travel whole).
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// Listens on `addr`. A restarted CHN may find its port briefly taken (a
+/// connection of its previous life, or an outgoing connection that got the
+/// port as its source port): it retries for a few seconds before giving up.
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%addr, "address in use; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot listen on {addr} (tried for 5 s); is another nasd using it?"))
+            }
+        }
+    }
+}
+
 /// Runs the CHN until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data)
@@ -30,9 +50,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .with_context(|| format!("cannot resolve --listen {}", cfg.listen))?
         .next()
         .with_context(|| format!("--listen {} resolves to no address", cfg.listen))?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = bind(addr).await?;
 
     let lu = SharedLu::start(
         cfg.node_id,

@@ -256,12 +256,14 @@ impl TestCluster {
         for n in &self.nodes {
             let log =
                 std::fs::read_to_string(self.dir().join(n.name.to_lowercase()).join("nasd.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            out += &format!(
-                "--- {} ---\n{}\n",
-                n.name,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            let lines: Vec<&str> = log.lines().collect();
+            // A panic's message matters more than its backtrace.
+            let start = match lines.iter().position(|l| l.contains("panicked at")) {
+                Some(p) => p.saturating_sub(10),
+                None => lines.len().saturating_sub(30),
+            };
+            let end = (start + 30).min(lines.len());
+            out += &format!("--- {} ---\n{}\n", n.name, lines[start..end].join("\n"));
         }
         out
     }
@@ -271,6 +273,11 @@ impl Drop for TestCluster {
     /// Kills every CHN that has a pid file in the folder, including those
     /// of a `cluster up` that failed half-way.
     fn drop(&mut self) {
+        // A failed test keeps its cluster folder (logs, data) to look at.
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("cluster folder kept for inspection: {}", self.dir().display());
+        }
         let Ok(entries) = std::fs::read_dir(self.dir()) else {
             return;
         };

@@ -61,7 +61,23 @@ pub fn load_layout(dir: &Path) -> anyhow::Result<Layout> {
     }
 }
 
+/// A free loopback port *below* the kernel's ephemeral range. A port from
+/// that range can be taken, while its CHN is down, as the source port of
+/// some outgoing connection (even of a client retrying that very port,
+/// which then connects to itself), and the restarted CHN could not listen.
 fn free_port() -> anyhow::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let start = low + (rand::random::<u16>() % (high - low));
+    for i in 0..(high - low) {
+        let port = low + (start - low + i) % (high - low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
     Ok(l.local_addr()?.port())
 }

@@ -375,8 +375,9 @@ fn connect(cli: &Cli) -> anyhow::Result<Cluster> {
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::Unavailable && s.message().starts_with("tcp connect error") {
         return anyhow!(
-            "no CHN answered ({}); check --cluster / $NAS_CLUSTER and that the cluster is up (`nasctl cluster up --dir DIR`)",
-            s.message()
+            "no CHN answered ({}); check --cluster / $NAS_CLUSTER and that the cluster is up (`nasctl cluster up --dir DIR`) ({:?})",
+            s.message(),
+            s.code()
         );
     }
     anyhow!("{} ({:?})", s.message(), s.code())
