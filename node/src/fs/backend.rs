@@ -105,9 +105,6 @@ impl redb::StorageBackend for LuBackend {
                 s.dirty = false;
             }
         }
-        if std::env::var_os("NAS_NO_FSYNC").is_some() {
-            return Ok(());
-        }
         self.dev.flush().map_err(io_err)
     }
 
