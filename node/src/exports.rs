@@ -101,14 +101,14 @@ impl Exports {
         }
         let dev = match self.host.route(export.lu).await? {
             Route::Local(dev) => dev,
-            Route::Remote(chn, addr) => {
-                return Err(elsewhere(
-                    format!(
-                        "LU {} of export {} is still held by CHN {chn}; retry shortly",
-                        export.lu, export.name
-                    ),
-                    &addr,
-                ))
+            // This CHN serves the export; another still holds its LU (its
+            // lease has not run out). Naming that CHN would send the client
+            // back and forth: it is to retry here.
+            Route::Remote(chn, _) => {
+                return Err(Status::unavailable(format!(
+                    "LU {} of export {} is still held by CHN {chn}; retry shortly",
+                    export.lu, export.name
+                )))
             }
         };
         if let Some(vol) = self.current(&export.name, &dev) {

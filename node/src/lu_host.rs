@@ -335,11 +335,7 @@ impl LuHost {
             // An exported LU that nobody holds is left to the export's owner:
             // opening it here would lock the owner out of its own file system.
             let owner = t.exports.values().find(|e| e.lu == lu).map(|e| e.owner_chn.clone());
-            let go_to = match held {
-                Some(chn) => Some(chn),
-                None => owner,
-            };
-            go_to
+            held.or(owner)
                 .filter(|chn| chn != me)
                 .and_then(|chn| t.daemons.get(&chn).map(|d| (chn.clone(), d.address.clone())))
         };

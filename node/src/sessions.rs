@@ -30,6 +30,8 @@ pub struct Session {
     pub uid: u32,
     /// The export mounted, or "" before Mount.
     pub export: String,
+    /// When the session ends whatever happens.
+    pub expires_ms: u64,
 }
 
 struct Inner {
@@ -68,6 +70,16 @@ fn same_secret(a: &str, b: &str) -> bool {
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+impl Session {
+    /// The identity the session's file calls run as.
+    pub fn caller(&self) -> crate::fs::Caller {
+        crate::fs::Caller {
+            uid: self.uid,
+            user: self.user.clone(),
+        }
+    }
 }
 
 impl Sessions {
@@ -197,6 +209,7 @@ impl Sessions {
             user: row.user,
             uid: row.uid,
             export: row.export,
+            expires_ms: row.expires_ms,
         })
     }
 
@@ -269,18 +282,7 @@ impl Sessions {
                 }
             }
             let leads = self.shared().leader().is_some_and(|(id, _)| id == self.shared().id);
-            let any_due = {
-                let now = now_ms();
-                let state = self.shared().state.read();
-                let t = &state.tables;
-                t.clients.values().any(|c| {
-                    (c.expires_ms != 0 && c.expires_ms <= now)
-                        || (c.lease_ms != 0 && c.last_seen_ms.saturating_add(c.lease_ms) <= now)
-                }) || t
-                    .file_locks
-                    .values()
-                    .any(|l| l.holders.iter().any(|h| h.lease_expiry_ms <= now))
-            };
+            let any_due = self.shared().state.read().tables.anything_lapsed(now_ms());
             if leads && any_due {
                 let cmd = Kind::ExpireClients(ExpireClients { now_ms: now_ms() });
                 match self.shared().write(Command { kind: Some(cmd) }).await {

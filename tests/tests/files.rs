@@ -136,6 +136,7 @@ async fn files_round_trip_through_the_library_and_nasctl() {
     expect_code(nas.stat("/docs/big.bin").await, Code::NotFound, "does not exist");
     let t = nas.truncate(f.handle, 100).await.expect("truncate");
     assert_eq!(t.size, 100);
+    nas.fsync(f.handle).await.expect("fsync");
 
     // Paginated listing.
     for i in 0..25 {
@@ -540,6 +541,7 @@ async fn bad_inputs_get_precise_statuses_and_change_nothing() {
     );
     expect_code(nas.read(f.handle, 100, 1).await, Code::OutOfRange, "past the end");
     expect_code(nas.write(987_654, 0, b"x").await, Code::NotFound, "deleted");
+    expect_code(nas.fsync(987_654).await, Code::NotFound, "deleted");
     // Another user's file.
     let bob_nas = c.nas("bob", "home").await.expect("bob");
     expect_code(

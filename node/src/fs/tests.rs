@@ -468,7 +468,7 @@ fn a_call_sent_twice_is_applied_once() {
     // Acknowledging 2 forgets 1.
     v.change_blocking(Request {
         caller: root(),
-        change: Change::Seal { ino },
+        change: Change::Sync { ino },
         call: Some(CallId {
             client: "c1".into(),
             seq: 3,

@@ -271,8 +271,21 @@ pub struct Tx<'t> {
     freed: Vec<(u64, u64)>,
 }
 
-fn counter(meta: &Table<'_, &'static str, u64>, key: &str) -> Result<u64> {
+/// A counter of the meta table (0 before it is first written).
+pub fn counter<M: ReadableTable<&'static str, u64>>(meta: &M, key: &str) -> Result<u64> {
     Ok(meta.get(key).map_err(FsError::db)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Refuses a write that needs more fresh bytes than are free.
+pub fn check_space(need: u64, free: u64) -> Result<()> {
+    if need > free {
+        return Err(FsError::NoSpace(format!(
+            "the file system is full: the write needs {} KiB, {} KiB are free; delete files to make room",
+            need >> 10,
+            free >> 10
+        )));
+    }
+    Ok(())
 }
 
 impl<'t> Tx<'t> {
@@ -475,13 +488,7 @@ impl<'t> Tx<'t> {
         let astart = round_down(offset);
         let (have, gaps) = plan(&self.extents, ino, offset, end)?;
         let want: u64 = gaps.iter().map(|(s, e)| e - s).sum();
-        if want > self.free_bytes {
-            return Err(FsError::NoSpace(format!(
-                "the file system is full: the write needs {} KiB, {} KiB are free; delete files to make room",
-                want >> 10,
-                self.free_bytes >> 10
-            )));
-        }
+        check_space(want, self.free_bytes)?;
         // Growing past the old size: the old last block's tail must read as
         // zeros where this write does not cover it.
         if offset > inode.size {

@@ -61,9 +61,9 @@ pub enum Change {
         from: FsPath,
         to: FsPath,
     },
-    /// Nothing but the stored reply: ends a streamed write whose pieces
-    /// were applied as non-durable changes.
-    Seal {
+    /// Changes nothing; committed durably, it makes every change before it
+    /// durable too (the pieces of a streamed write). Fails if the file is gone.
+    Sync {
         ino: u64,
     },
     /// Drop the stored replies of a client whose session ended.
@@ -274,11 +274,10 @@ impl Volume {
     pub fn space(&self) -> Result<Space> {
         let txn = self.read_txn()?;
         let meta = txn.open_table(META).map_err(FsError::db)?;
-        let get = |k: &str| -> Result<u64> { Ok(meta.get(k).map_err(FsError::db)?.map(|v| v.value()).unwrap_or(0)) };
         Ok(Space {
             data_bytes: self.inner.data_len,
-            free_bytes: get("free_bytes")?,
-            files: get("files")?,
+            free_bytes: tree::counter(&meta, "free_bytes")?,
+            files: tree::counter(&meta, "files")?,
         })
     }
 
@@ -288,24 +287,15 @@ impl Volume {
     /// write; each piece then fails whole.)
     pub fn check_fits(&self, ino: u64, offset: u64, len: u64) -> Result<()> {
         let end = offset.saturating_add(len).min(MAX_FILE_SIZE);
-        let need: u64 = {
-            let txn = self.read_txn()?;
-            let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
-            tree::plan(&extents, ino, offset, end)?
-                .1
-                .iter()
-                .map(|(s, e)| e - s)
-                .sum()
-        };
-        let free = self.space()?.free_bytes;
-        if need > free {
-            return Err(FsError::NoSpace(format!(
-                "the file system is full: the write needs {} KiB, {} KiB are free; delete files to make room",
-                need >> 10,
-                free >> 10
-            )));
-        }
-        Ok(())
+        let txn = self.read_txn()?;
+        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
+        let meta = txn.open_table(META).map_err(FsError::db)?;
+        let need = tree::plan(&extents, ino, offset, end)?
+            .1
+            .iter()
+            .map(|(s, e)| e - s)
+            .sum();
+        tree::check_space(need, tree::counter(&meta, "free_bytes")?)
     }
 
     /// The stored reply of a completed call, if any.
@@ -314,17 +304,6 @@ impl Volume {
         let replies = txn.open_table(REPLIES).map_err(FsError::db)?;
         let found = replies.get((client, seq)).map_err(FsError::db)?;
         found.map(|v| decode_outcome(v.value())).transpose()
-    }
-
-    /// Makes every committed change durable (they already are unless they
-    /// were pieces of an unfinished streamed write).
-    pub fn sync(&self) -> Result<()> {
-        self.inner.dev.flush().map_err(FsError::from)
-    }
-
-    /// The largest file size, for clients that check ahead.
-    pub fn max_file_size(&self) -> u64 {
-        MAX_FILE_SIZE
     }
 }
 
@@ -427,7 +406,7 @@ fn apply_one(tx: &mut Tx<'_>, req: &Request) -> Result<Outcome> {
             Outcome::Done
         }
         Change::Rename { from, to } => Outcome::Attr(tx.rename(c, from, to)?),
-        Change::Seal { ino } => Outcome::Size(tree::by_handle(&tx.inodes, *ino)?.size),
+        Change::Sync { ino } => Outcome::Size(tree::by_handle(&tx.inodes, *ino)?.size),
         Change::Forget { client } => {
             tx.forget(client)?;
             Outcome::Done

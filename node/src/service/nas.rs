@@ -153,10 +153,7 @@ impl NasService {
             None
         };
         Ok(Ctx {
-            caller: Caller {
-                uid: session.uid,
-                user: session.user.clone(),
-            },
+            caller: session.caller(),
             session,
             vol,
             call: call_id,
@@ -197,18 +194,10 @@ impl Nas for NasService {
     }
 
     async fn keep_alive(&self, req: Request<SessionRequest>) -> Result<Response<KeepAliveReply>, Status> {
-        let token = req.into_inner().token;
-        self.sessions.check(&token).await?;
-        let (id, _) = token.split_once('.').unwrap_or_default();
-        let expires_ms = self
-            .shared
-            .state
-            .read()
-            .tables
-            .clients
-            .get(id)
-            .map_or(0, |c| c.expires_ms);
-        Ok(Response::new(KeepAliveReply { expires_ms }))
+        let s = self.sessions.check(&req.into_inner().token).await?;
+        Ok(Response::new(KeepAliveReply {
+            expires_ms: s.expires_ms,
+        }))
     }
 
     async fn close_session(&self, req: Request<SessionRequest>) -> Result<Response<FsDone>, Status> {
@@ -218,10 +207,7 @@ impl Nas for NasService {
             if let Ok(export) = self.exports.export(&s.export).await {
                 if let Ok(vol) = self.exports.volume(&export).await {
                     let forget = FsRequest {
-                        caller: Caller {
-                            uid: s.uid,
-                            user: s.user.clone(),
-                        },
+                        caller: s.caller(),
                         change: Change::Forget {
                             client: s.client_id.clone(),
                         },
@@ -244,10 +230,7 @@ impl Nas for NasService {
         // about where it is served.
         self.sessions.mount(&s, &export).await?;
         let vol = self.exports.volume(&export).await?;
-        let caller = Caller {
-            uid: s.uid,
-            user: s.user,
-        };
+        let caller = s.caller();
         let (root, space) = tokio::task::spawn_blocking(move || -> crate::fs::Result<_> {
             Ok((vol.stat(&caller, &FsPath::parse("/")?)?, vol.space()?))
         })
@@ -473,8 +456,13 @@ impl Nas for NasService {
     async fn fsync(&self, req: Request<HandleRequest>) -> Result<Response<FsDone>, Status> {
         let r = req.into_inner();
         let ctx = self.ctx(r.call.as_ref(), false).await?;
-        let h = r.handle;
-        ctx.read(move |v, _| v.stat_handle(h).and_then(|_| v.sync())).await?;
+        // A durable commit through the writer: the only way redb makes
+        // earlier non-durable commits (streamed pieces) durable too.
+        let sync = FsRequest {
+            call: None,
+            ..ctx.request(Change::Sync { ino: r.handle })
+        };
+        ctx.vol.change(sync).await.map_err(fs_status)?;
         Ok(Response::new(FsDone {}))
     }
 

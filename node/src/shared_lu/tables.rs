@@ -108,6 +108,11 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Whether a session is past its expiry or its lease at `now`.
+fn client_lapsed(c: &Client, now: u64) -> bool {
+    (c.expires_ms != 0 && c.expires_ms <= now) || (c.lease_ms != 0 && c.last_seen_ms.saturating_add(c.lease_ms) <= now)
+}
+
 impl Tables {
     /// Applies one command, or explains why it cannot be applied. A
     /// rejected command leaves every table as it was.
@@ -689,14 +694,21 @@ impl Tables {
         Ok(Applied::rows(touched))
     }
 
+    /// Whether any session or file-lock hold has lapsed at `now`, so that
+    /// an ExpireClients command would change something.
+    pub fn anything_lapsed(&self, now: u64) -> bool {
+        self.clients.values().any(|c| client_lapsed(c, now))
+            || self
+                .file_locks
+                .values()
+                .any(|l| l.holders.iter().any(|h| h.lease_expiry_ms <= now))
+    }
+
     fn expire_clients(&mut self, now: u64) -> Result<Applied, Rejection> {
         let ended: Vec<String> = self
             .clients
             .values()
-            .filter(|c| {
-                (c.expires_ms != 0 && c.expires_ms <= now)
-                    || (c.lease_ms != 0 && c.last_seen_ms.saturating_add(c.lease_ms) <= now)
-            })
+            .filter(|c| client_lapsed(c, now))
             .map(|c| c.client_id.clone())
             .collect();
         let mut touched = Vec::new();
