@@ -17,6 +17,7 @@ use tonic::{Code, Response, Status};
 
 pub use nas_proto as proto;
 
+pub mod drill;
 pub mod nas;
 pub use nas::NasClient;
 
@@ -30,6 +31,15 @@ pub enum ConnectError {
     NoAddress,
     #[error("bad CHN address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
+}
+
+/// Pings on every connection, so that a call to a CHN that stopped
+/// answering (paused, cut off) fails within seconds instead of hanging:
+/// the caller then retries elsewhere.
+pub fn keepalive(e: Endpoint) -> Endpoint {
+    e.http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
 }
 
 /// A handle on the cluster: any CHN can take any call.
@@ -58,7 +68,7 @@ impl Cluster {
             .iter()
             .map(|a| {
                 Endpoint::from_shared(format!("http://{a}"))
-                    .map(|e| e.connect_timeout(Duration::from_millis(800)).tcp_nodelay(true))
+                    .map(|e| keepalive(e.connect_timeout(Duration::from_millis(800)).tcp_nodelay(true)))
                     .map_err(|e| ConnectError::BadAddress {
                         addr: a.clone(),
                         reason: e.to_string(),

@@ -101,7 +101,7 @@ fn channel(addr: &str) -> Result<NasGrpc<Channel>, Status> {
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(1 << 20);
-    Ok(NasGrpc::new(ep.connect_lazy())
+    Ok(NasGrpc::new(crate::keepalive(ep).connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
 }
@@ -117,18 +117,28 @@ fn retryable(s: &Status) -> bool {
     }
 }
 
+/// A table lookup that gives up after a moment: a CHN that is paused
+/// accepts the call and never answers, so the next one is asked instead.
+async fn quick<T>(f: impl Future<Output = Result<Response<T>, Status>>) -> Result<Response<T>, Status> {
+    tokio::time::timeout(Duration::from_millis(500), f)
+        .await
+        .unwrap_or_else(|_| Err(Status::unavailable("no answer within 500 ms")))
+}
+
 /// Where the service table says `export` is served.
 async fn owner_addr(cluster: &Cluster, export: &str) -> Result<String, Status> {
     let req = || ListRequest { local: true };
     let exports = cluster
-        .admin(|mut a| async move { a.list_exports(req()).await })
+        .admin(|mut a| quick(async move { a.list_exports(req()).await }))
         .await?;
     let row = exports
         .exports
         .iter()
         .find(|e| e.name == export)
         .ok_or_else(|| Status::not_found(format!("export {export} does not exist; see `nasctl export list`")))?;
-    let chns = cluster.admin(|mut a| async move { a.list_chns(req()).await }).await?;
+    let chns = cluster
+        .admin(|mut a| quick(async move { a.list_chns(req()).await }))
+        .await?;
     chns.chns
         .iter()
         .find(|c| c.chn == row.owner_chn)
@@ -193,7 +203,7 @@ impl NasClient {
                         _ => owner_addr(&cluster, export).await.unwrap_or(addr),
                     };
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 Err(s) if retryable(&s) => {
                     return Err(Status::unavailable(format!(
@@ -243,7 +253,9 @@ impl NasClient {
                 Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
                     self.follow(&s).await;
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    // Short: during a failover the new owner serves within
+                    // a lease, and each retry is one cheap call.
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
                 Err(s) if retryable(&s) => break Err(self.gave_up(&s)),
                 Err(s) => break Err(s),

@@ -49,13 +49,13 @@ pub struct Settings {
     /// The disk-array directory shared by every CHN (physical disk files).
     #[arg(long, env = "NASD_ARRAY")]
     pub array: Option<PathBuf>,
-    /// Raft heartbeat interval in milliseconds [default: 100].
+    /// Raft heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "NASD_RAFT_HEARTBEAT_MS")]
     pub raft_heartbeat_ms: Option<u64>,
-    /// Lower bound of the Raft election timeout in milliseconds [default: 400].
+    /// Lower bound of the Raft election timeout in milliseconds [default: 250].
     #[arg(long, env = "NASD_ELECTION_MIN_MS")]
     pub election_min_ms: Option<u64>,
-    /// Upper bound of the Raft election timeout in milliseconds [default: 800].
+    /// Upper bound of the Raft election timeout in milliseconds [default: 500].
     #[arg(long, env = "NASD_ELECTION_MAX_MS")]
     pub election_max_ms: Option<u64>,
     /// Log entries after which a snapshot is built and the log compacted [default: 5000].
@@ -67,16 +67,33 @@ pub struct Settings {
     /// How long a write or linearizable read waits for a quorum, in milliseconds [default: 5000].
     #[arg(long, env = "NASD_QUORUM_TIMEOUT_MS")]
     pub quorum_timeout_ms: Option<u64>,
-    /// Interval of this CHN's daemon information (heartbeat) writes, in milliseconds [default: 500].
+    /// Interval of this CHN's daemon information (heartbeat) writes, in milliseconds [default: 250].
     #[arg(long, env = "NASD_DAEMON_INTERVAL_MS")]
     pub daemon_interval_ms: Option<u64>,
-    /// Lease of the LU locks this CHN holds, in milliseconds; renewed every third of it [default: 10000].
+    /// Lease of the LU locks this CHN holds, in milliseconds. It is renewed
+    /// every seventh of it; the holder stops writing a fifth of it before it
+    /// ends, and a taker waits it out, so it bounds failover time from
+    /// below [default: 700].
     #[arg(long, env = "NASD_LU_LEASE_MS")]
     pub lu_lease_ms: Option<u64>,
     /// Most LU data a rebuild reconstructs per second, in MB/s, to leave
     /// bandwidth to clients; 0 means as fast as the disks go [default: 0].
     #[arg(long, env = "NASD_REBUILD_MAX_MB_S")]
     pub rebuild_max_mb_s: Option<u64>,
+    /// A partner CHN counts as failed once its heartbeat in the shared LU is
+    /// this old, in milliseconds (or its direct health probe failed three
+    /// times in a row) [default: 1000].
+    #[arg(long, env = "NASD_FAILOVER_DETECT_MS")]
+    pub failover_detect_ms: Option<u64>,
+    /// Interval of the direct health probes of partner CHNs, in
+    /// milliseconds [default: 100].
+    #[arg(long, env = "NASD_PROBE_INTERVAL_MS")]
+    pub probe_interval_ms: Option<u64>,
+    /// Give an export back to its home CHN automatically once the home CHN
+    /// has been healthy this many seconds; 0 turns automatic giveback off
+    /// [default: 0].
+    #[arg(long, env = "NASD_GIVEBACK_AFTER_S")]
+    pub giveback_after_s: Option<u64>,
     /// A client session, and the file locks it holds, end this long after
     /// the client was last heard of, in milliseconds [default: 30000].
     #[arg(long, env = "NASD_SESSION_LEASE_MS")]
@@ -103,6 +120,16 @@ pub struct Config {
     pub rebuild_limit: Option<u64>,
     pub session_lease: Duration,
     pub session_ttl: Duration,
+    pub failover: FailoverSettings,
+}
+
+/// When a CHN considers a partner failed, and what it does about it.
+#[derive(Debug, Clone)]
+pub struct FailoverSettings {
+    pub detect: Duration,
+    pub probe_interval: Duration,
+    /// Automatic giveback delay; `None` when off.
+    pub giveback_after: Option<Duration>,
 }
 
 /// The node id a CHN name implies: its trailing digits.
@@ -132,6 +159,9 @@ impl Settings {
             lu_lease_ms: self.lu_lease_ms.or(file.lu_lease_ms),
             rebuild_max_mb_s: self.rebuild_max_mb_s.or(file.rebuild_max_mb_s),
             session_lease_ms: self.session_lease_ms.or(file.session_lease_ms),
+            failover_detect_ms: self.failover_detect_ms.or(file.failover_detect_ms),
+            probe_interval_ms: self.probe_interval_ms.or(file.probe_interval_ms),
+            giveback_after_s: self.giveback_after_s.or(file.giveback_after_s),
             session_ttl_s: self.session_ttl_s.or(file.session_ttl_s),
         }
     }
@@ -165,19 +195,24 @@ impl Settings {
         let Some(data) = merged.data else {
             bail!("--data DIR is required (this CHN's shared-LU replica)")
         };
-        let election_min_ms = merged.election_min_ms.unwrap_or(400);
-        let election_max_ms = merged.election_max_ms.unwrap_or(800);
-        let heartbeat_ms = merged.raft_heartbeat_ms.unwrap_or(100);
+        let election_min_ms = merged.election_min_ms.unwrap_or(250);
+        let election_max_ms = merged.election_max_ms.unwrap_or(500);
+        let heartbeat_ms = merged.raft_heartbeat_ms.unwrap_or(50);
         if heartbeat_ms == 0 || heartbeat_ms >= election_min_ms || election_min_ms >= election_max_ms {
             bail!("need 0 < raft heartbeat ({heartbeat_ms} ms) < election min ({election_min_ms}) < election max ({election_max_ms})");
         }
-        let daemon_interval_ms = merged.daemon_interval_ms.unwrap_or(500);
+        let daemon_interval_ms = merged.daemon_interval_ms.unwrap_or(250);
         if daemon_interval_ms == 0 {
             bail!("--daemon-interval-ms must be above 0");
         }
-        let lu_lease_ms = merged.lu_lease_ms.unwrap_or(10_000);
+        let lu_lease_ms = merged.lu_lease_ms.unwrap_or(700);
         if lu_lease_ms < 300 {
-            bail!("--lu-lease-ms must be at least 300 (it is renewed every third of it)");
+            bail!("--lu-lease-ms must be at least 300 (it is renewed every seventh of it)");
+        }
+        let detect_ms = merged.failover_detect_ms.unwrap_or(1000);
+        let probe_ms = merged.probe_interval_ms.unwrap_or(100);
+        if probe_ms == 0 || detect_ms < probe_ms {
+            bail!("need 0 < --probe-interval-ms ({probe_ms}) <= --failover-detect-ms ({detect_ms})");
         }
         let session_lease_ms = merged.session_lease_ms.unwrap_or(30_000);
         if session_lease_ms < 1000 {
@@ -210,6 +245,11 @@ impl Settings {
                 .map(|m| m.saturating_mul(1_000_000)),
             session_lease: Duration::from_millis(session_lease_ms),
             session_ttl: Duration::from_secs(session_ttl_s),
+            failover: FailoverSettings {
+                detect: Duration::from_millis(detect_ms),
+                probe_interval: Duration::from_millis(probe_ms),
+                giveback_after: merged.giveback_after_s.filter(|&s| s > 0).map(Duration::from_secs),
+            },
         })
     }
 }

@@ -9,8 +9,9 @@
 //! Owns the mounted volumes; must never mount an LU it did not get from
 //! the LU host.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nas_proto::Export;
 use tonic::Status;
@@ -35,6 +36,9 @@ pub struct Exports {
     host: LuHost,
     mounted: Arc<Mutex<HashMap<String, Mounted>>>,
     mounting: Arc<tokio::sync::Mutex<()>>,
+    /// Exports being handed to another CHN: new calls wait (UNAVAILABLE,
+    /// which clients retry) while the calls in progress finish.
+    moving: Arc<Mutex<HashSet<String>>>,
 }
 
 /// UNAVAILABLE naming where to go instead.
@@ -53,6 +57,7 @@ impl Exports {
             host,
             mounted: Arc::default(),
             mounting: Arc::default(),
+            moving: Arc::default(),
         }
     }
 
@@ -99,6 +104,17 @@ impl Exports {
                 &addr,
             ));
         }
+        if self
+            .moving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&export.name)
+        {
+            return Err(Status::unavailable(format!(
+                "export {} is moving to another CHN; retry shortly",
+                export.name
+            )));
+        }
         let dev = match self.host.route(export.lu).await? {
             Route::Local(dev) => dev,
             // This CHN serves the export; another still holds its LU (its
@@ -141,6 +157,53 @@ impl Exports {
         self.map()
             .insert(export.name.clone(), Mounted { dev, vol: vol.clone() });
         Ok(vol)
+    }
+}
+
+impl Exports {
+    /// Stops serving `export` for a planned move: new calls are turned
+    /// away, the calls in progress get up to `drain` to finish, then the
+    /// file system is unmounted (its writer commits what it has) and
+    /// `release` runs before calls are let in again, which then find the
+    /// export served elsewhere.
+    pub async fn unmount_for<T>(
+        &self,
+        export: &str,
+        drain: Duration,
+        release: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        self.moving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(export.to_string());
+        let result = async {
+            let _one_at_a_time = self.mounting.lock().await;
+            let deadline = tokio::time::Instant::now() + drain;
+            let mounted = self.map().remove(export);
+            if let Some(m) = mounted {
+                // Calls in progress hold the volume; wait them out.
+                while Arc::strong_count(&m.vol) > 1 {
+                    if tokio::time::Instant::now() >= deadline {
+                        self.map().insert(export.to_string(), m);
+                        return Err(Status::deadline_exceeded(format!(
+                            "calls on export {export} did not finish within {} s; try the move again",
+                            drain.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                drop_blocking(m.vol).await;
+            }
+            release.await
+        }
+        .await;
+        self.moving.lock().unwrap_or_else(|p| p.into_inner()).remove(export);
+        result
+    }
+
+    /// Whether `export` is mounted on this CHN.
+    pub fn is_mounted(&self, export: &str) -> bool {
+        self.map().contains_key(export)
     }
 }
 

@@ -39,8 +39,9 @@ struct Opened {
     dev: Arc<LuDevice>,
     job: Option<Arc<Job>>,
     reported: Option<Health>,
-    /// Last time the LU lock was confirmed ours.
+    /// When the last renewal that succeeded was sent.
     renewed: tokio::time::Instant,
+    epoch: u64,
 }
 
 struct HostInner {
@@ -227,6 +228,7 @@ impl LuHost {
             return Ok(o.dev.clone());
         }
         let array = self.array()?;
+        let sent = tokio::time::Instant::now();
         let epoch = self.take_lock(lu).await?;
         let (spec, health) = self.spec(lu).await?;
         let tx = self.inner.failures.clone();
@@ -247,6 +249,7 @@ impl LuHost {
         })
         .await?;
         let dev = Arc::new(dev);
+        dev.fence().limit_to(self.write_deadline(sent).into_std());
         self.adopt_replacements(&dev, &spec).await?;
         let resume = {
             let state = self.shared().state.read();
@@ -261,7 +264,8 @@ impl LuHost {
             dev: dev.clone(),
             job: None,
             reported: None,
-            renewed: tokio::time::Instant::now(),
+            renewed: sent,
+            epoch,
         });
         tracing::info!(lu, epoch, "LU open on this CHN");
         self.report(lu).await;
@@ -314,8 +318,14 @@ impl LuHost {
     /// lock, else the CHN that holds it (for an exported LU nobody holds,
     /// the export's owner).
     pub async fn route(&self, lu: u32) -> Result<Route, Status> {
-        if let Some(o) = lock(&self.inner.open).get(&lu) {
-            return Ok(Route::Local(o.dev.clone()));
+        let open = lock(&self.inner.open).get(&lu).map(|o| o.dev.clone());
+        if let Some(dev) = open {
+            // Past its lease this CHN must not even read: another CHN may
+            // have changed the LU since.
+            if dev.fence().check(lu).is_ok() {
+                return Ok(Route::Local(dev));
+            }
+            self.close(lu, "its lease ran out without renewal");
         }
         self.shared().ensure_current().await?;
         let holder = {
@@ -433,15 +443,22 @@ impl LuHost {
 
     /// Writes the LU's health and job progress into the LU table.
     async fn report(&self, lu: u32) {
-        let (health, job) = {
+        let Some(dev) = lock(&self.inner.open).get(&lu).map(|o| o.dev.clone()) else {
+            return;
+        };
+        // A rebuild or scrub holds the device for a while: wait for it off
+        // the runtime, and never under the map lock the renewals need.
+        let Ok(health) = tokio::task::spawn_blocking(move || dev.health()).await else {
+            return;
+        };
+        let job = {
             let open = lock(&self.inner.open);
             let Some(o) = open.get(&lu) else { return };
-            let health = o.dev.health();
             let job = o.job.as_ref().map(|j| lock(&j.state).clone());
             if job.is_none() && o.reported == Some(health) {
                 return;
             }
-            (health, job)
+            job
         };
         let finished = job.as_ref().is_some_and(|j| j.finished);
         let cmd = Kind::ReportLu(ReportLu {
@@ -464,20 +481,92 @@ impl LuHost {
         }
     }
 
-    /// Closes an LU whose lock this CHN lost: it must not write it again.
-    fn close(&self, lu: u32, why: &str) {
-        if let Some(o) = lock(&self.inner.open).remove(&lu) {
-            if let Some(j) = o.job {
-                j.cancel.store(true, Ordering::Relaxed);
+    /// Until when a lock renewal sent at `sent` lets this CHN write: a
+    /// fifth of the lease before it ends, to leave room for clock rates and
+    /// scheduling delays.
+    fn write_deadline(&self, sent: tokio::time::Instant) -> tokio::time::Instant {
+        sent + self.inner.lease - self.inner.lease / 5
+    }
+
+    /// Closes an LU: nothing on this CHN writes it again, even through a
+    /// device handle still in use. Returns the epoch it was held at.
+    fn close(&self, lu: u32, why: &str) -> Option<u64> {
+        let o = lock(&self.inner.open).remove(&lu)?;
+        o.dev.fence().trip();
+        if let Some(j) = o.job {
+            j.cancel.store(true, Ordering::Relaxed);
+        }
+        tracing::warn!(lu, epoch = o.epoch, "closing LU: {why}");
+        Some(o.epoch)
+    }
+
+    /// Closes an LU for a planned move and gives its lock up with `hand`
+    /// (a command that releases the lock held at the given epoch).
+    pub async fn hand_over(&self, lu: u32, hand: impl FnOnce(u64) -> Command) -> Result<CommandResult, Status> {
+        let _opening = self.inner.opening.lock().await;
+        let epoch = self.close(lu, "handed over").unwrap_or(0);
+        self.shared().write(hand(epoch)).await
+    }
+
+    /// Whether this CHN has `lu` open and may write it.
+    pub fn holds(&self, lu: u32) -> bool {
+        lock(&self.inner.open)
+            .get(&lu)
+            .is_some_and(|o| !o.dev.fence().is_tripped())
+    }
+
+    /// The lease this CHN takes LU locks for.
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// Renews the locks of the open LUs every seventh of the lease and
+    /// closes those whose lease ran out. A task of its own: nothing else
+    /// (reports, a device busy with a rebuild) may delay a renewal.
+    async fn renew_loop(self) {
+        let mut tick = tokio::time::interval(self.inner.lease / 7);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let open: Vec<u32> = lock(&self.inner.open).keys().copied().collect();
+            for &lu in &open {
+                let sent = tokio::time::Instant::now();
+                match self.take_lock(lu).await {
+                    Ok(_) => {
+                        if sent.elapsed() > self.inner.lease / 5 {
+                            tracing::warn!(lu, took_ms = sent.elapsed().as_millis() as u64, "slow LU lock renewal");
+                        }
+                        if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
+                            o.renewed = sent;
+                            o.dev.fence().extend(self.write_deadline(sent).into_std());
+                        }
+                    }
+                    Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                        self.close(lu, e.message());
+                    }
+                    Err(e) => tracing::warn!(lu, "LU lock not renewed: {}", e.message()),
+                }
             }
-            tracing::warn!(lu, "closing LU: {why}");
+            // Without a renewal (no quorum, say) the lease runs out and
+            // another CHN may take the LU: the fence has stopped writes
+            // already; close it so that the next use opens it afresh.
+            let now = tokio::time::Instant::now();
+            let expired: Vec<u32> = lock(&self.inner.open)
+                .iter()
+                .filter(|(_, o)| o.dev.fence().is_tripped() || now >= self.write_deadline(o.renewed))
+                .map(|(lu, _)| *lu)
+                .collect();
+            for lu in expired {
+                self.close(lu, "its lease ran out without renewal");
+            }
         }
     }
 
     async fn background(self, mut failures: mpsc::UnboundedReceiver<u32>) {
+        let renewals = tokio::spawn(self.clone().renew_loop());
+        let _stop_renewals = AbortOnDrop(renewals);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewed = tokio::time::Instant::now();
         let mut resumed = false;
         loop {
             tokio::select! {
@@ -494,31 +583,6 @@ impl LuHost {
                         resumed = self.resume_held().await;
                     }
                     let open: Vec<u32> = lock(&self.inner.open).keys().copied().collect();
-                    if renewed.elapsed() >= self.inner.lease / 3 {
-                        renewed = tokio::time::Instant::now();
-                        for &lu in &open {
-                            match self.take_lock(lu).await {
-                                Ok(_) => {
-                                    if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
-                                        o.renewed = renewed;
-                                    }
-                                }
-                                Err(e) if e.code() == tonic::Code::FailedPrecondition => self.close(lu, e.message()),
-                                Err(e) => tracing::warn!(lu, "LU lock not renewed: {}", e.message()),
-                            }
-                        }
-                    }
-                    // Without a renewal (no quorum, say) the lease runs out and
-                    // another CHN may take the LU: stop using it before then.
-                    let margin = self.inner.lease / 10;
-                    let expired: Vec<u32> = lock(&self.inner.open)
-                        .iter()
-                        .filter(|(_, o)| o.renewed.elapsed() + margin >= self.inner.lease)
-                        .map(|(lu, _)| *lu)
-                        .collect();
-                    for lu in expired {
-                        self.close(lu, "its lease ran out without renewal");
-                    }
                     for lu in open {
                         self.report(lu).await;
                     }
@@ -571,6 +635,15 @@ impl LuHost {
             Ok(())
         })
         .await
+    }
+}
+
+/// Aborts a task when the task that spawned it ends or is aborted.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -76,10 +76,13 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let host_task = tokio::spawn(host_task);
     let (sessions, sessions_task) = crate::sessions::Sessions::new(lu.clone(), cfg.session_lease, cfg.session_ttl);
     let sessions_task = tokio::spawn(sessions_task);
+    let exports = crate::exports::Exports::new(lu.clone(), host.clone());
+    let failover = crate::failover::Failover::new(lu.clone(), host.clone(), exports.clone(), cfg.failover.clone());
+    let failover_task = tokio::spawn(failover.clone().run());
     let nas = NasServer::new(NasService {
         shared: lu.clone(),
         sessions,
-        exports: crate::exports::Exports::new(lu.clone(), host.clone()),
+        exports,
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
@@ -87,6 +90,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let admin = AdminServer::new(AdminService {
         lu: lu.clone(),
         host,
+        failover,
         version,
     })
     .max_decoding_message_size(MAX_MESSAGE)
@@ -119,6 +123,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     heartbeat.abort();
     host_task.abort();
     sessions_task.abort();
+    failover_task.abort();
     if let Err(e) = lu.raft.shutdown().await {
         tracing::warn!(error = %e, "Raft did not shut down cleanly");
     }

@@ -230,6 +230,26 @@ impl TestCluster {
         let _ = std::fs::remove_file(self.dir().join(name.to_lowercase()).join("nasd.pid"));
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT) to one running CHN.
+    pub fn signal(&self, name: &str, signal: i32) {
+        let pid = self.pid(name).unwrap_or_else(|| panic!("{name} is not running"));
+        // SAFETY: kill(2) on a child process this harness started.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// A cluster handle on every CHN but `not`.
+    pub fn client_without(&self, not: &str) -> Cluster {
+        let addrs: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.name != not)
+            .map(|n| n.addr.as_str())
+            .collect();
+        Cluster::new(&addrs)
+            .expect("cluster addresses")
+            .with_retry_for(Duration::from_secs(20))
+    }
+
     /// ClusterStatus as one CHN sees it.
     pub async fn status(&self, name: &str) -> Option<ClusterStatusReply> {
         self.admin(name)

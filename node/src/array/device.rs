@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use super::disk::{check_range, PhysicalDisk};
+use super::fence::Fence;
 use super::intent::{Bitmap, Journal, JournalEntry, ENTRY_HEADER};
 use super::layout::{Geometry, Raid};
 use super::superblock::{
@@ -192,6 +193,7 @@ pub struct LuDevice {
     rr: AtomicUsize,
     member_writes: AtomicU64,
     opts: OpenOptions,
+    fence: Fence,
 }
 
 impl std::fmt::Debug for LuDevice {
@@ -377,6 +379,7 @@ impl LuDevice {
             rr: AtomicUsize::new(0),
             member_writes: AtomicU64::new(0),
             opts,
+            fence: Fence::unlimited(),
         }
     }
 
@@ -440,6 +443,36 @@ impl LuDevice {
     /// Why the LU failed, if it has.
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The write fence: the LU host extends it with every lease renewal.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// Refuses a commit once another CHN has opened the LU with a higher
+    /// epoch (it stamps the superblocks first): the lease check alone trusts
+    /// this CHN's clock and scheduling.
+    fn check_epoch(&self, inner: &Inner) -> Result<(), ArrayError> {
+        let Some(disk) = inner.slots.iter().filter(|s| s.present()).find_map(|s| s.disk.as_ref()) else {
+            return Ok(());
+        };
+        match Superblock::read(disk) {
+            Ok(Some(sb)) if sb.epoch > self.opts.epoch => {
+                self.fence.trip();
+                Err(ArrayError::Fenced {
+                    lu: self.lu,
+                    found: sb.epoch,
+                    ours: self.opts.epoch,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn check_writable(&self) -> Result<(), ArrayError> {
+        self.fence.check(self.lu)?;
+        self.check_usable()
     }
 
     fn check_usable(&self) -> Result<(), ArrayError> {
@@ -862,7 +895,7 @@ impl BlockDevice for LuDevice {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
         check_range("LU", offset, data.len(), self.geo.capacity())?;
-        self.check_usable()?;
+        self.check_writable()?;
         self.write_pieces(inner, offset, data)?;
         self.settle_failures(inner)
     }
@@ -882,7 +915,8 @@ impl BlockDevice for LuDevice {
     fn flush(&self) -> Result<(), ArrayError> {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
-        self.check_usable()?;
+        self.check_writable()?;
+        self.check_epoch(inner)?;
         self.settle_failures(inner)?;
         self.sync_all(inner);
         self.settle_failures(inner)?;

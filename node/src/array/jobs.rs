@@ -102,6 +102,7 @@ impl LuDevice {
     pub fn rebuild_step(&self, max: u64) -> Result<Option<(u64, u64)>, ArrayError> {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
+        self.check_writable()?;
         self.settle_failures(inner)?;
         let Some(t) = inner.slots.iter().position(|s| s.rebuilt().is_some()) else {
             return Ok(None);
@@ -152,6 +153,7 @@ impl LuDevice {
     pub fn scrub_step(&self, from: u64, count: u64, repair: bool) -> Result<ScrubReport, ArrayError> {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
+        self.check_writable()?;
         self.settle_failures(inner)?;
         let mut r = ScrubReport::default();
         for s in from..(from + count).min(self.geo.stripes()) {

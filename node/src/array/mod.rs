@@ -4,7 +4,7 @@
 //! Map: [`disk`] is one disk file and its header; [`layout`] is RAID
 //! geometry; [`superblock`] is what members record about their LU;
 //! [`intent`] holds the write-intent bitmap and degraded-write journal that
-//! make writes crash-consistent; [`device`] is the LU block device with its
+//! make writes crash-consistent; [`fence`] stops writes once the LU lock lease is over; [`device`] is the LU block device with its
 //! RAID 1 (`raid1`) and RAID 5 (`raid5`) paths and the readahead hints for
 //! large reads (`bulk`); [`jobs`] runs rebuild and scrub.
 //!
@@ -14,6 +14,7 @@
 mod bulk;
 pub mod device;
 pub mod disk;
+pub mod fence;
 pub mod intent;
 pub mod jobs;
 pub mod layout;
@@ -77,6 +78,10 @@ pub enum ArrayError {
         "LU {lu} was opened with fencing epoch {found} by another CHN (ours is {ours}); this CHN must not write it"
     )]
     Fenced { lu: u32, found: u64, ours: u64 },
+    #[error(
+        "LU {lu}: this CHN's lock lease ran out before the write; another CHN may own the LU now, so it is closed here"
+    )]
+    LeaseLost { lu: u32 },
     #[error("LU {lu}: {reason}")]
     Refused { lu: u32, reason: String },
     #[error("corrupt array metadata: {0}")]

@@ -34,6 +34,7 @@ pub fn now_ms() -> u64 {
 pub struct AdminService {
     pub lu: SharedLu,
     pub host: LuHost,
+    pub failover: crate::failover::Failover,
     pub version: String,
 }
 
@@ -487,6 +488,7 @@ impl admin_server::Admin for AdminService {
             partner_chn: r.partner_chn,
             state: ServiceState::ServiceServing as i32,
             users: r.users,
+            ..Export::default()
         };
         self.write(Kind::CreateExport(CreateExport { export: Some(export) }))
             .await
@@ -642,6 +644,101 @@ impl admin_server::Admin for AdminService {
                     .await
             }
         }
+    }
+
+    async fn move_export(&self, req: Request<MoveExportRequest>) -> Result<Response<MoveExportReply>, Status> {
+        let started = std::time::Instant::now();
+        self.lu.ensure_current().await?;
+        let r = req.get_ref();
+        let e = self
+            .lu
+            .state
+            .read()
+            .tables
+            .exports
+            .get(&r.export)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!("export {} does not exist; see `nasctl export list`", r.export))
+            })?;
+        let to = if r.to.is_empty() {
+            e.home_chn.clone()
+        } else {
+            r.to.clone()
+        };
+        if to == e.owner_chn {
+            return Err(Status::failed_precondition(format!(
+                "export {} is already served by CHN {to}",
+                e.name
+            )));
+        }
+        if e.owner_chn != self.lu.name {
+            let addr = self
+                .lu
+                .state
+                .read()
+                .tables
+                .daemons
+                .get(&e.owner_chn)
+                .map(|d| d.address.clone())
+                .unwrap_or_default();
+            let mut owner = self.owner_admin(&req, &e.owner_chn, &addr, e.lu)?;
+            let fwd = MoveExportRequest {
+                export: e.name.clone(),
+                to,
+            };
+            return match owner.move_export(forward(fwd)).await {
+                Err(s) if s.code() == tonic::Code::Unavailable => Err(Status::unavailable(format!(
+                    "CHN {} serving export {} does not answer ({}); if it has failed, failover moves the export by itself within the LU lease",
+                    e.owner_chn,
+                    e.name,
+                    s.message()
+                ))),
+                other => other,
+            };
+        }
+        let reason = if r.to.is_empty() {
+            "giveback"
+        } else {
+            "planned takeover"
+        };
+        let export = self.failover.move_here_to(&e, &to, reason).await?;
+        Ok(Response::new(MoveExportReply {
+            export: Some(export),
+            took_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+
+    async fn failover_status(
+        &self,
+        _req: Request<FailoverStatusRequest>,
+    ) -> Result<Response<FailoverStatusReply>, Status> {
+        let state = self.lu.state.read();
+        let t = &state.tables;
+        let m = self.failover.monitor();
+        let now = now_ms();
+        let exports = t
+            .exports
+            .values()
+            .map(|e| {
+                let lock = t.lu_locks.get(&e.lu).cloned();
+                ExportFailover {
+                    lease_left_ms: lock.as_ref().map_or(0, |l| l.lease_expiry_ms.saturating_sub(now)),
+                    lock,
+                    next_taker: m.next_taker(t, &e.owner_chn, &e.partner_chn).unwrap_or_default(),
+                    export: Some(e.clone()),
+                }
+            })
+            .collect();
+        let s = self.failover.settings();
+        Ok(Response::new(FailoverStatusReply {
+            answered_by: self.lu.name.clone(),
+            chns: m.all(t),
+            exports,
+            detect_ms: s.detect.as_millis() as u64,
+            lu_lease_ms: self.host.lease().as_millis() as u64,
+            giveback_after_s: s.giveback_after.map_or(0, |d| d.as_secs()),
+        }))
     }
 
     async fn list_locks(&self, req: Request<ListRequest>) -> Result<Response<LockTables>, Status> {

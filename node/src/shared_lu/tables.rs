@@ -142,6 +142,8 @@ impl Tables {
             Kind::ReportLu(c) => self.report_lu(c),
             Kind::TouchClients(c) => self.touch_clients(c),
             Kind::ExpireClients(c) => self.expire_clients(c.now_ms),
+            Kind::TakeOverExport(c) => self.take_over_export(c),
+            Kind::HandOverExport(c) => self.hand_over_export(c),
         }
     }
 
@@ -560,6 +562,7 @@ impl Tables {
         }
         let mut row = e.clone();
         row.state = ServiceState::ServiceServing as i32;
+        row.home_chn = e.owner_chn.clone();
         self.exports.insert(row.name.clone(), row);
         Ok(Applied::rows(vec![RowKey::Export(e.name.clone())]))
     }
@@ -721,6 +724,85 @@ impl Tables {
             assigned: ended.len() as u64,
             touched,
         })
+    }
+
+    fn export_mut(&mut self, name: &str) -> Result<&mut Export, Rejection> {
+        match self.exports.get_mut(name) {
+            Some(e) => Ok(e),
+            None => reject(
+                Code::NotFound,
+                format!("export {name} does not exist; see `nasctl export list`"),
+            ),
+        }
+    }
+
+    fn take_over_export(&mut self, c: &TakeOverExport) -> Result<Applied, Rejection> {
+        self.live_chn(&c.chn, "taking")?;
+        let (lu, from) = {
+            let e = self.export_mut(&c.export)?;
+            (e.lu, e.owner_chn.clone())
+        };
+        let mut applied = self.acquire_lu_lock(&AcquireLuLock {
+            lu,
+            chn: c.chn.clone(),
+            lease_ms: c.lease_ms,
+            now_ms: c.now_ms,
+        })?;
+        let e = self.export_mut(&c.export)?;
+        if from != c.chn {
+            e.owner_chn = c.chn.clone();
+            e.moved_ms = c.now_ms;
+            e.moved_from = from;
+            e.move_reason = c.reason.clone();
+        }
+        e.state = ServiceState::ServiceServing as i32;
+        applied.touched.push(RowKey::Export(c.export.clone()));
+        Ok(applied)
+    }
+
+    fn hand_over_export(&mut self, c: &HandOverExport) -> Result<Applied, Rejection> {
+        self.live_chn(&c.to, "receiving")?;
+        let e = self.export_mut(&c.export)?;
+        if e.owner_chn != c.from {
+            return reject(
+                Code::FailedPrecondition,
+                format!(
+                    "export {} is served by CHN {}, not by {}",
+                    c.export, e.owner_chn, c.from
+                ),
+            );
+        }
+        if c.to == c.from {
+            return reject(
+                Code::InvalidArgument,
+                format!("export {} is already served by CHN {}", c.export, c.to),
+            );
+        }
+        let lu = e.lu;
+        let mut touched = vec![RowKey::Export(c.export.clone())];
+        match self.lu_locks.get(&lu) {
+            Some(l) if l.chn == c.from && l.epoch == c.epoch => {
+                self.lu_locks.remove(&lu);
+                touched.push(RowKey::LuLock(lu));
+            }
+            Some(l) if l.lease_expiry_ms > c.now_ms => {
+                return reject(
+                    Code::FailedPrecondition,
+                    format!(
+                        "LU {lu} of export {} is held by CHN {} at epoch {}, not by {} at {}; retry",
+                        c.export, l.chn, l.epoch, c.from, c.epoch
+                    ),
+                )
+            }
+            _ => {}
+        }
+        let e = self.export_mut(&c.export)?;
+        e.owner_chn = c.to.clone();
+        e.moved_ms = c.now_ms;
+        e.moved_from = c.from.clone();
+        e.move_reason = c.reason.clone();
+        e.state = ServiceState::ServiceServing as i32;
+        Ok(Applied::rows(touched))
     }
 
     fn acquire_lu_lock(&mut self, c: &AcquireLuLock) -> Result<Applied, Rejection> {

@@ -16,6 +16,7 @@ macro_rules! outln {
     }};
 }
 
+mod failover;
 mod files;
 mod local_cluster;
 mod output;
@@ -103,6 +104,9 @@ enum Cmd {
     /// Take a file lock (`lock EXPORT:/path [--shared]`), or list LU and file locks (`lock list`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Lock(LockArgs),
+    /// Move exports between CHNs (planned takeover, giveback) and see the failover state.
+    #[command(subcommand)]
+    Failover(failover::FailoverCmd),
     /// Break a file lock as operator: every holder's, or one session's.
     Unlock {
         /// The locked file, as EXPORT:/path.
@@ -933,6 +937,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Fs(cmd) => files::run_fs(&c, &cli.login, cmd, json, Duration::from_secs(cli.retry_secs)).await,
         Cmd::Unlock { target, session } => files::break_lock(&c, &target, session, json).await,
+        Cmd::Failover(cmd) => failover::run(&c, cmd, json).await,
         Cmd::Lock(LockArgs {
             take: Some(take),
             list: None,

@@ -24,23 +24,31 @@ impl Table {
         self.rows.push(values);
     }
 
+    /// The rows as a JSON array of objects keyed by column.
+    pub fn to_json(&self) -> Value {
+        let out: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let obj: Map<String, Value> = self
+                    .columns
+                    .iter()
+                    .map(|c| c.to_string())
+                    .zip(r.iter().cloned())
+                    .collect();
+                Value::Object(obj)
+            })
+            .collect();
+        Value::Array(out)
+    }
+
     /// Prints the table (or JSON) to stdout.
     pub fn print(&self, json: bool) {
         if json {
-            let out: Vec<Value> = self
-                .rows
-                .iter()
-                .map(|r| {
-                    let obj: Map<String, Value> = self
-                        .columns
-                        .iter()
-                        .map(|c| c.to_string())
-                        .zip(r.iter().cloned())
-                        .collect();
-                    Value::Object(obj)
-                })
-                .collect();
-            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_else(|_| "[]".into()));
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&self.to_json()).unwrap_or_else(|_| "[]".into())
+            );
             return;
         }
         let cells: Vec<Vec<String>> = self.rows.iter().map(|r| r.iter().map(cell).collect()).collect();

@@ -1,0 +1,239 @@
+//! Failover: watching partners, taking over the exports of a failed CHN,
+//! planned moves (takeover and giveback) and automatic giveback.
+//!
+//! Map: [`monitor`] probes partners and says who looks failed and who would
+//! take over; this module acts on it. A takeover is one `TakeOverExport`
+//! command, which the tables accept only once the failed owner's LU lease
+//! has run out and which bumps the fencing epoch, so of several CHNs trying
+//! at once exactly one wins. Everything a client needs (sessions, file
+//! locks, exactly-once replies) is already in the shared LU or on the LU,
+//! so the taker mounts and serves: nothing is restored by hand.
+//!
+//! Owns the decisions to move exports; must never open or write an LU
+//! except through the LU host and the mounts of `exports`.
+
+pub mod monitor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nas_proto::command::Kind;
+use nas_proto::*;
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::config::FailoverSettings;
+use crate::exports::Exports;
+use crate::lu_host::LuHost;
+use crate::service::admin::now_ms;
+use crate::shared_lu::SharedLu;
+pub use monitor::Monitor;
+
+/// How long a planned move waits for the calls in progress.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// This CHN's failover engine; cheap to clone.
+#[derive(Clone)]
+pub struct Failover {
+    shared: SharedLu,
+    host: LuHost,
+    exports: Exports,
+    settings: FailoverSettings,
+    monitor: Monitor,
+    /// Exports whose mount failed, and when to try again.
+    retry_mount: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Failover {
+    pub fn new(shared: SharedLu, host: LuHost, exports: Exports, settings: FailoverSettings) -> Self {
+        let monitor = Monitor::new(shared.clone(), settings.clone());
+        Failover {
+            shared,
+            host,
+            exports,
+            settings,
+            monitor,
+            retry_mount: Arc::default(),
+        }
+    }
+
+    /// Probes partners and acts on what it sees, until dropped.
+    pub async fn run(self) {
+        let probes = tokio::spawn(self.monitor.clone().run());
+        let mut tick = tokio::time::interval(self.settings.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let exports: Vec<Export> = self.shared.state.read().tables.exports.values().cloned().collect();
+            for e in exports {
+                if e.owner_chn == self.shared.name {
+                    self.serve(&e).await;
+                    self.maybe_give_back(&e).await;
+                } else {
+                    self.maybe_take_over(&e).await;
+                }
+            }
+            if probes.is_finished() {
+                tracing::error!("partner monitor stopped");
+                return;
+            }
+        }
+    }
+
+    /// Mounts an export this CHN owns and has not mounted (after a
+    /// takeover, a handover to it, or a restart), so that the first client
+    /// call finds it ready.
+    async fn serve(&self, e: &Export) {
+        if self.host.holds(e.lu) && self.exports.is_mounted(&e.name) {
+            return;
+        }
+        if lock(&self.retry_mount)
+            .get(&e.name)
+            .is_some_and(|t| Instant::now() < *t)
+        {
+            return;
+        }
+        let started = Instant::now();
+        match self.exports.volume(e).await {
+            Ok(_) => {
+                lock(&self.retry_mount).remove(&e.name);
+                tracing::info!(export = %e.name, took_ms = started.elapsed().as_millis() as u64, "serving export");
+            }
+            Err(s) => {
+                lock(&self.retry_mount).insert(e.name.clone(), Instant::now() + Duration::from_millis(250));
+                tracing::debug!(export = %e.name, "not mounted yet: {}", s.message());
+            }
+        }
+    }
+
+    /// Takes `e` over if its owner looks failed, this CHN is the one to
+    /// take it, and the owner's LU lease has run out.
+    async fn maybe_take_over(&self, e: &Export) {
+        let (reason, lease_left) = {
+            let state = self.shared.state.read();
+            let t = &state.tables;
+            let owner = self.monitor.health(t, &e.owner_chn);
+            if !owner.failed {
+                return;
+            }
+            if self.monitor.next_taker(t, &e.owner_chn, &e.partner_chn).as_deref() != Some(&self.shared.name) {
+                return;
+            }
+            let reason = if owner.probe_failures >= monitor::PROBE_FAILURES {
+                format!(
+                    "CHN {} failed {} health probes in a row",
+                    e.owner_chn, owner.probe_failures
+                )
+            } else {
+                format!("CHN {} heartbeat is {} ms old", e.owner_chn, owner.heartbeat_age_ms)
+            };
+            let lease_left = t
+                .lu_locks
+                .get(&e.lu)
+                .filter(|l| l.chn != self.shared.name)
+                .map_or(0, |l| l.lease_expiry_ms.saturating_sub(now_ms()));
+            (reason, lease_left)
+        };
+        // The tables refuse a takeover before the lease ends; asking early
+        // only costs a Raft round.
+        if lease_left > 0 {
+            return;
+        }
+        let cmd = Kind::TakeOverExport(TakeOverExport {
+            export: e.name.clone(),
+            chn: self.shared.name.clone(),
+            lease_ms: self.host.lease().as_millis() as u64,
+            now_ms: now_ms(),
+            reason: reason.clone(),
+        });
+        let detected = self.monitor.failing_since(&e.owner_chn);
+        match self.shared.write(Command { kind: Some(cmd) }).await {
+            Ok(r) => {
+                tracing::warn!(
+                    export = %e.name,
+                    from = %e.owner_chn,
+                    epoch = r.assigned,
+                    since_probe_failed_ms = detected.map(|d| d.elapsed().as_millis() as u64),
+                    "took the export over: {reason}"
+                );
+                lock(&self.retry_mount).remove(&e.name);
+                if let Ok(row) = self.exports.export(&e.name).await {
+                    self.serve(&row).await;
+                }
+            }
+            Err(s) => tracing::debug!(export = %e.name, "takeover not (yet) possible: {}", s.message()),
+        }
+    }
+
+    /// Gives `e` back to its home CHN once that has been healthy for the
+    /// configured delay (when automatic giveback is on).
+    async fn maybe_give_back(&self, e: &Export) {
+        let Some(after) = self.settings.giveback_after else {
+            return;
+        };
+        if e.home_chn.is_empty() || e.home_chn == self.shared.name {
+            return;
+        }
+        let healthy = {
+            let state = self.shared.state.read();
+            !self.monitor.health(&state.tables, &e.home_chn).failed
+        };
+        if healthy && self.monitor.healthy_for(&e.home_chn) >= after {
+            match self.move_here_to(e, &e.home_chn, "automatic giveback").await {
+                Ok(_) => tracing::info!(export = %e.name, to = %e.home_chn, "gave the export back"),
+                Err(s) => tracing::warn!(export = %e.name, "giveback failed: {}", s.message()),
+            }
+        }
+    }
+
+    /// A planned move of an export this CHN serves to `to`: drain, unmount,
+    /// hand the LU lock over. Clients see UNAVAILABLE (which they retry)
+    /// for the moment it takes, never an error.
+    pub async fn move_here_to(&self, e: &Export, to: &str, reason: &str) -> Result<Export, Status> {
+        {
+            let state = self.shared.state.read();
+            let h = self.monitor.health(&state.tables, to);
+            if !state.tables.daemons.contains_key(to) {
+                return Err(Status::not_found(format!(
+                    "CHN {to} is not installed; see `nasctl chn list`"
+                )));
+            }
+            if h.failed {
+                return Err(Status::failed_precondition(format!(
+                    "CHN {to} does not look healthy from CHN {} (probe ok: {}, heartbeat {} ms old); see `nasctl failover status`",
+                    self.shared.name, h.probe_ok, h.heartbeat_age_ms
+                )));
+            }
+        }
+        let (name, lu, from) = (e.name.clone(), e.lu, self.shared.name.clone());
+        let to = to.to_string();
+        let reason = reason.to_string();
+        let host = self.host.clone();
+        let hand = host.hand_over(lu, move |epoch| Command {
+            kind: Some(Kind::HandOverExport(HandOverExport {
+                export: name,
+                from,
+                epoch,
+                to,
+                now_ms: now_ms(),
+                reason,
+            })),
+        });
+        self.exports.unmount_for(&e.name, DRAIN, hand).await?;
+        self.exports.export(&e.name).await
+    }
+
+    /// The monitor, for the status call.
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    pub fn settings(&self) -> &FailoverSettings {
+        &self.settings
+    }
+}

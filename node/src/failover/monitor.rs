@@ -1,0 +1,191 @@
+//! Partner monitoring: a direct gRPC health probe of every other installed
+//! CHN, and the age of its heartbeat in the shared LU.
+//!
+//! Owns the probe tasks and what they learned. It decides only whether a
+//! CHN *looks* failed from here; it must never act on that (taking an
+//! export over is the failover loop's job, and the LU lock lease, not this
+//! view, is what makes a takeover safe).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nas_proto::{ChnState, PartnerHealth};
+use tokio::time::Instant;
+use tonic::transport::Endpoint;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+
+use crate::config::FailoverSettings;
+use crate::service::admin::now_ms;
+use crate::shared_lu::tables::Tables;
+use crate::shared_lu::SharedLu;
+
+/// Probes that must fail in a row before a CHN counts as failed.
+pub const PROBE_FAILURES: u32 = 3;
+
+#[derive(Debug, Clone)]
+struct Probe {
+    ok: bool,
+    failures: u32,
+    /// Since when the probes have answered without a break.
+    healthy_since: Option<Instant>,
+    /// When the current run of failures began.
+    failing_since: Option<Instant>,
+}
+
+/// What this CHN knows of its partners; cheap to clone.
+#[derive(Clone)]
+pub struct Monitor {
+    shared: SharedLu,
+    settings: FailoverSettings,
+    probes: Arc<Mutex<HashMap<String, Probe>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Monitor {
+    pub fn new(shared: SharedLu, settings: FailoverSettings) -> Self {
+        Monitor {
+            shared,
+            settings,
+            probes: Arc::default(),
+        }
+    }
+
+    /// Keeps one probe task per installed partner until dropped.
+    pub async fn run(self) {
+        let mut tasks: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let mut tick = tokio::time::interval(self.settings.probe_interval);
+        loop {
+            tick.tick().await;
+            let partners: HashMap<String, String> = {
+                let state = self.shared.state.read();
+                state
+                    .tables
+                    .daemons
+                    .values()
+                    .filter(|d| d.chn != self.shared.name && d.state == ChnState::ChnInstalled as i32)
+                    .map(|d| (d.chn.clone(), d.address.clone()))
+                    .collect()
+            };
+            tasks.retain(|chn, (addr, task)| {
+                let keep = partners.get(chn) == Some(addr);
+                if !keep {
+                    task.abort();
+                    lock(&self.probes).remove(chn);
+                }
+                keep
+            });
+            for (chn, addr) in partners {
+                if !tasks.contains_key(&chn) {
+                    let task = tokio::spawn(self.clone().probe_loop(chn.clone(), addr.clone()));
+                    tasks.insert(chn, (addr, task));
+                }
+            }
+        }
+    }
+
+    async fn probe_loop(self, chn: String, addr: String) {
+        let every = self.settings.probe_interval;
+        // A stopped process accepts connections and never answers: the
+        // timeout, not an error, is what tells.
+        let timeout = (every * 2).max(Duration::from_millis(100));
+        let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else {
+            tracing::warn!(%chn, %addr, "cannot probe: bad address");
+            return;
+        };
+        let mut client = HealthClient::new(ep.connect_timeout(timeout).tcp_nodelay(true).connect_lazy());
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let asked = client.check(HealthCheckRequest { service: String::new() });
+            let ok = matches!(
+                tokio::time::timeout(timeout, asked).await,
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+            );
+            let now = Instant::now();
+            let mut probes = lock(&self.probes);
+            let p = probes.entry(chn.clone()).or_insert_with(|| Probe {
+                ok,
+                failures: 0,
+                healthy_since: None,
+                failing_since: None,
+            });
+            p.ok = ok;
+            if ok {
+                p.failures = 0;
+                p.failing_since = None;
+                p.healthy_since.get_or_insert(now);
+            } else {
+                p.failures = p.failures.saturating_add(1);
+                p.failing_since.get_or_insert(now);
+                p.healthy_since = None;
+            }
+        }
+    }
+
+    /// How `chn` looks from here, given the tables.
+    pub fn health(&self, t: &Tables, chn: &str) -> PartnerHealth {
+        let now = now_ms();
+        let d = t.daemons.get(chn);
+        let age = d.map_or(u64::MAX, |d| now.saturating_sub(d.heartbeat_ms));
+        let mut h = PartnerHealth {
+            chn: chn.to_string(),
+            address: d.map(|d| d.address.clone()).unwrap_or_default(),
+            heartbeat_age_ms: age,
+            load: d.map_or(0, |d| d.load),
+            probe_ok: true,
+            ..PartnerHealth::default()
+        };
+        if chn == self.shared.name {
+            return h;
+        }
+        match lock(&self.probes).get(chn) {
+            Some(p) => {
+                h.probe_ok = p.ok;
+                h.probe_failures = p.failures;
+            }
+            None => h.probe_ok = false,
+        }
+        h.failed = d.is_none_or(|d| d.state != ChnState::ChnInstalled as i32)
+            || h.probe_failures >= PROBE_FAILURES
+            || age > self.settings.detect.as_millis() as u64;
+        h
+    }
+
+    /// When the current run of failed probes of `chn` began.
+    pub fn failing_since(&self, chn: &str) -> Option<Instant> {
+        lock(&self.probes).get(chn).and_then(|p| p.failing_since)
+    }
+
+    /// How long `chn`'s probes have answered without a break.
+    pub fn healthy_for(&self, chn: &str) -> Duration {
+        lock(&self.probes)
+            .get(chn)
+            .and_then(|p| p.healthy_since)
+            .map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    /// Every installed CHN, as it looks from here.
+    pub fn all(&self, t: &Tables) -> Vec<PartnerHealth> {
+        t.daemons.keys().map(|c| self.health(t, c)).collect()
+    }
+
+    /// The CHN that takes `owner`'s exports over if it fails: the partner
+    /// when healthy, otherwise the least loaded healthy survivor (ties by
+    /// name, so that every CHN picks the same one from the same view).
+    pub fn next_taker(&self, t: &Tables, owner: &str, partner: &str) -> Option<String> {
+        let healthy = |chn: &str| chn != owner && !self.health(t, chn).failed;
+        if !partner.is_empty() && t.daemons.contains_key(partner) && healthy(partner) {
+            return Some(partner.to_string());
+        }
+        t.daemons
+            .values()
+            .filter(|d| healthy(&d.chn))
+            .min_by_key(|d| (d.load, d.chn.clone()))
+            .map(|d| d.chn.clone())
+    }
+}
