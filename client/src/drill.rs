@@ -126,8 +126,8 @@ impl Writers {
     }
 
     /// Errors so far.
-    pub fn errors(&self) -> usize {
-        lock(&self.ledger).errors.len()
+    pub fn errors(&self) -> Vec<String> {
+        lock(&self.ledger).errors.clone()
     }
 
     /// The first acknowledgement at or after `after_ms` served by another

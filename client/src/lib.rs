@@ -130,7 +130,13 @@ impl Cluster {
                     self.preferred.store(i % self.channels.len(), Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                // A connection to a CHN that died breaks with a transport
+                // error (Unknown with a source; a CHN never sends Unknown).
+                Err(s)
+                    if (s.code() == Code::Unavailable
+                        || (s.code() == Code::Unknown && std::error::Error::source(&s).is_some()))
+                        && tokio::time::Instant::now() < deadline =>
+                {
                     i += 1;
                     tried_all_once += 1;
                     if tried_all_once >= self.channels.len() {

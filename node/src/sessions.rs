@@ -260,7 +260,10 @@ impl Sessions {
     }
 
     async fn background(self) {
-        let period = (self.inner.lease / 4).max(Duration::from_millis(250));
+        // At most a second: the renewals a CHN has gathered die with it, so
+        // a client served by CHNs that keep failing over must still be
+        // renewed by each of them well within its lease.
+        let period = (self.inner.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

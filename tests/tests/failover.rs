@@ -109,11 +109,11 @@ async fn drill(
         || async { w.first_ack_elsewhere(fault_ms, &old_addr) },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}; errors so far: {}\n{}", w.errors(), c.logs()));
+    .unwrap_or_else(|e| panic!("{e}; errors so far: {:?}\n{}", w.errors(), c.logs()));
     after(&old);
     let before = w.acked();
     wait_until("writes after the failover", Duration::from_secs(30), || async {
-        (w.acked() >= before + 30 || w.errors() > 0).then_some(())
+        (w.acked() >= before + 30 || !w.errors().is_empty()).then_some(())
     })
     .await
     .expect("writers going on");
@@ -194,7 +194,7 @@ async fn b_kill_the_raft_leader_alone_and_when_it_serves() {
     c.kill9(&leader);
     let before = w.acked();
     wait_until("writes with a new leader", Duration::from_secs(30), || async {
-        (w.acked() >= before + 40 || w.errors() > 0).then_some(())
+        (w.acked() >= before + 40 || !w.errors().is_empty()).then_some(())
     })
     .await
     .expect("writing on");
@@ -272,7 +272,7 @@ async fn f_planned_takeover_and_giveback_without_client_errors() {
         async move {
             let before = w.acked();
             wait_until("writes", Duration::from_secs(30), || async {
-                (w.acked() >= before + n || w.errors() > 0).then_some(())
+                (w.acked() >= before + n || !w.errors().is_empty()).then_some(())
             })
             .await
             .expect("writing");
@@ -330,13 +330,14 @@ async fn no_quorum_answers_unavailable_and_recovers_by_itself() {
         .expect("session");
     c.kill9("CHN2");
     c.kill9("CHN3");
-    let e = impatient.write(f.handle, 0, b"during").await.expect_err("no quorum");
+    // Within its lease the owner may still serve; then it must stop.
+    let e = wait_until("the owner to stop serving", Duration::from_secs(30), || async {
+        impatient.write(f.handle, 0, b"during").await.err()
+    })
+    .await
+    .expect("no quorum");
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
-    assert!(
-        e.message().contains("quorum") || e.message().contains("leader"),
-        "{}",
-        e.message()
-    );
+    assert!(e.message().contains("quorum"), "{}", e.message());
     c.cluster_up(None, &[]).expect("restart CHN2 and CHN3");
     // The patient client gets through once the quorum is back.
     client

@@ -125,12 +125,9 @@ impl Failover {
                 return;
             }
             let reason = if owner.probe_failures >= monitor::PROBE_FAILURES {
-                format!(
-                    "CHN {} failed {} health probes in a row",
-                    e.owner_chn, owner.probe_failures
-                )
+                format!("{} failed {} health probes in a row", e.owner_chn, owner.probe_failures)
             } else {
-                format!("CHN {} heartbeat is {} ms old", e.owner_chn, owner.heartbeat_age_ms)
+                format!("{}'s heartbeat is {} ms old", e.owner_chn, owner.heartbeat_age_ms)
             };
             let lease_left = t
                 .lu_locks
@@ -171,12 +168,13 @@ impl Failover {
     }
 
     /// Gives `e` back to its home CHN once that has been healthy for the
-    /// configured delay (when automatic giveback is on).
+    /// configured delay (when automatic giveback is on). Only after a
+    /// failover: an export the operator moved stays where it was put.
     async fn maybe_give_back(&self, e: &Export) {
         let Some(after) = self.settings.giveback_after else {
             return;
         };
-        if e.home_chn.is_empty() || e.home_chn == self.shared.name {
+        if !e.failed_over || e.home_chn.is_empty() || e.home_chn == self.shared.name {
             return;
         }
         let healthy = {
@@ -200,12 +198,12 @@ impl Failover {
             let h = self.monitor.health(&state.tables, to);
             if !state.tables.daemons.contains_key(to) {
                 return Err(Status::not_found(format!(
-                    "CHN {to} is not installed; see `nasctl chn list`"
+                    "{to} is not an installed CHN; see `nasctl chn list`"
                 )));
             }
             if h.failed {
                 return Err(Status::failed_precondition(format!(
-                    "CHN {to} does not look healthy from CHN {} (probe ok: {}, heartbeat {} ms old); see `nasctl failover status`",
+                    "{to} does not look healthy from {} (probe ok: {}, heartbeat {} ms old); see `nasctl failover status`",
                     self.shared.name, h.probe_ok, h.heartbeat_age_ms
                 )));
             }
@@ -225,6 +223,8 @@ impl Failover {
             })),
         });
         self.exports.unmount_for(&e.name, DRAIN, hand).await?;
+        // The handover was applied on the leader; this CHN may lag it.
+        self.shared.ensure_current().await?;
         self.exports.export(&e.name).await
     }
 

@@ -668,7 +668,7 @@ impl admin_server::Admin for AdminService {
         };
         if to == e.owner_chn {
             return Err(Status::failed_precondition(format!(
-                "export {} is already served by CHN {to}",
+                "export {} is already served by {to}",
                 e.name
             )));
         }
@@ -689,7 +689,7 @@ impl admin_server::Admin for AdminService {
             };
             return match owner.move_export(forward(fwd)).await {
                 Err(s) if s.code() == tonic::Code::Unavailable => Err(Status::unavailable(format!(
-                    "CHN {} serving export {} does not answer ({}); if it has failed, failover moves the export by itself within the LU lease",
+                    "{}, serving export {}, does not answer ({}); if it has failed, failover moves the export by itself within the LU lease",
                     e.owner_chn,
                     e.name,
                     s.message()
@@ -745,7 +745,8 @@ impl admin_server::Admin for AdminService {
         let ((lu_locks, file_locks), possibly_stale) = self
             .read(req, |t| {
                 (
-                    t.lu_locks.values().cloned().collect(),
+                    // A released lock keeps its row for the epoch only.
+                    t.lu_locks.values().filter(|l| !l.chn.is_empty()).cloned().collect(),
                     t.file_locks.values().cloned().collect(),
                 )
             })

@@ -754,6 +754,7 @@ impl Tables {
             e.moved_ms = c.now_ms;
             e.moved_from = from;
             e.move_reason = c.reason.clone();
+            e.failed_over = true;
         }
         e.state = ServiceState::ServiceServing as i32;
         applied.touched.push(RowKey::Export(c.export.clone()));
@@ -766,10 +767,7 @@ impl Tables {
         if e.owner_chn != c.from {
             return reject(
                 Code::FailedPrecondition,
-                format!(
-                    "export {} is served by CHN {}, not by {}",
-                    c.export, e.owner_chn, c.from
-                ),
+                format!("export {} is served by {}, not by {}", c.export, e.owner_chn, c.from),
             );
         }
         if c.to == c.from {
@@ -782,7 +780,7 @@ impl Tables {
         let mut touched = vec![RowKey::Export(c.export.clone())];
         match self.lu_locks.get(&lu) {
             Some(l) if l.chn == c.from && l.epoch == c.epoch => {
-                self.lu_locks.remove(&lu);
+                self.release(lu);
                 touched.push(RowKey::LuLock(lu));
             }
             Some(l) if l.lease_expiry_ms > c.now_ms => {
@@ -801,8 +799,18 @@ impl Tables {
         e.moved_ms = c.now_ms;
         e.moved_from = c.from.clone();
         e.move_reason = c.reason.clone();
+        e.failed_over = false;
         e.state = ServiceState::ServiceServing as i32;
         Ok(Applied::rows(touched))
+    }
+
+    /// Frees an LU lock but keeps its epoch: the LU superblock carries the
+    /// highest epoch it was opened with, and the next holder must exceed it.
+    fn release(&mut self, lu: u32) {
+        if let Some(l) = self.lu_locks.get_mut(&lu) {
+            l.chn.clear();
+            l.lease_expiry_ms = 0;
+        }
     }
 
     fn acquire_lu_lock(&mut self, c: &AcquireLuLock) -> Result<Applied, Rejection> {
@@ -845,7 +853,7 @@ impl Tables {
     fn release_lu_lock(&mut self, c: &ReleaseLuLock) -> Result<Applied, Rejection> {
         match self.lu_locks.get(&c.lu) {
             Some(l) if l.chn == c.chn && l.epoch == c.epoch => {
-                self.lu_locks.remove(&c.lu);
+                self.release(c.lu);
                 Ok(Applied::rows(vec![RowKey::LuLock(c.lu)]))
             }
             Some(l) => reject(
@@ -1315,6 +1323,81 @@ mod tests {
         };
         rejected_with(&mut t, release("CHN1", 1), Code::FailedPrecondition, "held by CHN CHN5");
         t.apply(&release("CHN5", 2)).unwrap();
+        assert_eq!(
+            t.apply(&acquire("CHN1", 12_000)).unwrap().assigned,
+            3,
+            "a released lock keeps its epoch: the LU superblock says 2"
+        );
+    }
+
+    #[test]
+    fn exports_move_with_the_lu_lock() {
+        let mut t = with_array(2);
+        t.apply(&lu(RaidLevel::Raid1, &[1, 2])).unwrap();
+        for (name, id) in [("CHN1", 1), ("CHN2", 2), ("CHN3", 3)] {
+            register(&mut t, name, id);
+        }
+        t.apply(&cmd(Kind::CreateExport(CreateExport {
+            export: Some(Export {
+                name: "home".into(),
+                lu: 1,
+                owner_chn: "CHN1".into(),
+                partner_chn: "CHN2".into(),
+                ..Default::default()
+            }),
+        })))
+        .unwrap();
+        assert_eq!(t.exports["home"].home_chn, "CHN1");
+        let lock = cmd(Kind::AcquireLuLock(AcquireLuLock {
+            lu: 1,
+            chn: "CHN1".into(),
+            lease_ms: 700,
+            now_ms: 1000,
+        }));
+        assert_eq!(t.apply(&lock).unwrap().assigned, 1);
+        let take = |chn: &str, now: u64| {
+            cmd(Kind::TakeOverExport(TakeOverExport {
+                export: "home".into(),
+                chn: chn.into(),
+                lease_ms: 700,
+                now_ms: now,
+                reason: "test".into(),
+            }))
+        };
+        // Not while the owner's lease runs; the refusal changes nothing.
+        rejected_with(&mut t, take("CHN2", 1500), Code::FailedPrecondition, "locked by");
+        assert_eq!(t.exports["home"].owner_chn, "CHN1");
+        assert_eq!(t.apply(&take("CHN2", 1700)).unwrap().assigned, 2);
+        // A second taker at the same moment loses: the lease is CHN2's now.
+        rejected_with(&mut t, take("CHN3", 1700), Code::FailedPrecondition, "locked by");
+        let e = &t.exports["home"];
+        assert_eq!(
+            (e.owner_chn.as_str(), e.moved_from.as_str(), e.failed_over),
+            ("CHN2", "CHN1", true)
+        );
+        let hand = |from: &str, epoch: u64, to: &str| {
+            cmd(Kind::HandOverExport(HandOverExport {
+                export: "home".into(),
+                from: from.into(),
+                epoch,
+                to: to.into(),
+                now_ms: 1800,
+                reason: "giveback".into(),
+            }))
+        };
+        rejected_with(
+            &mut t,
+            hand("CHN1", 1, "CHN1"),
+            Code::FailedPrecondition,
+            "served by CHN2",
+        );
+        rejected_with(&mut t, hand("CHN2", 1, "CHN1"), Code::FailedPrecondition, "epoch 2");
+        rejected_with(&mut t, hand("CHN2", 2, "CHN9"), Code::NotFound, "CHN9");
+        t.apply(&hand("CHN2", 2, "CHN1")).unwrap();
+        let e = &t.exports["home"];
+        assert_eq!((e.owner_chn.as_str(), e.failed_over), ("CHN1", false));
+        assert_eq!(t.lu_locks[&1].chn, "", "the lock is free");
+        assert_eq!(t.apply(&take("CHN1", 1900)).unwrap().assigned, 3);
     }
 
     #[test]
