@@ -248,7 +248,11 @@ impl NasClient {
                 seq,
                 acked: self.acked(),
             };
-            match f(grpc, call).await {
+            let attempt = tokio::select! {
+                r = f(grpc, call) => r,
+                moved = self.owner_moved() => Err(moved),
+            };
+            match attempt {
                 Ok(r) => break Ok(r.into_inner()),
                 Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
                     self.follow(&s).await;
@@ -265,6 +269,29 @@ impl NasClient {
             lock(&inner.outstanding).remove(&seq);
         }
         result
+    }
+
+    /// Resolves (with an UNAVAILABLE naming the new owner) once the service
+    /// table says another CHN serves the export; pends forever otherwise.
+    /// A call to a CHN that was paused or cut off hangs rather than fails:
+    /// this lets it go to the new owner with the same sequence number,
+    /// which is safe because the old owner is fenced before anyone takes
+    /// the export over.
+    async fn owner_moved(&self) -> Status {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        loop {
+            let here = self.serving_addr();
+            if let Ok(addr) = owner_addr(&self.inner.cluster, &self.inner.export).await {
+                if addr != here {
+                    let mut s = Status::unavailable(format!("export {} moved to {addr}", self.inner.export));
+                    if let Ok(v) = addr.parse() {
+                        s.metadata_mut().insert(OWNER_KEY, v);
+                    }
+                    return s;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// UNAVAILABLE after the retry budget is spent: says which CHN did not

@@ -121,7 +121,16 @@ impl Failover {
             if !owner.failed {
                 return;
             }
-            if self.monitor.next_taker(t, &e.owner_chn, &e.partner_chn).as_deref() != Some(&self.shared.name) {
+            // The chosen taker goes first; should it not act (it sees things
+            // differently, or failed too), any survivor tries once the
+            // lease has been over for the detection time. The tables let
+            // exactly one of them win.
+            let chosen = self.monitor.next_taker(t, &e.owner_chn, &e.partner_chn).as_deref() == Some(&self.shared.name);
+            let overdue = t
+                .lu_locks
+                .get(&e.lu)
+                .is_some_and(|l| l.lease_expiry_ms + self.settings.detect.as_millis() as u64 <= now_ms());
+            if !chosen && !overdue {
                 return;
             }
             let reason = if owner.probe_failures >= monitor::PROBE_FAILURES {

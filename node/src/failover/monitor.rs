@@ -178,14 +178,25 @@ impl Monitor {
     /// when healthy, otherwise the least loaded healthy survivor (ties by
     /// name, so that every CHN picks the same one from the same view).
     pub fn next_taker(&self, t: &Tables, owner: &str, partner: &str) -> Option<String> {
-        let healthy = |chn: &str| chn != owner && !self.health(t, chn).failed;
+        // Probes only: while the owner's failure stalls the shared LU (it
+        // led Raft, say) every heartbeat ages alike, and judging by them
+        // would pass over a partner that is fine.
+        let healthy = |chn: &str| {
+            chn != owner
+                && t.daemons
+                    .get(chn)
+                    .is_some_and(|d| d.state == ChnState::ChnInstalled as i32)
+                && (chn == self.shared.name || lock(&self.probes).get(chn).is_some_and(|p| p.failures < PROBE_FAILURES))
+        };
         if !partner.is_empty() && t.daemons.contains_key(partner) && healthy(partner) {
             return Some(partner.to_string());
         }
         t.daemons
             .values()
             .filter(|d| healthy(&d.chn))
-            .min_by_key(|d| (d.load, d.chn.clone()))
+            // Whole load units: finer figures change with every heartbeat,
+            // and CHNs reading them at different moments would disagree.
+            .min_by_key(|d| (d.load / 100, d.chn.clone()))
             .map(|d| d.chn.clone())
     }
 }

@@ -184,6 +184,19 @@ impl SharedLu {
         Some((id, node))
     }
 
+    /// Resolves once this CHN knows a leader other than the one at `addr`.
+    async fn leader_moves_from(&self, addr: &str) {
+        let mut m = self.raft.metrics();
+        loop {
+            if self.leader().is_some_and(|(_, n)| n.addr != addr) {
+                return;
+            }
+            if m.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     fn raft_client(&self, addr: &str) -> Result<RaftClient<tonic::transport::Channel>, Status> {
         let ch = self
             .peers
@@ -229,7 +242,18 @@ impl SharedLu {
             match self.write_here(cmd.clone()).await {
                 Err(Redirect::To(node)) => {
                     let mut client = self.raft_client(&node.addr)?;
-                    let reply = client.forward(cmd).await.map_err(|s| match s.code() {
+                    let forwarded = async {
+                        tokio::select! {
+                            r = client.forward(cmd) => r,
+                            // A leader that is paused or cut off never
+                            // answers; once another CHN leads, stop waiting.
+                            _ = self.leader_moves_from(&node.addr) => Err(Status::unavailable("another CHN leads now")),
+                            _ = tokio::time::sleep_until(deadline) => Err(Status::unavailable(format!(
+                                "no answer within {} ms", self.quorum_timeout.as_millis()
+                            ))),
+                        }
+                    };
+                    let reply = forwarded.await.map_err(|s| match s.code() {
                         Code::Unavailable | Code::Unknown | Code::Cancelled => Status::unavailable(format!(
                             "leader {} could not be reached ({}); the command may or may not have been applied",
                             node.name,

@@ -91,7 +91,7 @@ fn password(user: &str) -> anyhow::Result<String> {
         .context("cannot read a password from the terminal; set NAS_PASSWORD instead")
 }
 
-async fn session(c: &Cluster, login: &Login, export: &str, retry: Duration) -> anyhow::Result<NasClient> {
+pub async fn session(c: &Cluster, login: &Login, export: &str, retry: Duration) -> anyhow::Result<NasClient> {
     let Some(user) = &login.user else {
         bail!("file commands need a user: pass --user NAME or set NAS_USER (add one with `nasctl user add`)");
     };

@@ -25,6 +25,9 @@ pub struct Layout {
     /// Extra arguments passed to every nasd.
     #[serde(default)]
     pub nasd_args: Vec<String>,
+    /// Each CHN in a network namespace of its own (`--netns`).
+    #[serde(default)]
+    pub netns: bool,
 }
 
 /// One CHN of a local cluster.
@@ -40,7 +43,10 @@ pub struct UpOptions {
     pub dir: PathBuf,
     pub nasd: Option<PathBuf>,
     pub nasd_args: Option<Vec<String>>,
+    pub netns: bool,
     pub json: bool,
+    /// Print nothing (a drill restarting a CHN).
+    pub quiet: bool,
 }
 
 fn layout_path(dir: &Path) -> PathBuf {
@@ -139,7 +145,7 @@ fn find_nasd(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String]) -> anyhow::Result<()> {
+fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String], ns: Option<&str>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let ndir = node_dir(dir, &node.name);
     std::fs::create_dir_all(&ndir).with_context(|| format!("cannot create {}", ndir.display()))?;
@@ -149,7 +155,17 @@ fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String]) -> any
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let child = Command::new(nasd)
+    // `ip netns exec` enters the namespace and execs nasd in place, so the
+    // pid is nasd's.
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(nasd);
+            c
+        }
+        None => Command::new(nasd),
+    };
+    let child = cmd
         .arg("--name")
         .arg(&node.name)
         .arg("--listen")
@@ -216,10 +232,24 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             layout.nodes.len()
         );
     }
+    if layout.nodes.is_empty() {
+        layout.netns = opts.netns;
+    } else if opts.netns && !layout.netns {
+        bail!(
+            "{} holds a cluster on loopback; --netns applies only to a new cluster folder",
+            dir.display()
+        );
+    }
+    let net = crate::netns::Net::for_dir(dir);
     for i in layout.nodes.len()..wanted {
+        let addr = if layout.netns {
+            net.addr(i)
+        } else {
+            format!("127.0.0.1:{}", free_port()?)
+        };
         layout.nodes.push(NodeSpec {
             name: format!("CHN{}", i + 1),
-            addr: format!("127.0.0.1:{}", free_port()?),
+            addr,
         });
     }
     if let Some(args) = opts.nasd_args {
@@ -229,9 +259,15 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     std::fs::write(layout_path(dir), serde_json::to_string_pretty(&layout)?)?;
 
     let nasd = find_nasd(opts.nasd)?;
-    for node in &layout.nodes {
+    for (i, node) in layout.nodes.iter().enumerate() {
         if running_pid(dir, &node.name).is_none() {
-            spawn_nasd(&nasd, dir, node, &layout.nasd_args)?;
+            let ns = if layout.netns {
+                net.ensure(i)?;
+                Some(net.ns(i))
+            } else {
+                None
+            };
+            spawn_nasd(&nasd, dir, node, &layout.nasd_args, ns.as_deref())?;
         }
     }
     let addrs: Vec<String> = layout.nodes.iter().map(|n| n.addr.clone()).collect();
@@ -260,7 +296,9 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     // shared LU and its backup, define paths, then install each next CHN.
     let first = &layout.nodes[0];
     if !initialized[0] {
-        eprintln!("installing {} (bootstrap) ...", first.name);
+        if !opts.quiet {
+            eprintln!("installing {} (bootstrap) ...", first.name);
+        }
         ignore_exists(cluster.admin_at(0).bootstrap(proto::BootstrapRequest {}).await)?;
     }
     ignore_exists(
@@ -292,7 +330,9 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         if status.members.iter().any(|m| m.name == node.name && m.voter) {
             continue;
         }
-        eprintln!("installing {} ...", node.name);
+        if !opts.quiet {
+            eprintln!("installing {} ...", node.name);
+        }
         let req = proto::InstallChnRequest {
             name: node.name.clone(),
             address: node.addr.clone(),
@@ -330,6 +370,9 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
 
     let env_line = format!("NAS_CLUSTER={}", addrs.join(","));
     std::fs::write(dir.join("cluster.env"), format!("{env_line}\n"))?;
+    if opts.quiet {
+        return Ok(());
+    }
     if opts.json {
         let nodes: Vec<_> = layout
             .nodes
@@ -401,6 +444,9 @@ pub async fn down(dir: &Path, json: bool) -> anyhow::Result<()> {
             unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
         let _ = std::fs::remove_file(node_dir(dir, name).join("nasd.pid"));
+    }
+    if layout.netns {
+        crate::netns::Net::for_dir(&dir.canonicalize()?).remove(layout.nodes.len());
     }
     if json {
         let names: Vec<_> = stopped.iter().map(|(n, _)| n.clone()).collect();

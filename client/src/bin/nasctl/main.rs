@@ -16,9 +16,11 @@ macro_rules! outln {
     }};
 }
 
+mod drill;
 mod failover;
 mod files;
 mod local_cluster;
+mod netns;
 mod output;
 
 use std::path::PathBuf;
@@ -104,6 +106,9 @@ enum Cmd {
     /// Take a file lock (`lock EXPORT:/path [--shared]`), or list LU and file locks (`lock list`).
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Lock(LockArgs),
+    /// Failover drill on a local cluster: writers, a fault (kill, pause,
+    /// partition) on a CHN, then every acknowledged write read back.
+    Drill(drill::DrillArgs),
     /// Move exports between CHNs (planned takeover, giveback) and see the failover state.
     #[command(subcommand)]
     Failover(failover::FailoverCmd),
@@ -144,6 +149,11 @@ enum ClusterCmd {
         /// Extra argument for every nasd, e.g. --nasd-arg=--snapshot-threshold=1000 (repeatable; replaces the saved ones).
         #[arg(long = "nasd-arg", allow_hyphen_values = true)]
         nasd_args: Vec<String>,
+        /// Run each CHN in a network namespace of its own on a bridge
+        /// (10.x.y.0/24, port 7000), so that `drill --fault partition` can
+        /// cut one off the network. Needs root and iproute2; only for a new DIR.
+        #[arg(long)]
+        netns: bool,
     },
     /// Stop every CHN started under DIR (SIGTERM, then SIGKILL after 10 s). Data is kept.
     Down {
@@ -479,6 +489,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             nasd,
             nasd_args,
+            netns,
         }) => {
             let nasd_args = (!nasd_args.is_empty()).then(|| nasd_args.clone());
             return local_cluster::up(local_cluster::UpOptions {
@@ -486,7 +497,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir: dir.clone(),
                 nasd: nasd.clone(),
                 nasd_args,
+                netns: *netns,
                 json,
+                quiet: false,
             })
             .await;
         }
@@ -938,6 +951,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Fs(cmd) => files::run_fs(&c, &cli.login, cmd, json, Duration::from_secs(cli.retry_secs)).await,
         Cmd::Unlock { target, session } => files::break_lock(&c, &target, session, json).await,
         Cmd::Failover(cmd) => failover::run(&c, cmd, json).await,
+        Cmd::Drill(args) => drill::run(&c, &cli.login, args, json).await,
         Cmd::Lock(LockArgs {
             take: Some(take),
             list: None,
