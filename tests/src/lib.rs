@@ -76,14 +76,33 @@ pub struct Node {
 pub struct TestCluster {
     dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    /// Each CHN in a network namespace of its own (`cluster up --netns`).
+    netns: bool,
 }
 
 impl TestCluster {
     /// `nasctl cluster up --nodes N` with extra nasd arguments.
     pub fn up(nodes: usize, nasd_args: &[&str]) -> anyhow::Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
-        let mut c = TestCluster { dir, nodes: vec![] };
+        let mut c = TestCluster {
+            dir,
+            nodes: vec![],
+            netns: false,
+        };
         c.cluster_up(Some(nodes), nasd_args)?;
+        Ok(c)
+    }
+
+    /// `nasctl cluster up --netns --nodes N`: each CHN in a network
+    /// namespace of its own, so that a test can cut one off the network.
+    pub fn up_netns(nodes: usize) -> anyhow::Result<TestCluster> {
+        let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
+        let mut c = TestCluster {
+            dir,
+            nodes: vec![],
+            netns: true,
+        };
+        c.cluster_up(Some(nodes), &[])?;
         Ok(c)
     }
 
@@ -96,6 +115,9 @@ impl TestCluster {
         }
         for a in nasd_args {
             args.push(format!("--nasd-arg={a}"));
+        }
+        if self.netns {
+            args.push("--netns".into());
         }
         let out = Command::new(bin("nasctl"))
             .args(&args)
@@ -309,6 +331,10 @@ impl Drop for TestCluster {
                 // SAFETY: kill(2) on a child process this harness started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+        }
+        if self.netns {
+            // Removes the namespaces, links and bridge (the CHNs are gone).
+            let _ = self.nasctl(&["cluster", "down", "--dir", &self.dir().display().to_string()]);
         }
     }
 }
