@@ -22,7 +22,17 @@ async fn d_a_partitioned_owner_is_fenced_and_service_moves() {
     let dir = c.dir().display().to_string();
     let out = std::process::Command::new(nas_tests::bin("nasctl"))
         .args([
-            "--json", "--user", "alice", "drill", "--dir", &dir, "--export", "home", "--fault", "partition", "--pause-ms",
+            "--json",
+            "--user",
+            "alice",
+            "drill",
+            "--dir",
+            &dir,
+            "--export",
+            "home",
+            "--fault",
+            "partition",
+            "--pause-ms",
             "2500",
         ])
         .env("NAS_CLUSTER", c.cluster_env())

@@ -518,6 +518,14 @@ impl LuDevice {
     /// Writes to a member; on error the member is failed and false returned.
     pub(super) fn member_write(&self, slot: &Slot, offset: u64, data: &[u8]) -> bool {
         let Some(disk) = &slot.disk else { return false };
+        // The lease is checked again before every member write, not only
+        // when a call starts: a CHN stopped in the middle of a stripe must
+        // not finish it after another CHN resynced that stripe. A skipped
+        // write is not a member failure, and nothing it belongs to is ever
+        // acknowledged: the fence stays shut, so no later flush succeeds.
+        if self.fence.check(self.lu).is_err() {
+            return true;
+        }
         if let Some(at) = self.opts.abort_at_member_write {
             if self.member_writes.fetch_add(1, Ordering::Relaxed) + 1 == at {
                 tracing::error!("fault injection: aborting before member write {at}");
@@ -535,6 +543,9 @@ impl LuDevice {
 
     /// Writes a metadata range durably to every present member.
     pub(super) fn meta_to_all(&self, inner: &Inner, at: u64, bytes: &[u8]) {
+        if self.fence.check(self.lu).is_err() {
+            return;
+        }
         for slot in inner.slots.iter().filter(|s| s.present()) {
             if let Some(disk) = &slot.disk {
                 if let Err(e) = disk.write_meta_durable(at, bytes) {

@@ -1,0 +1,131 @@
+//! Benchmark (not a test): failover time on a 3-CHN cluster, from the fault
+//! to the first write acknowledged by the new owner, over many drills in a
+//! row, with the number of acknowledged writes checked and lost.
+//!
+//! Each drill is `nasctl drill` (3 writers recording every acknowledged
+//! write; the fault hits the CHN serving the export; then every
+//! acknowledged write is read back). Faults: kill -9 (the killed CHN is
+//! restarted after each drill), SIGSTOP for 2 s, and, as root, a partition
+//! of a CHN in its own network namespace for 2 s.
+//!
+//! There is no HA NAS stack to run beside it on this machine; the
+//! reference is what NFS-Ganesha's HA documentation states: about 20 s to
+//! move the service, then a 90 s NFSv4 grace period.
+//!
+//! Run: `cargo build --release && cargo bench -p nas-tests --bench failover`
+//! Options (after `--`): `--runs N` per fault (default 20), `--faults
+//! kill,pause,partition`.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use nas_tests::{ok, TestCluster};
+
+fn drill(c: &TestCluster, fault: &str, runs: usize) -> anyhow::Result<serde_json::Value> {
+    let dir = c.dir().display().to_string();
+    let runs = runs.to_string();
+    let out = Command::new(nas_tests::bin("nasctl"))
+        .args([
+            "--json",
+            "--user",
+            "alice",
+            "drill",
+            "--dir",
+            &dir,
+            "--export",
+            "home",
+            "--fault",
+            fault,
+            "--runs",
+            &runs,
+            "--pause-ms",
+            "2000",
+        ])
+        .env("NAS_CLUSTER", c.cluster_env())
+        .env("NAS_PASSWORD", "correct-horse")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "drill failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn figures(v: &serde_json::Value, key: &str) -> Vec<u64> {
+    let mut f: Vec<u64> = v["runs"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x[key].as_u64()).collect())
+        .unwrap_or_default();
+    f.sort_unstable();
+    f
+}
+
+fn pct(sorted: &[u64], p: f64) -> String {
+    if sorted.is_empty() {
+        return "-".into();
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    format!("{}", sorted[i])
+}
+
+fn main() -> anyhow::Result<()> {
+    let (mut runs, mut faults) = (20usize, vec!["kill".to_string(), "pause".into(), "partition".into()]);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().context("--runs N")?.parse::<usize>()?.max(1),
+            "--faults" => {
+                faults = args
+                    .next()
+                    .context("--faults kill,pause")?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "--bench" => {}
+            other => bail!("unknown option {other}"),
+        }
+    }
+    let root = unsafe { libc::geteuid() } == 0;
+    println!("failover time over {runs} drills per fault (3 CHNs, LU lease 700 ms, detection: 3 failed 100 ms probes or a 1 s old heartbeat)");
+    println!(
+        "{:<10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>5}",
+        "fault", "det p50", "take50", "take99", "res p50", "res p99", "res max", "checked", "lost"
+    );
+    for fault in &faults {
+        let c = if fault == "partition" {
+            if !root {
+                println!("{fault:<10} skipped: needs root for network namespaces");
+                continue;
+            }
+            TestCluster::up_netns(3)?
+        } else {
+            TestCluster::up(3, &[])?
+        };
+        c.with_exports();
+        let v = drill(&c, fault, runs)?;
+        let (det, take, res) = (
+            figures(&v, "detected_ms"),
+            figures(&v, "taken_over_ms"),
+            figures(&v, "resumed_ms"),
+        );
+        println!(
+            "{:<10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>5}",
+            fault,
+            pct(&det, 0.5),
+            pct(&take, 0.5),
+            pct(&take, 0.99),
+            pct(&res, 0.5),
+            pct(&res, 0.99),
+            res.last().map_or("-".into(), |m| m.to_string()),
+            v["checked"],
+            v["lost"]
+        );
+        let _ = ok(c.nasctl(&["failover", "status"]));
+    }
+    println!("reference (documented, not run here): NFS-Ganesha HA about 20000 ms to move the service, then a 90 s NFSv4 grace period");
+    Ok(())
+}
