@@ -79,9 +79,9 @@ impl Monitor {
                 keep
             });
             for (chn, addr) in partners {
-                if !tasks.contains_key(&chn) {
-                    let task = tokio::spawn(self.clone().probe_loop(chn.clone(), addr.clone()));
-                    tasks.insert(chn, (addr, task));
+                if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(chn.clone()) {
+                    let task = tokio::spawn(self.clone().probe_loop(chn, addr.clone()));
+                    slot.insert((addr, task));
                 }
             }
         }
