@@ -87,15 +87,7 @@ impl Exports {
     /// the export and it is not mounted yet.
     pub async fn volume(&self, export: &Export) -> Result<Arc<Volume>, Status> {
         if export.owner_chn != self.shared.name {
-            let addr = self
-                .shared
-                .state
-                .read()
-                .tables
-                .daemons
-                .get(&export.owner_chn)
-                .map(|d| d.address.clone())
-                .unwrap_or_default();
+            let addr = self.shared.state.read().tables.address_of(&export.owner_chn);
             return Err(elsewhere(
                 format!(
                     "export {} is served by CHN {} at {addr}; connect there",

@@ -238,6 +238,7 @@ impl LuHost {
                 let _ = tx.send(disk);
             })),
             abort_at_member_write: None,
+            write_until: Some(self.write_deadline(sent).into_std()),
         };
         // Format only an LU the table calls new *and* no member recognizes:
         // a lost health report must never lead to wiping a formatted LU.
@@ -249,7 +250,6 @@ impl LuHost {
         })
         .await?;
         let dev = Arc::new(dev);
-        dev.fence().limit_to(self.write_deadline(sent).into_std());
         self.adopt_replacements(&dev, &spec).await?;
         let resume = {
             let state = self.shared().state.read();

@@ -246,7 +246,8 @@ impl Sessions {
                 kind: Some(Kind::UpsertClient(UpsertClient { client: Some(row) })),
             })
             .await?;
-        Ok(())
+        // The next call may come at once: let this CHN's copy show the mount.
+        self.shared().ensure_current().await
     }
 
     /// Ends a session: its file locks are released.

@@ -24,26 +24,22 @@ use nas_tests::{ok, TestCluster};
 fn drill(c: &TestCluster, fault: &str, runs: usize) -> anyhow::Result<serde_json::Value> {
     let dir = c.dir().display().to_string();
     let runs = runs.to_string();
-    let out = Command::new(nas_tests::bin("nasctl"))
-        .args([
-            "--json",
-            "--user",
-            "alice",
-            "drill",
-            "--dir",
-            &dir,
-            "--export",
-            "home",
-            "--fault",
-            fault,
-            "--runs",
-            &runs,
-            "--pause-ms",
-            "2000",
-        ])
-        .env("NAS_CLUSTER", c.cluster_env())
-        .env("NAS_PASSWORD", "correct-horse")
-        .output()?;
+    let out = c.nasctl(&[
+        "--json",
+        "--user",
+        "alice",
+        "drill",
+        "--dir",
+        &dir,
+        "--export",
+        "home",
+        "--fault",
+        fault,
+        "--runs",
+        &runs,
+        "--pause-ms",
+        "2000",
+    ]);
     if !out.status.success() {
         bail!(
             "drill failed: {}{}",
@@ -106,7 +102,12 @@ fn main() -> anyhow::Result<()> {
             TestCluster::up(3, &[])?
         };
         c.with_exports();
-        let v = drill(&c, fault, runs)?;
+        let v = drill(&c, fault, runs).inspect_err(|_| {
+            // Keep the evidence: the cluster folder goes with `c`.
+            let kept = std::env::temp_dir().join("nas-failover-bench-failed");
+            let _ = Command::new("cp").arg("-a").arg(c.dir()).arg(&kept).status();
+            eprintln!("cluster folder copied to {}\n{}", kept.display(), c.logs());
+        })?;
         let (det, take, res) = (
             figures(&v, "detected_ms"),
             figures(&v, "taken_over_ms"),

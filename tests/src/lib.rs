@@ -161,6 +161,8 @@ impl TestCluster {
             .args(args)
             .env("NAS_CLUSTER", self.cluster_env())
             .env("NAS_PASSWORD", "correct-horse")
+            // A drill restarts CHNs: with this binary, not one cargo builds.
+            .env("NASD_BIN", bin("nasd"))
             .output()
             .expect("run nasctl")
     }

@@ -73,6 +73,17 @@ async fn holds_lock(c: &TestCluster, session: &str) -> bool {
         .any(|l| l.export == EXPORT && l.path == "/locked" && l.holders.iter().any(|h| h.session == session))
 }
 
+/// Waits until the writers have `n` more acknowledgements (or an error,
+/// which the caller's checks then report).
+async fn more_writes(w: &Writers, n: usize) {
+    let before = w.acked();
+    wait_until("more acknowledged writes", Duration::from_secs(30), || async {
+        (w.acked() >= before + n || !w.errors().is_empty()).then_some(())
+    })
+    .await
+    .expect("writers going on");
+}
+
 /// What one drill measured.
 struct Outcome {
     timeline: drill::Timeline,
@@ -94,11 +105,7 @@ async fn drill(
 ) -> Outcome {
     let (old, old_addr) = owner(c).await;
     let w = Writers::start(client.clone(), dir, 3).await.expect("writers");
-    wait_until("writes before the fault", Duration::from_secs(30), || async {
-        (w.acked() >= 30).then_some(())
-    })
-    .await
-    .expect("writers going");
+    more_writes(&w, 30).await;
     let fault_ms = drill::now_ms();
     fault(&old);
     let watcher = c.client_without(&old);
@@ -111,12 +118,7 @@ async fn drill(
     .await
     .unwrap_or_else(|e| panic!("{e}; errors so far: {:?}\n{}", w.errors(), c.logs()));
     after(&old);
-    let before = w.acked();
-    wait_until("writes after the failover", Duration::from_secs(30), || async {
-        (w.acked() >= before + 30 || !w.errors().is_empty()).then_some(())
-    })
-    .await
-    .expect("writers going on");
+    more_writes(&w, 30).await;
     let ledger = w.stop().await;
     assert!(
         ledger.errors.is_empty(),
@@ -186,18 +188,9 @@ async fn b_kill_the_raft_leader_alone_and_when_it_serves() {
         .expect("a follower");
     serve_on(&c, target).await;
     let w = Writers::start(client.clone(), "/b1", 2).await.expect("writers");
-    wait_until("writes", Duration::from_secs(30), || async {
-        (w.acked() >= 20).then_some(())
-    })
-    .await
-    .expect("writing");
+    more_writes(&w, 20).await;
     c.kill9(&leader);
-    let before = w.acked();
-    wait_until("writes with a new leader", Duration::from_secs(30), || async {
-        (w.acked() >= before + 40 || !w.errors().is_empty()).then_some(())
-    })
-    .await
-    .expect("writing on");
+    more_writes(&w, 40).await;
     let ledger = w.stop().await;
     assert!(ledger.errors.is_empty(), "{:?}", ledger.errors);
     let v = drill::check(&client, "/b1", &ledger).await.expect("check");
@@ -267,21 +260,10 @@ async fn f_planned_takeover_and_giveback_without_client_errors() {
     let (mut c, client) = three_chns(&["--giveback-after-s=1"]).await;
     let lock = locker(&c).await;
     let w = Writers::start(client.clone(), "/f", 3).await.expect("writers");
-    let going = |n: usize| {
-        let w = &w;
-        async move {
-            let before = w.acked();
-            wait_until("writes", Duration::from_secs(30), || async {
-                (w.acked() >= before + n || !w.errors().is_empty()).then_some(())
-            })
-            .await
-            .expect("writing");
-        }
-    };
-    going(20).await;
+    more_writes(&w, 20).await;
     let took = move_export(&c, "CHN3").await.expect("takeover to CHN3");
     assert_eq!(took.export.map(|e| e.owner_chn), Some("CHN3".into()));
-    going(20).await;
+    more_writes(&w, 20).await;
     // Bad requests get precise answers.
     let e = move_export(&c, "CHN3").await.expect_err("already there");
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
@@ -290,7 +272,7 @@ async fn f_planned_takeover_and_giveback_without_client_errors() {
     // Giveback (to the home CHN) through nasctl.
     let out = ok(c.nasctl(&["failover", "giveback", EXPORT]));
     assert!(out.contains("CHN1"), "{out}");
-    going(20).await;
+    more_writes(&w, 20).await;
     assert_eq!(owner(&c).await.0, "CHN1");
     // Automatic giveback: kill the home CHN, let it fail over, restart it.
     c.kill9("CHN1");
@@ -299,14 +281,14 @@ async fn f_planned_takeover_and_giveback_without_client_errors() {
     })
     .await
     .expect("failover");
-    going(20).await;
+    more_writes(&w, 20).await;
     c.cluster_up(None, &[]).expect("restart CHN1");
     wait_until("automatic giveback to CHN1", Duration::from_secs(30), || async {
         (owner(&c).await.0 == "CHN1").then_some(())
     })
     .await
     .expect("giveback");
-    going(20).await;
+    more_writes(&w, 20).await;
     let ledger = w.stop().await;
     assert!(ledger.errors.is_empty(), "client errors: {:?}", ledger.errors);
     let v = drill::check(&client, "/f", &ledger).await.expect("check");

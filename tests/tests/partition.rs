@@ -20,25 +20,20 @@ async fn d_a_partitioned_owner_is_fenced_and_service_moves() {
     bob.lock("/locked", false, Duration::ZERO).await.expect("lock");
 
     let dir = c.dir().display().to_string();
-    let out = std::process::Command::new(nas_tests::bin("nasctl"))
-        .args([
-            "--json",
-            "--user",
-            "alice",
-            "drill",
-            "--dir",
-            &dir,
-            "--export",
-            "home",
-            "--fault",
-            "partition",
-            "--pause-ms",
-            "2500",
-        ])
-        .env("NAS_CLUSTER", c.cluster_env())
-        .env("NAS_PASSWORD", "correct-horse")
-        .output()
-        .expect("run nasctl drill");
+    let out = c.nasctl(&[
+        "--json",
+        "--user",
+        "alice",
+        "drill",
+        "--dir",
+        &dir,
+        "--export",
+        "home",
+        "--fault",
+        "partition",
+        "--pause-ms",
+        "2500",
+    ]);
     let report = ok(out);
     let v: serde_json::Value = serde_json::from_str(&report).expect("drill json");
     assert_eq!(v["lost"], 0, "{report}");

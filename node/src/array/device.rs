@@ -64,6 +64,9 @@ pub struct OpenOptions {
     /// Fault injection for crash tests: abort the process right before the
     /// member write with this number (counting from 1).
     pub abort_at_member_write: Option<u64>,
+    /// The lock lease lets the opener write until then (crash recovery at
+    /// open included); `None`: no lease applies.
+    pub write_until: Option<Instant>,
 }
 
 /// The condition of an LU, as `lu list` shows it.
@@ -370,6 +373,10 @@ impl LuDevice {
             checkpointed: Instant::now(),
             bitmap_cleared: Instant::now(),
         };
+        let fence = Fence::unlimited();
+        if let Some(until) = opts.write_until {
+            fence.limit_to(until);
+        }
         Self {
             lu: inner.sb.lu,
             geo,
@@ -379,7 +386,7 @@ impl LuDevice {
             rr: AtomicUsize::new(0),
             member_writes: AtomicU64::new(0),
             opts,
-            fence: Fence::unlimited(),
+            fence,
         }
     }
 

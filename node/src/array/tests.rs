@@ -432,3 +432,57 @@ fn a_replacement_member_carries_the_same_write_intent_bitmap() {
         "members disagree about dirty regions"
     );
 }
+
+#[test]
+fn a_fenced_opener_writes_nothing_more() {
+    let rig = Rig::new(Raid::Parity, 3, 4096, 8);
+    let old = LuDevice::open(
+        &rig.array,
+        &rig.spec,
+        OpenOptions {
+            epoch: 1,
+            write_until: Some(std::time::Instant::now() + std::time::Duration::from_secs(60)),
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    old.write_at(0, &[7u8; 8192]).unwrap();
+    old.flush().unwrap();
+    // Another CHN takes the LU with a higher epoch: the old opener's next
+    // flush sees it on disk and shuts its fence for good.
+    let new = LuDevice::open(
+        &rig.array,
+        &rig.spec,
+        OpenOptions {
+            epoch: 2,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    old.write_at(0, &[9u8; 8192]).unwrap();
+    assert!(matches!(old.flush(), Err(ArrayError::Fenced { found: 2, ours: 1, .. })));
+    assert!(matches!(
+        old.write_at(0, &[9u8; 8192]),
+        Err(ArrayError::LeaseLost { .. })
+    ));
+    let mut buf = vec![0u8; 8192];
+    new.read_at(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|b| *b == 7 || *b == 9), "torn bytes");
+    // A lease that ran out stops writes at once, without any flush.
+    let late = LuDevice::open(
+        &rig.array,
+        &rig.spec,
+        OpenOptions {
+            epoch: 3,
+            write_until: Some(std::time::Instant::now()),
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        late.write_at(0, &[1u8; 4096]),
+        Err(ArrayError::LeaseLost { .. })
+    ));
+    new.read_at(0, &mut buf).unwrap();
+    assert!(buf[..4096].iter().all(|b| *b != 1), "a write past the lease landed");
+}

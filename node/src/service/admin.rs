@@ -673,15 +673,7 @@ impl admin_server::Admin for AdminService {
             )));
         }
         if e.owner_chn != self.lu.name {
-            let addr = self
-                .lu
-                .state
-                .read()
-                .tables
-                .daemons
-                .get(&e.owner_chn)
-                .map(|d| d.address.clone())
-                .unwrap_or_default();
+            let addr = self.lu.state.read().tables.address_of(&e.owner_chn);
             let mut owner = self.owner_admin(&req, &e.owner_chn, &addr, e.lu)?;
             let fwd = MoveExportRequest {
                 export: e.name.clone(),

@@ -130,7 +130,12 @@ impl NasService {
     /// `mutating` calls must carry a sequence number.
     async fn ctx(&self, call: Option<&Call>, mutating: bool) -> Result<Ctx, Status> {
         let call = call.ok_or_else(|| Status::unauthenticated("the call names no session; pass Call.token"))?;
-        let session = self.sessions.check(&call.token).await?;
+        let mut session = self.sessions.check(&call.token).await?;
+        if session.export.is_empty() {
+            // Mounted a moment ago through the leader: this copy may lag.
+            self.shared.ensure_current().await?;
+            session = self.sessions.check(&call.token).await?;
+        }
         if session.export.is_empty() {
             return Err(Status::failed_precondition(
                 "the session has no export mounted; call Mount first",

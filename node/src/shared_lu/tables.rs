@@ -726,6 +726,11 @@ impl Tables {
         })
     }
 
+    /// The address CHN `chn` serves on, or "" when it is not installed.
+    pub fn address_of(&self, chn: &str) -> String {
+        self.daemons.get(chn).map(|d| d.address.clone()).unwrap_or_default()
+    }
+
     fn export_mut(&mut self, name: &str) -> Result<&mut Export, Rejection> {
         match self.exports.get_mut(name) {
             Some(e) => Ok(e),
