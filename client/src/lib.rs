@@ -42,6 +42,14 @@ pub fn keepalive(e: Endpoint) -> Endpoint {
         .keep_alive_while_idle(true)
 }
 
+/// Whether `s` is a broken connection rather than a CHN's answer: the
+/// transport made it (it carries the transport error as its source, which
+/// a status sent by a CHN never does). A CHN that died mid-call, or one
+/// that closed the connection (an h2 GOAWAY), is such a case.
+pub fn broken_connection(s: &Status) -> bool {
+    std::error::Error::source(s).is_some()
+}
+
 /// A handle on the cluster: any CHN can take any call.
 pub struct Cluster {
     addrs: Vec<String>,
@@ -130,13 +138,7 @@ impl Cluster {
                     self.preferred.store(i % self.channels.len(), Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                // A connection to a CHN that died breaks with a transport
-                // error (Unknown with a source; a CHN never sends Unknown).
-                Err(s)
-                    if (s.code() == Code::Unavailable
-                        || (s.code() == Code::Unknown && std::error::Error::source(&s).is_some()))
-                        && tokio::time::Instant::now() < deadline =>
-                {
+                Err(s) if (s.code() == Code::Unavailable || broken_connection(&s)) && tokio::time::Instant::now() < deadline => {
                     i += 1;
                     tried_all_once += 1;
                     if tried_all_once >= self.channels.len() {

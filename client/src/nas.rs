@@ -113,7 +113,7 @@ fn retryable(s: &Status) -> bool {
         // A connection that broke mid-call (the CHN died) surfaces as an
         // h2 error; the CHN never answers Unknown itself.
         Code::Unknown => true,
-        _ => false,
+        _ => crate::broken_connection(s),
     }
 }
 

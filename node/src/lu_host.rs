@@ -639,7 +639,7 @@ impl LuHost {
 }
 
 /// Aborts a task when the task that spawned it ends or is aborted.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -113,6 +113,10 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20)
         .max_frame_size(1 << 20)
+        // Cancelled calls are routine here (Raft RPCs that timed out while a
+        // peer was away, client calls abandoned for a new owner); h2's
+        // rapid-reset guard (20) would close the connection on a peer.
+        .http2_max_pending_accept_reset_streams(Some(4096))
         .add_service(health_service)
         .add_service(nas)
         .add_service(admin)

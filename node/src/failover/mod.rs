@@ -64,7 +64,7 @@ impl Failover {
 
     /// Probes partners and acts on what it sees, until dropped.
     pub async fn run(self) {
-        let probes = tokio::spawn(self.monitor.clone().run());
+        let probes = crate::lu_host::AbortOnDrop(tokio::spawn(self.monitor.clone().run()));
         let mut tick = tokio::time::interval(self.settings.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -78,7 +78,7 @@ impl Failover {
                     self.maybe_take_over(&e).await;
                 }
             }
-            if probes.is_finished() {
+            if probes.0.is_finished() {
                 tracing::error!("partner monitor stopped");
                 return;
             }

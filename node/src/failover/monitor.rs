@@ -16,6 +16,7 @@ use tonic::transport::Endpoint;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 
 use crate::config::FailoverSettings;
+use crate::lu_host::AbortOnDrop;
 use crate::service::admin::now_ms;
 use crate::shared_lu::tables::Tables;
 use crate::shared_lu::SharedLu;
@@ -56,7 +57,8 @@ impl Monitor {
 
     /// Keeps one probe task per installed partner until dropped.
     pub async fn run(self) {
-        let mut tasks: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+        // Dropping a task's guard (the CHN left, or this loop stopped) stops it.
+        let mut tasks: HashMap<String, (String, AbortOnDrop)> = HashMap::new();
         let mut tick = tokio::time::interval(self.settings.probe_interval);
         loop {
             tick.tick().await;
@@ -70,10 +72,9 @@ impl Monitor {
                     .map(|d| (d.chn.clone(), d.address.clone()))
                     .collect()
             };
-            tasks.retain(|chn, (addr, task)| {
+            tasks.retain(|chn, (addr, _)| {
                 let keep = partners.get(chn) == Some(addr);
                 if !keep {
-                    task.abort();
                     lock(&self.probes).remove(chn);
                 }
                 keep
@@ -81,7 +82,7 @@ impl Monitor {
             for (chn, addr) in partners {
                 if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(chn.clone()) {
                     let task = tokio::spawn(self.clone().probe_loop(chn, addr.clone()));
-                    slot.insert((addr, task));
+                    slot.insert((addr, AbortOnDrop(task)));
                 }
             }
         }
