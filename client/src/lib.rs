@@ -138,7 +138,10 @@ impl Cluster {
                     self.preferred.store(i % self.channels.len(), Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                Err(s) if (s.code() == Code::Unavailable || broken_connection(&s)) && tokio::time::Instant::now() < deadline => {
+                Err(s)
+                    if (s.code() == Code::Unavailable || broken_connection(&s))
+                        && tokio::time::Instant::now() < deadline =>
+                {
                     i += 1;
                     tried_all_once += 1;
                     if tried_all_once >= self.channels.len() {

@@ -21,35 +21,6 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use nas_tests::{ok, TestCluster};
 
-fn drill(c: &TestCluster, fault: &str, runs: usize) -> anyhow::Result<serde_json::Value> {
-    let dir = c.dir().display().to_string();
-    let runs = runs.to_string();
-    let out = c.nasctl(&[
-        "--json",
-        "--user",
-        "alice",
-        "drill",
-        "--dir",
-        &dir,
-        "--export",
-        "home",
-        "--fault",
-        fault,
-        "--runs",
-        &runs,
-        "--pause-ms",
-        "2000",
-    ]);
-    if !out.status.success() {
-        bail!(
-            "drill failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 fn figures(v: &serde_json::Value, key: &str) -> Vec<u64> {
     let mut f: Vec<u64> = v["runs"]
         .as_array()
@@ -102,12 +73,14 @@ fn main() -> anyhow::Result<()> {
             TestCluster::up(3, &[])?
         };
         c.with_exports();
-        let v = drill(&c, fault, runs).inspect_err(|_| {
-            // Keep the evidence: the cluster folder goes with `c`.
-            let kept = std::env::temp_dir().join("nas-failover-bench-failed");
-            let _ = Command::new("cp").arg("-a").arg(c.dir()).arg(&kept).status();
-            eprintln!("cluster folder copied to {}\n{}", kept.display(), c.logs());
-        })?;
+        let v = c
+            .drill(fault, &["--runs", &runs.to_string(), "--pause-ms", "2000"])
+            .inspect_err(|_| {
+                // Keep the evidence: the cluster folder goes with `c`.
+                let kept = std::env::temp_dir().join("nas-failover-bench-failed");
+                let _ = Command::new("cp").arg("-a").arg(c.dir()).arg(&kept).status();
+                eprintln!("cluster folder copied to {}\n{}", kept.display(), c.logs());
+            })?;
         let (det, take, res) = (
             figures(&v, "detected_ms"),
             figures(&v, "taken_over_ms"),

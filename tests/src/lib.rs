@@ -167,6 +167,25 @@ impl TestCluster {
             .expect("run nasctl")
     }
 
+    /// `nasctl --json drill` on this cluster as alice on export `home`,
+    /// with `fault` and further drill arguments; its JSON report.
+    pub fn drill(&self, fault: &str, extra: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let dir = self.dir().display().to_string();
+        let mut args = vec![
+            "--json", "--user", "alice", "drill", "--dir", &dir, "--export", "home", "--fault", fault,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.nasctl(&args);
+        if !out.status.success() {
+            bail!(
+                "drill failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// A file-service session of `user` (password `correct-horse`) on
     /// `export`, found through every CHN.
     pub async fn nas(&self, user: &str, export: &str) -> anyhow::Result<nas_client::NasClient> {

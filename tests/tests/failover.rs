@@ -52,6 +52,17 @@ async fn serve_on(c: &TestCluster, to: &str) {
     assert_eq!(owner(c).await.0, to);
 }
 
+/// Moves the export to a CHN that does not lead Raft; returns (leader, it).
+async fn serve_on_a_follower(c: &TestCluster) -> (String, &'static str) {
+    let leader = c.leader_seen_by("CHN1", Duration::from_secs(10)).await.expect("leader");
+    let target = ["CHN1", "CHN2", "CHN3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .expect("a follower");
+    serve_on(c, target).await;
+    (leader, target)
+}
+
 /// A session that holds an exclusive lock on /locked.
 async fn locker(c: &TestCluster) -> NasClient {
     let l = c.nas("bob", EXPORT).await.expect("bob's session");
@@ -155,12 +166,7 @@ async fn three_chns(extra: &[&str]) -> (TestCluster, Arc<NasClient>) {
 async fn a_kill_the_serving_chn_under_load() {
     let (c, client) = three_chns(&[]).await;
     // The owner must not lead Raft here: (b) covers that.
-    let leader = c.leader_seen_by("CHN1", Duration::from_secs(10)).await.expect("leader");
-    let target = ["CHN1", "CHN2", "CHN3"]
-        .into_iter()
-        .find(|n| *n != leader)
-        .expect("a follower");
-    serve_on(&c, target).await;
+    let (_, target) = serve_on_a_follower(&c).await;
     let lock = locker(&c).await;
     let o = drill(&c, &client, "/a", |chn| c.kill9(chn), |_| {}).await;
     let (new, _) = owner(&c).await;
@@ -181,12 +187,7 @@ async fn b_kill_the_raft_leader_alone_and_when_it_serves() {
     let (mut c, client) = three_chns(&[]).await;
     // The leader alone: the owner keeps the export (its lease renews with
     // the new leader), and the writers go on.
-    let leader = c.leader_seen_by("CHN1", Duration::from_secs(10)).await.expect("leader");
-    let target = ["CHN1", "CHN2", "CHN3"]
-        .into_iter()
-        .find(|n| *n != leader)
-        .expect("a follower");
-    serve_on(&c, target).await;
+    let (leader, target) = serve_on_a_follower(&c).await;
     let w = Writers::start(client.clone(), "/b1", 2).await.expect("writers");
     more_writes(&w, 20).await;
     c.kill9(&leader);

@@ -19,23 +19,8 @@ async fn d_a_partitioned_owner_is_fenced_and_service_moves() {
     bob.create("/locked", 0o666, false, false).await.expect("create");
     bob.lock("/locked", false, Duration::ZERO).await.expect("lock");
 
-    let dir = c.dir().display().to_string();
-    let out = c.nasctl(&[
-        "--json",
-        "--user",
-        "alice",
-        "drill",
-        "--dir",
-        &dir,
-        "--export",
-        "home",
-        "--fault",
-        "partition",
-        "--pause-ms",
-        "2500",
-    ]);
-    let report = ok(out);
-    let v: serde_json::Value = serde_json::from_str(&report).expect("drill json");
+    let v = c.drill("partition", &["--pause-ms", "2500"]).expect("drill");
+    let report = v.to_string();
     assert_eq!(v["lost"], 0, "{report}");
     assert_eq!(v["errors"], 0, "{report}");
     let run = &v["runs"][0];
