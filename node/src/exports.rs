@@ -4,7 +4,9 @@
 //! A call for an export that another CHN owns is answered UNAVAILABLE with
 //! the owner's address in `x-nas-owner`, which the client library follows.
 //! When the LU host reopens an LU (its lock was lost and taken again), the
-//! old mount is dropped and the file system mounted afresh.
+//! old mount is dropped and the file system mounted afresh. A planned move
+//! turns new calls away, lets the calls in progress finish, and unmounts
+//! before the LU lock is handed over.
 //!
 //! Owns the mounted volumes; must never mount an LU it did not get from
 //! the LU host.

@@ -5,7 +5,9 @@
 //! the tables.
 //!
 //! Owns the only path by which this CHN opens an LU. It must never open an
-//! LU without holding its lock, and never keep one open after losing it.
+//! LU without holding its lock, and never keep one open after losing it:
+//! every open LU's write fence ends a fifth of the lease before the lock
+//! does, and only a renewal that reached the tables moves it on.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -52,7 +52,7 @@ async fn moved(c: &Cluster, export: String, to: String, json: bool) -> anyhow::R
         );
     } else {
         outln!(
-            "export {} is now served by CHN {} (moved in {} ms)",
+            "export {} is now served by {} (moved in {} ms)",
             e.name,
             e.owner_chn,
             r.took_ms
@@ -145,7 +145,7 @@ async fn status(c: &Cluster, json: bool) -> anyhow::Result<()> {
         format!("after {} s", r.giveback_after_s)
     };
     outln!(
-        "\nas seen by CHN {}: failed after {} ms without heartbeat or 3 failed probes; LU lease {} ms; automatic giveback {giveback}",
+        "\nas seen by {}: a CHN counts as failed after {} ms without heartbeat or 3 failed probes; LU lease {} ms; automatic giveback {giveback}",
         r.answered_by,
         r.detect_ms,
         r.lu_lease_ms
