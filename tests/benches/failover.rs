@@ -14,7 +14,8 @@
 //!
 //! Run: `cargo build --release && cargo bench -p nas-tests --bench failover`
 //! Options (after `--`): `--runs N` per fault (default 20), `--faults
-//! kill,pause,partition`.
+//! kill,pause,partition`, `--lease-ms N` (nasd's `--lu-lease-ms`; not for
+//! the partition cluster).
 
 use std::process::Command;
 
@@ -40,6 +41,7 @@ fn pct(sorted: &[u64], p: f64) -> String {
 
 fn main() -> anyhow::Result<()> {
     let (mut runs, mut faults) = (20usize, vec!["kill".to_string(), "pause".into(), "partition".into()]);
+    let mut nasd_args: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -52,12 +54,13 @@ fn main() -> anyhow::Result<()> {
                     .map(String::from)
                     .collect()
             }
+            "--lease-ms" => nasd_args.push(format!("--lu-lease-ms={}", args.next().context("--lease-ms N")?)),
             "--bench" => {}
             other => bail!("unknown option {other}"),
         }
     }
     let root = unsafe { libc::geteuid() } == 0;
-    println!("failover time over {runs} drills per fault (3 CHNs, LU lease 700 ms, detection: 3 failed 100 ms probes or a 1 s old heartbeat)");
+    println!("failover time over {runs} drills per fault (3 CHNs, {}, detection: 3 failed 100 ms probes or a 1 s old heartbeat)", nasd_args.first().map_or("LU lease 700 ms", String::as_str));
     println!(
         "{:<10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>5}",
         "fault", "det p50", "take50", "take99", "res p50", "res p99", "res max", "checked", "lost"
@@ -70,7 +73,7 @@ fn main() -> anyhow::Result<()> {
             }
             TestCluster::up_netns(3)?
         } else {
-            TestCluster::up(3, &[])?
+            TestCluster::up(3, &nasd_args.iter().map(String::as_str).collect::<Vec<_>>())?
         };
         c.with_exports();
         let v = c
