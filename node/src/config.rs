@@ -52,10 +52,10 @@ pub struct Settings {
     /// Raft heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "NASD_RAFT_HEARTBEAT_MS")]
     pub raft_heartbeat_ms: Option<u64>,
-    /// Lower bound of the Raft election timeout in milliseconds [default: 250].
+    /// Lower bound of the Raft election timeout in milliseconds [default: 150].
     #[arg(long, env = "NASD_ELECTION_MIN_MS")]
     pub election_min_ms: Option<u64>,
-    /// Upper bound of the Raft election timeout in milliseconds [default: 500].
+    /// Upper bound of the Raft election timeout in milliseconds [default: 300].
     #[arg(long, env = "NASD_ELECTION_MAX_MS")]
     pub election_max_ms: Option<u64>,
     /// Log entries after which a snapshot is built and the log compacted [default: 5000].
@@ -73,7 +73,7 @@ pub struct Settings {
     /// Lease of the LU locks this CHN holds, in milliseconds. It is renewed
     /// every seventh of it; the holder stops writing a fifth of it before it
     /// ends, and a taker waits it out, so it bounds failover time from
-    /// below [default: 700].
+    /// below [default: 500].
     #[arg(long, env = "NASD_LU_LEASE_MS")]
     pub lu_lease_ms: Option<u64>,
     /// Most LU data a rebuild reconstructs per second, in MB/s, to leave
@@ -195,8 +195,8 @@ impl Settings {
         let Some(data) = merged.data else {
             bail!("--data DIR is required (this CHN's shared-LU replica)")
         };
-        let election_min_ms = merged.election_min_ms.unwrap_or(250);
-        let election_max_ms = merged.election_max_ms.unwrap_or(500);
+        let election_min_ms = merged.election_min_ms.unwrap_or(150);
+        let election_max_ms = merged.election_max_ms.unwrap_or(300);
         let heartbeat_ms = merged.raft_heartbeat_ms.unwrap_or(50);
         if heartbeat_ms == 0 || heartbeat_ms >= election_min_ms || election_min_ms >= election_max_ms {
             bail!("need 0 < raft heartbeat ({heartbeat_ms} ms) < election min ({election_min_ms}) < election max ({election_max_ms})");
@@ -205,7 +205,7 @@ impl Settings {
         if daemon_interval_ms == 0 {
             bail!("--daemon-interval-ms must be above 0");
         }
-        let lu_lease_ms = merged.lu_lease_ms.unwrap_or(700);
+        let lu_lease_ms = merged.lu_lease_ms.unwrap_or(500);
         if lu_lease_ms < 300 {
             bail!("--lu-lease-ms must be at least 300 (it is renewed every seventh of it)");
         }

@@ -140,6 +140,14 @@ impl Exports {
             .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
             .map_err(|e| {
                 let msg = format!("export {} cannot be mounted: {e}", export.name);
+                if dev.fence().is_tripped() {
+                    // The lease ran out mid-mount: nothing is wrong with the
+                    // file system, only with this attempt.
+                    return Status::unavailable(format!(
+                        "export {}: the LU lease ran out while mounting; retry",
+                        export.name
+                    ));
+                }
                 match e {
                     FsError::Corrupt(_) => Status::data_loss(msg),
                     FsError::NoSpace(_) => Status::failed_precondition(msg),

@@ -881,6 +881,10 @@ impl BlockDevice for LuDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
         let inner = self.read_lock();
         check_range("LU", offset, buf.len(), self.geo.capacity())?;
+        // Writes skipped behind a shut fence must not be read back as done.
+        if self.fence.is_tripped() {
+            return Err(ArrayError::LeaseLost { lu: self.lu });
+        }
         self.check_usable()?;
         self.prefetch(&inner, offset, buf.len());
         if self.geo.raid == Raid::Mirror && buf.len() >= super::bulk::BULK_MIN {
