@@ -278,7 +278,8 @@ impl NasClient {
     /// which is safe because the old owner is fenced before anyone takes
     /// the export over.
     async fn owner_moved(&self) -> Status {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Most calls answer well within this; only slow ones poll.
+        tokio::time::sleep(Duration::from_millis(250)).await;
         loop {
             let here = self.serving_addr();
             if let Ok(addr) = owner_addr(&self.inner.cluster, &self.inner.export).await {
@@ -290,7 +291,7 @@ impl NasClient {
                     return s;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
