@@ -226,8 +226,13 @@ pub async fn watch_failover(watcher: &Cluster, export: &str, owner: &str, fault_
             watcher.admin_at(0).failover_status(FailoverStatusRequest {}),
         )
         .await;
-        if let Ok(Ok(r)) = status {
-            let r = r.into_inner();
+        // A CHN that just restarted may answer from an old copy of the
+        // tables, where the export is still wherever it was back then.
+        let current = match status {
+            Ok(Ok(r)) => Some(r.into_inner()).filter(|r| !r.possibly_stale),
+            _ => None,
+        };
+        if let Some(r) = current {
             if t.detected_ms.is_none() && r.chns.iter().any(|c| c.chn == owner && c.failed) {
                 t.detected_ms = Some(now_ms().saturating_sub(fault_ms));
             }

@@ -705,6 +705,9 @@ impl admin_server::Admin for AdminService {
         &self,
         _req: Request<FailoverStatusRequest>,
     ) -> Result<Response<FailoverStatusReply>, Status> {
+        // Current when a quorum answers; otherwise this CHN's copy, marked,
+        // since the status matters most when things are failing.
+        let possibly_stale = self.lu.ensure_current().await.is_err();
         let state = self.lu.state.read();
         let t = &state.tables;
         let m = self.failover.monitor();
@@ -730,6 +733,7 @@ impl admin_server::Admin for AdminService {
             detect_ms: s.detect.as_millis() as u64,
             lu_lease_ms: self.host.lease().as_millis() as u64,
             giveback_after_s: s.giveback_after.map_or(0, |d| d.as_secs()),
+            possibly_stale,
         }))
     }
 

@@ -130,6 +130,7 @@ async fn status(c: &Cluster, json: bool) -> anyhow::Result<()> {
             "detect_ms": r.detect_ms,
             "lu_lease_ms": r.lu_lease_ms,
             "giveback_after_s": r.giveback_after_s,
+            "possibly_stale": r.possibly_stale,
             "exports": exports.to_json(),
             "chns": chns.to_json(),
         });
@@ -150,5 +151,8 @@ async fn status(c: &Cluster, json: bool) -> anyhow::Result<()> {
         r.detect_ms,
         r.lu_lease_ms
     );
+    if r.possibly_stale {
+        eprintln!("(no quorum: answered from {}'s copy of the tables; may be stale)", r.answered_by);
+    }
     Ok(())
 }
