@@ -152,7 +152,10 @@ async fn status(c: &Cluster, json: bool) -> anyhow::Result<()> {
         r.lu_lease_ms
     );
     if r.possibly_stale {
-        eprintln!("(no quorum: answered from {}'s copy of the tables; may be stale)", r.answered_by);
+        eprintln!(
+            "(no quorum: answered from {}'s copy of the tables; may be stale)",
+            r.answered_by
+        );
     }
     Ok(())
 }
