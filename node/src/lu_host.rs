@@ -534,13 +534,20 @@ impl LuHost {
             for &lu in &open {
                 let sent = tokio::time::Instant::now();
                 match self.take_lock(lu).await {
-                    Ok(_) => {
+                    Ok(epoch) => {
                         if sent.elapsed() > self.inner.lease / 5 {
                             tracing::warn!(lu, took_ms = sent.elapsed().as_millis() as u64, "slow LU lock renewal");
                         }
-                        if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
-                            o.renewed = sent;
-                            o.dev.fence().extend(self.write_deadline(sent).into_std());
+                        let still_open = match lock(&self.inner.open).get_mut(&lu) {
+                            Some(o) => {
+                                o.renewed = sent;
+                                o.dev.fence().extend(self.write_deadline(sent).into_std());
+                                true
+                            }
+                            None => false,
+                        };
+                        if !still_open {
+                            tokio::spawn(self.clone().release_if_closed(lu, epoch));
                         }
                     }
                     Err(e) if e.code() == tonic::Code::FailedPrecondition => {
@@ -561,6 +568,26 @@ impl LuHost {
             for lu in expired {
                 self.close(lu, "its lease ran out without renewal");
             }
+        }
+    }
+
+    /// Gives up a lock that a renewal took after the LU was closed (a
+    /// renewal applied after a handover takes the freed lock again, which
+    /// would keep the new owner waiting a lease).
+    async fn release_if_closed(self, lu: u32, epoch: u64) {
+        // Under the opening lock no open of this LU is half done, so an LU
+        // missing from the map is really closed.
+        let _opening = self.inner.opening.lock().await;
+        if lock(&self.inner.open).contains_key(&lu) {
+            return;
+        }
+        let cmd = Kind::ReleaseLuLock(ReleaseLuLock {
+            lu,
+            chn: self.shared().name.clone(),
+            epoch,
+        });
+        if let Err(e) = self.shared().write(Command { kind: Some(cmd) }).await {
+            tracing::debug!(lu, "lock of a closed LU not released: {}", e.message());
         }
     }
 
