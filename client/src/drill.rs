@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::Status;
 
-use crate::proto::{FailoverStatusRequest, ListRequest};
+use crate::proto::FailoverStatusRequest;
 use crate::{Cluster, NasClient};
 
 /// Bytes of every record a writer stores.
@@ -255,24 +255,11 @@ pub async fn watch_failover(watcher: &Cluster, export: &str, owner: &str, fault_
     t
 }
 
-/// The CHN serving `export` and its address, from the tables.
-pub async fn owner_of(cluster: &Cluster, export: &str) -> Result<(String, String), Status> {
-    let exports = cluster
-        .admin(|mut a| async move { a.list_exports(ListRequest { local: false }).await })
-        .await?;
-    let e = exports
-        .exports
-        .iter()
-        .find(|e| e.name == export)
-        .ok_or_else(|| Status::not_found(format!("export {export} does not exist; see `nasctl export list`")))?;
-    let chns = cluster
-        .admin(|mut a| async move { a.list_chns(ListRequest { local: false }).await })
-        .await?;
-    let addr = chns
-        .chns
-        .iter()
-        .find(|c| c.chn == e.owner_chn)
-        .map(|c| c.address.clone())
-        .unwrap_or_default();
-    Ok((e.owner_chn.clone(), addr))
+/// The `p` quantile (0 to 1) of `sorted`, by the nearest-rank method.
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    Some(sorted[i])
 }

@@ -125,9 +125,10 @@ async fn quick<T>(f: impl Future<Output = Result<Response<T>, Status>>) -> Resul
         .unwrap_or_else(|_| Err(Status::unavailable("no answer within 500 ms")))
 }
 
-/// Where the service table says `export` is served.
-async fn owner_addr(cluster: &Cluster, export: &str) -> Result<String, Status> {
-    let req = || ListRequest { local: true };
+/// The CHN serving `export` and its address, as the service table says:
+/// from the contacted CHN's copy when `local`, else linearizably.
+pub async fn export_owner(cluster: &Cluster, export: &str, local: bool) -> Result<(String, String), Status> {
+    let req = || ListRequest { local };
     let exports = cluster
         .admin(|mut a| quick(async move { a.list_exports(req()).await }))
         .await?;
@@ -139,7 +140,8 @@ async fn owner_addr(cluster: &Cluster, export: &str) -> Result<String, Status> {
     let chns = cluster
         .admin(|mut a| quick(async move { a.list_chns(req()).await }))
         .await?;
-    chns.chns
+    let addr = chns
+        .chns
         .iter()
         .find(|c| c.chn == row.owner_chn)
         .map(|c| c.address.clone())
@@ -148,7 +150,14 @@ async fn owner_addr(cluster: &Cluster, export: &str) -> Result<String, Status> {
                 "CHN {} serving export {export} is not installed",
                 row.owner_chn
             ))
-        })
+        })?;
+    Ok((row.owner_chn.clone(), addr))
+}
+
+/// Where the service table says `export` is served (any CHN's copy will do:
+/// a stale answer only costs a retry).
+async fn owner_addr(cluster: &Cluster, export: &str) -> Result<String, Status> {
+    export_owner(cluster, export, true).await.map(|(_, addr)| addr)
 }
 
 impl NasClient {

@@ -32,11 +32,7 @@ fn figures(v: &serde_json::Value, key: &str) -> Vec<u64> {
 }
 
 fn pct(sorted: &[u64], p: f64) -> String {
-    if sorted.is_empty() {
-        return "-".into();
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    format!("{}", sorted[i])
+    ::nas_client::drill::percentile(sorted, p).map_or("-".into(), |v| v.to_string())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -24,7 +24,9 @@ const EXPORT: &str = "home";
 
 /// The CHN serving the export, and its address.
 async fn owner(c: &TestCluster) -> (String, String) {
-    drill::owner_of(&c.client(), EXPORT).await.expect("export owner")
+    ::nas_client::nas::export_owner(&c.client(), EXPORT, false)
+        .await
+        .expect("export owner")
 }
 
 /// A planned move of the export, through any CHN.

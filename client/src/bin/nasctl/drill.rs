@@ -89,7 +89,9 @@ async fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 async fn one(c: &Cluster, login: &Login, a: &DrillArgs, dir: &std::path::Path, n: usize) -> anyhow::Result<Run> {
     let layout = local_cluster::load_layout(dir)?;
-    let (owner, owner_addr) = drill::owner_of(c, &a.export).await.map_err(crate::status_err)?;
+    let (owner, owner_addr) = ::nas_client::nas::export_owner(c, &a.export, false)
+        .await
+        .map_err(crate::status_err)?;
     let chn = a.chn.clone().unwrap_or_else(|| owner.clone());
     let index = layout
         .nodes
@@ -176,14 +178,6 @@ async fn one(c: &Cluster, login: &Login, a: &DrillArgs, dir: &std::path::Path, n
     })
 }
 
-fn pct(sorted: &[u64], p: f64) -> Option<u64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[i])
-}
-
 fn ms(v: Option<u64>) -> String {
     v.map_or("-".into(), |v| format!("{v} ms"))
 }
@@ -234,7 +228,7 @@ pub async fn run(c: &Cluster, login: &Login, a: DrillArgs, json: bool) -> anyhow
         outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"fault": format!("{:?}", a.fault).to_lowercase(), "runs": list,
-                "resumed_p50_ms": pct(&resumed, 0.5), "resumed_p99_ms": pct(&resumed, 0.99),
+                "resumed_p50_ms": drill::percentile(&resumed, 0.5), "resumed_p99_ms": drill::percentile(&resumed, 0.99),
                 "checked": checked, "lost": lost, "errors": errors}))
             .unwrap_or_default()
         );
@@ -242,8 +236,8 @@ pub async fn run(c: &Cluster, login: &Login, a: DrillArgs, json: bool) -> anyhow
         outln!(
             "{} drills: clients served again after p50 {}, p99 {}, max {}; {checked} acknowledged writes checked, {lost} lost, {errors} failed calls",
             runs.len(),
-            ms(pct(&resumed, 0.5)),
-            ms(pct(&resumed, 0.99)),
+            ms(drill::percentile(&resumed, 0.5)),
+            ms(drill::percentile(&resumed, 0.99)),
             ms(resumed.last().copied())
         );
     }
