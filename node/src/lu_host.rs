@@ -20,6 +20,7 @@ use nas_proto::*;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::array::fence::Fence;
 use crate::array::{jobs, Array, ArrayError, BlockDevice, LuDevice, LuHealth as Health, LuSpec, OpenOptions, Raid};
 use crate::service::admin::now_ms;
 use crate::shared_lu::SharedLu;
@@ -232,6 +233,7 @@ impl LuHost {
         let array = self.array()?;
         let sent = tokio::time::Instant::now();
         let epoch = self.take_lock(lu).await?;
+        let fence = Arc::new(Fence::until(self.write_deadline(sent).into_std()));
         let (spec, health) = self.spec(lu).await?;
         let tx = self.inner.failures.clone();
         let opts = OpenOptions {
@@ -240,17 +242,38 @@ impl LuHost {
                 let _ = tx.send(disk);
             })),
             abort_at_member_write: None,
-            write_until: Some(self.write_deadline(sent).into_std()),
+            fence: Some(fence.clone()),
         };
         // Format only an LU the table calls new *and* no member recognizes:
         // a lost health report must never lead to wiping a formatted LU.
         let fresh = health == LuHealth::Unspecified as i32;
         let s = spec.clone();
-        let dev = blocking(move || match LuDevice::open(&array, &s, opts.clone()) {
+        let opening = blocking(move || match LuDevice::open(&array, &s, opts.clone()) {
             Err(ArrayError::Unformatted { .. }) if fresh => LuDevice::create(&array, &s, opts),
             other => other,
-        })
-        .await?;
+        });
+        // Crash recovery at open can outlast a lease (a busy machine, many
+        // dirty stripes): renew the lock meanwhile, as renew_loop does for
+        // open LUs, or the LU would be closed again as soon as it opened.
+        tokio::pin!(opening);
+        let mut tick = tokio::time::interval(self.inner.lease / 7);
+        tick.tick().await;
+        let mut renewed = sent;
+        let dev = loop {
+            tokio::select! {
+                dev = &mut opening => break dev?,
+                _ = tick.tick() => {
+                    if let Some((at, _)) = self.renew(lu, &fence).await {
+                        renewed = at;
+                    }
+                }
+            }
+        };
+        if fence.is_tripped() {
+            return Err(Status::unavailable(format!(
+                "LU {lu}: this CHN lost the LU lock while opening it (another CHN took it, or the lease ran out); retry"
+            )));
+        }
         let dev = Arc::new(dev);
         self.adopt_replacements(&dev, &spec).await?;
         let resume = {
@@ -266,7 +289,7 @@ impl LuHost {
             dev: dev.clone(),
             job: None,
             reported: None,
-            renewed: sent,
+            renewed,
             epoch,
         });
         tracing::info!(lu, epoch, "LU open on this CHN");
@@ -530,30 +553,23 @@ impl LuHost {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let open: Vec<u32> = lock(&self.inner.open).keys().copied().collect();
-            for &lu in &open {
-                let sent = tokio::time::Instant::now();
-                match self.take_lock(lu).await {
-                    Ok(epoch) => {
-                        if sent.elapsed() > self.inner.lease / 5 {
-                            tracing::warn!(lu, took_ms = sent.elapsed().as_millis() as u64, "slow LU lock renewal");
-                        }
-                        let still_open = match lock(&self.inner.open).get_mut(&lu) {
-                            Some(o) => {
-                                o.renewed = sent;
-                                o.dev.fence().extend(self.write_deadline(sent).into_std());
-                                true
-                            }
-                            None => false,
-                        };
-                        if !still_open {
-                            tokio::spawn(self.clone().release_if_closed(lu, epoch));
-                        }
+            let open: Vec<(u32, Arc<LuDevice>)> = lock(&self.inner.open)
+                .iter()
+                .map(|(lu, o)| (*lu, o.dev.clone()))
+                .collect();
+            for (lu, dev) in open {
+                let Some((sent, epoch)) = self.renew(lu, dev.fence()).await else {
+                    continue;
+                };
+                let still_open = match lock(&self.inner.open).get_mut(&lu) {
+                    Some(o) => {
+                        o.renewed = sent;
+                        true
                     }
-                    Err(e) if e.code() == tonic::Code::FailedPrecondition => {
-                        self.close(lu, e.message());
-                    }
-                    Err(e) => tracing::warn!(lu, "LU lock not renewed: {}", e.message()),
+                    None => false,
+                };
+                if !still_open {
+                    tokio::spawn(self.clone().release_if_closed(lu, epoch));
                 }
             }
             // Without a renewal (no quorum, say) the lease runs out and
@@ -567,6 +583,32 @@ impl LuHost {
                 .collect();
             for lu in expired {
                 self.close(lu, "its lease ran out without renewal");
+            }
+        }
+    }
+
+    /// Renews the lock of `lu` and, when that worked, lets `fence` go on
+    /// for another lease from the moment the renewal was sent. Returns that
+    /// moment and the lock's epoch. A lock that another CHN took shuts the
+    /// fence for good.
+    async fn renew(&self, lu: u32, fence: &Fence) -> Option<(tokio::time::Instant, u64)> {
+        let sent = tokio::time::Instant::now();
+        match self.take_lock(lu).await {
+            Ok(epoch) => {
+                if sent.elapsed() > self.inner.lease / 5 {
+                    tracing::warn!(lu, took_ms = sent.elapsed().as_millis() as u64, "slow LU lock renewal");
+                }
+                fence.extend(self.write_deadline(sent).into_std());
+                Some((sent, epoch))
+            }
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                fence.trip();
+                self.close(lu, e.message());
+                None
+            }
+            Err(e) => {
+                tracing::warn!(lu, "LU lock not renewed: {}", e.message());
+                None
             }
         }
     }

@@ -64,9 +64,10 @@ pub struct OpenOptions {
     /// Fault injection for crash tests: abort the process right before the
     /// member write with this number (counting from 1).
     pub abort_at_member_write: Option<u64>,
-    /// The lock lease lets the opener write until then (crash recovery at
-    /// open included); `None`: no lease applies.
-    pub write_until: Option<Instant>,
+    /// The fence of the opener's lock lease, from the first write of crash
+    /// recovery at open on. Shared, so that the lock holder can extend it
+    /// while a long open runs; `None`: no lease applies.
+    pub fence: Option<Arc<Fence>>,
 }
 
 /// The condition of an LU, as `lu list` shows it.
@@ -196,7 +197,7 @@ pub struct LuDevice {
     rr: AtomicUsize,
     member_writes: AtomicU64,
     opts: OpenOptions,
-    fence: Fence,
+    fence: Arc<Fence>,
 }
 
 impl std::fmt::Debug for LuDevice {
@@ -373,10 +374,7 @@ impl LuDevice {
             checkpointed: Instant::now(),
             bitmap_cleared: Instant::now(),
         };
-        let fence = Fence::unlimited();
-        if let Some(until) = opts.write_until {
-            fence.limit_to(until);
-        }
+        let fence = opts.fence.clone().unwrap_or_else(|| Arc::new(Fence::unlimited()));
         Self {
             lu: inner.sb.lu,
             geo,

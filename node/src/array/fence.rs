@@ -34,6 +34,13 @@ impl Fence {
         }
     }
 
+    /// A fence that closes at `until` unless extended.
+    pub fn until(until: Instant) -> Self {
+        let f = Self::unlimited();
+        f.limit_to(until);
+        f
+    }
+
     fn ms(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.origin).as_millis() as u64
     }
@@ -46,7 +53,7 @@ impl Fence {
     }
 
     /// Lets writes go on only until `until` (when a lease first applies).
-    pub fn limit_to(&self, until: Instant) {
+    fn limit_to(&self, until: Instant) {
         self.until_ms.store(self.ms(until), Ordering::Release);
     }
 

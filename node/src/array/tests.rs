@@ -441,7 +441,9 @@ fn a_fenced_opener_writes_nothing_more() {
         &rig.spec,
         OpenOptions {
             epoch: 1,
-            write_until: Some(std::time::Instant::now() + std::time::Duration::from_secs(60)),
+            fence: Some(std::sync::Arc::new(super::fence::Fence::until(
+                std::time::Instant::now() + std::time::Duration::from_secs(60),
+            ))),
             ..OpenOptions::default()
         },
     )
@@ -474,7 +476,9 @@ fn a_fenced_opener_writes_nothing_more() {
         &rig.spec,
         OpenOptions {
             epoch: 3,
-            write_until: Some(std::time::Instant::now()),
+            fence: Some(std::sync::Arc::new(super::fence::Fence::until(
+                std::time::Instant::now(),
+            ))),
             ..OpenOptions::default()
         },
     )
