@@ -85,6 +85,7 @@ impl Net {
             ])?;
             ip(&["link", "set", &br, "up"])?;
         }
+        self.let_bridge_forward()?;
         let (ns, link) = (self.ns(i), self.link(i));
         if !exists(&["netns", "exec", &ns, "true"]) {
             ip(&["netns", "add", &ns])?;
@@ -103,6 +104,39 @@ impl Net {
         Ok(())
     }
 
+    /// Where bridged frames pass through iptables (br_netfilter, loaded
+    /// by Docker, which also sets the FORWARD policy to DROP), the CHNs
+    /// could not reach each other: accept what stays on this bridge.
+    fn let_bridge_forward(&self) -> anyhow::Result<()> {
+        let filtered =
+            std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").is_ok_and(|v| v.trim() == "1");
+        if !filtered {
+            return Ok(());
+        }
+        let br = self.bridge();
+        let rule = ["FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT"];
+        let iptables = |op: &str| {
+            Command::new("iptables").arg(op).args(rule).output().map(|o| {
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                )
+            })
+        };
+        match iptables("-C") {
+            Ok((true, _)) => Ok(()),
+            Ok(_) => match iptables("-I") {
+                Ok((true, _)) => Ok(()),
+                Ok((false, err)) => bail!("cannot let the CHNs' bridge {br} forward (`iptables -I {}`): {err}", rule.join(" ")),
+                Err(e) => bail!("cannot run iptables: {e}"),
+            },
+            Err(_) => bail!(
+                "bridged traffic goes through iptables here (net.bridge.bridge-nf-call-iptables=1, e.g. with Docker running), \
+                 but there is no iptables command to let the CHNs' bridge {br} forward: install iptables"
+            ),
+        }
+    }
+
     /// Cuts CHN `i` off the network (`cut`) or connects it again.
     pub fn cut(&self, i: usize, cut: bool) -> anyhow::Result<()> {
         ip(&["link", "set", &self.link(i), if cut { "down" } else { "up" }])
@@ -114,6 +148,11 @@ impl Net {
             let _ = ip(&["link", "del", &self.link(i)]);
             let _ = ip(&["netns", "del", &self.ns(i)]);
         }
-        let _ = ip(&["link", "del", &self.bridge()]);
+        let br = self.bridge();
+        let _ = ip(&["link", "del", &br]);
+        // The rule let_bridge_forward added, if any (quietly absent otherwise).
+        let _ = Command::new("iptables")
+            .args(["-D", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT"])
+            .output();
     }
 }
