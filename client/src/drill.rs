@@ -242,11 +242,12 @@ pub async fn watch_failover(watcher: &Cluster, export: &str, owner: &str, fault_
                 .filter_map(|e| e.export.as_ref())
                 .find(|e| e.name == export && e.owner_chn != owner);
             if let Some(e) = moved {
-                t.taken_over_ms = Some(e.moved_ms.saturating_sub(fault_ms));
+                let taken = e.moved_ms.saturating_sub(fault_ms);
+                t.taken_over_ms = Some(taken);
                 t.new_owner = Some(e.owner_chn.clone());
-                // A move can be recorded before this watcher saw the
-                // owner fail; the move proves the detection.
-                t.detected_ms.get_or_insert(t.taken_over_ms.unwrap_or(0));
+                // This watcher may see the failure only after the move (a
+                // slow first answer); the move proves the detection.
+                t.detected_ms = Some(t.detected_ms.map_or(taken, |d| d.min(taken)));
                 return t;
             }
         }

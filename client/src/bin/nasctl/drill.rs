@@ -1,11 +1,13 @@
-//! `nasctl drill`: a failover drill on a local cluster. Writers record
-//! every acknowledged write while a fault (kill -9, pause, partition) hits
-//! a CHN; then every acknowledged write is read back, and the report says
-//! how long detection and the return of service took and how many writes
-//! were lost (there must be none).
+//! `nasctl drill`: a failover drill. Writers record every acknowledged
+//! write while a fault (kill -9, pause, partition) hits a CHN; then every
+//! acknowledged write is read back, and the report says how long detection
+//! and the return of service took and how many writes were lost (there
+//! must be none).
 //!
 //! Owns fault injection on the processes and links of a `cluster up`
-//! folder; the bookkeeping is `nas_client::drill`, shared with the tests.
+//! folder, and the handshake with an outside injector (`--fault external`:
+//! deploy/drill.sh kills a container). The bookkeeping is
+//! `nas_client::drill`, shared with the tests.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use ::nas_client::drill::{self, Writers};
+use ::nas_client::proto::FailoverStatusRequest;
 use ::nas_client::Cluster;
 
 use crate::files::{session, Login};
@@ -29,13 +32,33 @@ pub enum Fault {
     Pause,
     /// Cut the CHN off the network for --pause-ms (needs `cluster up --netns`).
     Partition,
+    /// Another program injects the fault (deploy/drill.sh kills a container):
+    /// the drill writes the CHN to hit into HANDSHAKE/fault.request and waits
+    /// for HANDSHAKE/fault.done, which holds the fault's wall-clock time in ms
+    /// since the epoch. Restarting the CHN is the other program's business.
+    External,
+}
+
+impl Fault {
+    /// As on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Pause => "pause",
+            Fault::Partition => "partition",
+            Fault::External => "external fault on",
+        }
+    }
 }
 
 #[derive(Args)]
 pub struct DrillArgs {
-    /// The `cluster up` folder (to find the CHN processes).
-    #[arg(long)]
-    dir: PathBuf,
+    /// The `cluster up` folder (to find the CHN processes); needed for kill, pause and partition.
+    #[arg(long, required_unless_present = "handshake")]
+    dir: Option<PathBuf>,
+    /// The folder shared with the program that injects an external fault.
+    #[arg(long, required_if_eq("fault", "external"))]
+    handshake: Option<PathBuf>,
     /// The export the writers use.
     #[arg(long)]
     export: String,
@@ -68,11 +91,130 @@ struct Run {
     errors: Vec<String>,
 }
 
-fn signal(dir: &std::path::Path, chn: &str, sig: i32) -> anyhow::Result<()> {
-    let pid = running_pid(dir, chn).with_context(|| format!("{chn} is not running under {}", dir.display()))?;
-    // SAFETY: kill(2) on a nasd this folder's `cluster up` started (checked by running_pid).
-    unsafe { libc::kill(pid, sig) };
-    Ok(())
+/// Who injects the fault, and how.
+enum Injector {
+    /// Signals and links of the processes of a `cluster up` folder.
+    Local {
+        dir: PathBuf,
+        layout: local_cluster::Layout,
+    },
+    /// Another program, through files in a shared folder.
+    External { handshake: PathBuf },
+}
+
+impl Injector {
+    fn new(a: &DrillArgs) -> anyhow::Result<Injector> {
+        match (a.fault, &a.dir, &a.handshake) {
+            (Fault::External, _, Some(h)) => {
+                if a.runs > 1 {
+                    bail!("--fault external runs one drill per call: the injector restarts the CHN in between");
+                }
+                std::fs::create_dir_all(h).with_context(|| format!("cannot create {}", h.display()))?;
+                Ok(Injector::External { handshake: h.clone() })
+            }
+            (Fault::External, _, None) => bail!("--fault external needs --handshake DIR"),
+            (_, Some(dir), _) => {
+                let dir = dir
+                    .canonicalize()
+                    .with_context(|| format!("no cluster folder {}", dir.display()))?;
+                let layout = local_cluster::load_layout(&dir)?;
+                if a.fault == Fault::Partition && !layout.netns {
+                    bail!("a partition needs each CHN in its own network namespace: start the cluster with `nasctl cluster up --netns --dir NEWDIR` (as root)");
+                }
+                Ok(Injector::Local { dir, layout })
+            }
+            (_, None, _) => {
+                bail!("--fault kill, pause and partition act on a local cluster: give --dir (the `cluster up` folder)")
+            }
+        }
+    }
+
+    fn local_index(dir: &std::path::Path, layout: &local_cluster::Layout, chn: &str) -> anyhow::Result<usize> {
+        layout
+            .nodes
+            .iter()
+            .position(|x| x.name == chn)
+            .with_context(|| format!("{chn} is not a CHN of {}", dir.display()))
+    }
+
+    fn signal(dir: &std::path::Path, chn: &str, sig: i32) -> anyhow::Result<()> {
+        let pid = running_pid(dir, chn).with_context(|| format!("{chn} is not running under {}", dir.display()))?;
+        // SAFETY: kill(2) on a nasd this folder's `cluster up` started (checked by running_pid).
+        unsafe { libc::kill(pid, sig) };
+        Ok(())
+    }
+
+    /// Hits `chn`; returns the fault's wall-clock time in ms.
+    async fn inject(&self, fault: Fault, chn: &str) -> anyhow::Result<u64> {
+        match self {
+            Injector::Local { dir, layout } => {
+                let index = Self::local_index(dir, layout, chn)?;
+                let at = drill::now_ms();
+                match fault {
+                    Fault::Kill => Self::signal(dir, chn, libc::SIGKILL)?,
+                    Fault::Pause => Self::signal(dir, chn, libc::SIGSTOP)?,
+                    Fault::Partition => crate::netns::Net::for_dir(dir).cut(index, true)?,
+                    Fault::External => unreachable!("an external fault has no local injector"),
+                }
+                Ok(at)
+            }
+            Injector::External { handshake } => {
+                let done = handshake.join("fault.done");
+                let _ = std::fs::remove_file(&done);
+                let request = handshake.join("fault.request");
+                std::fs::write(&request, format!("{chn}\n"))
+                    .with_context(|| format!("cannot write {}", request.display()))?;
+                let limit = Duration::from_secs(60);
+                if !wait(limit, || done.exists()).await {
+                    bail!("nobody injected the fault: no {} within 60 s", done.display());
+                }
+                // The injector writes the file in one go, but it may not have
+                // closed it yet when it first shows up.
+                let mut text = String::new();
+                wait(Duration::from_secs(1), || {
+                    text = std::fs::read_to_string(&done).unwrap_or_default();
+                    text.ends_with('\n')
+                })
+                .await;
+                text.trim()
+                    .parse()
+                    .with_context(|| format!("{} holds `{}`, not a time in ms", done.display(), text.trim()))
+            }
+        }
+    }
+
+    /// Ends a pause or a partition.
+    fn heal(&self, fault: Fault, chn: &str) -> anyhow::Result<()> {
+        if let Injector::Local { dir, layout } = self {
+            match fault {
+                Fault::Pause => Self::signal(dir, chn, libc::SIGCONT)?,
+                Fault::Partition => {
+                    let index = Self::local_index(dir, layout, chn)?;
+                    crate::netns::Net::for_dir(dir).cut(index, false)?
+                }
+                Fault::Kill | Fault::External => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Restarts a killed CHN (a local one; an external injector does it itself).
+    async fn restart(&self, fault: Fault, chn: &str) -> anyhow::Result<()> {
+        if let (Injector::Local { dir, .. }, Fault::Kill) = (self, fault) {
+            local_cluster::up(local_cluster::UpOptions {
+                nodes: None,
+                dir: dir.clone(),
+                nasd: None,
+                nasd_args: None,
+                netns: false,
+                json: false,
+                quiet: true,
+            })
+            .await
+            .with_context(|| format!("restarting {chn}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Waits for `cond` up to `limit`, polling.
@@ -87,20 +229,23 @@ async fn wait(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-async fn one(c: &Cluster, login: &Login, a: &DrillArgs, dir: &std::path::Path, n: usize) -> anyhow::Result<Run> {
-    let layout = local_cluster::load_layout(dir)?;
+async fn one(c: &Cluster, login: &Login, a: &DrillArgs, injector: &Injector, n: usize) -> anyhow::Result<Run> {
     let (owner, owner_addr) = ::nas_client::nas::export_owner(c, &a.export, false)
         .await
         .map_err(crate::status_err)?;
     let chn = a.chn.clone().unwrap_or_else(|| owner.clone());
-    let index = layout
-        .nodes
-        .iter()
-        .position(|x| x.name == chn)
-        .with_context(|| format!("{chn} is not a CHN of {}", dir.display()))?;
-    if a.fault == Fault::Partition && !layout.netns {
-        bail!("a partition needs each CHN in its own network namespace: start the cluster with `nasctl cluster up --netns --dir NEWDIR` (as root)");
+    let members = c.leader_status().await.map_err(crate::status_err)?.members;
+    if !members.iter().any(|m| m.name == chn) {
+        bail!("{chn} is not a CHN of this cluster (see `nasctl chn list`)");
     }
+    let survivors: Vec<&str> = members
+        .iter()
+        .filter(|m| m.name != chn)
+        .map(|m| m.address.as_str())
+        .collect();
+    let watcher = Cluster::new(&survivors)?;
+    // Connect before the fault, so that the first look after it is not late.
+    let _ = watcher.admin_at(0).failover_status(FailoverStatusRequest {}).await;
     let client = Arc::new(session(c, login, &a.export, Duration::from_secs(60)).await?);
     let path = format!("/drill-{}-{n}", drill::now_ms());
     let w = Writers::start(client.clone(), &path, a.writers)
@@ -109,20 +254,7 @@ async fn one(c: &Cluster, login: &Login, a: &DrillArgs, dir: &std::path::Path, n
     if !wait(Duration::from_secs(30), || w.acked() >= 20).await {
         bail!("the writers did not get going: {:?}", w.errors());
     }
-    let fault_ms = drill::now_ms();
-    let net = crate::netns::Net::for_dir(dir);
-    match a.fault {
-        Fault::Kill => signal(dir, &chn, libc::SIGKILL)?,
-        Fault::Pause => signal(dir, &chn, libc::SIGSTOP)?,
-        Fault::Partition => net.cut(index, true)?,
-    }
-    let survivors: Vec<&str> = layout
-        .nodes
-        .iter()
-        .filter(|x| x.name != chn)
-        .map(|x| x.addr.as_str())
-        .collect();
-    let watcher = Cluster::new(&survivors)?;
+    let fault_ms = injector.inject(a.fault, &chn).await?;
     let moves = chn == owner;
     let timeline = if moves {
         drill::watch_failover(&watcher, &a.export, &owner, fault_ms, Duration::from_secs(30)).await
@@ -140,31 +272,16 @@ async fn one(c: &Cluster, login: &Login, a: &DrillArgs, dir: &std::path::Path, n
         wait(Duration::from_secs(30), || w.acked() >= acked_at_fault + 20).await;
         w.first_ack_after(fault_ms)
     };
-    if a.fault != Fault::Kill {
+    if matches!(a.fault, Fault::Pause | Fault::Partition) {
         let until = fault_ms + a.pause_ms;
         wait(Duration::from_millis(a.pause_ms), || drill::now_ms() >= until).await;
-        match a.fault {
-            Fault::Pause => signal(dir, &chn, libc::SIGCONT)?,
-            _ => net.cut(index, false)?,
-        }
+        injector.heal(a.fault, &chn)?;
     }
     let more = w.acked() + 20;
     wait(Duration::from_secs(30), || w.acked() >= more || !w.errors().is_empty()).await;
     let ledger = w.stop().await;
     let verdict = drill::check(&client, &path, &ledger).await.map_err(crate::status_err)?;
-    if a.fault == Fault::Kill {
-        local_cluster::up(local_cluster::UpOptions {
-            nodes: None,
-            dir: dir.to_path_buf(),
-            nasd: None,
-            nasd_args: None,
-            netns: false,
-            json: false,
-            quiet: true,
-        })
-        .await
-        .with_context(|| format!("restarting {chn}"))?;
-    }
+    injector.restart(a.fault, &chn).await?;
     Ok(Run {
         chn,
         detected_ms: timeline.detected_ms,
@@ -183,18 +300,15 @@ fn ms(v: Option<u64>) -> String {
 }
 
 pub async fn run(c: &Cluster, login: &Login, a: DrillArgs, json: bool) -> anyhow::Result<()> {
-    let dir = a
-        .dir
-        .canonicalize()
-        .with_context(|| format!("no cluster folder {}", a.dir.display()))?;
+    let injector = Injector::new(&a)?;
     let mut runs = Vec::new();
     for n in 0..a.runs.max(1) {
-        let r = one(c, login, &a, &dir, n).await?;
+        let r = one(c, login, &a, &injector, n).await?;
         if !json {
             outln!(
-                "drill {}: {:?} {} -> served by {}: detected {}, taken over {}, clients served again {}; {} writes acknowledged, {} checked, {} lost, {} failed calls",
+                "drill {}: {} {} -> served by {}: detected {}, taken over {}, clients served again {}; {} writes acknowledged, {} checked, {} lost, {} failed calls",
                 n + 1,
-                a.fault,
+                a.fault.name(),
                 r.chn,
                 r.new_owner.as_deref().unwrap_or("the same CHN"),
                 ms(r.detected_ms),

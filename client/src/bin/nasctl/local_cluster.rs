@@ -15,8 +15,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use ::nas_client::proto::{self, PathTarget};
 use ::nas_client::Cluster;
+
+use crate::setup::{self, NodeSpec};
 
 /// What `cluster up` remembers in DIR/cluster.json.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -28,13 +29,6 @@ pub struct Layout {
     /// Each CHN in a network namespace of its own (`--netns`).
     #[serde(default)]
     pub netns: bool,
-}
-
-/// One CHN of a local cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeSpec {
-    pub name: String,
-    pub addr: String,
 }
 
 /// Options of `cluster up`.
@@ -186,34 +180,6 @@ fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String], ns: Op
     Ok(())
 }
 
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>, String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::from("no answer yet");
-    loop {
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = e,
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {} s waiting for {what}: {last}", timeout.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn ignore_exists(r: Result<impl Sized, tonic::Status>) -> anyhow::Result<()> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-        Err(s) => Err(anyhow::anyhow!("{}", s.message())),
-    }
-}
-
 /// `cluster up`: start (or restart, or grow) the local cluster and run the
 /// setup sequence.
 pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
@@ -272,101 +238,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     }
     let addrs: Vec<String> = layout.nodes.iter().map(|n| n.addr.clone()).collect();
     let cluster = Cluster::new(&addrs)?;
-    let mut initialized = Vec::new();
-    for (i, node) in layout.nodes.iter().enumerate() {
-        let log = node_dir(dir, &node.name).join("nasd.log");
-        let info = wait_for(
-            &format!("{} to answer at {} (log: {})", node.name, node.addr, log.display()),
-            Duration::from_secs(30),
-            || {
-                let mut c = cluster.admin_at(i);
-                async move {
-                    match c.node_info(proto::NodeInfoRequest {}).await {
-                        Ok(r) => Ok(Some(r.into_inner())),
-                        Err(s) => Err(s.message().to_string()),
-                    }
-                }
-            },
-        )
-        .await?;
-        initialized.push(info.initialized);
-    }
-
-    // Setup sequence (DESIGN.md): install CHN1 (bootstrap), initialize the
-    // shared LU and its backup, define paths, then install each next CHN.
-    let first = &layout.nodes[0];
-    if !initialized[0] {
-        if !opts.quiet {
-            eprintln!("installing {} (bootstrap) ...", first.name);
-        }
-        ignore_exists(cluster.admin_at(0).bootstrap(proto::BootstrapRequest {}).await)?;
-    }
-    ignore_exists(
-        cluster
-            .admin(|mut c| async move { c.init_shared_lu(proto::InitSharedLuRequest { with_backup: true }).await })
-            .await,
-    )?;
-    for node in &layout.nodes {
-        for target in [PathTarget::PathSharedLu, PathTarget::PathSharedLuBackup] {
-            let path = proto::Path {
-                chn: node.name.clone(),
-                target: target as i32,
-                lu: 0,
-            };
-            ignore_exists(
-                cluster
-                    .admin(|mut c| {
-                        let path = path.clone();
-                        async move { c.add_path(proto::PathRequest { path: Some(path) }).await }
-                    })
-                    .await,
-            )?;
-        }
-    }
-    for node in &layout.nodes[1..] {
-        let status = cluster
-            .admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await })
-            .await?;
-        if status.members.iter().any(|m| m.name == node.name && m.voter) {
-            continue;
-        }
-        if !opts.quiet {
-            eprintln!("installing {} ...", node.name);
-        }
-        let req = proto::InstallChnRequest {
-            name: node.name.clone(),
-            address: node.addr.clone(),
-        };
-        cluster
-            .admin(|mut c| {
-                let req = req.clone();
-                async move { c.install_chn(req).await }
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("installing {} failed: {}", node.name, s.message()))?;
-    }
-
-    let n = layout.nodes.len();
-    let status = wait_for(
-        "every CHN to be a voter with a fresh heartbeat",
-        Duration::from_secs(30),
-        || {
-            let cluster = &cluster;
-            async move {
-                let s = cluster.leader_status().await.map_err(|s| s.message().to_string())?;
-                // Only the leader's view shows whether a restarted CHN has
-                // caught up (matched index) and is reporting (heartbeat).
-                let healthy = s.leader_id != 0
-                    && s.answered_by == s.leader_name
-                    && s.members.iter().filter(|m| m.voter).count() == n
-                    && s.members
-                        .iter()
-                        .all(|m| (0..5000).contains(&m.heartbeat_age_ms) && m.matched_index > 0);
-                Ok(healthy.then_some(s))
-            }
-        },
-    )
+    let initialized = setup::wait_answering(&cluster, &layout.nodes, Duration::from_secs(30), |node| {
+        format!("log: {}", node_dir(dir, &node.name).join("nasd.log").display())
+    })
     .await?;
+    setup::install(&cluster, &layout.nodes, &initialized, opts.quiet).await?;
+    let n = layout.nodes.len();
+    let status = setup::wait_healthy(&cluster, n, Duration::from_secs(30)).await?;
 
     let env_line = format!("NAS_CLUSTER={}", addrs.join(","));
     std::fs::write(dir.join("cluster.env"), format!("{env_line}\n"))?;

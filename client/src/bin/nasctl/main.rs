@@ -22,6 +22,7 @@ mod files;
 mod local_cluster;
 mod netns;
 mod output;
+mod setup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,6 +113,16 @@ enum Cmd {
     /// Move exports between CHNs (planned takeover, giveback) and see the failover state.
     #[command(subcommand)]
     Failover(failover::FailoverCmd),
+    /// Ask one nasd's standard gRPC health service whether it serves
+    /// (exit 0) or not (exit 1): the container HEALTHCHECK.
+    Health {
+        /// The nasd [default: the local one at $NASD_LISTEN, else 127.0.0.1:7000].
+        #[arg(long)]
+        addr: Option<String>,
+        /// The service to ask about ("" is the whole server; nas.v1.Nas the file service).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Break a file lock as operator: every holder's, or one session's.
     Unlock {
         /// The locked file, as EXPORT:/path.
@@ -162,6 +173,58 @@ enum ClusterCmd {
     },
     /// Members, leader, term, applied index and each CHN's heartbeat age.
     Status,
+    /// Run the setup sequence on CHNs that are already running (containers,
+    /// other hosts), then make the disks, LU, user and export asked for.
+    ///
+    /// Installs the first --chn (bootstrap), initializes the shared LU and
+    /// its backup, adds every CHN's paths to them, installs the other CHNs,
+    /// and waits until all are healthy voters. Every step is skipped when
+    /// its result exists, so it is safe to run again (the compose `setup`
+    /// service runs it on every start). Each flag can come from the
+    /// environment variable named beside it; the user's password comes
+    /// from $NAS_PASSWORD.
+    Setup(SetupArgs),
+}
+
+#[derive(Args)]
+struct SetupArgs {
+    /// A CHN as NAME=HOST:PORT, in install order (the first bootstraps);
+    /// repeat it or separate with commas. nasd must run with that name.
+    #[arg(
+        long = "chn",
+        env = "NAS_SETUP_CHNS",
+        value_delimiter = ',',
+        required = true,
+        value_name = "NAME=HOST:PORT"
+    )]
+    chns: Vec<setup::NodeSpec>,
+    /// Define this many disks when the array holds none.
+    #[arg(long, env = "NAS_SETUP_DISKS")]
+    disks: Option<u32>,
+    /// Size of each disk (e.g. 64M, 1G).
+    #[arg(long, env = "NAS_SETUP_DISK_SIZE", default_value = "64M", value_parser = parse_size)]
+    disk_size: u64,
+    /// Create an LU on these disks (e.g. 1,2,3) unless one uses exactly them.
+    #[arg(long, env = "NAS_SETUP_LU_DISKS", value_delimiter = ',')]
+    lu_disks: Vec<u32>,
+    /// RAID level of that LU: 1 or 5.
+    #[arg(long, env = "NAS_SETUP_RAID", default_value_t = 5)]
+    raid: u32,
+    /// Add this user (password from $NAS_PASSWORD) unless it exists.
+    #[arg(long = "add-user", env = "NAS_SETUP_USER")]
+    add_user: Option<String>,
+    /// Create this export of the LU, for that user, unless it exists.
+    #[arg(long, env = "NAS_SETUP_EXPORT")]
+    export: Option<String>,
+    /// The CHN serving the export [default: the first --chn].
+    #[arg(long, env = "NAS_SETUP_EXPORT_CHN")]
+    export_chn: Option<String>,
+    /// The partner that takes the export over [default: the second --chn].
+    #[arg(long, env = "NAS_SETUP_EXPORT_PARTNER")]
+    export_partner: Option<String>,
+    /// Seconds to wait for every CHN to answer and for the cluster to be healthy.
+    #[arg(long, env = "NAS_SETUP_WAIT_S", default_value_t = 120)]
+    wait_s: u64,
 }
 
 #[derive(Subcommand)]
@@ -397,6 +460,95 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code())
 }
 
+/// `cluster setup`: the setup sequence on running CHNs, then provisioning.
+async fn cluster_setup(a: &SetupArgs, json: bool) -> anyhow::Result<()> {
+    let addrs: Vec<&str> = a.chns.iter().map(|n| n.addr.as_str()).collect();
+    let wait = Duration::from_secs(a.wait_s);
+    let cluster = Cluster::new(&addrs)?.with_retry_for(wait);
+    let initialized =
+        setup::wait_answering(&cluster, &a.chns, wait, |_| "is its nasd running and reachable?".into()).await?;
+    setup::install(&cluster, &a.chns, &initialized, false).await?;
+    let status = setup::wait_healthy(&cluster, a.chns.len(), wait).await?;
+    let user = match &a.add_user {
+        Some(name) => Some((name.clone(), read_password(name)?)),
+        None => None,
+    };
+    let provision = setup::Provision {
+        disks: a.disks.map(|n| (n, a.disk_size)),
+        lu: (!a.lu_disks.is_empty()).then(|| (a.raid, a.lu_disks.clone())),
+        user,
+        export: match &a.export {
+            Some(name) => {
+                let owner = a.export_chn.clone().unwrap_or_else(|| a.chns[0].name.clone());
+                let partner = a
+                    .export_partner
+                    .clone()
+                    .or_else(|| a.chns.iter().map(|n| n.name.clone()).find(|n| *n != owner))
+                    .context("an export needs a partner CHN: give --export-partner or a second --chn")?;
+                Some((name.clone(), owner, partner))
+            }
+            None => None,
+        },
+    };
+    setup::provision(&cluster, &provision).await?;
+    let list = addrs.join(",");
+    if json {
+        outln!(
+            "{}",
+            json!({"cluster": list, "leader": status.leader_name, "term": status.term, "chns": a.chns.len()})
+        );
+    } else {
+        outln!(
+            "cluster of {} CHNs set up (leader {}, term {}); talk to it with {CLUSTER_ENV}={list}",
+            a.chns.len(),
+            status.leader_name,
+            status.term
+        );
+    }
+    Ok(())
+}
+
+/// `health`: one standard gRPC health check, for container HEALTHCHECKs.
+async fn health(addr: Option<&str>, service: &str, json: bool) -> anyhow::Result<()> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let addr = match addr {
+        Some(a) => a.to_string(),
+        // nasd listens on all addresses in a container; ask it over loopback.
+        None => std::env::var("NASD_LISTEN")
+            .ok()
+            .and_then(|l| l.rsplit_once(':').map(|(_, port)| format!("127.0.0.1:{port}")))
+            .unwrap_or_else(|| "127.0.0.1:7000".into()),
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("no nasd answers at {addr}"))?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow!("the health check of {addr} failed: {} ({:?})", s.message(), s.code()))?
+        .into_inner();
+    let status = ServingStatus::try_from(reply.status).unwrap_or(ServingStatus::Unknown);
+    if json {
+        outln!(
+            "{}",
+            json!({"address": addr, "service": service, "status": status.as_str_name()})
+        );
+    } else {
+        outln!("{addr}: {}", status.as_str_name());
+    }
+    if status != ServingStatus::Serving {
+        bail!("{addr} is not serving ({})", status.as_str_name());
+    }
+    Ok(())
+}
+
 fn list_req(o: ReadOpts) -> ListRequest {
     ListRequest { local: o.local }
 }
@@ -504,12 +656,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await;
         }
         Cmd::Cluster(ClusterCmd::Down { dir }) => return local_cluster::down(dir, json).await,
+        Cmd::Cluster(ClusterCmd::Setup(a)) => return cluster_setup(a, json).await,
+        Cmd::Health { addr, service } => return health(addr.as_deref(), service, json).await,
         _ => {}
     }
     let c = connect(&cli)?;
     match cli.command {
         Cmd::Cluster(ClusterCmd::Status) => cluster_status(&c, json).await,
-        Cmd::Cluster(_) => unreachable!("handled above"),
+        Cmd::Cluster(_) | Cmd::Health { .. } => unreachable!("handled above"),
         Cmd::SharedLu(SharedLuCmd::Init { no_backup }) => {
             let r = c
                 .admin(|mut a| async move {
