@@ -87,4 +87,6 @@ build_log=$(mktemp)
 DOCKER_BUILDKIT=0 docker build -f deploy/Dockerfile --target prebuilt -t "$NAS_IMAGE" . >"$build_log" 2>&1 \
     || { cat "$build_log" >&2; rm -f "$build_log"; die "docker build failed"; }
 rm -f "$build_log"
+docker run --rm --entrypoint nasctl "$NAS_IMAGE" --version >/dev/null \
+    || die "the image $NAS_IMAGE does not run nasctl; see the docker build above"
 say "ready: docker-compose -f deploy/docker-compose.yml up -d   (or: deploy/drill.sh)"
