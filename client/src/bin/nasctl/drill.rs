@@ -161,8 +161,11 @@ impl Injector {
             Injector::External { handshake } => {
                 let done = handshake.join("fault.done");
                 let _ = std::fs::remove_file(&done);
+                // Written aside and renamed, so the injector never reads half a name.
                 let request = handshake.join("fault.request");
-                std::fs::write(&request, format!("{chn}\n"))
+                let partial = handshake.join("fault.request.tmp");
+                std::fs::write(&partial, format!("{chn}\n"))
+                    .and_then(|()| std::fs::rename(&partial, &request))
                     .with_context(|| format!("cannot write {}", request.display()))?;
                 let limit = Duration::from_secs(60);
                 if !wait(limit, || done.exists()).await {
