@@ -171,6 +171,8 @@ impl LuHost {
 
     /// Records a new LU, then formats its block device on this CHN.
     pub async fn create_lu(&self, req: CreateLu) -> Result<CommandResult, Status> {
+        // The array may have been set up through another CHN a moment ago.
+        self.shared().ensure_current().await?;
         self.array()?;
         let r = self
             .shared()

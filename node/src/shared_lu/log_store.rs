@@ -1,78 +1,123 @@
-//! The Raft log and vote, durable in redb.
+//! The Raft log and vote, durable in an append-only file.
 //!
-//! Owns `raft.redb` under the CHN's data directory (log entries keyed by
-//! index, the vote, the last purged and the committed log id), one writer
-//! thread that group-commits every write, and an in-memory tail of recent
-//! entries. It must never report an append as flushed before redb's commit
-//! (fsync) has returned, must keep writes in the order openraft issued
-//! them, and must never serve an entry that a truncate removed.
+//! Owns `raft.log` under the CHN's data directory: a sequence of records
+//! (an entry, the vote, the last purged log id, the committed hint, a
+//! truncation), each framed by its length and a CRC32. One writer thread
+//! appends whatever has queued up with one write and one `fdatasync`. Every
+//! live entry is also kept in memory: the log stays short, because
+//! compaction purges it behind each snapshot, and the file is rewritten
+//! with only the live state once dead records outweigh it.
 //!
-//! Why a writer thread: openraft 0.9 appends each proposal on its own and
-//! waits for nothing but the `LogFlushed` callback, so handing appends to a
-//! thread that commits whatever has queued up turns many fsyncs into one,
-//! and lets the leader replicate while its own fsync is still running.
+//! It must never report an append as flushed before its `fdatasync` has
+//! returned, must keep writes in the order openraft issued them, and must
+//! never serve an entry that a truncate removed. A torn last record (a
+//! crash in the middle of a write) is cut off at open: it was never
+//! acknowledged.
+//!
+//! Why not a redb table, as before: each redb commit rewrites pages of a
+//! B-tree and syncs twice; at one client in flight that was most of the
+//! commit latency. An append and one `fdatasync` is all a log needs.
+//! A `raft.redb` left by an older nasd is imported once at open.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write as _};
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{Entry, NodeId, TypeConfig};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const VOTE_KEY: &str = "vote";
-const PURGED_KEY: &str = "last_purged";
-const COMMITTED_KEY: &str = "committed";
-
-/// Recent entries kept in memory for replication reads.
-const TAIL_MAX: usize = 4096;
-/// Most queued writes committed together.
+const FILE: &str = "raft.log";
+/// Most queued writes appended together.
 const GROUP_MAX: usize = 512;
+/// Bytes of the frame before each record: length, then CRC32 of the record.
+const FRAME: usize = 8;
+/// Largest record accepted on replay (an entry holds one batch of commands).
+const RECORD_MAX: usize = 64 << 20;
+/// The file is rewritten when it is larger than this plus twice its live part.
+const REWRITE_SLACK: u64 = 4 << 20;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// One record of the file.
+#[derive(Clone, Serialize, Deserialize)]
+enum Record {
+    Entry(Entry),
+    Vote(Vote<NodeId>),
+    Purged(LogId<NodeId>),
+    Committed(Option<LogId<NodeId>>),
+    /// Entries from this index on are gone.
+    Truncate(u64),
+}
+
+/// What the file holds once replayed.
+#[derive(Default)]
+struct Durable {
+    entries: BTreeMap<u64, Entry>,
+    vote: Option<Vote<NodeId>>,
+    purged: Option<LogId<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+impl Durable {
+    fn apply(&mut self, r: Record) {
+        match r {
+            Record::Entry(e) => {
+                self.entries.insert(e.log_id.index, e);
+            }
+            Record::Vote(v) => self.vote = Some(v),
+            Record::Purged(id) => {
+                self.entries.retain(|k, _| *k > id.index);
+                self.purged = Some(id);
+            }
+            Record::Committed(c) => self.committed = c,
+            Record::Truncate(from) => {
+                self.entries.retain(|k, _| *k < from);
+            }
+        }
+    }
+
+    /// The records that rebuild this state on their own.
+    fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        let purged = self.purged.map(Record::Purged);
+        let vote = self.vote.map(Record::Vote);
+        let committed = Some(Record::Committed(self.committed));
+        purged
+            .into_iter()
+            .chain(vote)
+            .chain(committed)
+            .chain(self.entries.values().cloned().map(Record::Entry))
+    }
+}
 
 /// One write for the writer thread.
 enum Write {
     Append {
-        rows: Vec<(u64, Vec<u8>)>,
+        entries: Vec<Entry>,
         done: LogFlushed<TypeConfig>,
     },
-    Meta {
-        key: &'static str,
-        value: Vec<u8>,
+    /// A record that must be durable before `done` is told.
+    Sync {
+        record: Record,
         done: oneshot::Sender<Result<()>>,
     },
-    Truncate {
-        from: u64,
-        done: oneshot::Sender<Result<()>>,
-    },
-    Purge {
-        upto: u64,
-        purged: Vec<u8>,
-        done: oneshot::Sender<Result<()>>,
-    },
-    /// A metadata value that may be lost in a crash (the committed index).
-    Hint { key: &'static str, value: Vec<u8> },
+    /// A record that may be lost in a crash (the committed index).
+    Hint(Record),
 }
 
 /// Log storage handle; cheap to clone (readers share everything).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
-    /// A contiguous suffix of the log: everything appended since start-up,
-    /// less what was trimmed (durable), purged or truncated.
-    tail: Arc<RwLock<BTreeMap<u64, Entry>>>,
-    /// Highest index whose current entry is durable in redb (0: none).
-    durable_upto: Arc<AtomicU64>,
+    /// The log as openraft sees it: appended entries (durable or on their
+    /// way), less what was truncated or purged; the vote and marks.
+    state: Arc<RwLock<Durable>>,
     writes: mpsc::Sender<Write>,
 }
 
@@ -80,136 +125,310 @@ fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::write_logs(&std::io::Error::other(e.to_string())).into()
 }
 
-fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
-    StorageIOError::read_logs(&std::io::Error::other(e.to_string())).into()
+fn frame(r: &Record, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let body = postcard::to_allocvec(r).map_err(std::io::Error::other)?;
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(v).map_err(io_err)
+/// Replays `bytes`; returns the state and the length of the valid prefix.
+fn replay(bytes: &[u8]) -> (Durable, usize) {
+    let mut state = Durable::default();
+    let mut at = 0;
+    while bytes.len() - at >= FRAME {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let end = at + FRAME + len;
+        if len == 0 || len > RECORD_MAX || end > bytes.len() {
+            break;
+        }
+        let body = &bytes[at + FRAME..end];
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        match postcard::from_bytes::<Record>(body) {
+            Ok(r) => state.apply(r),
+            Err(_) => break,
+        }
+        at = end;
+    }
+    (state, at)
 }
 
-fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
-    postcard::from_bytes(b).map_err(read_err)
+/// Writes `state` alone into a new file and puts it in place of `path`.
+fn rewrite(path: &Path, state: &Durable) -> std::io::Result<(File, u64)> {
+    let mut buf = Vec::new();
+    for r in state.records() {
+        frame(&r, &mut buf)?;
+    }
+    let tmp = path.with_extension("log.new");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&buf)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    let f = OpenOptions::new().append(true).open(path)?;
+    Ok((f, buf.len() as u64))
+}
+
+/// The log of an older nasd, kept in redb, as a state to start from.
+fn import_redb(path: &Path) -> std::io::Result<Durable> {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    let err = |e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", path.display()));
+    let db = redb::Database::open(path).map_err(|e| err(&e))?;
+    let tx = db.begin_read().map_err(|e| err(&e))?;
+    let mut state = Durable::default();
+    let meta = tx.open_table(META).map_err(|e| err(&e))?;
+    let get = |key: &str| -> std::io::Result<Option<Vec<u8>>> {
+        Ok(meta.get(key).map_err(|e| err(&e))?.map(|v| v.value().to_vec()))
+    };
+    if let Some(b) = get("vote")? {
+        state.vote = Some(postcard::from_bytes(&b).map_err(|e| err(&e))?);
+    }
+    if let Some(b) = get("last_purged")? {
+        state.purged = Some(postcard::from_bytes(&b).map_err(|e| err(&e))?);
+    }
+    if let Some(b) = get("committed")? {
+        state.committed = postcard::from_bytes(&b).map_err(|e| err(&e))?;
+    }
+    let log = tx.open_table(LOG).map_err(|e| err(&e))?;
+    for row in log.iter().map_err(|e| err(&e))? {
+        let (k, v) = row.map_err(|e| err(&e))?;
+        let e: Entry = postcard::from_bytes(v.value()).map_err(|e| err(&e))?;
+        state.entries.insert(k.value(), e);
+    }
+    Ok(state)
+}
+
+/// Holds `raft.lock` in `dir` exclusively for as long as the returned file
+/// lives, so that a second nasd given the same data never writes the log.
+fn lock_dir(dir: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("raft.lock"))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::other(format!(
+            "{} is in use by another nasd (its Raft log is locked): stop that one, or give this one its own --data",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 impl LogStore {
-    /// Opens (or creates) `raft.redb` in `dir` and starts its writer thread.
-    pub fn open(dir: &Path) -> std::result::Result<Self, redb::Error> {
-        let db = Database::create(dir.join("raft.redb"))?;
-        let tx = db.begin_write()?;
-        tx.open_table(LOG)?;
-        tx.open_table(META)?;
-        tx.commit()?;
-        let db = Arc::new(db);
-        let durable_upto = Arc::new(AtomicU64::new(0));
+    /// Opens (or creates) `raft.log` in `dir`, importing a `raft.redb` of
+    /// an older nasd, and starts the writer thread.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        let lock = lock_dir(dir)?;
+        let path = dir.join(FILE);
+        let old = dir.join("raft.redb");
+        if !path.exists() && old.exists() {
+            let state = import_redb(&old)?;
+            rewrite(&path, &state)?;
+            std::fs::remove_file(&old)?;
+            tracing::info!(
+                entries = state.entries.len(),
+                "imported the Raft log from raft.redb into raft.log"
+            );
+        }
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (state, valid) = replay(&bytes);
+        let file = if valid < bytes.len() {
+            // Never acknowledged: the crash came before its fdatasync ended.
+            tracing::warn!(
+                cut = bytes.len() - valid,
+                "cutting a torn record off the end of the Raft log"
+            );
+            rewrite(&path, &state)?.0
+        } else {
+            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            if bytes.is_empty() {
+                if let Some(d) = path.parent() {
+                    File::open(d)?.sync_all()?;
+                }
+            }
+            f
+        };
+        let live = Durable {
+            entries: state.entries.clone(),
+            vote: state.vote,
+            purged: state.purged,
+            committed: state.committed,
+        };
         let (writes, queue) = mpsc::channel();
-        let (wdb, wdurable) = (db.clone(), durable_upto.clone());
+        let len = valid as u64;
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer(&wdb, &queue, &wdurable))
-            .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+            .spawn(move || {
+                Writer {
+                    path,
+                    file,
+                    len,
+                    state,
+                    _lock: lock,
+                    broken: None,
+                }
+                .run(&queue)
+            })?;
         Ok(LogStore {
-            db,
-            tail: Default::default(),
-            durable_upto,
+            state: Arc::new(RwLock::new(live)),
             writes,
         })
     }
 
-    fn tail_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Entry>> {
-        self.tail.write().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Durable> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a write and waits until it is committed.
-    async fn write_and_wait(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Write) -> Result<()> {
-        let (done, committed) = oneshot::channel();
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Durable> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a record and waits until it is durable.
+    async fn sync(&self, record: Record) -> Result<()> {
+        let (done, durable) = oneshot::channel();
         self.writes
-            .send(make(done))
+            .send(Write::Sync { record, done })
             .map_err(|_| io_err("the log writer thread stopped"))?;
-        committed.await.map_err(|_| io_err("the log writer thread stopped"))?
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&Database) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || job(&db)).await.map_err(read_err)?
-    }
-
-    fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> {
-        let tx = db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(META).map_err(read_err)?;
-        match t.get(key).map_err(read_err)? {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Ok(None),
-        }
+        durable.await.map_err(|_| io_err("the log writer thread stopped"))?
     }
 }
 
-/// The writer thread: commits whatever has queued up in one transaction,
-/// in queue order, then reports each write.
-fn writer(db: &Database, queue: &mpsc::Receiver<Write>, durable_upto: &AtomicU64) {
-    while let Ok(first) = queue.recv() {
-        let mut group = vec![first];
-        while group.len() < GROUP_MAX {
-            match queue.try_recv() {
-                Ok(w) => group.push(w),
-                Err(_) => break,
-            }
-        }
-        let mut written = durable_upto.load(Ordering::Acquire);
-        let result = commit_group(db, &group, &mut written);
-        if result.is_ok() {
-            durable_upto.store(written, Ordering::Release);
-        }
-        for w in group {
-            match w {
-                Write::Append { done, .. } => {
-                    done.log_io_completed(result.clone().map_err(|e| std::io::Error::other(e.to_string())))
-                }
-                Write::Meta { done, .. } | Write::Truncate { done, .. } | Write::Purge { done, .. } => {
-                    let _ = done.send(result.clone());
-                }
-                Write::Hint { .. } => {}
-            }
-        }
-    }
+/// The writer thread's side: the file and the durable state it holds.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the file.
+    len: u64,
+    /// What the file holds, to rewrite it without its dead records.
+    state: Durable,
+    /// raft.lock, held while this writer may write.
+    _lock: File,
+    /// Set by a failed write or sync: what follows in the file is unknown
+    /// (a partial record, pages the kernel dropped), so nothing more may be
+    /// appended behind it and reported durable.
+    broken: Option<String>,
 }
 
-fn commit_group(db: &Database, group: &[Write], written: &mut u64) -> Result<()> {
-    let mut tx = db.begin_write().map_err(io_err)?;
-    if group.iter().all(|w| matches!(w, Write::Hint { .. })) {
-        // Hints alone are not worth an fsync; the next real write
-        // persists them.
-        tx.set_durability(Durability::None).map_err(io_err)?;
+impl Writer {
+    /// Appends whatever has queued up, syncs once, then reports each write.
+    fn run(mut self, queue: &mpsc::Receiver<Write>) {
+        while let Ok(first) = queue.recv() {
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match queue.try_recv() {
+                    Ok(w) => group.push(w),
+                    Err(_) => break,
+                }
+            }
+            let result = self.append(&group).map_err(|e| {
+                tracing::error!(path = %self.path.display(), "cannot write the Raft log: {e}");
+                e
+            });
+            for w in group {
+                match w {
+                    Write::Append { done, .. } => done.log_io_completed(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| std::io::Error::other(e.to_string())),
+                    ),
+                    Write::Sync { done, .. } => {
+                        let _ = done.send(result.as_ref().map(|_| ()).map_err(io_err));
+                    }
+                    Write::Hint(_) => {}
+                }
+            }
+        }
     }
-    {
-        let mut log = tx.open_table(LOG).map_err(io_err)?;
-        let mut meta = tx.open_table(META).map_err(io_err)?;
+
+    fn append(&mut self, group: &[Write]) -> std::io::Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(std::io::Error::other(format!(
+                "the Raft log failed earlier ({why}); restart nasd, which replays it up to its last good record"
+            )));
+        }
+        let result = self.append_unchecked(group);
+        if let Err(e) = &result {
+            self.broken = Some(e.to_string());
+        }
+        result
+    }
+
+    fn append_unchecked(&mut self, group: &[Write]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut must_sync = false;
+        let mut purged = false;
         for w in group {
             match w {
-                Write::Append { rows, .. } => {
-                    for (index, bytes) in rows {
-                        log.insert(*index, bytes.as_slice()).map_err(io_err)?;
-                        *written = (*written).max(*index);
+                Write::Append { entries, .. } => {
+                    must_sync = true;
+                    for e in entries {
+                        frame(&Record::Entry(e.clone()), &mut buf)?;
                     }
                 }
-                Write::Meta { key, value, .. } | Write::Hint { key, value } => {
-                    meta.insert(*key, value.as_slice()).map_err(io_err)?;
+                Write::Sync { record, .. } => {
+                    must_sync = true;
+                    purged |= matches!(record, Record::Purged(_));
+                    frame(record, &mut buf)?;
                 }
-                Write::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false).map_err(io_err)?;
-                    *written = (*written).min(from.saturating_sub(1));
-                }
-                Write::Purge { upto, purged, .. } => {
-                    meta.insert(PURGED_KEY, purged.as_slice()).map_err(io_err)?;
-                    log.retain_in(..=*upto, |_, _| false).map_err(io_err)?;
-                }
+                // Hints alone are not worth an fdatasync; the next real
+                // write makes them durable.
+                Write::Hint(record) => frame(record, &mut buf)?,
             }
         }
+        self.file.write_all(&buf)?;
+        if must_sync {
+            self.file.sync_data()?;
+        }
+        self.len += buf.len() as u64;
+        for w in group {
+            match w {
+                Write::Append { entries, .. } => {
+                    for e in entries {
+                        self.state.entries.insert(e.log_id.index, e.clone());
+                    }
+                }
+                Write::Sync { record, .. } | Write::Hint(record) => self.state.apply(record.clone()),
+            }
+        }
+        if purged {
+            self.maybe_rewrite()?;
+        }
+        Ok(())
     }
-    tx.commit().map_err(io_err)
+
+    /// After a purge: rewrites the file when dead records dominate it.
+    fn maybe_rewrite(&mut self) -> std::io::Result<()> {
+        let live: u64 = self
+            .state
+            .entries
+            .values()
+            .map(|e| postcard::to_allocvec(e).map_or(0, |b| b.len()) as u64 + FRAME as u64 + 2)
+            .sum();
+        if self.len > REWRITE_SLACK + 2 * live {
+            let (file, len) = rewrite(&self.path, &self.state)?;
+            self.file = file;
+            self.len = len;
+        }
+        Ok(())
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -219,7 +438,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
+            Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
@@ -227,33 +446,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
-        let (first_cached, cached) = {
-            let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-            let first = tail.keys().next().copied().unwrap_or(u64::MAX);
-            let cached: Vec<Entry> = tail
-                .range(start.max(first)..end.max(start.max(first)))
-                .map(|(_, e)| e.clone())
-                .collect();
-            (first, cached)
-        };
-        let mut out = Vec::new();
-        if start < first_cached.min(end) {
-            let disk_end = first_cached.min(end);
-            out = self
-                .blocking(move |db| {
-                    let tx = db.begin_read().map_err(read_err)?;
-                    let t = tx.open_table(LOG).map_err(read_err)?;
-                    let mut out = Vec::new();
-                    for item in t.range(start..disk_end).map_err(read_err)? {
-                        let (_, v) = item.map_err(read_err)?;
-                        out.push(decode(v.value())?);
-                    }
-                    Ok(out)
-                })
-                .await?;
+        if start >= end {
+            return Ok(Vec::new());
         }
-        out.extend(cached);
-        Ok(out)
+        Ok(self.read().entries.range(start..end).map(|(_, e)| e.clone()).collect())
     }
 }
 
@@ -261,33 +457,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
-        let newest_cached = self
-            .tail
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .next_back()
-            .map(|e| e.log_id);
-        self.blocking(move |db| {
-            let last_purged: Option<LogId<NodeId>> = Self::get_meta(db, PURGED_KEY)?;
-            let last = match newest_cached {
-                Some(id) => Some(id),
-                None => {
-                    let tx = db.begin_read().map_err(read_err)?;
-                    let t = tx.open_table(LOG).map_err(read_err)?;
-                    let newest = match t.last().map_err(read_err)? {
-                        Some((_, v)) => Some(decode::<Entry>(v.value())?.log_id),
-                        None => last_purged,
-                    };
-                    newest
-                }
-            };
-            Ok(LogState {
-                last_purged_log_id: last_purged,
-                last_log_id: last,
-            })
+        let s = self.read();
+        Ok(LogState {
+            last_purged_log_id: s.purged,
+            last_log_id: s.entries.values().next_back().map(|e| e.log_id).or(s.purged),
         })
-        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -295,34 +469,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        let value = encode(vote)?;
-        self.write_and_wait(|done| Write::Meta {
-            key: VOTE_KEY,
-            value,
-            done,
-        })
-        .await
+        self.sync(Record::Vote(*vote)).await?;
+        self.write().vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
-        self.blocking(|db| Self::get_meta(db, VOTE_KEY)).await
+        Ok(self.read().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
         // A hint that lets a restarted CHN re-apply committed entries at
-        // once; it rides along with the next group commit.
-        let value = encode(&committed)?;
+        // once; it rides along with the next synced write.
+        self.write().committed = committed;
         self.writes
-            .send(Write::Hint {
-                key: COMMITTED_KEY,
-                value,
-            })
+            .send(Write::Hint(Record::Committed(committed)))
             .map_err(|_| io_err("the log writer thread stopped"))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        self.blocking(|db| Ok(Self::get_meta::<Option<LogId<NodeId>>>(db, COMMITTED_KEY)?.flatten()))
-            .await
+        Ok(self.read().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
@@ -331,42 +497,149 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let rows = entries
-            .iter()
-            .map(|e| Ok((e.log_id.index, encode(e)?)))
-            .collect::<Result<Vec<_>>>()?;
         {
-            let mut tail = self.tail_mut();
-            for e in entries {
-                tail.insert(e.log_id.index, e);
-            }
-            // Trim only entries that are already durable, so a reader
-            // always finds an entry either here or in redb.
-            let durable = self.durable_upto.load(Ordering::Acquire);
-            while tail.len() > TAIL_MAX {
-                match tail.first_key_value() {
-                    Some((k, _)) if *k <= durable => {
-                        tail.pop_first();
-                    }
-                    _ => break,
-                }
+            let mut s = self.write();
+            for e in &entries {
+                s.entries.insert(e.log_id.index, e.clone());
             }
         }
         self.writes
-            .send(Write::Append { rows, done: callback })
+            .send(Write::Append {
+                entries,
+                done: callback,
+            })
             .map_err(|_| io_err("the log writer thread stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         let from = log_id.index;
-        self.tail_mut().retain(|k, _| *k < from);
-        self.write_and_wait(|done| Write::Truncate { from, done }).await
+        self.write().entries.retain(|k, _| *k < from);
+        self.sync(Record::Truncate(from)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        let upto = log_id.index;
-        let purged = encode(&log_id)?;
-        self.tail_mut().retain(|k, _| *k > upto);
-        self.write_and_wait(|done| Write::Purge { upto, purged, done }).await
+        {
+            let mut s = self.write();
+            s.entries.retain(|k, _| *k > log_id.index);
+            s.purged = Some(log_id);
+        }
+        self.sync(Record::Purged(log_id)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_the_rest_replays() {
+        let mut buf = Vec::new();
+        for i in 1..=3 {
+            frame(&Record::Entry(entry(1, i)), &mut buf).unwrap();
+        }
+        frame(&Record::Truncate(3), &mut buf).unwrap();
+        let whole = buf.len();
+        frame(&Record::Entry(entry(2, 3)), &mut buf).unwrap();
+        // A crash in the middle of the last write.
+        let torn = &buf[..buf.len() - 3];
+        let (state, valid) = replay(torn);
+        assert_eq!(valid, whole);
+        assert_eq!(state.entries.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        // A flipped bit stops the replay there, too.
+        let mut flipped = buf.clone();
+        flipped[whole + FRAME + 1] ^= 1;
+        assert_eq!(replay(&flipped).1, whole);
+        let (state, valid) = replay(&buf);
+        assert_eq!(valid, buf.len());
+        assert_eq!(state.entries[&3].log_id.leader_id.term, 2);
+    }
+
+    #[test]
+    fn an_old_raft_redb_is_imported_once() {
+        use redb::TableDefinition;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join("raft.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut log = tx.open_table(TableDefinition::<u64, &[u8]>::new("log")).unwrap();
+                for i in 4..=6 {
+                    log.insert(i, postcard::to_allocvec(&entry(2, i)).unwrap().as_slice())
+                        .unwrap();
+                }
+                let mut meta = tx.open_table(TableDefinition::<&str, &[u8]>::new("meta")).unwrap();
+                let vote = Vote::<NodeId>::new(2, 1);
+                meta.insert("vote", postcard::to_allocvec(&vote).unwrap().as_slice())
+                    .unwrap();
+                let purged = entry(1, 3).log_id;
+                meta.insert("last_purged", postcard::to_allocvec(&purged).unwrap().as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert!(!dir.path().join("raft.redb").exists(), "the old file stays behind");
+        let (state, vote) =
+            rt.block_on(async { (store.get_log_state().await.unwrap(), store.read_vote().await.unwrap()) });
+        assert_eq!(state.last_purged_log_id, Some(entry(1, 3).log_id));
+        assert_eq!(state.last_log_id, Some(entry(2, 6).log_id));
+        assert_eq!(vote, Some(Vote::new(2, 1)));
+        drop(store);
+        // Opened again: the same log, from raft.log alone.
+        let mut again = reopen(dir.path());
+        let entries = rt.block_on(again.try_get_log_entries(0..100)).unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn a_second_opener_of_the_same_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LogStore::open(dir.path()).unwrap();
+        let second = LogStore::open(dir.path()).err().expect("a second opener");
+        assert!(second.to_string().contains("in use by another nasd"), "{second}");
+        drop(first);
+        reopen(dir.path());
+    }
+
+    /// Opens the log once the writer thread of a dropped handle has let go
+    /// of the lock (it does so as soon as it sees the last handle gone).
+    fn reopen(dir: &Path) -> LogStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match LogStore::open(dir) {
+                Ok(s) => return s,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "the lock was never released: {e}"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn purge_and_rewrite_keep_only_the_live_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let mut state = Durable::default();
+        for i in 1..=10 {
+            state.apply(Record::Entry(entry(1, i)));
+        }
+        state.apply(Record::Purged(entry(1, 6).log_id));
+        state.apply(Record::Vote(Vote::new(3, 2)));
+        rewrite(&path, &state).unwrap();
+        let (again, valid) = replay(&std::fs::read(&path).unwrap());
+        assert_eq!(valid as u64, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(again.entries.keys().copied().collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+        assert_eq!(again.purged, state.purged);
+        assert_eq!(again.vote, state.vote);
     }
 }

@@ -80,7 +80,7 @@ pub struct RaftSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the Raft log in {dir}: {source}")]
-    Log { dir: String, source: redb::Error },
+    Log { dir: String, source: std::io::Error },
     #[error("cannot open the state machine in {dir}: {source}")]
     State {
         dir: String,
@@ -261,7 +261,11 @@ impl SharedLu {
                         )),
                         _ => s,
                     })?;
-                    return verdict(reply.into_inner());
+                    let reply = reply.into_inner();
+                    if reply.code == 0 && reply.log_index > 0 {
+                        self.await_applied(reply.log_index, deadline).await;
+                    }
+                    return verdict(reply);
                 }
                 Err(Redirect::Unknown) if tokio::time::Instant::now() < deadline => {
                     self.await_leader().await?;
@@ -270,6 +274,23 @@ impl SharedLu {
                 Err(Redirect::Failed(status)) => return Err(status),
                 Ok(r) => return verdict(r),
             }
+        }
+    }
+
+    /// Read your writes: a caller that wrote through this CHN must find the
+    /// write in this CHN's tables once the call returns, but a follower
+    /// applies a commit a moment after the leader answered. Waits for it
+    /// (until `deadline`). Late is not wrong: the write is committed, and
+    /// answering an error would invite a retry that applies it twice.
+    async fn await_applied(&self, index: u64, deadline: tokio::time::Instant) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let caught_up = self
+            .raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "forwarded write")
+            .await;
+        if caught_up.is_err() {
+            tracing::warn!(index, "a forwarded write was committed but is not applied here yet");
         }
     }
 
