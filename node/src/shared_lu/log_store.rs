@@ -1,18 +1,21 @@
 //! The Raft log and vote, durable in an append-only file.
 //!
-//! Owns `raft.log` under the CHN's data directory: a sequence of records
-//! (an entry, the vote, the last purged log id, the committed hint, a
-//! truncation), each framed by its length and a CRC32. One writer thread
-//! appends whatever has queued up with one write and one `fdatasync`. Every
+//! Owns `raft.log` under the CHN's data directory: a sequence of frames,
+//! each one group of records (entries, the vote, the last purged log id,
+//! the committed hint, truncations) with its length and a CRC32. One
+//! writer thread appends whatever has queued up as one frame, with one
+//! write and one `fdatasync`, and never writes a frame before the one
+//! ahead of it is durable, so only the last frame can be torn. Every
 //! live entry is also kept in memory: the log stays short, because
 //! compaction purges it behind each snapshot, and the file is rewritten
 //! with only the live state once dead records outweigh it.
 //!
 //! It must never report an append as flushed before its `fdatasync` has
 //! returned, must keep writes in the order openraft issued them, and must
-//! never serve an entry that a truncate removed. A torn last record (a
+//! never serve an entry that a truncate removed. A torn last frame (a
 //! crash in the middle of a write) is cut off at open: it was never
-//! acknowledged.
+//! acknowledged. A damaged frame with good frames after it is not a torn
+//! write: the CHN refuses to start rather than forget acknowledged entries.
 //!
 //! Why not a redb table, as before: each redb commit rewrites pages of a
 //! B-tree and syncs twice; at one client in flight that was most of the
@@ -37,10 +40,12 @@ use super::{Entry, NodeId, TypeConfig};
 const FILE: &str = "raft.log";
 /// Most queued writes appended together.
 const GROUP_MAX: usize = 512;
-/// Bytes of the frame before each record: length, then CRC32 of the record.
+/// Bytes before each frame's body: its length, then its CRC32.
 const FRAME: usize = 8;
-/// Largest record accepted on replay (an entry holds one batch of commands).
-const RECORD_MAX: usize = 64 << 20;
+/// Largest frame accepted on replay (a group of up to GROUP_MAX writes).
+const FRAME_MAX: usize = 1 << 30;
+/// Records per frame when the file is rewritten.
+const REWRITE_FRAME_RECORDS: usize = 1024;
 /// The file is rewritten when it is larger than this plus twice its live part.
 const REWRITE_SLACK: u64 = 4 << 20;
 
@@ -125,43 +130,78 @@ fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::write_logs(&std::io::Error::other(e.to_string())).into()
 }
 
-fn frame(r: &Record, out: &mut Vec<u8>) -> std::io::Result<()> {
-    let body = postcard::to_allocvec(r).map_err(std::io::Error::other)?;
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+/// Appends one frame holding `records` to `out`.
+fn frame<'a>(records: impl IntoIterator<Item = &'a Record>, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME]);
+    for r in records {
+        let body = postcard::to_allocvec(r).map_err(std::io::Error::other)?;
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+    }
+    let len = out.len() - start - FRAME;
+    let crc = crc32fast::hash(&out[start + FRAME..]);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[start + 4..start + FRAME].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
-/// Replays `bytes`; returns the state and the length of the valid prefix.
-fn replay(bytes: &[u8]) -> (Durable, usize) {
+fn u32_at(b: &[u8], at: usize) -> Option<usize> {
+    let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(w) as usize)
+}
+
+/// The records of the frame at `at` and where the next frame starts, or
+/// `None` when no intact frame starts there.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(Vec<Record>, usize)> {
+    let len = u32_at(bytes, at)?;
+    let crc = u32_at(bytes, at + 4)? as u32;
+    let end = at.checked_add(FRAME + len)?;
+    if len == 0 || len > FRAME_MAX || end > bytes.len() {
+        return None;
+    }
+    let body = &bytes[at + FRAME..end];
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let mut records = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        let n = u32_at(body, i)?;
+        let r = body.get(i + 4..i + 4 + n)?;
+        records.push(postcard::from_bytes(r).ok()?);
+        i += 4 + n;
+    }
+    Some((records, end))
+}
+
+/// Replays `bytes`: the state and the length of the intact prefix. Fails
+/// when an intact frame follows a damaged one (damage, not a torn write).
+fn replay(bytes: &[u8]) -> std::io::Result<(Durable, usize)> {
     let mut state = Durable::default();
     let mut at = 0;
-    while bytes.len() - at >= FRAME {
-        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
-        let end = at + FRAME + len;
-        if len == 0 || len > RECORD_MAX || end > bytes.len() {
-            break;
+    while let Some((records, next)) = frame_at(bytes, at) {
+        for r in records {
+            state.apply(r);
         }
-        let body = &bytes[at + FRAME..end];
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        match postcard::from_bytes::<Record>(body) {
-            Ok(r) => state.apply(r),
-            Err(_) => break,
-        }
-        at = end;
+        at = next;
     }
-    (state, at)
+    if let Some(later) = (at + 1..bytes.len().saturating_sub(FRAME)).find(|o| frame_at(bytes, *o).is_some()) {
+        return Err(std::io::Error::other(format!(
+            "the Raft log is damaged at byte {at}, with intact records after it (byte {later}): it was not a torn write, \
+             so acknowledged entries would be lost. Keep the file for analysis, then give this CHN an empty --data \
+             and install it again (`nasctl chn remove`, `nasctl chn install`) to copy the log from the others"
+        )));
+    }
+    Ok((state, at))
 }
 
 /// Writes `state` alone into a new file and puts it in place of `path`.
 fn rewrite(path: &Path, state: &Durable) -> std::io::Result<(File, u64)> {
     let mut buf = Vec::new();
-    for r in state.records() {
-        frame(&r, &mut buf)?;
+    let records: Vec<Record> = state.records().collect();
+    for chunk in records.chunks(REWRITE_FRAME_RECORDS) {
+        frame(chunk, &mut buf)?;
     }
     let tmp = path.with_extension("log.new");
     let mut f = File::create(&tmp)?;
@@ -248,12 +288,12 @@ impl LogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let (state, valid) = replay(&bytes);
+        let (state, valid) = replay(&bytes)?;
         let file = if valid < bytes.len() {
             // Never acknowledged: the crash came before its fdatasync ended.
             tracing::warn!(
                 cut = bytes.len() - valid,
-                "cutting a torn record off the end of the Raft log"
+                "cutting a torn write off the end of the Raft log"
             );
             rewrite(&path, &state)?.0
         } else {
@@ -282,6 +322,7 @@ impl LogStore {
                     len,
                     state,
                     _lock: lock,
+                    hint: None,
                     broken: None,
                 }
                 .run(&queue)
@@ -320,6 +361,8 @@ struct Writer {
     state: Durable,
     /// raft.lock, held while this writer may write.
     _lock: File,
+    /// The latest committed hint, written with the next frame.
+    hint: Option<Record>,
     /// Set by a failed write or sync: what follows in the file is unknown
     /// (a partial record, pages the kernel dropped), so nothing more may be
     /// appended behind it and reported durable.
@@ -372,41 +415,29 @@ impl Writer {
     }
 
     fn append_unchecked(&mut self, group: &[Write]) -> std::io::Result<()> {
+        let mut records = Vec::new();
+        for w in group {
+            match w {
+                Write::Append { entries, .. } => records.extend(entries.iter().cloned().map(Record::Entry)),
+                Write::Sync { record, .. } => records.push(record.clone()),
+                // Hints are not worth an fdatasync of their own, and an
+                // unsynced frame could be torn behind a later synced one:
+                // they wait for the next frame.
+                Write::Hint(record) => self.hint = Some(record.clone()),
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        records.extend(self.hint.take());
         let mut buf = Vec::new();
-        let mut must_sync = false;
-        let mut purged = false;
-        for w in group {
-            match w {
-                Write::Append { entries, .. } => {
-                    must_sync = true;
-                    for e in entries {
-                        frame(&Record::Entry(e.clone()), &mut buf)?;
-                    }
-                }
-                Write::Sync { record, .. } => {
-                    must_sync = true;
-                    purged |= matches!(record, Record::Purged(_));
-                    frame(record, &mut buf)?;
-                }
-                // Hints alone are not worth an fdatasync; the next real
-                // write makes them durable.
-                Write::Hint(record) => frame(record, &mut buf)?,
-            }
-        }
+        frame(&records, &mut buf)?;
         self.file.write_all(&buf)?;
-        if must_sync {
-            self.file.sync_data()?;
-        }
+        self.file.sync_data()?;
         self.len += buf.len() as u64;
-        for w in group {
-            match w {
-                Write::Append { entries, .. } => {
-                    for e in entries {
-                        self.state.entries.insert(e.log_id.index, e.clone());
-                    }
-                }
-                Write::Sync { record, .. } | Write::Hint(record) => self.state.apply(record.clone()),
-            }
+        let purged = records.iter().any(|r| matches!(r, Record::Purged(_)));
+        for r in records {
+            self.state.apply(r);
         }
         if purged {
             self.maybe_rewrite()?;
@@ -539,26 +570,32 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_record_is_cut_and_the_rest_replays() {
+    fn a_torn_last_frame_is_cut_and_damage_before_intact_frames_is_refused() {
         let mut buf = Vec::new();
-        for i in 1..=3 {
-            frame(&Record::Entry(entry(1, i)), &mut buf).unwrap();
-        }
-        frame(&Record::Truncate(3), &mut buf).unwrap();
+        let first: Vec<Record> = (1..=3).map(|i| Record::Entry(entry(1, i))).collect();
+        frame(&first, &mut buf).unwrap();
+        frame(&[Record::Truncate(3)], &mut buf).unwrap();
         let whole = buf.len();
-        frame(&Record::Entry(entry(2, 3)), &mut buf).unwrap();
-        // A crash in the middle of the last write.
-        let torn = &buf[..buf.len() - 3];
-        let (state, valid) = replay(torn);
-        assert_eq!(valid, whole);
-        assert_eq!(state.entries.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
-        // A flipped bit stops the replay there, too.
-        let mut flipped = buf.clone();
-        flipped[whole + FRAME + 1] ^= 1;
-        assert_eq!(replay(&flipped).1, whole);
-        let (state, valid) = replay(&buf);
+        frame(&[Record::Entry(entry(2, 3)), Record::Vote(Vote::new(2, 1))], &mut buf).unwrap();
+        let (state, valid) = replay(&buf).unwrap();
         assert_eq!(valid, buf.len());
         assert_eq!(state.entries[&3].log_id.leader_id.term, 2);
+        assert_eq!(state.vote, Some(Vote::new(2, 1)));
+        // A crash in the middle of the last write: that frame is cut.
+        let (state, valid) = replay(&buf[..buf.len() - 3]).unwrap();
+        assert_eq!(valid, whole);
+        assert_eq!(state.entries.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(state.vote, None);
+        // A flipped bit in the last frame: the same.
+        let mut flipped = buf.clone();
+        flipped[whole + FRAME + 2] ^= 1;
+        assert_eq!(replay(&flipped).unwrap().1, whole);
+        // A flipped bit in the first frame, with intact frames after it:
+        // damage, and acknowledged entries would be lost. Refused.
+        let mut damaged = buf.clone();
+        damaged[FRAME + 2] ^= 1;
+        let err = replay(&damaged).err().expect("refused");
+        assert!(err.to_string().contains("damaged at byte 0"), "{err}");
     }
 
     #[test]
@@ -636,7 +673,7 @@ mod tests {
         state.apply(Record::Purged(entry(1, 6).log_id));
         state.apply(Record::Vote(Vote::new(3, 2)));
         rewrite(&path, &state).unwrap();
-        let (again, valid) = replay(&std::fs::read(&path).unwrap());
+        let (again, valid) = replay(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(valid as u64, std::fs::metadata(&path).unwrap().len());
         assert_eq!(again.entries.keys().copied().collect::<Vec<_>>(), vec![7, 8, 9, 10]);
         assert_eq!(again.purged, state.purged);
