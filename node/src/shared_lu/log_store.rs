@@ -289,13 +289,13 @@ impl LogStore {
             Err(e) => return Err(e),
         }
         let (state, valid) = replay(&bytes)?;
-        let file = if valid < bytes.len() {
+        let (file, len) = if valid < bytes.len() {
             // Never acknowledged: the crash came before its fdatasync ended.
             tracing::warn!(
                 cut = bytes.len() - valid,
                 "cutting a torn write off the end of the Raft log"
             );
-            rewrite(&path, &state)?.0
+            rewrite(&path, &state)?
         } else {
             let f = OpenOptions::new().create(true).append(true).open(&path)?;
             if bytes.is_empty() {
@@ -303,7 +303,7 @@ impl LogStore {
                     File::open(d)?.sync_all()?;
                 }
             }
-            f
+            (f, valid as u64)
         };
         let live = Durable {
             entries: state.entries.clone(),
@@ -312,7 +312,6 @@ impl LogStore {
             committed: state.committed,
         };
         let (writes, queue) = mpsc::channel();
-        let len = valid as u64;
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || {
