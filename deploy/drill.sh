@@ -26,7 +26,8 @@
 # (online) or deploy/prepare-offline.sh (no registry). Exit status 0 only
 # when every drill lost no acknowledged write and had no failed call.
 set -euo pipefail
-cd "$(dirname "$0")"
+self=$(readlink -f "$0")
+cd "$(dirname "$self")"
 
 keep=0
 runs=1
@@ -34,11 +35,12 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --keep) keep=1 ;;
         --runs) runs=${2:?--runs needs a number}; shift ;;
-        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$self" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "drill.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "drill.sh: --runs needs a positive number, not '$runs'" >&2; exit 2; }
 
 if [ -z "${COMPOSE:-}" ]; then
     if docker compose version >/dev/null 2>&1; then COMPOSE="docker compose"; else COMPOSE=docker-compose; fi

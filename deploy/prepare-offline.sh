@@ -18,7 +18,13 @@
 #   DEBIAN_MIRROR   mirror for debootstrap (default: the one apt uses)
 #   DOCKERD_LOG     where a dockerd started here logs (default /var/log/dockerd.log)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")
+case "${1:-}" in
+    -h | --help) sed -n '2,/^set -euo/p' "$self" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    "") ;;
+    *) echo "prepare-offline.sh: takes no arguments (see --help)" >&2; exit 2 ;;
+esac
+cd "$(dirname "$self")/.."
 
 NAS_IMAGE=${NAS_IMAGE:-nas:latest}
 BASE_IMAGE=debian:bookworm-slim
