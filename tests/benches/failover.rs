@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let root = unsafe { libc::geteuid() } == 0;
-    println!("failover time over {runs} drills per fault (3 CHNs, {}, detection: 3 failed 100 ms probes or a 1 s old heartbeat)", nasd_args.first().map_or("LU lease 700 ms", String::as_str));
+    println!("failover time over {runs} drills per fault (3 CHNs, {}, detection: 3 failed 100 ms probes or a 1 s old heartbeat)", nasd_args.first().map_or("LU lease 500 ms, the default", String::as_str));
     println!(
         "{:<10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>5}",
         "fault", "det p50", "take50", "take99", "res p50", "res p99", "res max", "checked", "lost"
