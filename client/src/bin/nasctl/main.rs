@@ -549,6 +549,15 @@ async fn health(addr: Option<&str>, service: &str, json: bool) -> anyhow::Result
     Ok(())
 }
 
+/// The RAID level `--raid` names.
+pub(crate) fn raid_level(raid: u32) -> anyhow::Result<RaidLevel> {
+    match raid {
+        1 => Ok(RaidLevel::Raid1),
+        5 => Ok(RaidLevel::Raid5),
+        other => bail!("RAID level {other} is not supported; use --raid 1 or --raid 5"),
+    }
+}
+
 fn list_req(o: ReadOpts) -> ListRequest {
     ListRequest { local: o.local }
 }
@@ -737,11 +746,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             disks,
             stripe_unit,
         }) => {
-            let raid = match raid {
-                1 => RaidLevel::Raid1,
-                5 => RaidLevel::Raid5,
-                other => bail!("RAID level {other} is not supported; use --raid 1 or --raid 5"),
-            };
+            let raid = raid_level(raid)?;
             let req = CreateLuRequest {
                 raid: raid as i32,
                 disks,

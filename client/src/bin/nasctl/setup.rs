@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use ::nas_client::proto::{self, PathTarget, RaidLevel};
+use ::nas_client::proto::{self, PathTarget};
 use ::nas_client::Cluster;
 
 /// One CHN: its name (CHN1, CHN5, ...) and the address the others dial.
@@ -228,11 +228,7 @@ pub async fn provision(cluster: &Cluster, p: &Provision) -> anyhow::Result<()> {
     }
     let mut lu_number = None;
     if let Some((raid, disks)) = &p.lu {
-        let level = match raid {
-            1 => RaidLevel::Raid1,
-            5 => RaidLevel::Raid5,
-            other => bail!("RAID level {other} is not supported; use 1 or 5"),
-        };
+        let level = crate::raid_level(*raid)?;
         let lus = cluster
             .admin(|mut a| async move { a.list_lus(proto::ListRequest { local: false }).await })
             .await
