@@ -63,7 +63,7 @@ enum Record {
 }
 
 /// What the file holds once replayed.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Durable {
     entries: BTreeMap<u64, Entry>,
     vote: Option<Vote<NodeId>>,
@@ -305,12 +305,7 @@ impl LogStore {
             }
             (f, valid as u64)
         };
-        let live = Durable {
-            entries: state.entries.clone(),
-            vote: state.vote,
-            purged: state.purged,
-            committed: state.committed,
-        };
+        let live = state.clone();
         let (writes, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
