@@ -241,13 +241,14 @@ impl Sessions {
             .ok_or_else(|| unauthenticated(format!("session {} has ended; open a new session", s.client_id)))?;
         row.export = export.name.clone();
         row.last_seen_ms = now_ms();
+        // SharedLu::write returns once this CHN's copy shows the mount, so
+        // the next call, which may come at once, finds it here.
         self.shared()
             .write(Command {
                 kind: Some(Kind::UpsertClient(UpsertClient { client: Some(row) })),
             })
-            .await?;
-        // The next call may come at once: let this CHN's copy show the mount.
-        self.shared().ensure_current().await
+            .await
+            .map(|_| ())
     }
 
     /// Ends a session: its file locks are released.
