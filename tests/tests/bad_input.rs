@@ -229,10 +229,10 @@ async fn malformed_raft_messages_are_refused_and_the_chn_survives() -> anyhow::R
         .await?;
     let mut raft = raft_client::RaftClient::new(ch);
     for garbage in [vec![], vec![0xff; 7], vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]] {
-        let err = raft
-            .append_entries(RaftBytes { data: garbage.clone() })
-            .await
-            .unwrap_err();
+        // AppendEntries is a stream: the malformed request ends it.
+        let request = tokio_stream::iter([RaftBytes { data: garbage.clone() }]);
+        let mut replies = raft.append_entries(request).await?.into_inner();
+        let err = replies.message().await.expect_err("a malformed request is refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
         let err = raft.vote(RaftBytes { data: garbage.clone() }).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());

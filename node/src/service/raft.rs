@@ -4,8 +4,11 @@
 //! Owns decoding of peer messages. A malformed message must get
 //! INVALID_ARGUMENT and never reach openraft.
 
+use std::pin::Pin;
+
+use futures::Stream;
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::shared_lu::SharedLu;
 use nas_proto::{raft_server, Command, CommandResult, RaftBytes, ReadIndexReply, ReadIndexRequest};
@@ -15,35 +18,60 @@ pub struct RaftService {
     pub lu: SharedLu,
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftBytes>) -> Result<T, Status> {
-    postcard::from_bytes(&req.into_inner().data).map_err(|e| {
+fn decode<T: DeserializeOwned>(msg: &RaftBytes) -> Result<T, Status> {
+    postcard::from_bytes(&msg.data).map_err(|e| {
         Status::invalid_argument(format!(
             "malformed Raft message: {e}; peers must run the same nasd version"
         ))
     })
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Response<RaftBytes>, Status> {
+fn encode<T: Serialize>(v: &T) -> Result<RaftBytes, Status> {
     postcard::to_allocvec(v)
-        .map(|data| Response::new(RaftBytes { data }))
+        .map(|data| RaftBytes { data })
         .map_err(|e| Status::internal(format!("cannot encode Raft reply: {e}")))
+}
+
+/// The follower's side of one AppendEntries stream: each request in turn,
+/// answered before the next is read (the leader sends one at a time). A
+/// malformed request ends the stream with INVALID_ARGUMENT.
+fn answer_appends(lu: SharedLu, inbound: Streaming<RaftBytes>) -> impl Stream<Item = Result<RaftBytes, Status>> {
+    futures::stream::unfold(Some(inbound), move |inbound| {
+        let lu = lu.clone();
+        async move {
+            let mut inbound = inbound?;
+            // An error here is the leader going away; the stream just ends.
+            let msg = inbound.message().await.ok()??;
+            match decode(&msg) {
+                Ok(rpc) => Some((encode(&lu.raft.append_entries(rpc).await), Some(inbound))),
+                Err(status) => Some((Err(status), None)),
+            }
+        }
+    })
 }
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
-    async fn append_entries(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let rpc = decode(req)?;
-        encode(&self.lu.raft.append_entries(rpc).await)
+    type AppendEntriesStream = Pin<Box<dyn Stream<Item = Result<RaftBytes, Status>> + Send>>;
+
+    async fn append_entries(
+        &self,
+        req: Request<Streaming<RaftBytes>>,
+    ) -> Result<Response<Self::AppendEntriesStream>, Status> {
+        Ok(Response::new(Box::pin(answer_appends(
+            self.lu.clone(),
+            req.into_inner(),
+        ))))
     }
 
     async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let rpc = decode(req)?;
-        encode(&self.lu.raft.vote(rpc).await)
+        let rpc = decode(req.get_ref())?;
+        encode(&self.lu.raft.vote(rpc).await).map(Response::new)
     }
 
     async fn install_snapshot(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let rpc = decode(req)?;
-        encode(&self.lu.raft.install_snapshot(rpc).await)
+        let rpc = decode(req.get_ref())?;
+        encode(&self.lu.raft.install_snapshot(rpc).await).map(Response::new)
     }
 
     async fn forward(&self, req: Request<Command>) -> Result<Response<CommandResult>, Status> {

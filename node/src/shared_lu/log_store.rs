@@ -113,9 +113,12 @@ enum Write {
         record: Record,
         done: oneshot::Sender<Result<()>>,
     },
-    /// A record that may be lost in a crash (the committed index).
-    Hint(Record),
 }
+
+/// The latest committed index openraft reported, not yet in a frame. It
+/// may be lost in a crash, so it is not worth an `fdatasync` or even a
+/// wake-up of the writer: the writer takes it into its next frame.
+type Hint = Arc<std::sync::Mutex<Option<Record>>>;
 
 /// Log storage handle; cheap to clone (readers share everything).
 #[derive(Clone)]
@@ -124,6 +127,7 @@ pub struct LogStore {
     /// way), less what was truncated or purged; the vote and marks.
     state: Arc<RwLock<Durable>>,
     writes: mpsc::Sender<Write>,
+    hint: Hint,
 }
 
 fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -306,6 +310,8 @@ impl LogStore {
             (f, valid as u64)
         };
         let live = state.clone();
+        let hint = Hint::default();
+        let writer_hint = hint.clone();
         let (writes, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
@@ -316,7 +322,7 @@ impl LogStore {
                     len,
                     state,
                     _lock: lock,
-                    hint: None,
+                    hint: writer_hint,
                     broken: None,
                 }
                 .run(&queue)
@@ -324,6 +330,7 @@ impl LogStore {
         Ok(LogStore {
             state: Arc::new(RwLock::new(live)),
             writes,
+            hint,
         })
     }
 
@@ -356,7 +363,7 @@ struct Writer {
     /// raft.lock, held while this writer may write.
     _lock: File,
     /// The latest committed hint, written with the next frame.
-    hint: Option<Record>,
+    hint: Hint,
     /// Set by a failed write or sync: what follows in the file is unknown
     /// (a partial record, pages the kernel dropped), so nothing more may be
     /// appended behind it and reported durable.
@@ -389,7 +396,6 @@ impl Writer {
                     Write::Sync { done, .. } => {
                         let _ = done.send(result.as_ref().map(|_| ()).map_err(io_err));
                     }
-                    Write::Hint(_) => {}
                 }
             }
         }
@@ -414,16 +420,15 @@ impl Writer {
             match w {
                 Write::Append { entries, .. } => records.extend(entries.iter().cloned().map(Record::Entry)),
                 Write::Sync { record, .. } => records.push(record.clone()),
-                // Hints are not worth an fdatasync of their own, and an
-                // unsynced frame could be torn behind a later synced one:
-                // they wait for the next frame.
-                Write::Hint(record) => self.hint = Some(record.clone()),
             }
         }
+        // An empty frame would read as torn at replay.
         if records.is_empty() {
             return Ok(());
         }
-        records.extend(self.hint.take());
+        // An unsynced frame of its own could be torn behind a later synced
+        // one: the hint rides along with this frame.
+        records.extend(self.hint.lock().unwrap_or_else(|p| p.into_inner()).take());
         let mut buf = Vec::new();
         frame(&records, &mut buf)?;
         self.file.write_all(&buf)?;
@@ -507,9 +512,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A hint that lets a restarted CHN re-apply committed entries at
         // once; it rides along with the next synced write.
         self.write().committed = committed;
-        self.writes
-            .send(Write::Hint(Record::Committed(committed)))
-            .map_err(|_| io_err("the log writer thread stopped"))
+        *self.hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(Record::Committed(committed));
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {

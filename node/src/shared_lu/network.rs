@@ -1,8 +1,11 @@
 //! The Raft transport between CHNs, over the `Raft` gRPC service.
 //!
 //! Owns the client side: a cache of one HTTP/2 channel per peer address,
-//! and postcard encoding of openraft's messages. It must never block a
-//! Raft task longer than the deadline openraft gives for the call.
+//! one AppendEntries stream per follower, and postcard encoding of
+//! openraft's messages. It must never block a Raft task longer than the
+//! deadline openraft gives for the call, and never match a reply to any
+//! request but the one it answers: a stream that failed or timed out is
+//! dropped, not reused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,10 @@ use openraft::raft::{
     VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
 
 use super::{ChnNode, NodeId, TypeConfig};
 use nas_proto::{raft_client::RaftClient, RaftBytes};
@@ -58,6 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             peers: self.peers.clone(),
+            appends: None,
         }
     }
 }
@@ -67,6 +74,35 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     peers: Peers,
+    /// The open AppendEntries stream, if any.
+    appends: Option<AppendStream>,
+}
+
+/// An AppendEntries stream: requests go out one at a time, and the next
+/// reply answers the request sent last.
+struct AppendStream {
+    requests: mpsc::Sender<RaftBytes>,
+    replies: Streaming<RaftBytes>,
+}
+
+/// Unreachable (openraft backs off) for a peer that is down or away,
+/// a network error otherwise.
+fn rpc_error<E: std::error::Error>(status: tonic::Status) -> RpcErr<E> {
+    if status.code() == tonic::Code::Unavailable {
+        RPCError::Unreachable(Unreachable::new(&status))
+    } else {
+        RPCError::Network(NetworkError::new(&status))
+    }
+}
+
+fn decode_reply<Resp, E>(target: NodeId, data: &[u8]) -> Result<Resp, RpcErr<E>>
+where
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
+    let result: Result<Resp, RaftError<NodeId, E>> =
+        postcard::from_bytes(data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, ChnNode, RaftError<NodeId, E>>;
@@ -78,6 +114,10 @@ type RaftMethod = fn(
 ) -> futures::future::BoxFuture<'static, Result<tonic::Response<RaftBytes>, tonic::Status>>;
 
 impl Connection {
+    fn client(&self) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        Ok(RaftClient::new(self.peers.channel(&self.addr)?).max_decoding_message_size(64 << 20))
+    }
+
     async fn call<Req, Resp, E>(&self, req: &Req, option: &RPCOption, method: RaftMethod) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
@@ -85,25 +125,38 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let data = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let channel = self
-            .peers
-            .channel(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
+        let client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let reply = tokio::time::timeout(option.hard_ttl(), method(client, RaftBytes { data }))
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
-            .map_err(|status| {
-                if status.code() == tonic::Code::Unavailable {
-                    RPCError::Unreachable(Unreachable::new(&status))
-                } else {
-                    RPCError::Network(NetworkError::new(&status))
-                }
-            })?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            postcard::from_bytes(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            .map_err(rpc_error)?;
+        decode_reply(self.target, &reply.into_inner().data)
     }
+
+    /// Sends one request on the AppendEntries stream (opening it first if
+    /// needed) and waits for its reply.
+    async fn exchange(&mut self, data: Vec<u8>) -> Result<RaftBytes, tonic::Status> {
+        let stream = match &mut self.appends {
+            Some(stream) => stream,
+            None => {
+                let client = self
+                    .client()
+                    .map_err(|e| tonic::Status::unavailable(format!("bad peer address: {e}")))?;
+                self.appends.insert(open_appends(client).await?)
+            }
+        };
+        let closed = || tonic::Status::unavailable("the AppendEntries stream closed");
+        stream.requests.send(RaftBytes { data }).await.map_err(|_| closed())?;
+        stream.replies.message().await?.ok_or_else(closed)
+    }
+}
+
+/// Opens an AppendEntries stream; returns once the follower has accepted it.
+async fn open_appends(mut client: RaftClient<Channel>) -> Result<AppendStream, tonic::Status> {
+    // One request at a time is all openraft sends on a stream.
+    let (requests, queue) = mpsc::channel(1);
+    let replies = client.append_entries(ReceiverStream::new(queue)).await?.into_inner();
+    Ok(AppendStream { requests, replies })
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -112,10 +165,23 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, r| {
-            Box::pin(async move { c.append_entries(r).await })
-        })
-        .await
+        let data = postcard::to_allocvec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = match tokio::time::timeout(option.hard_ttl(), self.exchange(data)).await {
+            Ok(Ok(reply)) => reply,
+            failed => {
+                // A reply may still be on its way: it must not be taken
+                // for the answer to the next request.
+                self.appends = None;
+                return Err(match failed {
+                    Ok(Err(status)) => rpc_error(status),
+                    _ => RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+                        "no AppendEntries reply within {} ms",
+                        option.hard_ttl().as_millis()
+                    )))),
+                });
+            }
+        };
+        decode_reply(self.target, &reply.data)
     }
 
     async fn install_snapshot(
