@@ -1,12 +1,12 @@
 //! The `nasd` binary: parse settings, set up logging, run one CHN until
 //! SIGTERM or Ctrl-C.
 
+use anyhow::Context;
 use clap::Parser;
 use nasd::config::Settings;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // File data moves in 1 MiB buffers; glibc would map and unmap each one,
     // paying page faults on every message. Keep them on the heap instead.
     // SAFETY: mallopt only tunes the allocator and is safe at any time.
@@ -21,7 +21,12 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = Settings::parse().resolve()?;
-    nasd::server::run(cfg, shutdown_signal()).await
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(nasd::server::run(cfg, shutdown_signal()))
 }
 
 async fn shutdown_signal() {
