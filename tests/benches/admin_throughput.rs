@@ -296,11 +296,16 @@ fn main() -> anyhow::Result<()> {
             let (mut nas_runs, mut etcd_runs) = (Vec::new(), Vec::new());
             for _ in 0..repeat {
                 let t = nas.clone();
-                nas_runs.push(load(n, secs, move |c, s| t(c, s)).await);
+                let run = load(n, secs, move |c, s| t(c, s)).await;
+                eprint!("  {n} clients: nasd {:.0} op/s", run.ops_per_sec);
+                nas_runs.push(run);
                 if let Some(e) = &etcd {
                     let t = e.clone();
-                    etcd_runs.push(load(n, secs, move |c, s| t(c, s)).await);
+                    let run = load(n, secs, move |c, s| t(c, s)).await;
+                    eprint!(", etcd {:.0} op/s", run.ops_per_sec);
+                    etcd_runs.push(run);
                 }
+                eprintln!();
             }
             let a = median(nas_runs);
             let e = (!etcd_runs.is_empty()).then(|| median(etcd_runs));
