@@ -10,9 +10,20 @@
 //! compaction purges it behind each snapshot, and the file is rewritten
 //! with only the live state once dead records outweigh it.
 //!
-//! It must never report an append as flushed before its `fdatasync` has
-//! returned, must keep writes in the order openraft issued them, and must
-//! never serve an entry that a truncate removed. A torn last frame (a
+//! The leader's own fresh entries are reported flushed to openraft as soon
+//! as they are queued, so that replicating them to the followers runs in
+//! parallel with the leader's `fdatasync` instead of after it (openraft
+//! 0.9 waits for the flush before it sends anything). Nothing may act on
+//! such an entry until it is durable here too: [`Durability`] tells how far
+//! the file is synced, the state machine waits for it before it applies an
+//! entry, and the transport before it tells a follower a commit index. So
+//! an entry is applied or acknowledged anywhere only once a majority has it
+//! on disk: this leader and the follower whose acknowledgement committed it
+//! (followers acknowledge only after their own `fdatasync`).
+//!
+//! Otherwise it must never report an append as flushed before its
+//! `fdatasync` has returned, must keep writes in the order openraft issued
+//! them, and must never serve an entry that a truncate removed. A torn last frame (a
 //! crash in the middle of a write) is cut off at open: it was never
 //! acknowledged. A damaged frame with good frames after it is not a torn
 //! write: the CHN refuses to start rather than forget acknowledged entries.
@@ -33,7 +44,7 @@ use std::sync::{mpsc, Arc, RwLock};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{Entry, NodeId, TypeConfig};
 
@@ -72,6 +83,16 @@ struct Durable {
 }
 
 impl Durable {
+    /// The index of the last entry, or of the last purged one.
+    fn last_index(&self) -> u64 {
+        self.entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(self.purged.map(|p| p.index))
+            .unwrap_or(0)
+    }
+
     fn apply(&mut self, r: Record) {
         match r {
             Record::Entry(e) => {
@@ -106,7 +127,8 @@ impl Durable {
 enum Write {
     Append {
         entries: Vec<Entry>,
-        done: LogFlushed<TypeConfig>,
+        /// `None` when openraft was told already (the leader's own entries).
+        done: Option<LogFlushed<TypeConfig>>,
     },
     /// A record that must be durable before `done` is told.
     Sync {
@@ -120,9 +142,50 @@ enum Write {
 /// wake-up of the writer: the writer takes it into its next frame.
 type Hint = Arc<std::sync::Mutex<Option<Record>>>;
 
+/// How far the log file is synced, as a log index, or why it never will be.
+#[derive(Clone, Debug, PartialEq)]
+enum Synced {
+    Upto(u64),
+    Failed(String),
+}
+
+/// Waits until this CHN's Raft log is durable up to an index. Cheap to clone.
+#[derive(Clone)]
+pub struct Durability {
+    synced: watch::Receiver<Synced>,
+}
+
+impl Durability {
+    /// Returns once every entry up to `index` is on disk here, or the
+    /// reason it cannot be (the log writer failed).
+    pub async fn synced(&self, index: u64) -> std::result::Result<(), String> {
+        let mut synced = self.synced.clone();
+        let reached = synced
+            .wait_for(|s| !matches!(s, Synced::Upto(i) if *i < index))
+            .await
+            .map_err(|_| "the Raft log writer stopped".to_string())?;
+        match &*reached {
+            Synced::Upto(_) => Ok(()),
+            Synced::Failed(why) => Err(why.clone()),
+        }
+    }
+
+    /// A log that is always durable: for state machines tested alone.
+    #[cfg(test)]
+    pub fn always() -> Self {
+        let (tx, synced) = watch::channel(Synced::Upto(u64::MAX));
+        // The value never changes; the receiver keeps reading it.
+        std::mem::forget(tx);
+        Durability { synced }
+    }
+}
+
 /// Log storage handle; cheap to clone (readers share everything).
 #[derive(Clone)]
 pub struct LogStore {
+    /// This CHN's node id: entries it proposed as leader carry it.
+    me: NodeId,
+    synced: watch::Receiver<Synced>,
     /// The log as openraft sees it: appended entries (durable or on their
     /// way), less what was truncated or purged; the vote and marks.
     state: Arc<RwLock<Durable>>,
@@ -269,9 +332,10 @@ fn lock_dir(dir: &Path) -> std::io::Result<File> {
 }
 
 impl LogStore {
-    /// Opens (or creates) `raft.log` in `dir`, importing a `raft.redb` of
-    /// an older nasd, and starts the writer thread.
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    /// Opens (or creates) `raft.log` in `dir` for the CHN with node id
+    /// `me`, importing a `raft.redb` of an older nasd, and starts the
+    /// writer thread.
+    pub fn open(dir: &Path, me: NodeId) -> std::io::Result<Self> {
         let lock = lock_dir(dir)?;
         let path = dir.join(FILE);
         let old = dir.join("raft.redb");
@@ -310,6 +374,7 @@ impl LogStore {
             (f, valid as u64)
         };
         let live = state.clone();
+        let (synced_tx, synced) = watch::channel(Synced::Upto(state.last_index()));
         let hint = Hint::default();
         let writer_hint = hint.clone();
         let (writes, queue) = mpsc::channel();
@@ -324,14 +389,39 @@ impl LogStore {
                     _lock: lock,
                     hint: writer_hint,
                     broken: None,
+                    synced: synced_tx,
                 }
                 .run(&queue)
             })?;
         Ok(LogStore {
+            me,
+            synced,
             state: Arc::new(RwLock::new(live)),
             writes,
             hint,
         })
+    }
+
+    /// How far the log is synced, for the state machine and the transport.
+    pub fn durability(&self) -> Durability {
+        Durability {
+            synced: self.synced.clone(),
+        }
+    }
+
+    /// Whether `entries` are this CHN's own proposals as the leader of the
+    /// term it voted for itself in, which is the only case in which an
+    /// append may be reported before it is synced.
+    fn proposed_here(&self, entries: &[Entry]) -> bool {
+        let Some(vote) = self.read().vote else {
+            return false;
+        };
+        let leader = vote.leader_id();
+        vote.is_committed()
+            && leader.voted_for() == Some(self.me)
+            && entries
+                .iter()
+                .all(|e| e.log_id.leader_id.term == leader.term && e.log_id.leader_id.node_id == self.me)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Durable> {
@@ -368,6 +458,8 @@ struct Writer {
     /// (a partial record, pages the kernel dropped), so nothing more may be
     /// appended behind it and reported durable.
     broken: Option<String>,
+    /// Published after every sync (or failure).
+    synced: watch::Sender<Synced>,
 }
 
 impl Writer {
@@ -385,9 +477,14 @@ impl Writer {
                 tracing::error!(path = %self.path.display(), "cannot write the Raft log: {e}");
                 e
             });
+            self.synced.send_replace(match &result {
+                Ok(()) => Synced::Upto(self.state.last_index()),
+                Err(e) => Synced::Failed(format!("cannot write the Raft log: {e}")),
+            });
             for w in group {
                 match w {
-                    Write::Append { done, .. } => done.log_io_completed(
+                    Write::Append { done: None, .. } => {}
+                    Write::Append { done: Some(done), .. } => done.log_io_completed(
                         result
                             .as_ref()
                             .map(|_| ())
@@ -427,8 +524,26 @@ impl Writer {
             return Ok(());
         }
         // An unsynced frame of its own could be torn behind a later synced
-        // one: the hint rides along with this frame.
-        records.extend(self.hint.lock().unwrap_or_else(|p| p.into_inner()).take());
+        // one: the hint rides along with this frame, unless it names an
+        // entry that is not in the file yet (the leader learns a commit
+        // before its own entry is synced), which would make a restarted
+        // CHN apply entries it does not have. It then waits for a frame
+        // that holds that entry.
+        let last = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Entry(e) => Some(e.log_id.index),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+            .max(self.state.last_index());
+        let mut hint = self.hint.lock().unwrap_or_else(|p| p.into_inner());
+        match hint.take() {
+            Some(Record::Committed(Some(c))) if c.index > last => *hint = Some(Record::Committed(Some(c))),
+            h => records.extend(h),
+        }
+        drop(hint);
         let mut buf = Vec::new();
         frame(&records, &mut buf)?;
         self.file.write_all(&buf)?;
@@ -532,12 +647,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 s.entries.insert(e.log_id.index, e.clone());
             }
         }
+        // See the module doc: what waits for the leader's own sync.
+        let (done, early) = match self.proposed_here(&entries) {
+            true => (None, Some(callback)),
+            false => (Some(callback), None),
+        };
         self.writes
-            .send(Write::Append {
-                entries,
-                done: callback,
-            })
-            .map_err(|_| io_err("the log writer thread stopped"))
+            .send(Write::Append { entries, done })
+            .map_err(|_| io_err("the log writer thread stopped"))?;
+        if let Some(callback) = early {
+            callback.log_io_completed(Ok(()));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
@@ -559,6 +680,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
 
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
@@ -620,7 +742,7 @@ mod tests {
             tx.commit().unwrap();
         }
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let mut store = LogStore::open(dir.path()).unwrap();
+        let mut store = LogStore::open(dir.path(), 1).unwrap();
         assert!(!dir.path().join("raft.redb").exists(), "the old file stays behind");
         let (state, vote) =
             rt.block_on(async { (store.get_log_state().await.unwrap(), store.read_vote().await.unwrap()) });
@@ -640,8 +762,8 @@ mod tests {
     #[test]
     fn a_second_opener_of_the_same_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let first = LogStore::open(dir.path()).unwrap();
-        let second = LogStore::open(dir.path()).err().expect("a second opener");
+        let first = LogStore::open(dir.path(), 1).unwrap();
+        let second = LogStore::open(dir.path(), 1).err().expect("a second opener");
         assert!(second.to_string().contains("in use by another nasd"), "{second}");
         drop(first);
         reopen(dir.path());
@@ -652,7 +774,7 @@ mod tests {
     fn reopen(dir: &Path) -> LogStore {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match LogStore::open(dir) {
+            match LogStore::open(dir, 1) {
                 Ok(s) => return s,
                 Err(e) => assert!(std::time::Instant::now() < deadline, "the lock was never released: {e}"),
             }
@@ -676,5 +798,53 @@ mod tests {
         assert_eq!(again.entries.keys().copied().collect::<Vec<_>>(), vec![7, 8, 9, 10]);
         assert_eq!(again.purged, state.purged);
         assert_eq!(again.vote, state.vote);
+    }
+
+    /// Only a leader's fresh proposals skip the wait for their sync: the
+    /// vote must be this CHN's own, committed, and of the entries' term.
+    #[test]
+    fn only_the_leaders_own_entries_are_reported_before_their_sync() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), 1).unwrap();
+        assert!(!store.proposed_here(&[entry(2, 1)]), "no vote yet");
+        rt.block_on(store.save_vote(&Vote::new(2, 1))).unwrap();
+        assert!(
+            !store.proposed_here(&[entry(2, 1)]),
+            "a vote that is not committed is a candidate's"
+        );
+        rt.block_on(store.save_vote(&Vote::new_committed(2, 1))).unwrap();
+        assert!(store.proposed_here(&[entry(2, 1), entry(2, 2)]));
+        assert!(
+            !store.proposed_here(&[entry(1, 1)]),
+            "an older term's entry comes from a leader"
+        );
+        rt.block_on(store.save_vote(&Vote::new_committed(3, 2))).unwrap();
+        assert!(
+            !store.proposed_here(&[entry(3, 3)]),
+            "CHN2 leads: these are a follower's appends"
+        );
+    }
+
+    /// A commit hint naming an entry the file does not hold yet (the leader
+    /// learns of a commit before its own entry is synced) waits for a
+    /// frame that holds it: a restarted CHN never applies entries it lacks.
+    #[test]
+    fn a_commit_hint_never_runs_ahead_of_the_entries_in_the_file() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), 1).unwrap();
+        let durable = store.durability();
+        assert!(durable.synced(0).now_or_never().is_some());
+        assert!(durable.synced(1).now_or_never().is_none(), "nothing is written yet");
+        rt.block_on(async {
+            store.save_committed(Some(entry(1, 1).log_id)).await.unwrap();
+            // This frame holds the vote but not entry 1.
+            store.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        });
+        drop(store);
+        let mut again = reopen(dir.path());
+        assert_eq!(rt.block_on(again.read_committed()).unwrap(), None);
+        assert_eq!(rt.block_on(again.read_vote()).unwrap(), Some(Vote::new_committed(1, 1)));
     }
 }

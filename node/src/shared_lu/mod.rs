@@ -143,11 +143,13 @@ impl SharedLu {
         s: &RaftSettings,
     ) -> Result<SharedLu, StartError> {
         let dir = data_dir.display().to_string();
-        let log = log_store::LogStore::open(data_dir).map_err(|source| StartError::Log {
+        let log = log_store::LogStore::open(data_dir, id).map_err(|source| StartError::Log {
             dir: dir.clone(),
             source,
         })?;
-        let sm = StateMachineStore::open(data_dir).map_err(|source| StartError::State { dir, source })?;
+        let durability = log.durability();
+        let sm = StateMachineStore::open(data_dir, durability.clone())
+            .map_err(|source| StartError::State { dir, source })?;
         let state = sm.reader();
         let config = openraft::Config {
             cluster_name: "nas-shared-lu".into(),
@@ -159,7 +161,7 @@ impl SharedLu {
             ..Default::default()
         }
         .validate()?;
-        let network = Network::default();
+        let network = Network::new(durability);
         let peers = network.peers.clone();
         let raft = Raft::new(id, std::sync::Arc::new(config), network, log, sm).await?;
         let (proposals, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
@@ -444,7 +446,7 @@ async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: No
 
 #[cfg(test)]
 mod storage_tests {
-    use super::log_store::LogStore;
+    use super::log_store::{Durability, LogStore};
     use super::sm_store::StateMachineStore;
     use super::{NodeId, TypeConfig};
     use openraft::testing::{StoreBuilder, Suite};
@@ -455,9 +457,13 @@ mod storage_tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
             let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
-            let log =
-                LogStore::open(dir.path()).map_err(|e| openraft::StorageIOError::write(&std::io::Error::other(e)))?;
-            let sm = StateMachineStore::open(dir.path())?;
+            // Node id 0 is never a member: every append is synced before
+            // it is reported, as the suite expects. The suite applies
+            // entries it never appended, so the state machine does not
+            // wait for the log.
+            let log = LogStore::open(dir.path(), 0)
+                .map_err(|e| openraft::StorageIOError::write(&std::io::Error::other(e)))?;
+            let sm = StateMachineStore::open(dir.path(), Durability::always())?;
             Ok((dir, log, sm))
         }
     }

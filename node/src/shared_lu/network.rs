@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+use super::log_store::Durability;
 use super::{ChnNode, NodeId, TypeConfig};
 use nas_proto::{raft_client::RaftClient, RaftBytes};
 
@@ -51,9 +52,21 @@ impl Peers {
 }
 
 /// Hands openraft one connection object per target.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     pub peers: Peers,
+    durability: Durability,
+}
+
+impl Network {
+    /// A transport that tells followers of a commit only once this CHN's
+    /// log has synced the committed entries.
+    pub fn new(durability: Durability) -> Self {
+        Network {
+            peers: Peers::default(),
+            durability,
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -65,6 +78,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             peers: self.peers.clone(),
             appends: None,
+            durability: self.durability.clone(),
         }
     }
 }
@@ -76,6 +90,7 @@ pub struct Connection {
     peers: Peers,
     /// The open AppendEntries stream, if any.
     appends: Option<AppendStream>,
+    durability: Durability,
 }
 
 /// An AppendEntries stream: requests go out one at a time, and the next
@@ -166,7 +181,18 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let data = postcard::to_allocvec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let reply = match tokio::time::timeout(option.hard_ttl(), self.exchange(data)).await {
+        // A follower applies what the leader calls committed: only once it
+        // is durable here as well (see log_store). Normally it has been
+        // for a while, as the leader syncs while the followers do.
+        let commit = rpc.leader_commit.map_or(0, |c| c.index);
+        let sent = async {
+            self.durability
+                .synced(commit)
+                .await
+                .map_err(|why| tonic::Status::internal(format!("this CHN's Raft log failed: {why}")))?;
+            self.exchange(data).await
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), sent).await {
             Ok(Ok(reply)) => reply,
             failed => {
                 // A reply may still be on its way: it must not be taken

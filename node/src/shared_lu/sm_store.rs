@@ -27,6 +27,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::log_store::Durability;
 use super::tables::{Row, RowKey, Tables};
 use super::{ChnNode, Entry, NodeId, TypeConfig};
 use nas_proto::{CommandResult, CommandResults};
@@ -68,6 +69,8 @@ pub struct StateMachineStore {
     /// two commits never land in the other order (an older row over a
     /// newer one, with the older position).
     persist_lock: Arc<tokio::sync::Mutex<()>>,
+    /// An entry is applied only once it is durable in this CHN's log.
+    durability: Durability,
 }
 
 /// Read access to the applied tables, for the Admin service.
@@ -106,7 +109,8 @@ type RowWrite = (Vec<u8>, Option<Vec<u8>>);
 
 impl StateMachineStore {
     /// Opens (or creates) `state.redb` in `dir` and loads every table.
-    pub fn open(dir: &Path) -> Result<Self, StorageError<NodeId>> {
+    /// Entries are applied once `durability` says they are synced.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, StorageError<NodeId>> {
         let db = Database::create(dir.join("state.redb")).map_err(read_err)?;
         let tx = db.begin_write().map_err(io_err)?;
         tx.open_table(ROWS).map_err(io_err)?;
@@ -134,6 +138,7 @@ impl StateMachineStore {
             state: Arc::new(RwLock::new(applied)),
             snapshot_seq: Arc::new(Default::default()),
             persist_lock: Arc::new(tokio::sync::Mutex::new(())),
+            durability,
         })
     }
 
@@ -278,6 +283,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // The leader's own entries may be committed before its log has
+        // synced them (see log_store): applying is where they take effect.
+        if let Some(last) = entries.last() {
+            self.durability.synced(last.log_id.index).await.map_err(io_err)?;
+        }
         let mut guard = self.write_state();
         let state = &mut *guard;
         let mut out = Vec::new();
@@ -402,14 +413,14 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         rt.block_on(async {
-            let mut store = StateMachineStore::open(dir.path()).unwrap();
+            let mut store = StateMachineStore::open(dir.path(), Durability::always()).unwrap();
             store.apply([upsert(1, "a"), upsert(2, "b")]).await.unwrap();
             let snap = store.build_snapshot().await.unwrap();
             assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(2));
             store.apply([upsert(3, "c")]).await.unwrap();
             assert_eq!(clients(&store), ["a", "b", "c"]);
         });
-        let mut again = StateMachineStore::open(dir.path()).unwrap();
+        let mut again = StateMachineStore::open(dir.path(), Durability::always()).unwrap();
         assert_eq!(clients(&again), ["a", "b"], "rows as of the snapshot, not later");
         let (applied, _) = rt.block_on(again.applied_state()).unwrap();
         assert_eq!(applied.map(|l| l.index), Some(2));
@@ -418,7 +429,7 @@ mod tests {
             again.build_snapshot().await.unwrap();
         });
         drop(again);
-        let third = StateMachineStore::open(dir.path()).unwrap();
+        let third = StateMachineStore::open(dir.path(), Durability::always()).unwrap();
         assert_eq!(clients(&third), ["a", "b", "c"]);
     }
 }
