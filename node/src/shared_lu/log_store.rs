@@ -23,10 +23,11 @@
 //!
 //! Otherwise it must never report an append as flushed before its
 //! `fdatasync` has returned, must keep writes in the order openraft issued
-//! them, and must never serve an entry that a truncate removed. A torn last frame (a
-//! crash in the middle of a write) is cut off at open: it was never
-//! acknowledged. A damaged frame with good frames after it is not a torn
-//! write: the CHN refuses to start rather than forget acknowledged entries.
+//! them, and must never serve an entry that a truncate removed. A torn last
+//! frame (a crash in the middle of a write) is cut off at open: it was
+//! never acknowledged. A damaged frame with good frames after it is not a
+//! torn write: the CHN refuses to start rather than forget acknowledged
+//! entries.
 //!
 //! Why not a redb table, as before: each redb commit rewrites pages of a
 //! B-tree and syncs twice; at one client in flight that was most of the
