@@ -46,7 +46,9 @@ impl fmt::Display for ChnNode {
 openraft::declare_raft_types!(
     /// Raft types of the shared LU.
     pub TypeConfig:
-        D = CommandBatch,
+        // Shared, not copied: the log, its writer and every AppendEntries
+        // hold the same batch. It is encoded like the batch itself.
+        D = std::sync::Arc<CommandBatch>,
         R = CommandResults,
         NodeId = u64,
         Node = ChnNode,
@@ -416,7 +418,11 @@ async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: No
         let raft = raft.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-            let outcome = tokio::time::timeout(timeout, raft.client_write(CommandBatch { commands })).await;
+            let outcome = tokio::time::timeout(
+                timeout,
+                raft.client_write(std::sync::Arc::new(CommandBatch { commands })),
+            )
+            .await;
             drop(permit);
             let failure = match outcome {
                 Ok(Ok(resp)) => {

@@ -393,11 +393,11 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(CommandBatch {
+            payload: EntryPayload::Normal(Arc::new(CommandBatch {
                 commands: vec![Command {
                     kind: Some(Kind::UpsertClient(UpsertClient { client: Some(client) })),
                 }],
-            }),
+            })),
         }
     }
 
