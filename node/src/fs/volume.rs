@@ -313,14 +313,7 @@ fn decode_outcome(bytes: &[u8]) -> Result<Outcome> {
 
 impl Inner {
     fn run(&self, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < GROUP {
-                match rx.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = crate::group_commit::next_group(&rx, GROUP) {
             let results = self.apply(&batch);
             for (job, r) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(r);

@@ -466,14 +466,7 @@ struct Writer {
 impl Writer {
     /// Appends whatever has queued up, syncs once, then reports each write.
     fn run(mut self, queue: &mpsc::Receiver<Write>) {
-        while let Ok(first) = queue.recv() {
-            let mut group = vec![first];
-            while group.len() < GROUP_MAX {
-                match queue.try_recv() {
-                    Ok(w) => group.push(w),
-                    Err(_) => break,
-                }
-            }
+        while let Some(group) = crate::group_commit::next_group(queue, GROUP_MAX) {
             let result = self.append(&group).map_err(|e| {
                 tracing::error!(path = %self.path.display(), "cannot write the Raft log: {e}");
                 e
