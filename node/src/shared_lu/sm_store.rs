@@ -251,10 +251,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data: data.clone(),
         });
-        let committed = match (rows, applied_meta, stored) {
-            (Ok(rows), Ok(applied_meta), Ok(stored)) => self.persist(rows, applied_meta, stored, false).await,
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
-        };
+        let committed = async { self.persist(rows?, applied_meta?, stored?, false).await }.await;
         if let Err(e) = committed {
             // Not written: these rows go with the next snapshot.
             self.write_state().dirty.extend(dirty);
