@@ -17,6 +17,7 @@ use tonic::{Code, Response, Status};
 
 pub use nas_proto as proto;
 
+pub mod admin;
 pub mod drill;
 pub mod nas;
 pub use nas::NasClient;
@@ -160,9 +161,7 @@ impl Cluster {
     /// and heartbeat ages are only current there). Falls back to the view
     /// of whichever CHN answered when the leader cannot be reached.
     pub async fn leader_status(&self) -> Result<ClusterStatusReply, Status> {
-        let first = self
-            .admin(|mut a| async move { a.cluster_status(ClusterStatusRequest {}).await })
-            .await?;
+        let first = self.cluster_status(ClusterStatusRequest {}).await?;
         if first.leader_id == 0 || first.answered_by == first.leader_name {
             return Ok(first);
         }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::chn::failover::FailoverSettings;
 use crate::shared_lu::RaftSettings;
 
 /// Every setting; flags and environment variables override the file.
@@ -131,15 +132,6 @@ pub struct Config {
     pub failover: FailoverSettings,
     /// Threads of the async runtime.
     pub worker_threads: usize,
-}
-
-/// When a CHN considers a partner failed, and what it does about it.
-#[derive(Debug, Clone)]
-pub struct FailoverSettings {
-    pub detect: Duration,
-    pub probe_interval: Duration,
-    /// Automatic giveback delay; `None` when off.
-    pub giveback_after: Option<Duration>,
 }
 
 /// The node id a CHN name implies: its trailing digits.

@@ -65,19 +65,20 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServer<AdminService>>().await;
 
-    let heartbeat = tokio::spawn(crate::daemon_info::report_loop(
+    let heartbeat = tokio::spawn(crate::chn::heartbeat::report_loop(
         lu.clone(),
         cfg.daemon_interval,
         version.clone(),
     ));
     tracing::info!(name = %cfg.name, node_id = cfg.node_id, %addr, data = %cfg.data.display(), "CHN serving");
 
-    let (host, host_task) = crate::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.rebuild_limit);
+    let (host, host_task) =
+        crate::chn::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.rebuild_limit);
     let host_task = tokio::spawn(host_task);
-    let (sessions, sessions_task) = crate::sessions::Sessions::new(lu.clone(), cfg.session_lease, cfg.session_ttl);
+    let (sessions, sessions_task) = crate::chn::sessions::Sessions::new(lu.clone(), cfg.session_lease, cfg.session_ttl);
     let sessions_task = tokio::spawn(sessions_task);
-    let exports = crate::exports::Exports::new(lu.clone(), host.clone());
-    let failover = crate::failover::Failover::new(lu.clone(), host.clone(), exports.clone(), cfg.failover.clone());
+    let exports = crate::chn::exports::Exports::new(lu.clone(), host.clone());
+    let failover = crate::chn::failover::Failover::new(lu.clone(), host.clone(), exports.clone(), cfg.failover.clone());
     let failover_task = tokio::spawn(failover.clone().run());
     let nas = NasServer::new(NasService {
         shared: lu.clone(),

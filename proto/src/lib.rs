@@ -18,7 +18,7 @@ pub use bytes::Bytes;
 /// How people see enum values: in nasd's error messages and nasctl's
 /// output alike, so that both spell a state the same way.
 pub mod labels {
-    use super::{DiskState, LuHealth};
+    use super::{ChnState, DiskState, LuHealth, Path, PathTarget, ServiceState};
 
     /// `NOT USED`, `USED`, `FAILED`, `SPARE` as in the physical disk table.
     pub fn disk_state(state: i32) -> &'static str {
@@ -39,6 +39,36 @@ pub mod labels {
             Ok(LuHealth::LuRebuilding) => "REBUILDING",
             Ok(LuHealth::LuFailed) => "FAILED",
             _ => "NEW",
+        }
+    }
+
+    /// `INSTALLING`, `INSTALLED`, `REMOVED` as in the daemon table.
+    pub fn chn_state(state: i32) -> &'static str {
+        match ChnState::try_from(state) {
+            Ok(ChnState::ChnInstalling) => "INSTALLING",
+            Ok(ChnState::ChnInstalled) => "INSTALLED",
+            Ok(ChnState::ChnRemoved) => "REMOVED",
+            _ => "UNKNOWN",
+        }
+    }
+
+    /// `serving`, `failing over`, `stopped` as in the service table.
+    pub fn service_state(state: i32) -> &'static str {
+        match ServiceState::try_from(state) {
+            Ok(ServiceState::ServiceServing) => "serving",
+            Ok(ServiceState::ServiceFailingOver) => "failing over",
+            Ok(ServiceState::ServiceStopped) => "stopped",
+            _ => "unknown",
+        }
+    }
+
+    /// `shared`, `backup` or `lu:N`: a path's target as `nasctl path` takes it.
+    pub fn path_target(p: &Path) -> String {
+        match PathTarget::try_from(p.target) {
+            Ok(PathTarget::PathSharedLu) => "shared".into(),
+            Ok(PathTarget::PathSharedLuBackup) => "backup".into(),
+            Ok(PathTarget::PathDataLu) => format!("lu:{}", p.lu),
+            _ => "unknown".into(),
         }
     }
 }

@@ -24,12 +24,7 @@ async fn write_clients(client: &::nas_client::Cluster, prefix: &str, n: usize) -
     let mut acked = Vec::new();
     for i in 0..n {
         let id = format!("{prefix}-{i:03}");
-        client
-            .admin(|mut a| {
-                let r = client_row(&id);
-                async move { a.upsert_client(r).await }
-            })
-            .await?;
+        client.upsert_client(client_row(&id)).await?;
         acked.push(id);
     }
     Ok(acked)
@@ -151,12 +146,9 @@ async fn whole_cluster_kill9_and_restart_keeps_every_acknowledged_write() -> any
     let client = c.client();
     let acked = write_clients(&client, "k", 50).await?;
     let lu = client
-        .admin(|mut a| async move {
-            a.init_array(InitArrayRequest {
-                disks: 3,
-                disk_capacity_bytes: 1 << 20,
-            })
-            .await
+        .init_array(InitArrayRequest {
+            disks: 3,
+            disk_capacity_bytes: 1 << 20,
         })
         .await?;
     for n in c.nodes.clone() {
@@ -258,9 +250,7 @@ async fn losing_the_quorum_gives_unavailable_and_service_comes_back() -> anyhow:
         .into_inner();
     assert!(local.possibly_stale);
     c.cluster_up(None, &[])?;
-    c.client()
-        .admin(|mut a| async move { a.upsert_client(client_row("after")).await })
-        .await?;
+    c.client().upsert_client(client_row("after")).await?;
     let ids = client_ids(&c, "CHN3", false).await;
     assert!(
         ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()),

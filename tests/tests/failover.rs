@@ -31,17 +31,10 @@ async fn owner(c: &TestCluster) -> (String, String) {
 
 /// A planned move of the export, through any CHN.
 async fn move_export(c: &TestCluster, to: &str) -> Result<MoveExportReply, tonic::Status> {
-    let to = to.to_string();
     c.client()
-        .admin(|mut a| {
-            let to = to.clone();
-            async move {
-                a.move_export(MoveExportRequest {
-                    export: EXPORT.into(),
-                    to,
-                })
-                .await
-            }
+        .move_export(MoveExportRequest {
+            export: EXPORT.into(),
+            to: to.to_string(),
         })
         .await
 }
@@ -75,11 +68,7 @@ async fn locker(c: &TestCluster) -> NasClient {
 
 /// Whether `session` still holds the lock on /locked, in the tables.
 async fn holds_lock(c: &TestCluster, session: &str) -> bool {
-    let locks = c
-        .client()
-        .admin(|mut a| async move { a.list_locks(ListRequest { local: false }).await })
-        .await
-        .expect("lock tables");
+    let locks = c.client().list_locks(false).await.expect("lock tables");
     locks
         .file_locks
         .iter()

@@ -371,11 +371,7 @@ async fn concurrent_clients_locks_and_lock_expiry() {
 /// Waits until the client table no longer lists `client_id`.
 async fn session_ended(c: &TestCluster, client_id: &str) {
     wait_until("the idle session to end", Duration::from_secs(20), || async {
-        let list = c
-            .client()
-            .admin(|mut a| async move { a.list_clients(ListRequest { local: false }).await })
-            .await
-            .ok()?;
+        let list = c.client().list_clients(false).await.ok()?;
         (!list.clients.iter().any(|r| r.client_id == client_id)).then_some(())
     })
     .await

@@ -14,10 +14,9 @@
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::alloc::{self, FREE};
-use super::{
-    now_ms, Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, BLOCK, MAX_FILE_SIZE, ROOT, ZEROS,
-};
+use super::{Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, BLOCK, MAX_FILE_SIZE, ROOT, ZEROS};
 use crate::array::BlockDevice;
+use crate::rt::now_ms;
 
 /// Inode number -> postcard-encoded [`Inode`].
 pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");

@@ -5,36 +5,34 @@
 //! Table rules live in `shared_lu::tables`; this module must never change
 //! a table except by committing a command.
 
-use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
-use crate::lu_host::{LuHost, Route};
+use std::future::Future;
+use std::sync::Arc;
+
+use nas_proto::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+use crate::array::LuDevice;
+use crate::chn::lu_host::{LuHost, Route};
+use crate::rt::now_ms;
+use crate::shared_lu::network::PeerError;
 use crate::shared_lu::tables::{check_name, Tables};
 use crate::shared_lu::{ChnNode, SharedLu};
 use nas_proto::command::Kind;
 use nas_proto::*;
 
-/// Longest a CHN may take to catch up as a learner before it is promoted.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for a new CHN to answer who it is.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Milliseconds since the Unix epoch, as commands carry time.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The `Admin` service of one CHN.
 pub struct AdminService {
     pub lu: SharedLu,
     pub host: LuHost,
-    pub failover: crate::failover::Failover,
+    pub failover: crate::chn::failover::Failover,
     pub version: String,
 }
 
@@ -51,11 +49,15 @@ fn forward<T>(msg: T) -> Request<T> {
     r
 }
 
-fn reply(r: CommandResult) -> Response<WriteReply> {
-    Response::new(WriteReply {
+fn write_reply(r: CommandResult) -> WriteReply {
+    WriteReply {
         log_index: r.log_index,
         assigned: r.assigned,
-    })
+    }
+}
+
+fn reply(r: CommandResult) -> Response<WriteReply> {
+    Response::new(write_reply(r))
 }
 
 /// Checks a `host:port` address.
@@ -72,13 +74,9 @@ fn check_addr(addr: &str) -> Result<(), Status> {
     }
 }
 
-fn rejected(r: crate::shared_lu::tables::Rejection) -> Status {
-    Status::new(r.code, r.message)
-}
-
 impl AdminService {
     async fn write(&self, kind: Kind) -> Result<Response<WriteReply>, Status> {
-        self.lu.write(Command { kind: Some(kind) }).await.map(reply)
+        Ok(reply(self.lu.write(Command { kind: Some(kind) }).await?))
     }
 
     /// Reads the tables, linearizably unless the caller accepts stale data.
@@ -87,8 +85,7 @@ impl AdminService {
         if !local {
             self.lu.ensure_current().await?;
         }
-        let state = self.lu.state.read();
-        Ok((f(&state.tables), local))
+        Ok((self.lu.read(f), local))
     }
 
     /// An Admin client on the leader when another CHN leads, for the
@@ -127,20 +124,40 @@ impl AdminService {
         Ok(admin_client::AdminClient::new(ch))
     }
 
+    /// Runs `here` if this CHN serves `lu` (opening it if nobody does),
+    /// else sends the call on to the CHN that serves it with `there`.
+    async fn on_lu_owner<Req, Resp, H, HF, T, TF>(
+        &self,
+        lu: u32,
+        req: Request<Req>,
+        here: H,
+        there: T,
+    ) -> Result<Response<Resp>, Status>
+    where
+        H: FnOnce(Arc<LuDevice>, Req) -> HF,
+        HF: Future<Output = Result<Resp, Status>>,
+        T: FnOnce(AdminClient<Channel>, Request<Req>) -> TF,
+        TF: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        match self.host.route(lu).await? {
+            Route::Local(dev) => here(dev, req.into_inner()).await.map(Response::new),
+            Route::Remote(chn, addr) => {
+                let owner = self.owner_admin(&req, &chn, &addr, lu)?;
+                there(owner, forward(req.into_inner())).await
+            }
+        }
+    }
+
     /// The LU a disk belongs to (0 when none), from current tables.
     async fn disk_group(&self, disk: u32) -> Result<u32, Status> {
         self.lu.ensure_current().await?;
-        let state = self.lu.state.read();
-        let d = state
-            .tables
-            .disks
-            .get(&disk)
-            .ok_or_else(|| Status::not_found(format!("disk {disk} does not exist; see `nasctl disk list`")))?;
-        Ok(d.raid_group)
+        self.lu
+            .read(|t| t.disks.get(&disk).map(|d| d.raid_group))
+            .ok_or_else(|| Status::not_found(format!("disk {disk} does not exist; see `nasctl disk list`")))
     }
 
     fn daemon_row(&self, name: &str) -> Option<Daemon> {
-        self.lu.state.read().tables.daemons.get(name).cloned()
+        self.lu.daemon(name)
     }
 
     async fn register(&self, name: &str, node_id: u64, address: &str, state: ChnState) -> Result<(), Status> {
@@ -153,13 +170,36 @@ impl AdminService {
                     state: state as i32,
                 })),
             })
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(())
     }
-}
 
-fn membership_error(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::failed_precondition(format!("{what} failed: {e}"))
+    /// `disk replace` on the CHN that serves the disk's LU.
+    async fn replace_disk_here(&self, lu: u32, r: ReplaceDiskRequest) -> Result<WriteReply, Status> {
+        let spare = if r.spare != 0 {
+            r.spare
+        } else {
+            self.lu
+                .read(|t| {
+                    t.disks
+                        .values()
+                        .find(|d| d.raid_group == 0 && d.state == DiskState::DiskNotUsed as i32)
+                        .map(|d| d.number)
+                })
+                .ok_or_else(|| Status::resource_exhausted("no NOT USED disk is left to replace it with"))?
+        };
+        let done = self
+            .lu
+            .write(Command {
+                kind: Some(Kind::ReplaceDisk(ReplaceDisk { failed: r.disk, spare })),
+            })
+            .await?;
+        self.host.adopt(lu).await?;
+        Ok(write_reply(CommandResult {
+            assigned: spare as u64,
+            ..done
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -184,16 +224,10 @@ impl admin_server::Admin for AdminService {
         let m = self.lu.raft.metrics().borrow().clone();
         let (nodes, voters) = self.lu.members();
         let now = now_ms();
-        let state = self.lu.state.read();
         let members = nodes
             .iter()
             .map(|(id, node)| {
-                let heartbeat = state
-                    .tables
-                    .daemons
-                    .get(&node.name)
-                    .map(|d| d.heartbeat_ms)
-                    .unwrap_or(0);
+                let heartbeat = self.lu.daemon(&node.name).map_or(0, |d| d.heartbeat_ms);
                 let matched = m
                     .replication
                     .as_ref()
@@ -222,34 +256,13 @@ impl admin_server::Admin for AdminService {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
             members,
-            shared_lu: Some(state.tables.shared_lu.clone()),
+            shared_lu: Some(self.lu.read(|t| t.shared_lu.clone())),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
         }))
     }
 
     async fn bootstrap(&self, _req: Request<BootstrapRequest>) -> Result<Response<ChnReply>, Status> {
-        let initialized = self.lu.is_initialized().await?;
-        if initialized {
-            return Err(Status::already_exists(format!(
-                "{} already belongs to an initialized shared LU; install further CHNs with `nasctl chn install`",
-                self.lu.name
-            )));
-        }
-        let me = ChnNode {
-            name: self.lu.name.clone(),
-            addr: self.lu.addr.clone(),
-        };
-        self.lu
-            .raft
-            .initialize(std::collections::BTreeMap::from([(self.lu.id, me)]))
-            .await
-            .map_err(|e| Status::failed_precondition(format!("cannot bootstrap: {e}")))?;
-        self.lu
-            .raft
-            .wait(Some(Duration::from_secs(10)))
-            .current_leader(self.lu.id, "bootstrap")
-            .await
-            .map_err(|e| Status::unavailable(format!("bootstrapped, but no leader yet: {e}; retry `chn list`")))?;
+        self.lu.bootstrap().await?;
         self.register(&self.lu.name, self.lu.id, &self.lu.addr, ChnState::ChnInstalled)
             .await?;
         Ok(Response::new(ChnReply {
@@ -287,7 +300,7 @@ impl admin_server::Admin for AdminService {
 
     async fn install_chn(&self, req: Request<InstallChnRequest>) -> Result<Response<ChnReply>, Status> {
         let r = req.into_inner();
-        check_name("CHN", &r.name).map_err(rejected)?;
+        check_name("CHN", &r.name).map_err(Status::from)?;
         check_addr(&r.address)?;
         if let Some(mut leader) = self.leader_admin().await? {
             return leader.install_chn(r).await;
@@ -344,16 +357,7 @@ impl admin_server::Admin for AdminService {
                 name: r.name.clone(),
                 addr: r.address.clone(),
             };
-            tokio::time::timeout(CATCH_UP_TIMEOUT, self.lu.raft.add_learner(info.node_id, node, true))
-                .await
-                .map_err(|_| Status::deadline_exceeded("the new CHN did not catch up in time; run chn install again"))?
-                .map_err(|e| membership_error("adding the learner", e))?;
-            let ids = BTreeSet::from([info.node_id]);
-            self.lu
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(ids), false)
-                .await
-                .map_err(|e| membership_error("promoting the learner to voter", e))?;
+            self.lu.add_voter(info.node_id, node).await?;
         }
         self.register(&r.name, info.node_id, &r.address, ChnState::ChnInstalled)
             .await?;
@@ -364,12 +368,12 @@ impl admin_server::Admin for AdminService {
 
     async fn remove_chn(&self, req: Request<RemoveChnRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
-        check_name("CHN", &r.name).map_err(rejected)?;
+        check_name("CHN", &r.name).map_err(Status::from)?;
         if let Some(mut leader) = self.leader_admin().await? {
             return leader.remove_chn(r).await;
         }
         self.lu.ensure_current().await?;
-        let (nodes, voters) = self.lu.members();
+        let (nodes, _) = self.lu.members();
         let member = nodes.iter().find(|(_, n)| n.name == r.name).map(|(id, _)| *id);
         let mut result = WriteReply::default();
         if self.daemon_row(&r.name).is_some() {
@@ -384,21 +388,7 @@ impl admin_server::Admin for AdminService {
             )));
         }
         if let Some(id) = member {
-            if voters.len() == 1 && voters.contains(&id) {
-                return Err(Status::failed_precondition("cannot remove the last voting CHN"));
-            }
-            let change = if voters.contains(&id) {
-                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-            } else {
-                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-            };
-            let resp = self
-                .lu
-                .raft
-                .change_membership(change, false)
-                .await
-                .map_err(|e| membership_error("removal", e))?;
-            result.log_index = resp.log_id.index;
+            result.log_index = self.lu.remove_member(id).await?;
         }
         Ok(Response::new(result))
     }
@@ -410,7 +400,7 @@ impl admin_server::Admin for AdminService {
 
     async fn init_array(&self, req: Request<InitArrayRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
-        self.host.init_array(r.disks, r.disk_capacity_bytes).await.map(reply)
+        Ok(reply(self.host.init_array(r.disks, r.disk_capacity_bytes).await?))
     }
 
     async fn list_disks(&self, req: Request<ListRequest>) -> Result<Response<DiskList>, Status> {
@@ -428,7 +418,7 @@ impl admin_server::Admin for AdminService {
             disks: r.disks,
             stripe_unit_bytes: r.stripe_unit_bytes,
         };
-        self.host.create_lu(cmd).await.map(reply)
+        Ok(reply(self.host.create_lu(cmd).await?))
     }
 
     async fn list_lus(&self, req: Request<ListRequest>) -> Result<Response<LuList>, Status> {
@@ -438,7 +428,7 @@ impl admin_server::Admin for AdminService {
 
     async fn add_user(&self, req: Request<AddUserRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
-        check_name("user", &r.name).map_err(rejected)?;
+        check_name("user", &r.name).map_err(Status::from)?;
         if r.password.chars().count() < 8 || r.password.len() > 1024 {
             return Err(Status::invalid_argument("password must be 8 to 1024 characters long"));
         }
@@ -526,16 +516,15 @@ impl admin_server::Admin for AdminService {
         let disk = req.get_ref().disk;
         let lu = self.disk_group(disk).await?;
         if lu == 0 {
-            return self.host.fail_disk(None, disk).await.map(reply);
+            return Ok(reply(self.host.fail_disk(None, disk).await?));
         }
-        match self.host.route(lu).await? {
-            Route::Local(dev) => self.host.fail_disk(Some(dev), disk).await.map(reply),
-            Route::Remote(chn, addr) => {
-                self.owner_admin(&req, &chn, &addr, lu)?
-                    .fail_disk(forward(req.into_inner()))
-                    .await
-            }
-        }
+        self.on_lu_owner(
+            lu,
+            req,
+            |dev, _| async move { Ok(write_reply(self.host.fail_disk(Some(dev), disk).await?)) },
+            |mut owner, r| async move { owner.fail_disk(r).await },
+        )
+        .await
     }
 
     async fn replace_disk(&self, req: Request<ReplaceDiskRequest>) -> Result<Response<WriteReply>, Status> {
@@ -547,63 +536,41 @@ impl admin_server::Admin for AdminService {
                 r.disk
             )));
         }
-        match self.host.route(lu).await? {
-            Route::Local(_) => {}
-            Route::Remote(chn, addr) => return self.owner_admin(&req, &chn, &addr, lu)?.replace_disk(forward(r)).await,
-        }
-        let spare = if r.spare != 0 {
-            r.spare
-        } else {
-            let state = self.lu.state.read();
-            state
-                .tables
-                .disks
-                .values()
-                .find(|d| d.raid_group == 0 && d.state == DiskState::DiskNotUsed as i32)
-                .map(|d| d.number)
-                .ok_or_else(|| Status::resource_exhausted("no NOT USED disk is left to replace it with"))?
-        };
-        let done = self
-            .lu
-            .write(Command {
-                kind: Some(Kind::ReplaceDisk(ReplaceDisk { failed: r.disk, spare })),
-            })
-            .await?;
-        self.host.adopt(lu).await?;
-        Ok(reply(CommandResult {
-            assigned: spare as u64,
-            ..done
-        }))
+        self.on_lu_owner(
+            lu,
+            req,
+            |_, r| self.replace_disk_here(lu, r),
+            |mut owner, r| async move { owner.replace_disk(r).await },
+        )
+        .await
     }
 
     async fn rebuild_lu(&self, req: Request<LuRequest>) -> Result<Response<LuJobReply>, Status> {
         let lu = req.get_ref().lu;
-        match self.host.route(lu).await? {
-            Route::Local(_) => Ok(Response::new(LuJobReply {
-                lu,
-                job: Some(self.host.start_job(lu, false, false)?),
-            })),
-            Route::Remote(chn, addr) => {
-                self.owner_admin(&req, &chn, &addr, lu)?
-                    .rebuild_lu(forward(req.into_inner()))
-                    .await
-            }
-        }
+        self.on_lu_owner(
+            lu,
+            req,
+            |_, _| async move {
+                let job = Some(self.host.start_job(lu, false, false)?);
+                Ok(LuJobReply { lu, job })
+            },
+            |mut owner, r| async move { owner.rebuild_lu(r).await },
+        )
+        .await
     }
 
     async fn scrub_lu(&self, req: Request<ScrubLuRequest>) -> Result<Response<LuJobReply>, Status> {
         let ScrubLuRequest { lu, repair } = *req.get_ref();
-        match self.host.route(lu).await? {
-            Route::Local(_) => Ok(Response::new(LuJobReply {
-                lu,
-                job: Some(self.host.start_job(lu, true, repair)?),
-            })),
-            Route::Remote(chn, addr) => {
-                self.owner_admin(&req, &chn, &addr, lu)?
-                    .scrub_lu(forward(req.into_inner()))
-                    .await
-            }
-        }
+        self.on_lu_owner(
+            lu,
+            req,
+            |_, _| async move {
+                let job = Some(self.host.start_job(lu, true, repair)?);
+                Ok(LuJobReply { lu, job })
+            },
+            |mut owner, r| async move { owner.scrub_lu(r).await },
+        )
+        .await
     }
 
     async fn read_lu(&self, req: Request<ReadLuRequest>) -> Result<Response<ReadLuReply>, Status> {
@@ -613,16 +580,16 @@ impl admin_server::Admin for AdminService {
                 "read at most {MAX_RAW_IO} bytes per call, {length} asked"
             )));
         }
-        match self.host.route(lu).await? {
-            Route::Local(dev) => Ok(Response::new(ReadLuReply {
-                data: LuHost::read(dev, offset, length as usize).await?,
-            })),
-            Route::Remote(chn, addr) => {
-                self.owner_admin(&req, &chn, &addr, lu)?
-                    .read_lu(forward(req.into_inner()))
-                    .await
-            }
-        }
+        self.on_lu_owner(
+            lu,
+            req,
+            |dev, _| async move {
+                let data = LuHost::read(dev, offset, length as usize).await?;
+                Ok(ReadLuReply { data })
+            },
+            |mut owner, r| async move { owner.read_lu(r).await },
+        )
+        .await
     }
 
     async fn write_lu(&self, req: Request<WriteLuRequest>) -> Result<Response<WriteReply>, Status> {
@@ -632,35 +599,24 @@ impl admin_server::Admin for AdminService {
                 "write at most {MAX_RAW_IO} bytes per call"
             )));
         }
-        match self.host.route(lu).await? {
-            Route::Local(dev) => {
-                let r = req.into_inner();
+        self.on_lu_owner(
+            lu,
+            req,
+            |dev, r| async move {
                 LuHost::write(dev, r.offset, r.data, r.flush).await?;
-                Ok(Response::new(WriteReply::default()))
-            }
-            Route::Remote(chn, addr) => {
-                self.owner_admin(&req, &chn, &addr, lu)?
-                    .write_lu(forward(req.into_inner()))
-                    .await
-            }
-        }
+                Ok(WriteReply::default())
+            },
+            |mut owner, r| async move { owner.write_lu(r).await },
+        )
+        .await
     }
-
     async fn move_export(&self, req: Request<MoveExportRequest>) -> Result<Response<MoveExportReply>, Status> {
         let started = std::time::Instant::now();
         self.lu.ensure_current().await?;
         let r = req.get_ref();
-        let e = self
-            .lu
-            .state
-            .read()
-            .tables
-            .exports
-            .get(&r.export)
-            .cloned()
-            .ok_or_else(|| {
-                Status::not_found(format!("export {} does not exist; see `nasctl export list`", r.export))
-            })?;
+        let e = self.lu.export(&r.export).ok_or_else(|| {
+            Status::not_found(format!("export {} does not exist; see `nasctl export list`", r.export))
+        })?;
         let to = if r.to.is_empty() {
             e.home_chn.clone()
         } else {
@@ -673,21 +629,19 @@ impl admin_server::Admin for AdminService {
             )));
         }
         if e.owner_chn != self.lu.name {
-            let addr = self.lu.state.read().tables.address_of(&e.owner_chn);
+            let addr = self.lu.address_of(&e.owner_chn);
             let mut owner = self.owner_admin(&req, &e.owner_chn, &addr, e.lu)?;
             let fwd = MoveExportRequest {
                 export: e.name.clone(),
                 to,
             };
-            return match owner.move_export(forward(fwd)).await {
-                Err(s) if s.code() == tonic::Code::Unavailable => Err(Status::unavailable(format!(
-                    "{}, serving export {}, does not answer ({}); if it has failed, failover moves the export by itself within the LU lease",
-                    e.owner_chn,
-                    e.name,
-                    s.message()
-                ))),
-                other => other,
-            };
+            return owner.move_export(forward(fwd)).await.map_err(|s| match PeerError::from(s.clone()) {
+                PeerError::Unreachable(why) => Status::unavailable(format!(
+                    "{}, serving export {}, does not answer ({why}); if it has failed, failover moves the export by itself within the LU lease",
+                    e.owner_chn, e.name,
+                )),
+                PeerError::Failed(_) => s,
+            });
         }
         let reason = if r.to.is_empty() {
             "giveback"
@@ -708,27 +662,28 @@ impl admin_server::Admin for AdminService {
         // Current when a quorum answers; otherwise this CHN's copy, marked,
         // since the status matters most when things are failing.
         let possibly_stale = self.lu.ensure_current().await.is_err();
-        let state = self.lu.state.read();
-        let t = &state.tables;
         let m = self.failover.monitor();
         let now = now_ms();
-        let exports = t
-            .exports
-            .values()
-            .map(|e| {
-                let lock = t.lu_locks.get(&e.lu).cloned();
-                ExportFailover {
-                    lease_left_ms: lock.as_ref().map_or(0, |l| l.lease_expiry_ms.saturating_sub(now)),
-                    lock,
-                    next_taker: m.next_taker(t, &e.owner_chn, &e.partner_chn).unwrap_or_default(),
-                    export: Some(e.clone()),
-                }
-            })
-            .collect();
+        let (exports, chns) = self.lu.read(|t| {
+            let exports = t
+                .exports
+                .values()
+                .map(|e| {
+                    let lock = t.lu_locks.get(&e.lu).cloned();
+                    ExportFailover {
+                        lease_left_ms: lock.as_ref().map_or(0, |l| l.lease_expiry_ms.saturating_sub(now)),
+                        lock,
+                        next_taker: m.next_taker(t, &e.owner_chn, &e.partner_chn).unwrap_or_default(),
+                        export: Some(e.clone()),
+                    }
+                })
+                .collect();
+            (exports, m.all(t))
+        });
         let s = self.failover.settings();
         Ok(Response::new(FailoverStatusReply {
             answered_by: self.lu.name.clone(),
-            chns: m.all(t),
+            chns,
             exports,
             detect_ms: s.detect.as_millis() as u64,
             lu_lease_ms: self.host.lease().as_millis() as u64,

@@ -8,3 +8,4 @@
 pub mod admin;
 pub mod nas;
 pub mod raft;
+pub mod status;

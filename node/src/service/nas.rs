@@ -17,12 +17,12 @@ use nas_proto::*;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::exports::Exports;
+use crate::chn::exports::Exports;
+use crate::chn::sessions::{Session, Sessions};
 use crate::fs::volume::{CallId, Change, Outcome};
-use crate::fs::{Attr, Caller, FileKind, FsError, FsPath, Request as FsRequest, Volume, MAX_FILE_SIZE};
-use crate::service::admin::now_ms;
-use crate::sessions::{Session, Sessions};
-use crate::shared_lu::SharedLu;
+use crate::fs::{Attr, Caller, FileKind, FsPath, Request as FsRequest, Volume, MAX_FILE_SIZE};
+use crate::rt::now_ms;
+use crate::shared_lu::{self, RejectKind, SharedLu};
 
 /// Bytes per message of a read stream.
 const READ_CHUNK: u64 = 1 << 20;
@@ -35,22 +35,6 @@ pub struct NasService {
     pub shared: SharedLu,
     pub sessions: Sessions,
     pub exports: Exports,
-}
-
-/// The gRPC status of a file-system error.
-pub fn fs_status(e: FsError) -> Status {
-    match e {
-        FsError::InvalidArgument(m) => Status::invalid_argument(m),
-        FsError::NotFound(m) => Status::not_found(m),
-        FsError::AlreadyExists(m) => Status::already_exists(m),
-        FsError::PermissionDenied(m) => Status::permission_denied(m),
-        FsError::FailedPrecondition(m) => Status::failed_precondition(m),
-        FsError::NoSpace(m) => Status::resource_exhausted(m),
-        FsError::OutOfRange(m) => Status::out_of_range(m),
-        // Nothing of the call was committed: the client may send it again.
-        FsError::Io(m) => Status::unavailable(format!("{m}; nothing was changed, retry")),
-        FsError::Corrupt(m) => Status::data_loss(m),
-    }
 }
 
 fn file_attr(a: Attr) -> FileAttr {
@@ -75,7 +59,7 @@ fn file_attr(a: Attr) -> FileAttr {
 }
 
 fn path(p: &str) -> Result<FsPath, Status> {
-    FsPath::parse(p).map_err(fs_status)
+    FsPath::parse(p).map_err(Status::from)
 }
 
 /// Everything a file call runs with.
@@ -97,7 +81,7 @@ impl Ctx {
     }
 
     async fn change(&self, change: Change) -> Result<Outcome, Status> {
-        self.vol.change(self.request(change)).await.map_err(fs_status)
+        self.vol.change(self.request(change)).await.map_err(Status::from)
     }
 
     async fn attr(&self, change: Change) -> Result<Response<FileAttr>, Status> {
@@ -121,7 +105,7 @@ impl Ctx {
         tokio::task::spawn_blocking(move || f(&vol, &caller))
             .await
             .map_err(|e| Status::internal(format!("read task failed: {e}")))?
-            .map_err(fs_status)
+            .map_err(Status::from)
     }
 }
 
@@ -165,7 +149,7 @@ impl NasService {
         })
     }
 
-    async fn lock_once(&self, ctx: &Ctx, p: &FsPath, shared: bool) -> Result<(), Status> {
+    async fn lock_once(&self, ctx: &Ctx, p: &FsPath, shared: bool) -> Result<(), shared_lu::Error> {
         let mode = if shared {
             LockMode::LockShared
         } else {
@@ -179,7 +163,8 @@ impl NasService {
             lease_ms: self.sessions.lease().as_millis() as u64,
             now_ms: now_ms(),
         });
-        self.shared.write(Command { kind: Some(cmd) }).await.map(|_| ())
+        self.shared.write(Command { kind: Some(cmd) }).await?;
+        Ok(())
     }
 }
 
@@ -192,10 +177,8 @@ impl Nas for NasService {
         if r.user.is_empty() {
             return Err(Status::invalid_argument("user is empty; give the user name"));
         }
-        self.sessions
-            .open(&r.user, &r.password, &r.client_id)
-            .await
-            .map(Response::new)
+        let reply = self.sessions.open(&r.user, &r.password, &r.client_id).await?;
+        Ok(Response::new(reply))
     }
 
     async fn keep_alive(&self, req: Request<SessionRequest>) -> Result<Response<KeepAliveReply>, Status> {
@@ -241,7 +224,7 @@ impl Nas for NasService {
         })
         .await
         .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
-        .map_err(fs_status)?;
+        .map_err(Status::from)?;
         Ok(Response::new(MountReply {
             export: export.name,
             chn: self.shared.name.clone(),
@@ -401,7 +384,7 @@ impl Nas for NasService {
                         durable: false,
                         ..ctx.request(change)
                     };
-                    ctx.vol.change(piece).await.map_err(fs_status)?;
+                    ctx.vol.change(piece).await.map_err(Status::from)?;
                     pending = chunk;
                 }
             }
@@ -467,7 +450,7 @@ impl Nas for NasService {
             call: None,
             ..ctx.request(Change::Sync { ino: r.handle })
         };
-        ctx.vol.change(sync).await.map_err(fs_status)?;
+        ctx.vol.change(sync).await.map_err(Status::from)?;
         Ok(Response::new(FsDone {}))
     }
 
@@ -483,18 +466,18 @@ impl Nas for NasService {
         loop {
             match self.lock_once(&ctx, &p, r.shared).await {
                 Ok(()) => return Ok(Response::new(FsDone {})),
-                Err(e) if e.code() == tonic::Code::FailedPrecondition && tokio::time::Instant::now() < deadline => {
+                // Held by another session: the one refusal that waiting can end.
+                Err(e) if e.is_rejected(RejectKind::FailedPrecondition) && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())).await;
                     backoff = (backoff * 2).min(Duration::from_millis(250));
                 }
-                Err(e) if e.code() == tonic::Code::FailedPrecondition && !wait.is_zero() => {
+                Err(e) if e.is_rejected(RejectKind::FailedPrecondition) && !wait.is_zero() => {
                     return Err(Status::deadline_exceeded(format!(
-                        "{} (waited {} ms); try again later",
-                        e.message(),
+                        "{e} (waited {} ms); try again later",
                         wait.as_millis()
                     )))
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }

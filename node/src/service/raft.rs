@@ -75,7 +75,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn forward(&self, req: Request<Command>) -> Result<Response<CommandResult>, Status> {
-        self.lu.write_local(req.into_inner()).await.map(Response::new)
+        Ok(Response::new(self.lu.write_local(req.into_inner()).await?))
     }
 
     async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {

@@ -11,8 +11,11 @@
 // would only move the allocation.
 #![allow(clippy::result_large_err)]
 
+pub mod error;
 pub mod log_store;
+mod membership;
 pub mod network;
+mod reads;
 pub mod sm_store;
 pub mod tables;
 
@@ -23,10 +26,10 @@ use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
-use tonic::{Code, Status};
 
+pub use error::{Error, RejectKind, Rejection};
 use nas_proto::{raft_client::RaftClient, Command, CommandBatch, CommandResult, CommandResults, ReadIndexRequest};
-use network::{Network, Peers};
+use network::{Network, PeerError, Peers};
 use sm_store::{StateMachineStore, StateReader};
 use tokio::sync::{mpsc, oneshot};
 
@@ -98,7 +101,7 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct SharedLu {
     pub raft: Raft,
-    pub state: StateReader,
+    state: StateReader,
     pub peers: Peers,
     pub id: NodeId,
     pub name: String,
@@ -123,19 +126,18 @@ struct Proposal {
 }
 
 /// Turns a state machine verdict into the caller's result.
-pub fn verdict(r: CommandResult) -> Result<CommandResult, Status> {
-    if r.code == 0 {
-        Ok(r)
-    } else {
-        Err(Status::new(Code::from_i32(r.code), r.message))
+pub fn verdict(r: CommandResult) -> Result<CommandResult, Error> {
+    match RejectKind::from_code(r.code) {
+        None => Ok(r),
+        Some(kind) => Err(Error::Rejected(Rejection {
+            kind,
+            message: r.message,
+        })),
     }
 }
 
-fn no_quorum(what: &str, timeout: Duration) -> Status {
-    Status::unavailable(format!(
-        "{what} got no quorum within {} ms: a majority of CHNs may be down or unreachable; retry when they are back",
-        timeout.as_millis()
-    ))
+fn no_quorum(what: &'static str, timeout: Duration) -> Error {
+    Error::no_quorum(what, timeout)
 }
 
 impl SharedLu {
@@ -204,16 +206,16 @@ impl SharedLu {
         }
     }
 
-    fn raft_client(&self, addr: &str) -> Result<RaftClient<tonic::transport::Channel>, Status> {
+    fn raft_client(&self, addr: &str) -> Result<RaftClient<tonic::transport::Channel>, Error> {
         let ch = self
             .peers
             .channel(addr)
-            .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?;
+            .map_err(|e| Error::Internal(format!("bad leader address {addr:?}: {e}")))?;
         Ok(RaftClient::new(ch))
     }
 
     /// Waits (up to the quorum timeout) until some CHN is known to lead.
-    pub async fn await_leader(&self) -> Result<(NodeId, ChnNode), Status> {
+    pub async fn await_leader(&self) -> Result<(NodeId, ChnNode), Error> {
         self.require_initialized().await?;
         let wait = self.raft.wait(Some(self.quorum_timeout));
         let _ = wait.metrics(|m| m.current_leader.is_some(), "leader known").await;
@@ -222,28 +224,26 @@ impl SharedLu {
     }
 
     /// Fails with FAILED_PRECONDITION while this CHN belongs to no shared LU.
-    pub async fn require_initialized(&self) -> Result<(), Status> {
+    pub async fn require_initialized(&self) -> Result<(), Error> {
         if self.is_initialized().await? {
             return Ok(());
         }
-        Err(Status::failed_precondition(format!(
-            "{} is not part of a shared LU yet: bootstrap the first CHN with \
-             `nasctl chn install NAME --addr ADDR --bootstrap`, then install this one",
-            self.name
-        )))
+        Err(Error::NotMember {
+            name: self.name.clone(),
+        })
     }
 
     /// Whether this CHN belongs to a shared LU (bootstrapped or joined).
-    pub async fn is_initialized(&self) -> Result<bool, Status> {
+    pub async fn is_initialized(&self) -> Result<bool, Error> {
         self.raft
             .is_initialized()
             .await
-            .map_err(|e| Status::unavailable(format!("shared LU stopped: {e}")))
+            .map_err(|e| Error::Unavailable(format!("shared LU stopped: {e}")))
     }
 
     /// Commits `cmd` through the leader, wherever it is, and returns the
     /// state machine's verdict as a result.
-    pub async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, Error> {
         let deadline = tokio::time::Instant::now() + self.quorum_timeout;
         loop {
             match self.write_here(cmd.clone()).await {
@@ -251,24 +251,22 @@ impl SharedLu {
                     let mut client = self.raft_client(&node.addr)?;
                     let forwarded = async {
                         tokio::select! {
-                            r = client.forward(cmd) => r,
+                            r = client.forward(cmd) => r.map(|r| r.into_inner()).map_err(PeerError::from),
                             // A leader that is paused or cut off never
                             // answers; once another CHN leads, stop waiting.
-                            _ = self.leader_moves_from(&node.addr) => Err(Status::unavailable("another CHN leads now")),
-                            _ = tokio::time::sleep_until(deadline) => Err(Status::unavailable(format!(
+                            _ = self.leader_moves_from(&node.addr) => Err(PeerError::Unreachable("another CHN leads now".into())),
+                            _ = tokio::time::sleep_until(deadline) => Err(PeerError::Unreachable(format!(
                                 "no answer within {} ms", self.quorum_timeout.as_millis()
                             ))),
                         }
                     };
-                    let reply = forwarded.await.map_err(|s| match s.code() {
-                        Code::Unavailable | Code::Unknown | Code::Cancelled => Status::unavailable(format!(
-                            "leader {} could not be reached ({}); the command may or may not have been applied",
+                    let reply = forwarded.await.map_err(|e| match e {
+                        PeerError::Unreachable(why) => Error::Unavailable(format!(
+                            "leader {} could not be reached ({why}); the command may or may not have been applied",
                             node.name,
-                            s.message()
                         )),
-                        _ => s,
+                        PeerError::Failed(why) => Error::Internal(format!("leader {}: {why}", node.name)),
                     })?;
-                    let reply = reply.into_inner();
                     if reply.code == 0 && reply.log_index > 0 {
                         self.await_applied(reply.log_index, deadline).await;
                     }
@@ -303,10 +301,10 @@ impl SharedLu {
 
     /// Proposes `cmd` on this CHN only; used by the leader for forwarded
     /// commands, so that a command is never forwarded twice.
-    pub async fn write_local(&self, cmd: Command) -> Result<CommandResult, Status> {
+    pub async fn write_local(&self, cmd: Command) -> Result<CommandResult, Error> {
         match self.write_here(cmd).await {
             Ok(r) => Ok(r),
-            Err(Redirect::To(node)) => Err(Status::unavailable(format!(
+            Err(Redirect::To(node)) => Err(Error::Unavailable(format!(
                 "this CHN no longer leads; the leader is now {} at {}: retry there",
                 node.name, node.addr
             ))),
@@ -317,7 +315,11 @@ impl SharedLu {
 
     async fn write_here(&self, cmd: Command) -> Result<CommandResult, Redirect> {
         let (reply, verdict) = oneshot::channel();
-        let stopped = || Redirect::Failed(Status::unavailable("this CHN is shutting down; retry on another CHN"));
+        let stopped = || {
+            Redirect::Failed(Error::Unavailable(
+                "this CHN is shutting down; retry on another CHN".into(),
+            ))
+        };
         self.proposals
             .send(Proposal { cmd, reply })
             .await
@@ -327,7 +329,7 @@ impl SharedLu {
 
     /// Returns once this CHN's tables include every write committed before
     /// the call (a linearizable read barrier; followers ask the leader).
-    pub async fn ensure_current(&self) -> Result<(), Status> {
+    pub async fn ensure_current(&self) -> Result<(), Error> {
         let timeout = self.quorum_timeout;
         let index = match self.read_index_here().await? {
             Some(_) => return Ok(()),
@@ -336,7 +338,11 @@ impl SharedLu {
                 let mut client = self.raft_client(&node.addr)?;
                 let reply = tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
                     .await
-                    .map_err(|_| no_quorum("the read", timeout))??;
+                    .map_err(|_| no_quorum("the read", timeout))?
+                    .map_err(|e| {
+                        let why = PeerError::from(e);
+                        Error::Unavailable(format!("read index from leader {}: {why}; retry", node.name))
+                    })?;
                 reply.into_inner().index
             }
         };
@@ -345,14 +351,16 @@ impl SharedLu {
             .applied_index_at_least(Some(index), "read index")
             .await
             .map(|_| ())
-            .map_err(|_| Status::unavailable("this CHN did not catch up with the leader in time; retry"))
+            .map_err(|_| Error::Unavailable("this CHN did not catch up with the leader in time; retry".into()))
     }
 
     /// Leader side of [`ensure_current`](Self::ensure_current) for a follower.
-    pub async fn read_index(&self) -> Result<u64, Status> {
+    pub async fn read_index(&self) -> Result<u64, Error> {
         match self.read_index_here().await? {
             Some(index) => Ok(index),
-            None => Err(Status::unavailable("this CHN no longer leads; retry on the leader")),
+            None => Err(Error::Unavailable(
+                "this CHN no longer leads; retry on the leader".into(),
+            )),
         }
     }
 
@@ -360,7 +368,7 @@ impl SharedLu {
     /// read index, retrying a quorum that is briefly short (slow
     /// heartbeats on a loaded machine) until the quorum timeout. `None`
     /// when another CHN leads.
-    async fn read_index_here(&self) -> Result<Option<u64>, Status> {
+    async fn read_index_here(&self) -> Result<Option<u64>, Error> {
         let deadline = tokio::time::Instant::now() + self.quorum_timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -376,7 +384,7 @@ impl SharedLu {
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
                     return Err(no_quorum("the read", self.quorum_timeout))
                 }
-                Ok(Err(e)) => return Err(Status::unavailable(format!("shared LU error: {e}"))),
+                Ok(Err(e)) => return Err(Error::Unavailable(format!("shared LU error: {e}"))),
             }
         }
     }
@@ -395,7 +403,7 @@ impl SharedLu {
 enum Redirect {
     To(ChnNode),
     Unknown,
-    Failed(Status),
+    Failed(Error),
 }
 
 /// Proposes queued commands in batches, one Raft entry per batch, with up
@@ -430,7 +438,7 @@ async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: No
                     for reply in replies {
                         let r = results
                             .next()
-                            .ok_or_else(|| Redirect::Failed(Status::internal("missing command result")));
+                            .ok_or_else(|| Redirect::Failed(Error::Internal("missing command result".into())));
                         let _ = reply.send(r);
                     }
                     return;
@@ -439,8 +447,8 @@ async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: No
                     Some(node) if f.leader_id != Some(me) => Redirect::To(node),
                     _ => Redirect::Unknown,
                 },
-                Ok(Err(e)) => Redirect::Failed(Status::unavailable(format!("shared LU error: {e}"))),
-                Err(_) => Redirect::Failed(Status::unavailable(format!(
+                Ok(Err(e)) => Redirect::Failed(Error::Unavailable(format!("shared LU error: {e}"))),
+                Err(_) => Redirect::Failed(Error::Unavailable(format!(
                     "the write was not committed within {} ms: a majority of CHNs may be unreachable; \
                      it may still be applied later, check before retrying",
                     timeout.as_millis()

@@ -100,13 +100,25 @@ struct AppendStream {
     replies: Streaming<RaftBytes>,
 }
 
+/// A call to another CHN that got no answer of its own making. The gRPC
+/// edge (`service::status`) turns a transport status into one of these.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// The peer is down, away, or the call broke off: it may or may not
+    /// have acted on the request.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The peer answered with an error.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Unreachable (openraft backs off) for a peer that is down or away,
 /// a network error otherwise.
-fn rpc_error<E: std::error::Error>(status: tonic::Status) -> RpcErr<E> {
-    if status.code() == tonic::Code::Unavailable {
-        RPCError::Unreachable(Unreachable::new(&status))
-    } else {
-        RPCError::Network(NetworkError::new(&status))
+fn rpc_error<E: std::error::Error>(e: PeerError) -> RpcErr<E> {
+    match e {
+        PeerError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        PeerError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
     }
 }
 
@@ -123,10 +135,8 @@ where
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, ChnNode, RaftError<NodeId, E>>;
 
 /// One method of the generated Raft client, as a plain function.
-type RaftMethod = fn(
-    RaftClient<Channel>,
-    RaftBytes,
-) -> futures::future::BoxFuture<'static, Result<tonic::Response<RaftBytes>, tonic::Status>>;
+type RaftMethod =
+    fn(RaftClient<Channel>, RaftBytes) -> futures::future::BoxFuture<'static, Result<RaftBytes, PeerError>>;
 
 impl Connection {
     fn client(&self) -> Result<RaftClient<Channel>, tonic::transport::Error> {
@@ -145,32 +155,41 @@ impl Connection {
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
             .map_err(rpc_error)?;
-        decode_reply(self.target, &reply.into_inner().data)
+        decode_reply(self.target, &reply.data)
     }
 
     /// Sends one request on the AppendEntries stream (opening it first if
     /// needed) and waits for its reply.
-    async fn exchange(&mut self, data: Vec<u8>) -> Result<RaftBytes, tonic::Status> {
+    async fn exchange(&mut self, data: Vec<u8>) -> Result<RaftBytes, PeerError> {
         let stream = match &mut self.appends {
             Some(stream) => stream,
             None => {
                 let client = self
                     .client()
-                    .map_err(|e| tonic::Status::unavailable(format!("bad peer address: {e}")))?;
+                    .map_err(|e| PeerError::Unreachable(format!("bad peer address: {e}")))?;
                 self.appends.insert(open_appends(client).await?)
             }
         };
-        let closed = || tonic::Status::unavailable("the AppendEntries stream closed");
+        let closed = || PeerError::Unreachable("the AppendEntries stream closed".into());
         stream.requests.send(RaftBytes { data }).await.map_err(|_| closed())?;
-        stream.replies.message().await?.ok_or_else(closed)
+        stream
+            .replies
+            .message()
+            .await
+            .map_err(PeerError::from)?
+            .ok_or_else(closed)
     }
 }
 
 /// Opens an AppendEntries stream; returns once the follower has accepted it.
-async fn open_appends(mut client: RaftClient<Channel>) -> Result<AppendStream, tonic::Status> {
+async fn open_appends(mut client: RaftClient<Channel>) -> Result<AppendStream, PeerError> {
     // One request at a time is all openraft sends on a stream.
     let (requests, queue) = mpsc::channel(1);
-    let replies = client.append_entries(ReceiverStream::new(queue)).await?.into_inner();
+    let replies = client
+        .append_entries(ReceiverStream::new(queue))
+        .await
+        .map_err(PeerError::from)?
+        .into_inner();
     Ok(AppendStream { requests, replies })
 }
 
@@ -189,7 +208,7 @@ impl RaftNetwork<TypeConfig> for Connection {
             self.durability
                 .synced(commit)
                 .await
-                .map_err(|why| tonic::Status::internal(format!("this CHN's Raft log failed: {why}")))?;
+                .map_err(|why| PeerError::Failed(format!("this CHN's Raft log failed: {why}")))?;
             self.exchange(data).await
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), sent).await {
@@ -199,7 +218,7 @@ impl RaftNetwork<TypeConfig> for Connection {
                 // for the answer to the next request.
                 self.appends = None;
                 return Err(match failed {
-                    Ok(Err(status)) => rpc_error(status),
+                    Ok(Err(e)) => rpc_error(e),
                     _ => RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
                         "no AppendEntries reply within {} ms",
                         option.hard_ttl().as_millis()
@@ -216,13 +235,20 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
         self.call(&rpc, &option, |mut c, r| {
-            Box::pin(async move { c.install_snapshot(r).await })
+            Box::pin(async move {
+                c.install_snapshot(r)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(PeerError::from)
+            })
         })
         .await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, r| Box::pin(async move { c.vote(r).await }))
-            .await
+        self.call(&rpc, &option, |mut c, r| {
+            Box::pin(async move { c.vote(r).await.map(|r| r.into_inner()).map_err(PeerError::from) })
+        })
+        .await
     }
 }

@@ -309,7 +309,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 state.dirty.extend(applied.touched);
                             }
                             Err(rejection) => {
-                                result.code = rejection.code as i32;
+                                result.code = rejection.kind.code();
                                 result.message = rejection.message;
                             }
                         }

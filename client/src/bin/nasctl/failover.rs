@@ -37,13 +37,7 @@ pub async fn run(c: &Cluster, cmd: FailoverCmd, json: bool) -> anyhow::Result<()
 
 async fn moved(c: &Cluster, export: String, to: String, json: bool) -> anyhow::Result<()> {
     let req = MoveExportRequest { export, to };
-    let r = c
-        .admin(|mut a| {
-            let req = req.clone();
-            async move { a.move_export(req).await }
-        })
-        .await
-        .map_err(status_err)?;
+    let r = c.move_export(req).await.map_err(status_err)?;
     let e = r.export.unwrap_or_default();
     if json {
         outln!(
@@ -70,10 +64,7 @@ fn opt(s: &str) -> Value {
 }
 
 async fn status(c: &Cluster, json: bool) -> anyhow::Result<()> {
-    let r = c
-        .admin(|mut a| async move { a.failover_status(FailoverStatusRequest {}).await })
-        .await
-        .map_err(status_err)?;
+    let r = c.failover_status(FailoverStatusRequest {}).await.map_err(status_err)?;
     let mut exports = Table::new(&[
         "export",
         "owner_chn",

@@ -374,14 +374,8 @@ pub async fn break_lock(c: &Cluster, target: &str, session: Option<String>, json
         path,
         session: session.clone().unwrap_or_default(),
     };
-    let r = c
-        .admin(|mut a| {
-            let req = req.clone();
-            async move { a.break_file_lock(req).await }
-        })
-        .await
-        .map_err(status_err)?;
-    crate::written(
+    let r = c.break_file_lock(req).await.map_err(status_err)?;
+    crate::output::written(
         json,
         &match session {
             Some(s) => format!("released session {s}'s lock on {target}"),

@@ -3,7 +3,9 @@
 //! Owns formatting only. The JSON field names and value spellings are a
 //! contract with scripts: add fields, never rename or drop them.
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
+
+use ::nas_client::proto::WriteReply;
 
 /// Rows with named columns, printed as a table or as a JSON array.
 pub struct Table {
@@ -104,6 +106,22 @@ pub fn utc(ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Prints a list, noting on stderr when it came from a possibly stale copy.
+pub fn print_list(t: &Table, json: bool, stale: bool) {
+    t.print(json);
+    if stale && !json {
+        eprintln!("(answered from the contacted CHN's copy; may be stale)");
+    }
+}
+
+pub fn written(json: bool, what: &str, r: WriteReply) {
+    if json {
+        outln!("{}", json!({"log_index": r.log_index, "assigned": r.assigned}));
+    } else {
+        outln!("{what} (log index {})", r.log_index);
+    }
 }
 
 #[cfg(test)]

@@ -121,7 +121,7 @@ pub async fn install(cluster: &Cluster, nodes: &[NodeSpec], initialized: &[bool]
     }
     ignore_exists(
         cluster
-            .admin(|mut c| async move { c.init_shared_lu(proto::InitSharedLuRequest { with_backup: true }).await })
+            .init_shared_lu(proto::InitSharedLuRequest { with_backup: true })
             .await,
     )?;
     for node in nodes {
@@ -131,19 +131,12 @@ pub async fn install(cluster: &Cluster, nodes: &[NodeSpec], initialized: &[bool]
                 target: target as i32,
                 lu: 0,
             };
-            ignore_exists(
-                cluster
-                    .admin(|mut c| {
-                        let path = path.clone();
-                        async move { c.add_path(proto::PathRequest { path: Some(path) }).await }
-                    })
-                    .await,
-            )?;
+            ignore_exists(cluster.add_path(proto::PathRequest { path: Some(path) }).await)?;
         }
     }
     for node in &nodes[1..] {
         let status = cluster
-            .admin(|mut c| async move { c.cluster_status(proto::ClusterStatusRequest {}).await })
+            .cluster_status(proto::ClusterStatusRequest {})
             .await
             .map_err(crate::status_err)?;
         if status.members.iter().any(|m| m.name == node.name && m.voter) {
@@ -157,10 +150,7 @@ pub async fn install(cluster: &Cluster, nodes: &[NodeSpec], initialized: &[bool]
             address: node.addr.clone(),
         };
         cluster
-            .admin(|mut c| {
-                let req = req.clone();
-                async move { c.install_chn(req).await }
-            })
+            .install_chn(req)
             .await
             .map_err(|s| anyhow::anyhow!("installing {} failed: {}", node.name, s.message()))?;
     }
@@ -206,18 +196,12 @@ pub struct Provision {
 pub async fn provision(cluster: &Cluster, p: &Provision) -> anyhow::Result<()> {
     let err = crate::status_err;
     if let Some((disks, size)) = p.disks {
-        let have = cluster
-            .admin(|mut a| async move { a.list_disks(proto::ListRequest { local: false }).await })
-            .await
-            .map_err(err)?;
+        let have = cluster.list_disks(false).await.map_err(err)?;
         if have.disks.is_empty() {
             cluster
-                .admin(|mut a| async move {
-                    a.init_array(proto::InitArrayRequest {
-                        disks,
-                        disk_capacity_bytes: size,
-                    })
-                    .await
+                .init_array(proto::InitArrayRequest {
+                    disks,
+                    disk_capacity_bytes: size,
                 })
                 .await
                 .map_err(err)?;
@@ -228,11 +212,8 @@ pub async fn provision(cluster: &Cluster, p: &Provision) -> anyhow::Result<()> {
     }
     let mut lu_number = None;
     if let Some((raid, disks)) = &p.lu {
-        let level = crate::raid_level(*raid)?;
-        let lus = cluster
-            .admin(|mut a| async move { a.list_lus(proto::ListRequest { local: false }).await })
-            .await
-            .map_err(err)?;
+        let level = crate::storage::raid_level(*raid)?;
+        let lus = cluster.list_lus(false).await.map_err(err)?;
         let mut wanted = disks.clone();
         wanted.sort_unstable();
         let existing = lus.lus.iter().find(|l| {
@@ -251,23 +232,14 @@ pub async fn provision(cluster: &Cluster, p: &Provision) -> anyhow::Result<()> {
                     disks: disks.clone(),
                     stripe_unit_bytes: 0,
                 };
-                let r = cluster
-                    .admin(|mut a| {
-                        let req = req.clone();
-                        async move { a.create_lu(req).await }
-                    })
-                    .await
-                    .map_err(err)?;
+                let r = cluster.create_lu(req).await.map_err(err)?;
                 eprintln!("LU {}: RAID {raid} on disks {disks:?}", r.assigned);
                 r.assigned as u32
             }
         });
     }
     if let Some((name, password)) = &p.user {
-        let users = cluster
-            .admin(|mut a| async move { a.list_users(proto::ListRequest { local: false }).await })
-            .await
-            .map_err(err)?;
+        let users = cluster.list_users(false).await.map_err(err)?;
         if users.users.iter().any(|u| &u.name == name) {
             eprintln!("user {name}: already there (password unchanged)");
         } else {
@@ -277,22 +249,12 @@ pub async fn provision(cluster: &Cluster, p: &Provision) -> anyhow::Result<()> {
                 uid: 0,
                 groups: Vec::new(),
             };
-            ignore_exists(
-                cluster
-                    .admin(|mut a| {
-                        let req = req.clone();
-                        async move { a.add_user(req).await }
-                    })
-                    .await,
-            )?;
+            ignore_exists(cluster.add_user(req).await)?;
             eprintln!("user {name}: added");
         }
     }
     if let Some((name, owner, partner)) = &p.export {
-        let exports = cluster
-            .admin(|mut a| async move { a.list_exports(proto::ListRequest { local: false }).await })
-            .await
-            .map_err(err)?;
+        let exports = cluster.list_exports(false).await.map_err(err)?;
         if let Some(e) = exports.exports.iter().find(|e| &e.name == name) {
             eprintln!("export {name}: already there (served by {})", e.owner_chn);
         } else {
@@ -304,14 +266,7 @@ pub async fn provision(cluster: &Cluster, p: &Provision) -> anyhow::Result<()> {
                 partner_chn: partner.clone(),
                 users: p.user.iter().map(|(u, _)| u.clone()).collect(),
             };
-            ignore_exists(
-                cluster
-                    .admin(|mut a| {
-                        let req = req.clone();
-                        async move { a.create_export(req).await }
-                    })
-                    .await,
-            )?;
+            ignore_exists(cluster.create_export(req).await)?;
             eprintln!("export {name}: LU {lu}, served by {owner}, partner {partner}");
         }
     }

@@ -17,9 +17,9 @@ use std::time::Duration;
 use argon2::{PasswordHash, PasswordVerifier};
 use nas_proto::command::Kind;
 use nas_proto::*;
-use tonic::Status;
 
-use crate::service::admin::now_ms;
+use crate::chn::Error;
+use crate::rt::now_ms;
 use crate::shared_lu::SharedLu;
 
 /// A checked session.
@@ -48,16 +48,16 @@ pub struct Sessions {
     inner: Arc<Inner>,
 }
 
-fn unauthenticated(msg: impl Into<String>) -> Status {
-    Status::unauthenticated(msg)
+fn unauthenticated(msg: impl Into<String>) -> Error {
+    Error::Unauthenticated(msg.into())
 }
 
-fn check_client_id(id: &str) -> Result<(), Status> {
+fn check_client_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!(
+        Err(Error::InvalidArgument(format!(
             "client id {id:?} is not allowed: use 1 to 64 of A-Z a-z 0-9 - _"
         )))
     }
@@ -107,7 +107,7 @@ impl Sessions {
     }
 
     /// Checks the password and records a new session.
-    pub async fn open(&self, user: &str, password: &str, client_id: &str) -> Result<SessionReply, Status> {
+    pub async fn open(&self, user: &str, password: &str, client_id: &str) -> Result<SessionReply, Error> {
         let client_id = if client_id.is_empty() {
             random_hex(8)
         } else {
@@ -115,11 +115,7 @@ impl Sessions {
             client_id.to_string()
         };
         self.shared().ensure_current().await?;
-        let (row, existing) = {
-            let state = self.shared().state.read();
-            let t = &state.tables;
-            (t.users.get(user).cloned(), t.clients.get(&client_id).cloned())
-        };
+        let (row, existing) = (self.shared().user(user), self.shared().client(&client_id));
         // One answer for an unknown user and a wrong password, so that
         // probing does not reveal which user names exist.
         let denied = || unauthenticated(format!("user {user:?} or its password is wrong"));
@@ -131,13 +127,13 @@ impl Sessions {
                 .unwrap_or(false)
         })
         .await
-        .map_err(|e| Status::internal(format!("password check failed: {e}")))?;
+        .map_err(|e| Error::Internal(format!("password check failed: {e}")))?;
         if !good {
             return Err(denied());
         }
         if let Some(other) = existing {
             if other.user != user {
-                return Err(Status::already_exists(format!(
+                return Err(Error::AlreadyExists(format!(
                     "client id {client_id} belongs to another user's session; pick another client id"
                 )));
             }
@@ -175,15 +171,15 @@ impl Sessions {
     }
 
     /// The session a token names, if it is valid and alive.
-    pub async fn check(&self, token: &str) -> Result<Session, Status> {
+    pub async fn check(&self, token: &str) -> Result<Session, Error> {
         let (id, secret) = token
             .split_once('.')
             .ok_or_else(|| unauthenticated("the session token is malformed; open a session with OpenSession"))?;
-        let mut row = self.shared().state.read().tables.clients.get(id).cloned();
+        let mut row = self.shared().client(id);
         if row.is_none() {
             // Opened a moment ago on another CHN: this copy may lag.
             self.shared().ensure_current().await?;
-            row = self.shared().state.read().tables.clients.get(id).cloned();
+            row = self.shared().client(id);
         }
         let row =
             row.ok_or_else(|| unauthenticated(format!("session {id} has ended or never existed; open a new session")))?;
@@ -218,9 +214,9 @@ impl Sessions {
     }
 
     /// Binds the session to `export`, if its user may use it.
-    pub async fn mount(&self, s: &Session, export: &Export) -> Result<(), Status> {
+    pub async fn mount(&self, s: &Session, export: &Export) -> Result<(), Error> {
         if !export.users.is_empty() && !export.users.contains(&s.user) {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::PermissionDenied(format!(
                 "user {} may not use export {}; its users are {}",
                 s.user,
                 export.name,
@@ -232,12 +228,7 @@ impl Sessions {
         }
         let mut row = self
             .shared()
-            .state
-            .read()
-            .tables
-            .clients
-            .get(&s.client_id)
-            .cloned()
+            .client(&s.client_id)
             .ok_or_else(|| unauthenticated(format!("session {} has ended; open a new session", s.client_id)))?;
         row.export = export.name.clone();
         row.last_seen_ms = now_ms();
@@ -247,12 +238,12 @@ impl Sessions {
             .write(Command {
                 kind: Some(Kind::UpsertClient(UpsertClient { client: Some(row) })),
             })
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(())
     }
 
     /// Ends a session: its file locks are released.
-    pub async fn close(&self, s: &Session) -> Result<(), Status> {
+    pub async fn close(&self, s: &Session) -> Result<(), Error> {
         self.lock_seen().remove(&s.client_id);
         let cmd = Kind::RemoveClient(RemoveClient {
             client_id: s.client_id.clone(),
@@ -283,17 +274,17 @@ impl Sessions {
                             seen.remove(id);
                         }
                     }
-                    Err(e) => tracing::debug!("sessions not renewed yet: {}", e.message()),
+                    Err(e) => tracing::debug!("sessions not renewed yet: {e}"),
                 }
             }
             let leads = self.shared().leader().is_some_and(|(id, _)| id == self.shared().id);
-            let any_due = self.shared().state.read().tables.anything_lapsed(now_ms());
+            let any_due = self.shared().anything_lapsed(now_ms());
             if leads && any_due {
                 let cmd = Kind::ExpireClients(ExpireClients { now_ms: now_ms() });
                 match self.shared().write(Command { kind: Some(cmd) }).await {
                     Ok(r) if r.assigned > 0 => tracing::info!(ended = r.assigned, "client sessions ended by lease"),
                     Ok(_) => {}
-                    Err(e) => tracing::debug!("sessions not expired yet: {}", e.message()),
+                    Err(e) => tracing::debug!("sessions not expired yet: {e}"),
                 }
             }
         }

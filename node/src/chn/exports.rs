@@ -16,15 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nas_proto::Export;
-use tonic::Status;
 
 use crate::array::{BlockDevice, LuDevice};
-use crate::fs::{FsError, Volume};
-use crate::lu_host::{LuHost, Route};
+use crate::chn::lu_host::{LuHost, Route};
+use crate::chn::Error;
+use crate::fs::Volume;
 use crate::shared_lu::SharedLu;
-
-/// Metadata key naming the CHN address that serves an export.
-pub const OWNER_KEY: &str = "x-nas-owner";
 
 struct Mounted {
     dev: Arc<LuDevice>,
@@ -41,15 +38,6 @@ pub struct Exports {
     /// Exports being handed to another CHN: new calls wait (UNAVAILABLE,
     /// which clients retry) while the calls in progress finish.
     moving: Arc<Mutex<HashSet<String>>>,
-}
-
-/// UNAVAILABLE naming where to go instead.
-fn elsewhere(msg: String, addr: &str) -> Status {
-    let mut s = Status::unavailable(msg);
-    if let Ok(v) = addr.parse() {
-        s.metadata_mut().insert(OWNER_KEY, v);
-    }
-    s
 }
 
 impl Exports {
@@ -76,27 +64,27 @@ impl Exports {
     }
 
     /// The export's row in the service table.
-    pub async fn export(&self, name: &str) -> Result<Export, Status> {
-        let mut row = self.shared.state.read().tables.exports.get(name).cloned();
+    pub async fn export(&self, name: &str) -> Result<Export, Error> {
+        let mut row = self.shared.export(name);
         if row.is_none() {
             self.shared.ensure_current().await?;
-            row = self.shared.state.read().tables.exports.get(name).cloned();
+            row = self.shared.export(name);
         }
-        row.ok_or_else(|| Status::not_found(format!("export {name} does not exist; see `nasctl export list`")))
+        row.ok_or_else(|| Error::NotFound(format!("export {name} does not exist; see `nasctl export list`")))
     }
 
     /// The mounted file system of `export`, mounting it if this CHN owns
     /// the export and it is not mounted yet.
-    pub async fn volume(&self, export: &Export) -> Result<Arc<Volume>, Status> {
+    pub async fn volume(&self, export: &Export) -> Result<Arc<Volume>, Error> {
         if export.owner_chn != self.shared.name {
-            let addr = self.shared.state.read().tables.address_of(&export.owner_chn);
-            return Err(elsewhere(
-                format!(
+            let addr = self.shared.address_of(&export.owner_chn);
+            return Err(Error::Elsewhere {
+                message: format!(
                     "export {} is served by CHN {} at {addr}; connect there",
                     export.name, export.owner_chn
                 ),
-                &addr,
-            ));
+                addr,
+            });
         }
         if self
             .moving
@@ -104,7 +92,7 @@ impl Exports {
             .unwrap_or_else(|p| p.into_inner())
             .contains(&export.name)
         {
-            return Err(Status::unavailable(format!(
+            return Err(Error::Unavailable(format!(
                 "export {} is moving to another CHN; retry shortly",
                 export.name
             )));
@@ -115,7 +103,7 @@ impl Exports {
             // lease has not run out). Naming that CHN would send the client
             // back and forth: it is to retry here.
             Route::Remote(chn, _) => {
-                return Err(Status::unavailable(format!(
+                return Err(Error::Unavailable(format!(
                     "LU {} of export {} is still held by CHN {chn}; retry shortly",
                     export.lu, export.name
                 )))
@@ -136,22 +124,19 @@ impl Exports {
         }
         let block: Arc<dyn BlockDevice> = dev.clone();
         let vol = tokio::task::spawn_blocking(move || Volume::mount(block))
-            .await
-            .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
+            .await?
             .map_err(|e| {
-                let msg = format!("export {} cannot be mounted: {e}", export.name);
                 if dev.fence().is_tripped() {
                     // The lease ran out mid-mount: nothing is wrong with the
                     // file system, only with this attempt.
-                    return Status::unavailable(format!(
+                    return Error::Unavailable(format!(
                         "export {}: the LU lease ran out while mounting; retry",
                         export.name
                     ));
                 }
-                match e {
-                    FsError::Corrupt(_) => Status::data_loss(msg),
-                    FsError::NoSpace(_) => Status::failed_precondition(msg),
-                    _ => Status::unavailable(msg),
+                Error::Mount {
+                    export: export.name.clone(),
+                    source: e,
                 }
             })?;
         let vol = Arc::new(vol);
@@ -172,8 +157,8 @@ impl Exports {
         &self,
         export: &str,
         drain: Duration,
-        release: impl std::future::Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
+        release: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
         self.moving
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -187,7 +172,7 @@ impl Exports {
                 while Arc::strong_count(&m.vol) > 1 {
                     if tokio::time::Instant::now() >= deadline {
                         self.map().insert(export.to_string(), m);
-                        return Err(Status::deadline_exceeded(format!(
+                        return Err(Error::TimedOut(format!(
                             "calls on export {export} did not finish within {} s; try the move again",
                             drain.as_secs()
                         )));

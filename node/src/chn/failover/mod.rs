@@ -21,13 +21,21 @@ use std::time::Duration;
 use nas_proto::command::Kind;
 use nas_proto::*;
 use tokio::time::Instant;
-use tonic::Status;
 
-use crate::config::FailoverSettings;
-use crate::exports::Exports;
-use crate::lu_host::LuHost;
-use crate::service::admin::now_ms;
+use crate::chn::exports::Exports;
+use crate::chn::lu_host::LuHost;
+use crate::chn::Error;
+use crate::rt::{lock, now_ms};
 use crate::shared_lu::SharedLu;
+
+/// When a CHN considers a partner failed, and what it does about it.
+#[derive(Debug, Clone)]
+pub struct FailoverSettings {
+    pub detect: Duration,
+    pub probe_interval: Duration,
+    /// Automatic giveback delay; `None` when off.
+    pub giveback_after: Option<Duration>,
+}
 pub use monitor::Monitor;
 
 /// How long a planned move waits for the calls in progress.
@@ -45,10 +53,6 @@ pub struct Failover {
     retry_mount: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Failover {
     pub fn new(shared: SharedLu, host: LuHost, exports: Exports, settings: FailoverSettings) -> Self {
         let monitor = Monitor::new(shared.clone(), settings.clone());
@@ -64,12 +68,12 @@ impl Failover {
 
     /// Probes partners and acts on what it sees, until dropped.
     pub async fn run(self) {
-        let probes = crate::lu_host::AbortOnDrop(tokio::spawn(self.monitor.clone().run()));
+        let probes = crate::rt::AbortOnDrop(tokio::spawn(self.monitor.clone().run()));
         let mut tick = tokio::time::interval(self.settings.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let exports: Vec<Export> = self.shared.state.read().tables.exports.values().cloned().collect();
+            let exports = self.shared.exports();
             for e in exports {
                 if e.owner_chn == self.shared.name {
                     self.serve(&e).await;
@@ -106,7 +110,7 @@ impl Failover {
             }
             Err(s) => {
                 lock(&self.retry_mount).insert(e.name.clone(), Instant::now() + Duration::from_millis(250));
-                tracing::debug!(export = %e.name, "not mounted yet: {}", s.message());
+                tracing::debug!(export = %e.name, "not mounted yet: {}", s);
             }
         }
     }
@@ -114,12 +118,10 @@ impl Failover {
     /// Takes `e` over if its owner looks failed, this CHN is the one to
     /// take it, and the owner's LU lease has run out.
     async fn maybe_take_over(&self, e: &Export) {
-        let (reason, lease_left) = {
-            let state = self.shared.state.read();
-            let t = &state.tables;
+        let decision = self.shared.read(|t| {
             let owner = self.monitor.health(t, &e.owner_chn);
             if !owner.failed {
-                return;
+                return None;
             }
             // The chosen taker goes first; should it not act (it sees things
             // differently, or failed too), any survivor tries once the
@@ -131,7 +133,7 @@ impl Failover {
                 .get(&e.lu)
                 .is_some_and(|l| l.lease_expiry_ms + self.settings.detect.as_millis() as u64 <= now_ms());
             if !chosen && !overdue {
-                return;
+                return None;
             }
             let reason = if owner.probe_failures >= monitor::PROBE_FAILURES {
                 format!("{} failed {} health probes in a row", e.owner_chn, owner.probe_failures)
@@ -143,7 +145,10 @@ impl Failover {
                 .get(&e.lu)
                 .filter(|l| l.chn != self.shared.name)
                 .map_or(0, |l| l.lease_expiry_ms.saturating_sub(now_ms()));
-            (reason, lease_left)
+            Some((reason, lease_left))
+        });
+        let Some((reason, lease_left)) = decision else {
+            return;
         };
         // The tables refuse a takeover before the lease ends; asking early
         // only costs a Raft round.
@@ -172,7 +177,7 @@ impl Failover {
                     self.serve(&row).await;
                 }
             }
-            Err(s) => tracing::debug!(export = %e.name, "takeover not (yet) possible: {}", s.message()),
+            Err(s) => tracing::debug!(export = %e.name, "takeover not (yet) possible: {}", s),
         }
     }
 
@@ -186,14 +191,11 @@ impl Failover {
         if !e.failed_over || e.home_chn.is_empty() || e.home_chn == self.shared.name {
             return;
         }
-        let healthy = {
-            let state = self.shared.state.read();
-            !self.monitor.health(&state.tables, &e.home_chn).failed
-        };
+        let healthy = self.shared.read(|t| !self.monitor.health(t, &e.home_chn).failed);
         if healthy && self.monitor.healthy_for(&e.home_chn) >= after {
             match self.move_here_to(e, &e.home_chn, "automatic giveback").await {
                 Ok(_) => tracing::info!(export = %e.name, to = %e.home_chn, "gave the export back"),
-                Err(s) => tracing::warn!(export = %e.name, "giveback failed: {}", s.message()),
+                Err(s) => tracing::warn!(export = %e.name, "giveback failed: {}", s),
             }
         }
     }
@@ -201,17 +203,18 @@ impl Failover {
     /// A planned move of an export this CHN serves to `to`: drain, unmount,
     /// hand the LU lock over. Clients see UNAVAILABLE (which they retry)
     /// for the moment it takes, never an error.
-    pub async fn move_here_to(&self, e: &Export, to: &str, reason: &str) -> Result<Export, Status> {
+    pub async fn move_here_to(&self, e: &Export, to: &str, reason: &str) -> Result<Export, Error> {
         {
-            let state = self.shared.state.read();
-            let h = self.monitor.health(&state.tables, to);
-            if !state.tables.daemons.contains_key(to) {
-                return Err(Status::not_found(format!(
+            let (h, installed) = self
+                .shared
+                .read(|t| (self.monitor.health(t, to), t.daemons.contains_key(to)));
+            if !installed {
+                return Err(Error::NotFound(format!(
                     "{to} is not an installed CHN; see `nasctl chn list`"
                 )));
             }
             if h.failed {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::FailedPrecondition(format!(
                     "{to} does not look healthy from {} (probe ok: {}, heartbeat {} ms old); see `nasctl failover status`",
                     self.shared.name, h.probe_ok, h.heartbeat_age_ms
                 )));

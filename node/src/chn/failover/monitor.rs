@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use tonic::transport::Endpoint;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 
-use crate::config::FailoverSettings;
-use crate::lu_host::AbortOnDrop;
-use crate::service::admin::now_ms;
+use super::FailoverSettings;
+use crate::rt::AbortOnDrop;
+use crate::rt::{lock, now_ms};
 use crate::shared_lu::tables::Tables;
 use crate::shared_lu::SharedLu;
 
@@ -42,10 +42,6 @@ pub struct Monitor {
     probes: Arc<Mutex<HashMap<String, Probe>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Monitor {
     pub fn new(shared: SharedLu, settings: FailoverSettings) -> Self {
         Monitor {
@@ -63,14 +59,13 @@ impl Monitor {
         loop {
             tick.tick().await;
             let partners: HashMap<String, String> = {
-                let state = self.shared.state.read();
-                state
-                    .tables
-                    .daemons
-                    .values()
-                    .filter(|d| d.chn != self.shared.name && d.state == ChnState::ChnInstalled as i32)
-                    .map(|d| (d.chn.clone(), d.address.clone()))
-                    .collect()
+                self.shared.read(|t| {
+                    t.daemons
+                        .values()
+                        .filter(|d| d.chn != self.shared.name && d.state == ChnState::ChnInstalled as i32)
+                        .map(|d| (d.chn.clone(), d.address.clone()))
+                        .collect()
+                })
             };
             tasks.retain(|chn, (addr, _)| {
                 let keep = partners.get(chn) == Some(addr);

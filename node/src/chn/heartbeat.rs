@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nas_proto::{command::Kind, Command, ReportDaemon};
 
-use crate::service::admin::now_ms;
+use crate::rt::now_ms;
 use crate::shared_lu::SharedLu;
 
 /// The host's one-minute load average in hundredths (150 = 1.5), which
@@ -28,7 +28,7 @@ pub async fn report_loop(lu: SharedLu, interval: Duration, version: String) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let installed = lu.state.read().tables.daemons.contains_key(&lu.name);
+        let installed = lu.daemon(&lu.name).is_some();
         if !installed {
             continue;
         }
@@ -44,7 +44,7 @@ pub async fn report_loop(lu: SharedLu, interval: Duration, version: String) {
             })),
         };
         if let Err(e) = lu.write(cmd).await {
-            tracing::debug!(error = %e.message(), "heartbeat not written");
+            tracing::debug!(error = %e, "heartbeat not written");
         }
     }
 }

@@ -1,0 +1,309 @@
+//! `cluster` and `health`: starting, stopping, setting up and inspecting a
+//! cluster, and the container health check.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use ::nas_client::{parse_size, Cluster, CLUSTER_ENV};
+
+use crate::output::Table;
+use crate::users::read_password;
+use crate::{local_cluster, setup, status_err};
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCmd {
+    /// Start N local CHNs on loopback under DIR and run the setup sequence.
+    ///
+    /// Run it again on the same DIR to restart stopped CHNs with their state,
+    /// or with a larger --nodes to install more CHNs.
+    Up {
+        /// Number of CHNs [default: 3, or as many as DIR already holds].
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Folder for the cluster: one sub-folder per CHN, the disk array, cluster.env.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The nasd binary [default: beside nasctl, then PATH].
+        #[arg(long, env = "NASD_BIN")]
+        nasd: Option<PathBuf>,
+        /// Extra argument for every nasd, e.g. --nasd-arg=--snapshot-threshold=1000 (repeatable; replaces the saved ones).
+        #[arg(long = "nasd-arg", allow_hyphen_values = true)]
+        nasd_args: Vec<String>,
+        /// Run each CHN in a network namespace of its own on a bridge
+        /// (10.x.y.0/24, port 7000), so that `drill --fault partition` can
+        /// cut one off the network. Needs root and iproute2; only for a new DIR.
+        #[arg(long)]
+        netns: bool,
+    },
+    /// Stop every CHN started under DIR (SIGTERM, then SIGKILL after 10 s). Data is kept.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Members, leader, term, applied index and each CHN's heartbeat age.
+    Status,
+    /// Run the setup sequence on CHNs that are already running (containers,
+    /// other hosts), then make the disks, LU, user and export asked for.
+    ///
+    /// Installs the first --chn (bootstrap), initializes the shared LU and
+    /// its backup, adds every CHN's paths to them, installs the other CHNs,
+    /// and waits until all are healthy voters. Every step is skipped when
+    /// its result exists, so it is safe to run again (the compose `setup`
+    /// service runs it on every start). Each flag can come from the
+    /// environment variable named beside it; the user's password comes
+    /// from $NAS_PASSWORD.
+    Setup(SetupArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct SetupArgs {
+    /// A CHN as NAME=HOST:PORT, in install order (the first bootstraps);
+    /// repeat it or separate with commas. nasd must run with that name.
+    #[arg(
+        long = "chn",
+        env = "NAS_SETUP_CHNS",
+        value_delimiter = ',',
+        required = true,
+        value_name = "NAME=HOST:PORT"
+    )]
+    chns: Vec<setup::NodeSpec>,
+    /// Define this many disks when the array holds none.
+    #[arg(long, env = "NAS_SETUP_DISKS")]
+    disks: Option<u32>,
+    /// Size of each disk (e.g. 64M, 1G).
+    #[arg(long, env = "NAS_SETUP_DISK_SIZE", default_value = "64M", value_parser = parse_size)]
+    disk_size: u64,
+    /// Create an LU on these disks (e.g. 1,2,3) unless one uses exactly them.
+    #[arg(long, env = "NAS_SETUP_LU_DISKS", value_delimiter = ',')]
+    lu_disks: Vec<u32>,
+    /// RAID level of that LU: 1 or 5.
+    #[arg(long, env = "NAS_SETUP_RAID", default_value_t = 5)]
+    raid: u32,
+    /// Add this user (password from $NAS_PASSWORD) unless it exists.
+    #[arg(long = "add-user", env = "NAS_SETUP_USER")]
+    add_user: Option<String>,
+    /// Create this export of the LU, for that user, unless it exists.
+    #[arg(long, env = "NAS_SETUP_EXPORT")]
+    export: Option<String>,
+    /// The CHN serving the export [default: the first --chn].
+    #[arg(long, env = "NAS_SETUP_EXPORT_CHN")]
+    export_chn: Option<String>,
+    /// The partner that takes the export over [default: the second --chn].
+    #[arg(long, env = "NAS_SETUP_EXPORT_PARTNER")]
+    export_partner: Option<String>,
+    /// Seconds to wait for every CHN to answer and for the cluster to be healthy.
+    #[arg(long, env = "NAS_SETUP_WAIT_S", default_value_t = 120)]
+    wait_s: u64,
+}
+
+/// `cluster setup`: the setup sequence on running CHNs, then provisioning.
+async fn cluster_setup(a: &SetupArgs, json: bool) -> anyhow::Result<()> {
+    let addrs: Vec<&str> = a.chns.iter().map(|n| n.addr.as_str()).collect();
+    let wait = Duration::from_secs(a.wait_s);
+    let cluster = Cluster::new(&addrs)?.with_retry_for(wait);
+    let initialized =
+        setup::wait_answering(&cluster, &a.chns, wait, |_| "is its nasd running and reachable?".into()).await?;
+    setup::install(&cluster, &a.chns, &initialized, false).await?;
+    let status = setup::wait_healthy(&cluster, a.chns.len(), wait).await?;
+    let user = match &a.add_user {
+        Some(name) => Some((name.clone(), read_password(name)?)),
+        None => None,
+    };
+    let provision = setup::Provision {
+        disks: a.disks.map(|n| (n, a.disk_size)),
+        lu: (!a.lu_disks.is_empty()).then(|| (a.raid, a.lu_disks.clone())),
+        user,
+        export: match &a.export {
+            Some(name) => {
+                let owner = a.export_chn.clone().unwrap_or_else(|| a.chns[0].name.clone());
+                let partner = a
+                    .export_partner
+                    .clone()
+                    .or_else(|| a.chns.iter().map(|n| n.name.clone()).find(|n| *n != owner))
+                    .context("an export needs a partner CHN: give --export-partner or a second --chn")?;
+                Some((name.clone(), owner, partner))
+            }
+            None => None,
+        },
+    };
+    setup::provision(&cluster, &provision).await?;
+    let list = addrs.join(",");
+    if json {
+        outln!(
+            "{}",
+            json!({"cluster": list, "leader": status.leader_name, "term": status.term, "chns": a.chns.len()})
+        );
+    } else {
+        outln!(
+            "cluster of {} CHNs set up (leader {}, term {}); talk to it with {CLUSTER_ENV}={list}",
+            a.chns.len(),
+            status.leader_name,
+            status.term
+        );
+    }
+    Ok(())
+}
+
+async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
+    let s = c.leader_status().await.map_err(status_err)?;
+    let shared = s.shared_lu.unwrap_or_default();
+    if json {
+        let members: Vec<Value> = s
+            .members
+            .iter()
+            .map(|m| {
+                json!({"chn": m.name, "node_id": m.node_id, "address": m.address, "voter": m.voter,
+                       "leader": m.node_id == s.leader_id,
+                       "heartbeat_age_ms": (m.heartbeat_age_ms >= 0).then_some(m.heartbeat_age_ms),
+                       "matched_index": (m.matched_index >= 0).then_some(m.matched_index)})
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "answered_by": s.answered_by, "leader": s.leader_name, "leader_id": s.leader_id, "term": s.term,
+                "last_applied": s.last_applied, "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
+                "shared_lu_initialized": shared.initialized, "shared_lu_backup_initialized": shared.backup_initialized,
+                "members": members,
+            }))?
+        );
+        return Ok(());
+    }
+    let leader = if s.leader_id == 0 {
+        "none (no quorum?)".to_string()
+    } else {
+        format!("{} (node {})", s.leader_name, s.leader_id)
+    };
+    outln!("leader:        {leader}");
+    outln!("term:          {}", s.term);
+    outln!(
+        "last applied:  {} (log {}, snapshot {})",
+        s.last_applied,
+        s.last_log_index,
+        s.snapshot_index
+    );
+    outln!(
+        "shared LU:     {}{}",
+        if shared.initialized {
+            "initialized"
+        } else {
+            "NOT initialized (run `nasctl shared-lu init`)"
+        },
+        if shared.backup_initialized {
+            ", backup initialized"
+        } else {
+            ""
+        }
+    );
+    outln!("answered by:   {}\n", s.answered_by);
+    let mut t = Table::new(&["chn", "node_id", "address", "role", "heartbeat_age_ms", "matched_index"]);
+    for m in &s.members {
+        let role = if m.node_id == s.leader_id {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        let age = if m.heartbeat_age_ms < 0 {
+            Value::Null
+        } else {
+            json!(m.heartbeat_age_ms)
+        };
+        let matched = if m.matched_index < 0 {
+            Value::Null
+        } else {
+            json!(m.matched_index)
+        };
+        t.row(vec![
+            json!(m.name),
+            json!(m.node_id),
+            json!(m.address),
+            json!(role),
+            age,
+            matched,
+        ]);
+    }
+    t.print(false);
+    Ok(())
+}
+
+/// `health`: one standard gRPC health check, for container HEALTHCHECKs.
+pub(crate) async fn health(addr: Option<&str>, service: &str, json: bool) -> anyhow::Result<()> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let addr = match addr {
+        Some(a) => a.to_string(),
+        // nasd listens on all addresses in a container; ask it over loopback.
+        None => std::env::var("NASD_LISTEN")
+            .ok()
+            .and_then(|l| l.rsplit_once(':').map(|(_, port)| format!("127.0.0.1:{port}")))
+            .unwrap_or_else(|| "127.0.0.1:7000".into()),
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("no nasd answers at {addr}"))?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow!("the health check of {addr} failed: {} ({:?})", s.message(), s.code()))?
+        .into_inner();
+    let status = ServingStatus::try_from(reply.status).unwrap_or(ServingStatus::Unknown);
+    if json {
+        outln!(
+            "{}",
+            json!({"address": addr, "service": service, "status": status.as_str_name()})
+        );
+    } else {
+        outln!("{addr}: {}", status.as_str_name());
+    }
+    if status != ServingStatus::Serving {
+        bail!("{addr} is not serving ({})", status.as_str_name());
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(cmd: ClusterCmd, conn: anyhow::Result<Cluster>, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Up {
+            nodes,
+            dir,
+            nasd,
+            nasd_args,
+            netns,
+        } => up(nodes, dir, nasd, nasd_args, netns, json).await,
+        ClusterCmd::Down { dir } => local_cluster::down(&dir, json).await,
+        ClusterCmd::Setup(a) => cluster_setup(&a, json).await,
+        ClusterCmd::Status => cluster_status(&conn?, json).await,
+    }
+}
+
+async fn up(
+    nodes: Option<usize>,
+    dir: PathBuf,
+    nasd: Option<PathBuf>,
+    nasd_args: Vec<String>,
+    netns: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    local_cluster::up(local_cluster::UpOptions {
+        nodes,
+        dir,
+        nasd,
+        nasd_args: (!nasd_args.is_empty()).then_some(nasd_args),
+        netns,
+        json,
+        quiet: false,
+    })
+    .await
+}

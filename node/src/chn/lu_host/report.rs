@@ -1,0 +1,107 @@
+//! What this CHN tells the tables about its LUs: disk failures, LU health
+//! and job progress, and reopening held LUs after a restart.
+
+use std::time::Duration;
+
+use nas_proto::command::Kind;
+use nas_proto::*;
+use tokio::sync::mpsc;
+
+use super::LuHost;
+use crate::array::LuHealth as Health;
+use crate::rt::{lock, AbortOnDrop};
+
+fn health_proto(h: Health) -> LuHealth {
+    match h {
+        Health::Optimal => LuHealth::LuOptimal,
+        Health::Degraded => LuHealth::LuDegraded,
+        Health::Rebuilding => LuHealth::LuRebuilding,
+        Health::Failed => LuHealth::LuFailed,
+    }
+}
+
+impl LuHost {
+    /// Writes the LU's health and job progress into the LU table.
+    pub(super) async fn report(&self, lu: u32) {
+        let Some(dev) = lock(&self.inner.open).get(&lu).map(|o| o.dev.clone()) else {
+            return;
+        };
+        // A rebuild or scrub holds the device for a while: wait for it off
+        // the runtime, and never under the map lock the renewals need.
+        let Ok(health) = tokio::task::spawn_blocking(move || dev.health()).await else {
+            return;
+        };
+        let job = {
+            let open = lock(&self.inner.open);
+            let Some(o) = open.get(&lu) else { return };
+            let job = o.job.as_ref().map(|j| lock(&j.state).clone());
+            if job.is_none() && o.reported == Some(health) {
+                return;
+            }
+            job
+        };
+        let finished = job.as_ref().is_some_and(|j| j.finished);
+        let cmd = Kind::ReportLu(ReportLu {
+            lu,
+            health: health_proto(health) as i32,
+            job,
+        });
+        match self.shared().write(Command { kind: Some(cmd) }).await {
+            // Only a report that reached the table settles anything: a lost
+            // one is simply sent again on the next tick.
+            Ok(_) => {
+                if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
+                    o.reported = Some(health);
+                    if finished && o.job.as_ref().is_some_and(|j| lock(&j.state).finished) {
+                        o.job = None;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(lu, "LU report not written: {}", e),
+        }
+    }
+
+    pub(super) async fn background(self, mut failures: mpsc::UnboundedReceiver<u32>) {
+        let renewals = tokio::spawn(self.clone().renew_loop());
+        let _stop_renewals = AbortOnDrop(renewals);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resumed = false;
+        loop {
+            tokio::select! {
+                Some(disk) = failures.recv() => {
+                    let cmd = Kind::SetDiskState(SetDiskState { disk, state: DiskState::DiskFailed as i32 });
+                    if let Err(e) = self.shared().write(Command { kind: Some(cmd) }).await {
+                        tracing::warn!(disk, "disk failure not recorded yet: {}", e);
+                        let _ = self.inner.failures.send(disk);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if !resumed {
+                        resumed = self.resume_held().await;
+                    }
+                    let open: Vec<u32> = lock(&self.inner.open).keys().copied().collect();
+                    for lu in open {
+                        self.report(lu).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a restart: reopens the LUs whose lock this CHN still holds, so
+    /// that crash recovery runs and an interrupted rebuild resumes.
+    pub(super) async fn resume_held(&self) -> bool {
+        if self.inner.array_dir.is_none() || self.shared().ensure_current().await.is_err() {
+            return self.inner.array_dir.is_none();
+        }
+        let mine = self.shared().locks_held_by(&self.shared().name);
+        for lu in mine {
+            if let Err(e) = self.open_local(lu).await {
+                tracing::warn!(lu, "cannot reopen LU: {}", e);
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,126 @@
+//! The one place where domain errors become gRPC statuses, and where a
+//! peer's status becomes a domain error again.
+//!
+//! Owns the status code and metadata every error is answered with. Layers
+//! below `service/` never name a status; nothing here decides anything but
+//! how an error is spelled on the wire.
+
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::array::ArrayError;
+use crate::chn;
+use crate::fs::FsError;
+use crate::shared_lu::network::PeerError;
+use crate::shared_lu::{self, RejectKind, Rejection};
+
+/// Trailer naming the address of the CHN that serves an export, on an
+/// UNAVAILABLE answer from a CHN that does not.
+pub const OWNER_KEY: &str = "x-nas-owner";
+
+impl From<Rejection> for Status {
+    fn from(r: Rejection) -> Status {
+        let code = match r.kind {
+            RejectKind::InvalidArgument => Code::InvalidArgument,
+            RejectKind::NotFound => Code::NotFound,
+            RejectKind::AlreadyExists => Code::AlreadyExists,
+            RejectKind::FailedPrecondition | RejectKind::LockHeld => Code::FailedPrecondition,
+            RejectKind::SessionEnded => Code::Unauthenticated,
+        };
+        Status::new(code, r.message)
+    }
+}
+
+impl From<shared_lu::Error> for Status {
+    fn from(e: shared_lu::Error) -> Status {
+        match e {
+            shared_lu::Error::Rejected(r) => r.into(),
+            shared_lu::Error::NotMember { .. } | shared_lu::Error::Membership { .. } | shared_lu::Error::LastVoter => {
+                Status::failed_precondition(e.to_string())
+            }
+            shared_lu::Error::AlreadyMember { .. } => Status::already_exists(e.to_string()),
+            shared_lu::Error::CatchUpTimeout { .. } => Status::deadline_exceeded(e.to_string()),
+            shared_lu::Error::NoQuorum { .. } | shared_lu::Error::Unavailable(_) => Status::unavailable(e.to_string()),
+            shared_lu::Error::Internal(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ArrayError> for Status {
+    fn from(e: ArrayError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ArrayError::OutOfRange { .. } => Status::out_of_range(msg),
+            ArrayError::DiskExists { .. } => Status::already_exists(msg),
+            ArrayError::DataLoss { .. } | ArrayError::Corrupt(_) => Status::data_loss(msg),
+            ArrayError::Io { .. } => Status::internal(msg),
+            _ => Status::failed_precondition(msg),
+        }
+    }
+}
+
+impl From<FsError> for Status {
+    fn from(e: FsError) -> Status {
+        match e {
+            FsError::InvalidArgument(m) => Status::invalid_argument(m),
+            FsError::NotFound(m) => Status::not_found(m),
+            FsError::AlreadyExists(m) => Status::already_exists(m),
+            FsError::PermissionDenied(m) => Status::permission_denied(m),
+            FsError::FailedPrecondition(m) => Status::failed_precondition(m),
+            FsError::NoSpace(m) => Status::resource_exhausted(m),
+            FsError::OutOfRange(m) => Status::out_of_range(m),
+            // Nothing of the call was committed: the client may send it again.
+            FsError::Io(m) => Status::unavailable(format!("{m}; nothing was changed, retry")),
+            FsError::Corrupt(m) => Status::data_loss(m),
+        }
+    }
+}
+
+impl From<chn::Error> for Status {
+    fn from(e: chn::Error) -> Status {
+        use chn::Error as E;
+        let msg = e.to_string();
+        match e {
+            E::SharedLu(e) => e.into(),
+            E::Array(e) => e.into(),
+            E::Fs(e) => e.into(),
+            // A file system that cannot be mounted: a corrupt one is lost
+            // data; a full one needs the operator; anything else may be a
+            // passing I/O problem that the next attempt gets past.
+            E::Mount { source, .. } => match source {
+                FsError::Corrupt(_) => Status::data_loss(msg),
+                FsError::NoSpace(_) => Status::failed_precondition(msg),
+                _ => Status::unavailable(msg),
+            },
+            E::Elsewhere { message, addr } => {
+                let mut s = Status::unavailable(message);
+                if let Ok(v) = addr.parse::<MetadataValue<_>>() {
+                    s.metadata_mut().insert(OWNER_KEY, v);
+                }
+                s
+            }
+            E::NotFound(m) => Status::not_found(m),
+            E::InvalidArgument(m) => Status::invalid_argument(m),
+            E::AlreadyExists(m) => Status::already_exists(m),
+            E::FailedPrecondition(m) => Status::failed_precondition(m),
+            E::PermissionDenied(m) => Status::permission_denied(m),
+            E::Unauthenticated(m) => Status::unauthenticated(m),
+            E::Unavailable(m) => Status::unavailable(m),
+            E::TimedOut(m) => Status::deadline_exceeded(m),
+            E::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// A peer's answer, as the shared LU's transport sees it: a call that
+/// broke off or found nobody is unreachable; anything else the peer said.
+impl From<Status> for PeerError {
+    fn from(s: Status) -> PeerError {
+        match s.code() {
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                PeerError::Unreachable(s.message().to_string())
+            }
+            _ => PeerError::Failed(s.message().to_string()),
+        }
+    }
+}
