@@ -188,7 +188,7 @@ fn rebuild_speed(root: &Path, raid: Raid, members: usize, size: u64) -> anyhow::
     let dev = LuDevice::create(&array, &spec, OpenOptions::default())?;
     run(&dev, Pattern::SeqWrite, 0, 1)?;
     dev.fail_member(2)?;
-    dev.replace_member(2, array.open_disk(members as u32 + 1, per_disk)?)?;
+    dev.replace_member(2, array.open_member(members as u32 + 1, per_disk)?)?;
     let p = jobs::rebuild(&dev, &AtomicBool::new(false), None, |_| {})?;
     drop(dev);
     std::fs::remove_dir_all(&dir)?;

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
+use nasd::array::faults::Faults;
 use nasd::array::{Array, BlockDevice, LuDevice, LuSpec, OpenOptions, Raid};
 use rand::{Rng, SeedableRng};
 
@@ -62,11 +63,9 @@ fn child_entry() {
     };
     let rebuild = rebuild == "rebuild";
     let dir = Path::new(dir);
-    let opts = OpenOptions {
-        abort_at_member_write: abort_at.parse().ok(),
-        ..OpenOptions::default()
-    };
-    let dev = LuDevice::open(&Array::new(dir, ID), &spec(), opts).expect("open");
+    let faults = Faults::abort_at_write(abort_at.parse().expect("abort_at"));
+    let array = Array::new(dir, ID).with_member_wrapper(faults.wrapper());
+    let dev = LuDevice::open(&array, &spec(), OpenOptions::default()).expect("open");
     let mut acked = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -109,7 +108,7 @@ fn run_case(seed: u64, mode: Mode) {
     }
     if mode == Mode::Rebuilding {
         array.create_disks(5, UNIT * STRIPES).unwrap();
-        dev.replace_member(lost, array.open_disk(5, UNIT * STRIPES).unwrap())
+        dev.replace_member(lost, array.open_member(5, UNIT * STRIPES).unwrap())
             .unwrap();
     }
     drop(dev);

@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use super::disk::{check_range, PhysicalDisk};
+use super::disk::check_range;
 use super::fence::Fence;
 use super::intent::{Bitmap, Journal, JournalEntry, ENTRY_HEADER};
 use super::layout::{Geometry, Raid};
+use super::member::Member;
+use super::redundancy::{self, Redundancy};
 use super::superblock::{
     MemberRecord, MemberState, Superblock, BITMAP_AT, BITMAP_BYTES, JOURNAL_AT, JOURNAL_BYTES, MAX_UNIT,
 };
@@ -61,9 +63,6 @@ pub struct OpenOptions {
     /// Fencing epoch of the opener; an LU stamped with a higher one is refused.
     pub epoch: u64,
     pub on_member_failure: Option<FailureHook>,
-    /// Fault injection for crash tests: abort the process right before the
-    /// member write with this number (counting from 1).
-    pub abort_at_member_write: Option<u64>,
     /// The fence of the opener's lock lease, from the first write of crash
     /// recovery at open on. Shared, so that the lock holder can extend it
     /// while a long open runs; `None`: no lease applies.
@@ -85,7 +84,7 @@ const REBUILDING: u8 = 2;
 
 /// One member position of the LU.
 pub(super) struct Slot {
-    pub disk: Option<Arc<PhysicalDisk>>,
+    pub disk: Option<Arc<dyn Member>>,
     pub number: u32,
     state: AtomicU8,
     /// Stripes rebuilt so far, when rebuilding.
@@ -95,14 +94,14 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    fn new(number: u32, disk: Option<PhysicalDisk>, state: MemberState) -> Self {
+    fn new(number: u32, disk: Option<Arc<dyn Member>>, state: MemberState) -> Self {
         let (code, done) = match (&disk, state) {
             (None, _) | (_, MemberState::Failed) => (FAILED, 0),
             (Some(_), MemberState::Active) => (ACTIVE, 0),
             (Some(_), MemberState::Rebuilding { done }) => (REBUILDING, done),
         };
         Self {
-            disk: disk.map(Arc::new),
+            disk,
             number,
             state: AtomicU8::new(code),
             done: AtomicU64::new(done),
@@ -111,7 +110,7 @@ impl Slot {
     }
 
     /// A replacement disk that holds nothing valid yet.
-    pub fn new_rebuilding(disk: PhysicalDisk) -> Self {
+    pub fn new_rebuilding(disk: Arc<dyn Member>) -> Self {
         Self::new(disk.number(), Some(disk), MemberState::Rebuilding { done: 0 })
     }
 
@@ -195,7 +194,6 @@ pub struct LuDevice {
     /// A member failed and the superblocks do not say so yet.
     pending: AtomicBool,
     rr: AtomicUsize,
-    member_writes: AtomicU64,
     opts: OpenOptions,
     fence: Arc<Fence>,
 }
@@ -257,7 +255,7 @@ impl LuDevice {
         let geo = validate(spec)?;
         let mut disks = Vec::new();
         for &d in &spec.disks {
-            let disk = array.open_disk(d, spec.disk_capacity)?;
+            let disk = array.open_member(d, spec.disk_capacity)?;
             disk.zero_data(0, spec.per_disk)?;
             disk.zero_meta(BITMAP_AT, BITMAP_BYTES as u64)?;
             disk.zero_meta(JOURNAL_AT, JOURNAL_BYTES)?;
@@ -283,7 +281,7 @@ impl LuDevice {
             suspect_slot: None,
         };
         for disk in &disks {
-            sb.write(disk)?;
+            sb.write(disk.as_ref())?;
         }
         let slots = disks
             .into_iter()
@@ -301,8 +299,8 @@ impl LuDevice {
         let mut newest: Option<Superblock> = None;
         for &d in &spec.disks {
             match array
-                .open_disk(d, spec.disk_capacity)
-                .and_then(|disk| Superblock::read(&disk))
+                .open_member(d, spec.disk_capacity)
+                .and_then(|disk| Superblock::read(disk.as_ref()))
             {
                 Ok(Some(sb)) if sb.lu == spec.lu => {
                     if newest.as_ref().is_none_or(|n| sb.generation > n.generation) {
@@ -344,7 +342,7 @@ impl LuDevice {
         for (i, m) in sb.members.iter().enumerate() {
             let disk = match m.state {
                 MemberState::Failed => None,
-                _ => match array.open_disk(m.disk, spec.disk_capacity) {
+                _ => match array.open_member(m.disk, spec.disk_capacity) {
                     Ok(d) => Some(d),
                     Err(e) => {
                         tracing::warn!(lu = spec.lu, disk = m.disk, "member unavailable at open: {e}");
@@ -382,7 +380,6 @@ impl LuDevice {
             failed: Mutex::new(None),
             pending: AtomicBool::new(false),
             rr: AtomicUsize::new(0),
-            member_writes: AtomicU64::new(0),
             opts,
             fence,
         }
@@ -462,7 +459,7 @@ impl LuDevice {
         let Some(disk) = inner.slots.iter().filter(|s| s.present()).find_map(|s| s.disk.as_ref()) else {
             return Ok(());
         };
-        match Superblock::read(disk) {
+        match Superblock::read(disk.as_ref()) {
             Ok(Some(sb)) if sb.epoch > self.opts.epoch => {
                 self.fence.trip();
                 Err(ArrayError::Fenced {
@@ -530,12 +527,6 @@ impl LuDevice {
         // acknowledged: the fence stays shut, so no later flush succeeds.
         if self.fence.check(self.lu).is_err() {
             return true;
-        }
-        if let Some(at) = self.opts.abort_at_member_write {
-            if self.member_writes.fetch_add(1, Ordering::Relaxed) + 1 == at {
-                tracing::error!("fault injection: aborting before member write {at}");
-                std::process::abort();
-            }
         }
         match disk.write_data(offset, data) {
             Ok(()) => true,
@@ -811,30 +802,26 @@ impl LuDevice {
     /// during scrub repair): RAID 5 parity from data, RAID 1 copies from the
     /// first readable member. Returns whether anything was rewritten.
     pub(super) fn resync_stripe(&self, inner: &Inner, s: u64) -> bool {
-        match self.geo.raid {
-            Raid::Parity => self.parity_resync(inner, s, true).1,
-            Raid::Mirror => self.mirror_resync(inner, s, true).1,
-        }
+        self.scheme().resync(self, inner, s, true).1
+    }
+
+    /// How this LU keeps its data when members fail.
+    pub(super) fn scheme(&self) -> &'static dyn Redundancy {
+        redundancy::of(self.geo.raid)
     }
 
     /// Reads a range stripe by stripe (any health).
-    fn read_pieces(&self, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
+    pub(super) fn read_pieces(&self, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
         for p in self.geo.pieces(offset, buf.len() as u64) {
-            let out = &mut buf[p.buf_at..p.buf_at + p.len as usize];
-            match self.geo.raid {
-                Raid::Mirror => self.mirror_read(inner, &p, out)?,
-                Raid::Parity => self.parity_read(inner, &p, out)?,
-            }
+            self.scheme()
+                .read(self, inner, &p, &mut buf[p.buf_at..p.buf_at + p.len as usize])?;
         }
         Ok(())
     }
 
     /// How many members may fail with the data still served.
     fn redundancy(&self) -> usize {
-        match self.geo.raid {
-            Raid::Mirror => self.geo.members - 1,
-            Raid::Parity => 1,
-        }
+        self.scheme().tolerates(self.geo.members)
     }
 
     /// What must be durable before stripes `s0..=s1` are written.
@@ -857,11 +844,8 @@ impl LuDevice {
     fn write_pieces(&self, inner: &mut Inner, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
         for p in self.geo.pieces(offset, data.len() as u64) {
             self.before_write(inner, p.stripe, p.stripe)?;
-            let src = &data[p.buf_at..p.buf_at + p.len as usize];
-            match self.geo.raid {
-                Raid::Mirror => self.mirror_write(inner, &p, src)?,
-                Raid::Parity => self.parity_write(inner, &p, src)?,
-            }
+            self.scheme()
+                .write(self, inner, &p, &data[p.buf_at..p.buf_at + p.len as usize])?;
         }
         Ok(())
     }
@@ -885,28 +869,8 @@ impl BlockDevice for LuDevice {
         }
         self.check_usable()?;
         self.prefetch(&inner, offset, buf.len());
-        if self.geo.raid == Raid::Mirror && buf.len() >= super::bulk::BULK_MIN {
-            return self.mirror_read_large(&inner, offset, buf);
-        }
-        // RAID 5: whole stripes in the middle of a large healthy read go
-        // member by member; the partial stripes at its ends, piece by piece.
-        let sb = self.geo.stripe_bytes();
-        let end = offset + buf.len() as u64;
-        let (head, tail) = (offset.next_multiple_of(sb).min(end), end - end % sb);
-        let healthy = |s0: u64, s1: u64| {
-            inner.suspect.is_empty() && inner.slots.iter().all(|s| s.available(s0) && s.available(s1))
-        };
-        if self.geo.raid == Raid::Parity
-            && tail > head
-            && (tail - head) as usize >= super::bulk::BULK_MIN
-            && healthy(head / sb, (tail - 1) / sb)
-        {
-            let (front, rest) = buf.split_at_mut((head - offset) as usize);
-            let (middle, back) = rest.split_at_mut((tail - head) as usize);
-            if self.parity_read_stripes(&inner, head / sb, middle) {
-                self.read_pieces(&inner, offset, front)?;
-                return self.read_pieces(&inner, tail, back);
-            }
+        if self.scheme().read_bulk(self, &inner, offset, buf)? {
+            return Ok(());
         }
         self.read_pieces(&inner, offset, buf)
     }

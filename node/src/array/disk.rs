@@ -10,6 +10,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::member::Member;
 use super::ArrayError;
 
 /// Bytes at the start of every disk file reserved for the disk header and
@@ -167,16 +168,49 @@ impl PhysicalDisk {
         Ok(Self { file, header })
     }
 
-    pub fn number(&self) -> u32 {
+    fn zero(&self, at: u64, len: u64) -> Result<(), ArrayError> {
+        use std::os::fd::AsRawFd;
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: the descriptor is owned by `self.file`; fallocate reads no user memory.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, at as i64, len as i64) };
+        if rc == 0 {
+            return Ok(());
+        }
+        // Some file systems cannot punch holes: write the zeros instead.
+        let zeros = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.file
+                .write_all_at(&zeros[..n], at + done)
+                .map_err(|e| ArrayError::io(format!("cannot zero disk {}", self.number()), e))?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn data_offset(&self, offset: u64, len: usize) -> Result<u64, ArrayError> {
+        check_range("disk data", offset, len, self.header.capacity)?;
+        Ok(META_BYTES + offset)
+    }
+
+    fn meta_offset(&self, offset: u64, len: usize) -> Result<u64, ArrayError> {
+        check_range("disk metadata", offset, len, META_BYTES - HEADER_BYTES as u64)?;
+        Ok(HEADER_BYTES as u64 + offset)
+    }
+}
+
+impl Member for PhysicalDisk {
+    fn number(&self) -> u32 {
         self.header.number
     }
 
-    pub fn capacity(&self) -> u64 {
+    fn capacity(&self) -> u64 {
         self.header.capacity
     }
 
     /// Reads from the data area.
-    pub fn read_data(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
+    fn read_data(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
         let at = self.data_offset(offset, buf.len())?;
         self.file
             .read_exact_at(buf, at)
@@ -185,7 +219,7 @@ impl PhysicalDisk {
 
     /// Reads one contiguous range of the data area into several buffers, in
     /// order, with as few system calls as the kernel allows (`preadv`).
-    pub fn read_data_vectored(&self, offset: u64, bufs: &mut [std::io::IoSliceMut<'_>]) -> Result<(), ArrayError> {
+    fn read_data_vectored(&self, offset: u64, bufs: &mut [std::io::IoSliceMut<'_>]) -> Result<(), ArrayError> {
         use std::os::fd::AsRawFd;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut at = self.data_offset(offset, total)?;
@@ -214,7 +248,7 @@ impl PhysicalDisk {
     }
 
     /// Writes to the data area.
-    pub fn write_data(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
+    fn write_data(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
         let at = self.data_offset(offset, data.len())?;
         self.file
             .write_all_at(data, at)
@@ -222,7 +256,7 @@ impl PhysicalDisk {
     }
 
     /// Reads from the metadata area (after the disk header).
-    pub fn read_meta(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
+    fn read_meta(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
         let at = self.meta_offset(offset, buf.len())?;
         self.file
             .read_exact_at(buf, at)
@@ -232,7 +266,7 @@ impl PhysicalDisk {
     /// Writes to the metadata area and makes that range durable before it
     /// returns, because metadata must reach the disk before the data it
     /// describes (intent bits before stripes, superblocks before promotion).
-    pub fn write_meta_durable(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
+    fn write_meta_durable(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
         let at = self.meta_offset(offset, data.len())?;
         let err = |e| ArrayError::io(format!("metadata write of disk {} failed", self.number()), e);
         self.file.write_all_at(data, at).map_err(err)?;
@@ -241,7 +275,7 @@ impl PhysicalDisk {
 
     /// Asks the kernel to start reading a data range now, asynchronously,
     /// so that the reads that follow find it in memory. Only a hint.
-    pub fn will_need(&self, offset: u64, len: u64) {
+    fn will_need(&self, offset: u64, len: u64) {
         use std::os::fd::AsRawFd;
         if check_range("disk data", offset, len as usize, self.header.capacity).is_ok() {
             // SAFETY: the descriptor is owned by `self.file`; fadvise reads no user memory.
@@ -258,63 +292,32 @@ impl PhysicalDisk {
 
     /// Zeroes a range of the data area, punching a hole where the file
     /// system can (instant, and keeps the disk file sparse).
-    pub fn zero_data(&self, offset: u64, len: u64) -> Result<(), ArrayError> {
+    fn zero_data(&self, offset: u64, len: u64) -> Result<(), ArrayError> {
         check_range("disk data", offset, len as usize, self.header.capacity)?;
         self.zero(META_BYTES + offset, len)
     }
 
     /// Zeroes a range of the metadata area.
-    pub fn zero_meta(&self, offset: u64, len: u64) -> Result<(), ArrayError> {
+    fn zero_meta(&self, offset: u64, len: u64) -> Result<(), ArrayError> {
         let at = self.meta_offset(offset, len as usize)?;
         self.zero(at, len)
     }
 
-    fn zero(&self, at: u64, len: u64) -> Result<(), ArrayError> {
-        use std::os::fd::AsRawFd;
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        // SAFETY: the descriptor is owned by `self.file`; fallocate reads no user memory.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, at as i64, len as i64) };
-        if rc == 0 {
-            return Ok(());
-        }
-        // Some file systems cannot punch holes: write the zeros instead.
-        let zeros = vec![0u8; 1 << 20];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
-            self.file
-                .write_all_at(&zeros[..n], at + done)
-                .map_err(|e| ArrayError::io(format!("cannot zero disk {}", self.number()), e))?;
-            done += n as u64;
-        }
-        Ok(())
-    }
-
     /// Makes every write so far durable.
-    pub fn sync(&self) -> Result<(), ArrayError> {
+    fn sync(&self) -> Result<(), ArrayError> {
         self.file
             .sync_data()
             .map_err(|e| ArrayError::io(format!("flush of disk {} failed", self.number()), e))
     }
 
     /// Starts writing this disk's dirty pages back without waiting, so
-    /// that a later [`PhysicalDisk::sync`] finds little left to do. Only a
+    /// that a later [`Member::sync`] finds little left to do. Only a
     /// hint: failures show up at the sync.
-    pub fn start_writeback(&self) {
+    fn start_writeback(&self) {
         use std::os::fd::AsRawFd;
         // SAFETY: the descriptor is owned by `self.file` and open for the
         // whole call; sync_file_range reads no user memory.
         unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    }
-
-    fn data_offset(&self, offset: u64, len: usize) -> Result<u64, ArrayError> {
-        check_range("disk data", offset, len, self.header.capacity)?;
-        Ok(META_BYTES + offset)
-    }
-
-    fn meta_offset(&self, offset: u64, len: usize) -> Result<u64, ArrayError> {
-        check_range("disk metadata", offset, len, META_BYTES - HEADER_BYTES as u64)?;
-        Ok(HEADER_BYTES as u64 + offset)
     }
 }
 

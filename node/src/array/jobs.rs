@@ -8,11 +8,11 @@
 //! is durable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::device::LuDevice;
-use super::disk::PhysicalDisk;
-use super::layout::Raid;
+use super::member::Member;
 use super::superblock::{BITMAP_AT, JOURNAL_AT, JOURNAL_BYTES};
 use super::ArrayError;
 
@@ -46,7 +46,7 @@ impl LuDevice {
     /// Puts disk `new` into the slot of failed member `old`; the slot then
     /// rebuilds from stripe 0. The new disk's old metadata is wiped so that
     /// nothing it held before can be mistaken for this LU's.
-    pub fn replace_member(&self, old: u32, new: PhysicalDisk) -> Result<(), ArrayError> {
+    pub fn replace_member(&self, old: u32, new: Arc<dyn Member>) -> Result<(), ArrayError> {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
         let refuse = |reason: String| Err(ArrayError::Refused { lu: self.lu, reason });
@@ -115,10 +115,7 @@ impl LuDevice {
         let start = inner.slots[t].rebuilt().unwrap_or(0);
         let end = (start + max).min(total);
         for s in start..end {
-            let chunk = match self.geo.raid {
-                Raid::Parity => self.parity_rebuild_chunk(inner, s, t)?,
-                Raid::Mirror => self.mirror_rebuild_chunk(inner, s, t)?,
-            };
+            let chunk = self.scheme().rebuild_chunk(self, inner, s, t)?;
             if !self.member_write(&inner.slots[t], self.geo.disk_offset(s), &chunk) {
                 self.settle_failures(inner)?;
                 return Err(ArrayError::Refused {
@@ -161,10 +158,7 @@ impl LuDevice {
                 r.skipped += 1;
                 continue;
             }
-            let (bad, fixed) = match self.geo.raid {
-                Raid::Parity => self.parity_resync(inner, s, repair),
-                Raid::Mirror => self.mirror_resync(inner, s, repair),
-            };
+            let (bad, fixed) = self.scheme().resync(self, inner, s, repair);
             r.stripes_checked += 1;
             r.mismatches += bad as u64;
             r.repaired += fixed as u64;

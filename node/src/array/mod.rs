@@ -1,7 +1,9 @@
 //! The disk array: physical disks as files in the array directory, and LUs
 //! (RAID 1 mirrors and RAID 5 rotating parity) as block devices over them.
 //!
-//! Map: [`disk`] is one disk file and its header; [`layout`] is RAID
+//! Map: [`member`] is the interface the RAID code has of a member disk;
+//! [`disk`] is one disk file and its header, the member `nasd` uses, and
+//! [`faults`] a member that fails on command, for tests; [`layout`] is RAID
 //! geometry; [`superblock`] is what members record about their LU;
 //! [`intent`] holds the write-intent bitmap and degraded-write journal that
 //! make writes crash-consistent; [`fence`] stops writes once the LU lock lease is over; [`device`] is the LU block device with its
@@ -14,21 +16,26 @@
 mod bulk;
 pub mod device;
 pub mod disk;
+pub mod faults;
 pub mod fence;
 pub mod intent;
 pub mod jobs;
 pub mod layout;
+pub mod member;
 mod raid1;
 mod raid5;
+mod redundancy;
 pub mod superblock;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use device::{BlockDevice, LuDevice, LuHealth, LuSpec, OpenOptions};
 pub use disk::PhysicalDisk;
 pub use layout::Raid;
+pub use member::{Member, MemberWrapper};
 
 /// Everything that can go wrong in the disk array, each naming what to do.
 #[derive(Debug, thiserror::Error)]
@@ -98,10 +105,17 @@ impl ArrayError {
 }
 
 /// The disk-array directory and the identity of the array it holds.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Array {
     pub dir: PathBuf,
     pub id: u128,
+    wrap: Option<MemberWrapper>,
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Array({}, {:032x})", self.dir.display(), self.id)
+    }
 }
 
 impl Array {
@@ -109,7 +123,14 @@ impl Array {
         Self {
             dir: dir.as_ref().to_path_buf(),
             id,
+            wrap: None,
         }
+    }
+
+    /// Opens LU members through `wrap` (a fault-injecting member, in tests).
+    pub fn with_member_wrapper(mut self, wrap: MemberWrapper) -> Self {
+        self.wrap = Some(wrap);
+        self
     }
 
     /// Creates disks `1..=count`; a disk already there is checked instead,
@@ -129,5 +150,14 @@ impl Array {
 
     pub fn open_disk(&self, number: u32, capacity: u64) -> Result<PhysicalDisk, ArrayError> {
         PhysicalDisk::open(&self.dir, self.id, number, capacity)
+    }
+
+    /// Opens disk `number` as an LU member.
+    pub fn open_member(&self, number: u32, capacity: u64) -> Result<Arc<dyn Member>, ArrayError> {
+        let disk = self.open_disk(number, capacity)?;
+        Ok(match &self.wrap {
+            Some(wrap) => wrap(disk),
+            None => Arc::new(disk),
+        })
     }
 }

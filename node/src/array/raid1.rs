@@ -4,31 +4,19 @@
 //! Owns the mirror read, write and resync paths. It must never read a
 //! member for a stripe it does not hold valid data for.
 
-use super::bulk::mirror_share;
+use super::bulk::{mirror_share, BULK_MIN};
 use super::device::{Inner, LuDevice};
 use super::layout::StripePiece;
+use super::redundancy::{Mirror, Redundancy};
 use super::ArrayError;
 
-impl LuDevice {
-    pub(super) fn mirror_read(&self, inner: &Inner, p: &StripePiece, out: &mut [u8]) -> Result<(), ArrayError> {
-        let n = inner.slots.len();
-        let first = self.next_mirror();
-        let at = self.geo.disk_offset(p.stripe) + p.within;
-        for i in 0..n {
-            let slot = &inner.slots[(first + i) % n];
-            if slot.available(p.stripe) && self.member_read(slot, at, out) {
-                return Ok(());
-            }
-        }
-        Err(self.lu_failed("no mirror member can be read"))
-    }
-
+impl Mirror {
     /// A large read: each mirror serves one contiguous share, so that every
     /// member file is read sequentially. Falls back to piece by piece (which
     /// tries every mirror) when a share cannot be read.
-    pub(super) fn mirror_read_large(&self, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
+    fn mirror_read_large(&self, dev: &LuDevice, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError> {
         let n = inner.slots.len();
-        let (s0, s1) = (offset / self.geo.unit, (offset + buf.len() as u64 - 1) / self.geo.unit);
+        let (s0, s1) = (offset / dev.geo.unit, (offset + buf.len() as u64 - 1) / dev.geo.unit);
         if inner.slots.iter().all(|s| s.available(s0) && s.available(s1)) {
             let len = buf.len();
             let mut all = true;
@@ -37,50 +25,69 @@ impl LuDevice {
                     continue;
                 };
                 let from = (at - offset) as usize;
-                all &= self.member_read(slot, at, &mut buf[from..from + part]);
+                all &= dev.member_read(slot, at, &mut buf[from..from + part]);
             }
             if all {
                 return Ok(());
             }
         }
-        for p in self.geo.pieces(offset, buf.len() as u64) {
-            self.mirror_read(inner, &p, &mut buf[p.buf_at..p.buf_at + p.len as usize])?;
+        for p in dev.geo.pieces(offset, buf.len() as u64) {
+            self.read(dev, inner, &p, &mut buf[p.buf_at..p.buf_at + p.len as usize])?;
         }
         Ok(())
     }
+}
 
-    pub(super) fn mirror_write(&self, inner: &mut Inner, p: &StripePiece, data: &[u8]) -> Result<(), ArrayError> {
-        let at = self.geo.disk_offset(p.stripe) + p.within;
+impl Redundancy for Mirror {
+    fn tolerates(&self, members: usize) -> usize {
+        members - 1
+    }
+
+    fn read(&self, dev: &LuDevice, inner: &Inner, p: &StripePiece, out: &mut [u8]) -> Result<(), ArrayError> {
+        let n = inner.slots.len();
+        let first = dev.next_mirror();
+        let at = dev.geo.disk_offset(p.stripe) + p.within;
+        for i in 0..n {
+            let slot = &inner.slots[(first + i) % n];
+            if slot.available(p.stripe) && dev.member_read(slot, at, out) {
+                return Ok(());
+            }
+        }
+        Err(dev.lu_failed("no mirror member can be read"))
+    }
+
+    fn write(&self, dev: &LuDevice, inner: &mut Inner, p: &StripePiece, data: &[u8]) -> Result<(), ArrayError> {
+        let at = dev.geo.disk_offset(p.stripe) + p.within;
         let mut written = 0;
         for slot in inner.slots.iter().filter(|s| s.available(p.stripe)) {
-            if self.member_write(slot, at, data) {
+            if dev.member_write(slot, at, data) {
                 written += 1;
             }
         }
         if written == 0 {
-            return Err(self.lu_failed("no mirror member can be written"));
+            return Err(dev.lu_failed("no mirror member can be written"));
         }
         Ok(())
     }
 
     /// Compares the mirrors of stripe `s`; with `repair`, copies the first
     /// readable member over those that differ. Returns (differed, repaired).
-    pub(super) fn mirror_resync(&self, inner: &Inner, s: u64, repair: bool) -> (bool, bool) {
-        let at = self.geo.disk_offset(s);
-        let unit = self.geo.unit as usize;
+    fn resync(&self, dev: &LuDevice, inner: &Inner, s: u64, repair: bool) -> (bool, bool) {
+        let at = dev.geo.disk_offset(s);
+        let unit = dev.geo.unit as usize;
         let mut reference: Option<Vec<u8>> = None;
         let mut differs = false;
         let mut repaired = false;
         for slot in inner.slots.iter().filter(|x| x.available(s)) {
             let mut buf = vec![0u8; unit];
-            if !self.member_read(slot, at, &mut buf) {
+            if !dev.member_read(slot, at, &mut buf) {
                 continue;
             }
             match &reference {
                 None => reference = Some(buf),
                 Some(r) if *r != buf => {
                     differs = true;
-                    if repair && self.member_write(slot, at, r) {
+                    if repair && dev.member_write(slot, at, r) {
                         repaired = true;
                     }
                 }
@@ -92,14 +99,22 @@ impl LuDevice {
 
     /// The content of stripe `s` for a member being rebuilt: a copy from a
     /// member that holds it.
-    pub(super) fn mirror_rebuild_chunk(&self, inner: &Inner, s: u64, target: usize) -> Result<Vec<u8>, ArrayError> {
-        let mut buf = vec![0u8; self.geo.unit as usize];
-        let at = self.geo.disk_offset(s);
+    fn rebuild_chunk(&self, dev: &LuDevice, inner: &Inner, s: u64, target: usize) -> Result<Vec<u8>, ArrayError> {
+        let mut buf = vec![0u8; dev.geo.unit as usize];
+        let at = dev.geo.disk_offset(s);
         for (i, slot) in inner.slots.iter().enumerate() {
-            if i != target && slot.available(s) && self.member_read(slot, at, &mut buf) {
+            if i != target && slot.available(s) && dev.member_read(slot, at, &mut buf) {
                 return Ok(buf);
             }
         }
-        Err(self.lu_failed("no mirror member left to rebuild from"))
+        Err(dev.lu_failed("no mirror member left to rebuild from"))
+    }
+
+    fn read_bulk(&self, dev: &LuDevice, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<bool, ArrayError> {
+        if buf.len() < BULK_MIN {
+            return Ok(false);
+        }
+        self.mirror_read_large(dev, inner, offset, buf)?;
+        Ok(true)
     }
 }

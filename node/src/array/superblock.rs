@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::disk::PhysicalDisk;
 use super::layout::Raid;
+use super::member::Member;
 use super::ArrayError;
 
 /// Offsets within a disk's metadata area.
@@ -104,13 +104,13 @@ impl Superblock {
     }
 
     /// Reads a disk's copy; `None` when it has none or it is damaged.
-    pub fn read(disk: &PhysicalDisk) -> Result<Option<Self>, ArrayError> {
+    pub fn read(disk: &dyn Member) -> Result<Option<Self>, ArrayError> {
         let mut b = vec![0u8; SUPERBLOCK_BYTES];
         disk.read_meta(SUPERBLOCK_AT, &mut b)?;
         Ok(Self::decode(&b))
     }
 
-    pub fn write(&self, disk: &PhysicalDisk) -> Result<(), ArrayError> {
+    pub fn write(&self, disk: &dyn Member) -> Result<(), ArrayError> {
         disk.write_meta_durable(SUPERBLOCK_AT, &self.encode()?)
     }
 }

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 use super::device::{BlockDevice, LuDevice, LuHealth, LuSpec, OpenOptions};
 use super::layout::Raid;
+use super::member::Member;
 use super::{jobs, Array, ArrayError};
 
 const ID: u128 = 0xA11A;
@@ -149,7 +150,7 @@ impl Rig {
                 else {
                     return;
                 };
-                let disk = self.array.open_disk(spare, self.spec.disk_capacity).unwrap();
+                let disk = self.array.open_member(spare, self.spec.disk_capacity).unwrap();
                 self.dev.replace_member(failed.disk, disk).unwrap();
                 self.retired.push(failed.disk);
             }
@@ -489,4 +490,70 @@ fn a_fenced_opener_writes_nothing_more() {
     ));
     new.read_at(0, &mut buf).unwrap();
     assert!(buf[..4096].iter().all(|b| *b != 1), "a write past the lease landed");
+}
+
+/// A RAID 5 LU over fault-injecting members, written with a pattern and
+/// flushed: (dir, array with `faults` installed, spec, device, pattern).
+fn faulty_raid5(faults: &std::sync::Arc<super::faults::Faults>) -> (tempfile::TempDir, LuSpec, LuDevice, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = 4096;
+    let per_disk = unit * 16;
+    let plain = Array::new(dir.path(), ID);
+    plain.create_disks(3, per_disk).unwrap();
+    let spec = LuSpec {
+        lu: 1,
+        raid: Raid::Parity,
+        disks: vec![1, 2, 3],
+        unit,
+        per_disk,
+        disk_capacity: per_disk,
+    };
+    let array = plain.with_member_wrapper(faults.wrapper());
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = failed.clone();
+    let opts = OpenOptions {
+        on_member_failure: Some(std::sync::Arc::new(move |d| seen.lock().unwrap().push(d))),
+        ..OpenOptions::default()
+    };
+    let dev = LuDevice::create(&array, &spec, opts).unwrap();
+    let data = pattern(dev.len() as usize, 7, 0);
+    dev.write_at(0, &data).unwrap();
+    dev.flush().unwrap();
+    (dir, spec, dev, data)
+}
+
+#[test]
+fn a_member_returning_eio_is_failed_and_the_lu_serves_degraded() {
+    let faults = super::faults::Faults::none();
+    let (_dir, _spec, dev, mut model) = faulty_raid5(&faults);
+    faults.break_disk(2);
+    let update = pattern(3 * 4096 + 100, 9, 5000);
+    dev.write_at(5000, &update).unwrap();
+    model[5000..5000 + update.len()].copy_from_slice(&update);
+    dev.flush().unwrap();
+    assert_eq!(dev.health(), LuHealth::Degraded);
+    assert!(dev
+        .members()
+        .iter()
+        .any(|m| m.disk == 2 && m.state == super::superblock::MemberState::Failed));
+    let mut back = vec![0u8; model.len()];
+    dev.read_at(0, &mut back).unwrap();
+    assert!(back == model, "a degraded read returned wrong bytes");
+}
+
+#[test]
+fn a_torn_member_write_fails_that_member_and_loses_no_byte() {
+    let faults = super::faults::Faults::none();
+    let (_dir, _spec, dev, mut model) = faulty_raid5(&faults);
+    // A full-stripe write: the member that gets the torn write holds half
+    // new and half old bytes, which must never be read back.
+    faults.tear_next_write();
+    let update = pattern(2 * 4096, 3, 8192);
+    dev.write_at(8192, &update).unwrap();
+    model[8192..8192 + update.len()].copy_from_slice(&update);
+    dev.flush().unwrap();
+    assert_eq!(dev.health(), LuHealth::Degraded, "the torn member must be failed");
+    let mut back = vec![0u8; model.len()];
+    dev.read_at(0, &mut back).unwrap();
+    assert!(back == model, "a read after a torn write returned wrong bytes");
 }

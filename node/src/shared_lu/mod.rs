@@ -1,5 +1,6 @@
 //! The shared LU: one openraft group across all CHNs whose state machine is
-//! the tables of DESIGN.md.
+//! the cluster's tables (disks, LUs, paths, locks, users, clients,
+//! services, daemons).
 //!
 //! Owns the Raft type configuration and [`SharedLu`], the handle the
 //! services use to write commands (forwarded to the leader when this CHN

@@ -3,7 +3,7 @@
 //!
 //! Owns the folder layout (DIR/cluster.json, DIR/cluster.env,
 //! DIR/array, DIR/<chn>/{data,nasd.log,nasd.pid}), starting and stopping
-//! the processes, and driving the setup sequence of DESIGN.md. It must
+//! the processes, and driving the setup sequence (docs/ARCHITECTURE.md). It must
 //! never touch a process it did not start (pid files are checked against
 //! /proc) and never wipe existing data: running `up` again restarts the
 //! same cluster with its state.

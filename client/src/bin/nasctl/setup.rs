@@ -1,4 +1,4 @@
-//! The setup sequence of DESIGN.md, run from the management terminal
+//! The setup sequence (docs/ARCHITECTURE.md), run from the management terminal
 //! against CHNs that are already running: install the first CHN
 //! (bootstrap), initialize the shared LU and its backup, define every CHN's
 //! paths to them, install each next CHN; then, when asked, the disks, an

@@ -191,7 +191,6 @@ impl LuHost {
             on_member_failure: Some(Arc::new(move |disk| {
                 let _ = tx.send(disk);
             })),
-            abort_at_member_write: None,
             fence: Some(fence.clone()),
         };
         // Format only an LU the table calls new *and* no member recognizes:
@@ -270,7 +269,7 @@ impl LuHost {
         for (old, new) in failed.into_iter().zip(new) {
             let array = self.array()?;
             let (d, cap) = (dev.clone(), spec.disk_capacity);
-            blocking(move || d.replace_member(old, array.open_disk(new, cap)?)).await?;
+            blocking(move || d.replace_member(old, array.open_member(new, cap)?)).await?;
         }
         Ok(())
     }
