@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/nas/v1/nas.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
+    // The descriptor set, served by gRPC reflection so that tools such as
+    // grpcurl need no .proto files.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("nas_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
         // Table rows and commands travel inside openraft entries, which are
         // serde-encoded (postcard) on the Raft transport.

@@ -1,5 +1,5 @@
-//! Starts one CHN: opens the shared LU, serves Admin, Raft and health on
-//! one port, writes heartbeats, and shuts down cleanly on a signal.
+//! Starts one CHN: opens the shared LU, serves Nas, Admin, Raft, health
+//! and reflection on one port, writes heartbeats, and shuts down cleanly on a signal.
 //!
 //! Owns process wiring only; it must never hold business logic.
 
@@ -63,6 +63,17 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let version = env!("CARGO_PKG_VERSION").to_string();
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nas_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .context("cannot build the gRPC reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("cannot build the gRPC reflection service")?;
     health.set_serving::<AdminServer<AdminService>>().await;
 
     let heartbeat = tokio::spawn(crate::chn::heartbeat::report_loop(
@@ -119,6 +130,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         // rapid-reset guard (20) would close the connection on a peer.
         .http2_max_pending_accept_reset_streams(Some(4096))
         .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(nas)
         .add_service(admin)
         .add_service(raft)

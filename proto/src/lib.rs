@@ -12,6 +12,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The encoded descriptors of every `nas.v1` message and service, for
+/// gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nas_descriptor.bin"));
+
 /// The buffer type of file data in `WriteChunk` and `ReadChunk`.
 pub use bytes::Bytes;
 
