@@ -62,10 +62,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     if timeout 30 docker pull "$BASE_IMAGE" >/dev/null 2>&1; then
         say "pulled $BASE_IMAGE"
     else
-        mirror=${DEBIAN_MIRROR:-$( (grep -shoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list \
-            /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list || true) \
-            | grep -v -- '-security' | awk '{print $2}' | head -n1)}
-        mirror=${mirror:-http://deb.debian.org/debian}
+        mirror=${DEBIAN_MIRROR:-$(deploy/apt-mirror.sh)} || die "no Debian mirror: set DEBIAN_MIRROR"
         root=$(mktemp -d /tmp/nas-rootfs.XXXXXX)
         trap 'rm -rf "$root"' EXIT
         say "no registry: building $BASE_IMAGE with debootstrap from $mirror (about a minute)"

@@ -257,7 +257,7 @@ pub async fn watch_failover(watcher: &Cluster, export: &str, owner: &str, fault_
 }
 
 /// The `p` quantile (0 to 1) of `sorted`, by the nearest-rank method.
-pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }

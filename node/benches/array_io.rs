@@ -2,12 +2,8 @@
 //! degraded, beside the same I/O pattern on one plain file on the same file
 //! system in the same run, as a ratio; plus rebuild speed.
 //!
-//! Run: `cargo bench -p nasd --bench array_io`
-//! Options (after `--`): `--size-mib N` LU size (default 256), `--ops N`
-//! operations per random pattern (default 8192), `--repeat N` interleaved
-//! runs, median reported (default 3), `--dir DIR` where the disk files go
-//! (default: the system temp directory), `--only TEXT` patterns whose name
-//! contains TEXT (e.g. `--only "seq read"`).
+//! Run: `cargo bench -p nasd --bench array_io`; options after `--`
+//! (`-- --help` lists them).
 //!
 //! Every device gets the same seeded sequence of operations. Write patterns
 //! end with a flush (fdatasync of every member, or of the plain file), so
@@ -18,10 +14,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use nas_tests::bench::{self, median};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::Context;
 use nasd::array::{jobs, Array, ArrayError, BlockDevice, LuDevice, LuSpec, OpenOptions, Raid};
 use rand::{Rng, SeedableRng};
 
@@ -129,11 +126,6 @@ struct Setup {
     degraded: bool,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Creates the device for one setup in a fresh folder under `root`.
 fn build(root: &Path, s: &Setup, size: u64, round: usize) -> anyhow::Result<Box<dyn BlockDevice>> {
     let dir = root.join(format!("{}-{round}", s.name.replace(' ', "-")));
@@ -195,23 +187,31 @@ fn rebuild_speed(root: &Path, raid: Raid, members: usize, size: u64) -> anyhow::
     Ok(p.bytes_per_sec as f64 / 1e6)
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+/// LU throughput beside a plain file.
+#[derive(clap::Parser)]
+#[command(about = "LU throughput for RAID 1 and RAID 5, healthy and degraded, beside a plain file; rebuild speed")]
+struct Args {
+    /// LU size in MiB.
+    #[arg(long, default_value_t = 256)]
+    size_mib: u64,
+    /// Operations per random pattern.
+    #[arg(long, default_value_t = 8192)]
+    ops: u64,
+    /// Interleaved runs per point; the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+    /// Where the disk files go [default: the system temp directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Only the patterns whose name contains this text (e.g. "seq read").
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let size = arg(&args, "--size-mib")
-        .map_or(Ok(256), |s| s.parse::<u64>())
-        .context("--size-mib")?
-        * MIB;
-    let ops: u64 = arg(&args, "--ops").map_or(Ok(8192), |s| s.parse()).context("--ops")?;
-    let repeat: usize = arg(&args, "--repeat")
-        .map_or(Ok(3), |s| s.parse())
-        .context("--repeat")?;
-    let base = arg(&args, "--dir").map_or_else(std::env::temp_dir, PathBuf::from);
+    let a: Args = bench::args();
+    let (size, ops, repeat) = (a.size_mib * MIB, a.ops, a.repeat);
+    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     let root = tempfile::Builder::new().prefix("array-bench-").tempdir_in(&base)?;
     let setups = [
         Setup {
@@ -252,7 +252,7 @@ fn main() -> anyhow::Result<()> {
             degraded: false,
         },
     ];
-    let only = arg(&args, "--only");
+    let only = a.only;
     let patterns = [
         Pattern::SeqWrite,
         Pattern::SeqReadCached,
@@ -278,7 +278,7 @@ fn main() -> anyhow::Result<()> {
     );
     // results[pattern][setup] = samples
     let mut results = vec![vec![Vec::new(); setups.len()]; patterns.len()];
-    for round in 0..repeat {
+    for round in 0..repeat as usize {
         for (si, s) in setups.iter().enumerate() {
             let dev = build(root.path(), s, size, round)?;
             for (pi, p) in patterns.iter().enumerate() {

@@ -3,10 +3,9 @@
 //! clients, beside etcd (3 members on loopback) driven by the same load
 //! generator in the same run.
 //!
-//! Run: `cargo build --release && cargo bench -p nas-tests --bench admin_throughput`
-//! Options (after `--`): `--seconds N` per run (default 5), `--repeat N` interleaved
-//! runs per point, median reported (default 3), `--clients 1,16,64`,
-//! `--nodes N` (nasd CHNs, default 3), `--no-etcd`. etcd comes from Debian's etcd-server package (`etcd` on PATH).
+//! Run: `cargo build --release && cargo bench -p nas-tests --bench admin_throughput`;
+//! options after `--` (`-- --help` lists them). etcd comes from Debian's
+//! etcd-server package (`etcd` on PATH).
 
 use std::future::Future;
 use std::path::Path;
@@ -15,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::nas_client::proto::{admin_client::AdminClient, Client, UpsertClientRequest};
-use anyhow::{bail, Context};
+use anyhow::Context;
+use nas_tests::bench::{self, median_by, ms, Common, Latencies};
 use nas_tests::etcd::{kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest};
 use nas_tests::{wait_until, TestCluster};
 use tonic::transport::{Channel, Endpoint};
@@ -28,9 +28,7 @@ const VALUE_BYTES: usize = 100;
 const CONNECTIONS: usize = 8;
 
 struct Stats {
-    ops_per_sec: f64,
-    p50: Duration,
-    p99: Duration,
+    lat: Latencies,
     errors: u64,
 }
 
@@ -78,16 +76,8 @@ where
             errors += e;
         }
     }
-    all.sort();
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     Stats {
-        ops_per_sec: all.len() as f64 / secs as f64,
-        p50: pick(0.50),
-        p99: pick(0.99),
+        lat: Latencies::new(all, secs as f64),
         errors,
     }
 }
@@ -224,50 +214,30 @@ async fn etcd_target(cluster: &Etcd) -> anyhow::Result<Target> {
     }))
 }
 
-/// The run with the median throughput of several.
-fn median(mut runs: Vec<Stats>) -> Stats {
-    runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-    let mid = runs.len() / 2;
-    runs.swap_remove(mid)
-}
-
 fn which(name: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
+/// Replicated admin commands per second beside etcd.
+#[derive(clap::Parser)]
+#[command(about = "Replicated admin commands per second on a nasd cluster, beside etcd in the same run")]
+struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// nasd CHNs in the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Measure nasd alone.
+    #[arg(long)]
+    no_etcd: bool,
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut secs = 5;
-    let mut repeat = 3;
-    let mut clients = vec![1, 16, 64];
-    let mut with_etcd = true;
-    let mut nodes = 3;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--seconds" => secs = args.next().context("--seconds N")?.parse()?,
-            "--repeat" => repeat = args.next().context("--repeat N")?.parse::<usize>()?.max(1),
-            "--clients" => {
-                clients = args
-                    .next()
-                    .context("--clients 1,16,64")?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
-            "--no-etcd" => with_etcd = false,
-            "--nodes" => nodes = args.next().context("--nodes N")?.parse()?,
-            "--bench" => {}
-            other => bail!(
-                "unknown option {other}; use --seconds N, --repeat N, --clients LIST, --nodes N (nasd only), --no-etcd"
-            ),
-        }
-    }
+    let a: Args = bench::args();
+    let (secs, repeat, clients, with_etcd, nodes) =
+        (a.common.seconds, a.common.repeat, a.common.clients, !a.no_etcd, a.nodes);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -297,32 +267,32 @@ fn main() -> anyhow::Result<()> {
             for _ in 0..repeat {
                 let t = nas.clone();
                 let run = load(n, secs, move |c, s| t(c, s)).await;
-                eprint!("  {n} clients: nasd {:.0} op/s", run.ops_per_sec);
+                eprint!("  {n} clients: nasd {:.0} op/s", run.lat.per_sec());
                 nas_runs.push(run);
                 if let Some(e) = &etcd {
                     let t = e.clone();
                     let run = load(n, secs, move |c, s| t(c, s)).await;
-                    eprint!(", etcd {:.0} op/s", run.ops_per_sec);
+                    eprint!(", etcd {:.0} op/s", run.lat.per_sec());
                     etcd_runs.push(run);
                 }
                 eprintln!();
             }
-            let a = median(nas_runs);
-            let e = (!etcd_runs.is_empty()).then(|| median(etcd_runs));
+            let a = median_by(nas_runs, |r| r.lat.per_sec());
+            let e = (!etcd_runs.is_empty()).then(|| median_by(etcd_runs, |r| r.lat.per_sec()));
             let (eo, e50, e99, ratio) = match &e {
                 Some(e) => (
-                    format!("{:.0}", e.ops_per_sec),
-                    ms(e.p50),
-                    ms(e.p99),
-                    format!("{:.2}", a.ops_per_sec / e.ops_per_sec.max(1.0)),
+                    format!("{:.0}", e.lat.per_sec()),
+                    ms(e.lat.at(0.5)),
+                    ms(e.lat.at(0.99)),
+                    format!("{:.2}", a.lat.per_sec() / e.lat.per_sec().max(1.0)),
                 ),
                 None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
             println!(
                 "{n:>7} | {:>10.0} {:>8} {:>8} | {eo:>10} {e50:>8} {e99:>8} | {ratio:>9}",
-                a.ops_per_sec,
-                ms(a.p50),
-                ms(a.p99)
+                a.lat.per_sec(),
+                ms(a.lat.at(0.5)),
+                ms(a.lat.at(0.99))
             );
             let errors = a.errors + e.as_ref().map_or(0, |e| e.errors);
             if errors > 0 {

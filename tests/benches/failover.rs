@@ -12,14 +12,12 @@
 //! reference is what NFS-Ganesha's HA documentation states: about 20 s to
 //! move the service, then a 90 s NFSv4 grace period.
 //!
-//! Run: `cargo build --release && cargo bench -p nas-tests --bench failover`
-//! Options (after `--`): `--runs N` per fault (default 20), `--faults
-//! kill,pause,partition`, `--lease-ms N` (nasd's `--lu-lease-ms`; not for
-//! the partition cluster).
+//! Run: `cargo build --release && cargo bench -p nas-tests --bench failover`;
+//! options after `--` (`-- --help` lists them).
 
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use nas_tests::bench;
 use nas_tests::{ok, TestCluster};
 
 fn figures(v: &serde_json::Value, key: &str) -> Vec<u64> {
@@ -32,29 +30,28 @@ fn figures(v: &serde_json::Value, key: &str) -> Vec<u64> {
 }
 
 fn pct(sorted: &[u64], p: f64) -> String {
-    ::nas_client::drill::percentile(sorted, p).map_or("-".into(), |v| v.to_string())
+    bench::percentile(sorted, p).map_or("-".into(), |v| v.to_string())
+}
+
+/// Failover time over many drills.
+#[derive(clap::Parser)]
+#[command(about = "Failover time over many drills per fault, every acknowledged write checked")]
+struct Args {
+    /// Drills per fault.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// Faults, comma-separated: kill (kill -9), pause (SIGSTOP 2 s), partition (root: a network namespace cut off 2 s).
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
+    faults: Vec<String>,
+    /// nasd's --lu-lease-ms (not for the partition cluster).
+    #[arg(long)]
+    lease_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
-    let (mut runs, mut faults) = (20usize, vec!["kill".to_string(), "pause".into(), "partition".into()]);
-    let mut nasd_args: Vec<String> = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--runs" => runs = args.next().context("--runs N")?.parse::<usize>()?.max(1),
-            "--faults" => {
-                faults = args
-                    .next()
-                    .context("--faults kill,pause")?
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
-            "--lease-ms" => nasd_args.push(format!("--lu-lease-ms={}", args.next().context("--lease-ms N")?)),
-            "--bench" => {}
-            other => bail!("unknown option {other}"),
-        }
-    }
+    let a: Args = bench::args();
+    let (runs, faults) = (a.runs, a.faults);
+    let nasd_args: Vec<String> = a.lease_ms.map(|ms| format!("--lu-lease-ms={ms}")).into_iter().collect();
     let root = unsafe { libc::geteuid() } == 0;
     println!("failover time over {runs} drills per fault (3 CHNs, {}, detection: 3 failed 100 ms probes or a 1 s old heartbeat)", nasd_args.first().map_or("LU lease 500 ms, the default", String::as_str));
     println!(

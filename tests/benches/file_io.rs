@@ -11,29 +11,18 @@
 //! Every timed step starts after sync(2), so none pays for the writeback
 //! of the one before.
 //!
-//! Run: `cargo build --release && cargo bench -p nas-tests --bench file_io`
-//! Options (after `--`): `--size-mib N` (default 1024), `--repeat N`
-//! (default 3, median reported), `--clients 1,16,64`, `--seconds N` per
-//! small-file point (default 5), `--raid 1|5` (default 5).
+//! Run: `cargo build --release && cargo bench -p nas-tests --bench file_io`;
+//! options after `--` (`-- --help` lists them).
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::nas_client::NasClient;
 use anyhow::Context;
+use nas_tests::bench::{self, mb_s, median, ms, Common, Latencies};
 use nas_tests::{ok, TestCluster};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn mb_s(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
 
 /// Writes `bytes` of incompressible data to `path`.
 fn make_source(path: &Path, bytes: u64) -> anyhow::Result<()> {
@@ -76,21 +65,8 @@ fn cp(src: &Path, dst: &Path, fsync: bool) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-struct SmallStats {
-    ops_per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p) as usize]
-}
-
 /// Create + 4 KiB write + close through the file service.
-async fn small_files_nas(clients: &[Arc<NasClient>], run: usize, secs: u64) -> SmallStats {
+async fn small_files_nas(clients: &[Arc<NasClient>], run: usize, secs: u64) -> Latencies {
     let end = Instant::now() + Duration::from_secs(secs);
     let data = Arc::new(vec![5u8; 4096]);
     let tasks: Vec<_> = clients
@@ -120,22 +96,15 @@ async fn small_files_nas(clients: &[Arc<NasClient>], run: usize, secs: u64) -> S
     for t in tasks {
         all.extend(t.await.unwrap_or_default());
     }
-    all.sort();
-    SmallStats {
-        ops_per_sec: all.len() as f64 / secs as f64,
-        p50: percentile(&all, 0.5),
-        p99: percentile(&all, 0.99),
-    }
+    Latencies::new(all, secs as f64)
 }
 
 /// The same loop on the local file system, fsync per file, one thread per client.
-fn small_files_local(dir: &Path, clients: usize, secs: u64) -> SmallStats {
+fn small_files_local(dir: &Path, clients: usize, secs: u64) -> Latencies {
     let end = Instant::now() + Duration::from_secs(secs);
-    let done = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..clients)
         .map(|k| {
             let dir = dir.to_path_buf();
-            let done = done.clone();
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 let mut i = 0u64;
@@ -147,7 +116,6 @@ fn small_files_local(dir: &Path, clients: usize, secs: u64) -> SmallStats {
                         .is_ok();
                     if ok {
                         lat.push(t.elapsed());
-                        done.fetch_add(1, Ordering::Relaxed);
                     }
                     i += 1;
                 }
@@ -155,39 +123,38 @@ fn small_files_local(dir: &Path, clients: usize, secs: u64) -> SmallStats {
             })
         })
         .collect();
-    let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
-    all.sort();
-    SmallStats {
-        ops_per_sec: done.load(Ordering::Relaxed) as f64 / secs as f64,
-        p50: percentile(&all, 0.5),
-        p99: percentile(&all, 0.99),
+    let all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+    Latencies::new(all, secs as f64)
+}
+
+/// The file service beside `cp` and the local file system.
+#[derive(clap::Parser)]
+#[command(about = "The file service: a large file put and get beside cp, small files beside the local file system")]
+struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Size of the large file, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// RAID level of the exported LU: 1 or 5.
+    #[arg(long, default_value_t = 5, value_parser = raid_level)]
+    raid: u32,
+}
+
+fn raid_level(s: &str) -> Result<u32, String> {
+    match s {
+        "1" => Ok(1),
+        "5" => Ok(5),
+        _ => Err(format!("RAID {s} is not supported; use 1 or 5")),
     }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     ::nas_client::keep_message_buffers();
-    let (mut size_mib, mut repeat, mut secs, mut raid) = (1024u64, 3usize, 5u64, 5u32);
-    let mut client_counts = vec![1usize, 16, 64];
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--size-mib" => size_mib = args.next().context("--size-mib N")?.parse()?,
-            "--repeat" => repeat = args.next().context("--repeat N")?.parse::<usize>()?.max(1),
-            "--seconds" => secs = args.next().context("--seconds N")?.parse()?,
-            "--raid" => raid = args.next().context("--raid 1|5")?.parse()?,
-            "--clients" => {
-                client_counts = args
-                    .next()
-                    .context("--clients 1,16,64")?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
-            "--bench" => {}
-            other => anyhow::bail!("unknown option {other}"),
-        }
-    }
+    let a: Args = bench::args();
+    let (size_mib, repeat, secs, raid, client_counts) =
+        (a.size_mib, a.common.repeat, a.common.seconds, a.raid, a.common.clients);
     let bytes = size_mib << 20;
     let c = TestCluster::up(3, &[]).context("cluster")?;
     // Disks big enough for the file plus metadata and the small files.
@@ -230,6 +197,14 @@ async fn main() -> anyhow::Result<()> {
         get.push(mb_s(bytes, t.elapsed()));
         std::fs::remove_file(&dst)?;
         nas.unlink(&remote).await?;
+        let last = |v: &Vec<f64>| v.last().copied().unwrap_or_default();
+        eprintln!(
+            "  run {r}: cp {:.0}, cp+fsync {:.0}, put {:.0}, get {:.0} MB/s",
+            last(&cp_plain),
+            last(&cp_sync),
+            last(&put),
+            last(&get)
+        );
     }
     let (cp_plain, cp_sync) = (median(cp_plain), median(cp_sync));
     println!("  {:<24} {:>10}  {:>12}  {:>14}", "", "MB/s", "vs cp", "vs cp+fsync");
@@ -259,16 +234,15 @@ async fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(&local_dir)?;
         let l = small_files_local(&local_dir, n, secs);
         std::fs::remove_dir_all(&local_dir)?;
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "  {n:>7}  {:>10.0} {:>9.2} {:>9.2}   {:>12.0} {:>9.2} {:>9.2}   {:>6.2}",
-            s.ops_per_sec,
-            ms(s.p50),
-            ms(s.p99),
-            l.ops_per_sec,
-            ms(l.p50),
-            ms(l.p99),
-            s.ops_per_sec / l.ops_per_sec.max(1e-9)
+            "  {n:>7}  {:>10.0} {:>9} {:>9}   {:>12.0} {:>9} {:>9}   {:>6.2}",
+            s.per_sec(),
+            ms(s.at(0.5)),
+            ms(s.at(0.99)),
+            l.per_sec(),
+            ms(l.at(0.5)),
+            ms(l.at(0.99)),
+            s.per_sec() / l.per_sec().max(1e-9)
         );
     }
     Ok(())

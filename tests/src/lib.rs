@@ -14,12 +14,26 @@ use ::nas_client::Cluster;
 use anyhow::{bail, Context};
 use tonic::transport::Channel;
 
+pub mod bench;
+
+/// Where the harness takes `nasd` and `nasctl` from instead of this
+/// build's, so that a benchmark can run two builds in one sitting.
+pub const BIN_DIR_ENV: &str = "NAS_BIN_DIR";
+
 /// A built binary of this workspace (`nasd`, `nasctl`), next to the test
-/// executable's profile directory.
+/// executable's profile directory (or in `$NAS_BIN_DIR`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let profile_dir = match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>/<name>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target profile directory")
+                .to_path_buf()
+        }
+    };
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),
