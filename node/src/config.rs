@@ -107,8 +107,7 @@ pub struct Settings {
     /// cores, at least 1]. File system and disk work runs on a separate
     /// pool that this does not limit. Raft's commit path is a chain of
     /// short tasks, and every extra thread adds cross-thread wake-ups to
-    /// it: on 2 cores, 1 thread commits 7-14% more admin commands per
-    /// second than 2 under load, with the same file throughput.
+    /// it, so on few cores fewer threads commit more.
     #[arg(long, env = "NASD_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }

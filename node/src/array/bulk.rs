@@ -6,8 +6,8 @@
 //! the kernel's sequential readahead. So a large read first announces, per
 //! member, exactly the ranges it will read (`POSIX_FADV_WILLNEED`): the
 //! kernel fetches them asynchronously and in parallel, and the reads that
-//! follow find them in memory. Measured here, helper threads per request
-//! cost more than they won on two cores; hints cost nothing.
+//! follow find them in memory. Helper threads per request would cost more
+//! than they win on few cores; hints cost nothing.
 //!
 //! Owns only these hints. It must never decide what a read returns: the
 //! RAID paths do.

@@ -59,6 +59,3 @@ impl From<tokio::task::JoinError> for Error {
         Error::Internal(format!("a task of this CHN failed: {e}"))
     }
 }
-
-/// Result of the CHN layer.
-pub type Result<T, E = Error> = std::result::Result<T, E>;

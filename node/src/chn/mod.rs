@@ -14,4 +14,4 @@ pub mod heartbeat;
 pub mod lu_host;
 pub mod sessions;
 
-pub use error::{Error, Result};
+pub use error::Error;

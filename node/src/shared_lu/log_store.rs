@@ -29,10 +29,10 @@
 //! torn write: the CHN refuses to start rather than forget acknowledged
 //! entries.
 //!
-//! Why not a redb table, as before: each redb commit rewrites pages of a
-//! B-tree and syncs twice; at one client in flight that was most of the
-//! commit latency. An append and one `fdatasync` is all a log needs.
-//! A `raft.redb` left by an older nasd is imported once at open.
+//! Why a plain file rather than a database table: a B-tree commit rewrites
+//! pages and syncs twice, which at one client in flight is most of the
+//! commit latency, while a log needs one append and one `fdatasync`. A
+//! `raft.redb` written by earlier versions is imported once at open.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

@@ -116,8 +116,8 @@ const MAX_BATCH: usize = 1024;
 /// Raft entries proposed but not yet committed, at most. While they are in
 /// flight, new commands queue up and form the next, larger batch. openraft
 /// sends a follower everything appended since its last AppendEntries, so
-/// more, smaller entries in flight cost little: at 64 clients 8 commit
-/// about 10% more commands per second than 2, with lower latency.
+/// more, smaller entries in flight cost little and keep the pipeline full
+/// (docs/BENCHMARKS.md has the figures).
 const MAX_IN_FLIGHT: usize = 8;
 
 /// A command waiting to be proposed, and where its verdict goes.
