@@ -56,6 +56,8 @@ admin_methods! {
         list_clients -> ClientList;
         /// LU locks and file locks.
         list_locks -> LockTables;
+        /// The probes (keyed registers for end-to-end checks).
+        list_probes -> ProbeList;
     }
     calls {
         /// Who the contacted CHN is, and whether it belongs to a shared LU.
@@ -87,5 +89,7 @@ admin_methods! {
         /// A planned move of an export (`failover takeover`, `giveback`).
         move_export(MoveExportRequest) -> MoveExportReply;
         failover_status(FailoverStatusRequest) -> FailoverStatusReply;
+        /// Sets a probe's value (a replicated write like any other).
+        write_probe(WriteProbeRequest) -> WriteReply;
     }
 }

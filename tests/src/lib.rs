@@ -15,6 +15,8 @@ use anyhow::{bail, Context};
 use tonic::transport::Channel;
 
 pub mod bench;
+pub mod linearizability;
+pub mod nemesis;
 
 /// Where the harness takes `nasd` and `nasctl` from instead of this
 /// build's, so that a benchmark can run two builds in one sitting.
@@ -285,6 +287,41 @@ impl TestCluster {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = std::fs::remove_file(self.dir().join(name.to_lowercase()).join("nasd.pid"));
+    }
+
+    /// Starts the named stopped CHNs in that order without waiting for
+    /// them (`nasctl cluster start`).
+    pub fn start_only(&self, names: &[String]) -> anyhow::Result<()> {
+        let dir = self.dir().display().to_string();
+        let mut args = vec!["cluster", "start", "--dir", dir.as_str()];
+        args.extend(names.iter().map(String::as_str));
+        let out = self.nasctl(&args);
+        if !out.status.success() {
+            bail!("cluster start failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Cuts CHN `name` off the network (`cut`), or puts it back, on a
+    /// `--netns` cluster (`nasctl cluster cut` / `heal`).
+    pub fn cut(&self, name: &str, cut: bool) -> anyhow::Result<()> {
+        let dir = self.dir().display().to_string();
+        let out = self.nasctl(&["cluster", if cut { "cut" } else { "heal" }, "--dir", &dir, name]);
+        if !out.status.success() {
+            bail!("cluster cut/heal failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Drops every packet CHN `from` sends to `to`, or lets them pass
+    /// again, on a `--netns` cluster (`nasctl cluster drop` / `undrop`).
+    pub fn drop_packets(&self, from: &str, to: &str, drop: bool) -> anyhow::Result<()> {
+        let dir = self.dir().display().to_string();
+        let out = self.nasctl(&["cluster", if drop { "drop" } else { "undrop" }, "--dir", &dir, from, to]);
+        if !out.status.success() {
+            bail!("cluster drop/undrop failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
     }
 
     /// Sends `signal` (SIGSTOP, SIGCONT) to one running CHN.

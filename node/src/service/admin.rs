@@ -512,6 +512,19 @@ impl admin_server::Admin for AdminService {
         }))
     }
 
+    async fn write_probe(&self, req: Request<WriteProbeRequest>) -> Result<Response<WriteReply>, Status> {
+        let WriteProbeRequest { key, value } = req.into_inner();
+        self.write(Kind::WriteProbe(WriteProbe {
+            probe: Some(Probe { key, value }),
+        }))
+        .await
+    }
+
+    async fn list_probes(&self, req: Request<ListRequest>) -> Result<Response<ProbeList>, Status> {
+        let (probes, possibly_stale) = self.read(req, |t| t.probes.values().cloned().collect()).await?;
+        Ok(Response::new(ProbeList { probes, possibly_stale }))
+    }
+
     async fn fail_disk(&self, req: Request<DiskRequest>) -> Result<Response<WriteReply>, Status> {
         let disk = req.get_ref().disk;
         let lu = self.disk_group(disk).await?;

@@ -12,6 +12,7 @@
 // would only move the allocation.
 #![allow(clippy::result_large_err)]
 
+mod election_gate;
 pub mod error;
 pub mod log_store;
 mod membership;
@@ -23,6 +24,7 @@ pub mod tables;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -109,6 +111,24 @@ pub struct SharedLu {
     pub addr: String,
     quorum_timeout: Duration,
     proposals: mpsc::Sender<Proposal>,
+    /// The term in which this process, leading, has committed an entry of
+    /// its own (0: none yet). Until then it serves no read index.
+    read_barrier: std::sync::Arc<ReadBarrier>,
+}
+
+/// What makes a leader's read index safe after any crash. openraft takes
+/// the read index as the larger of the leader's first entry of its term
+/// and its commit index; a leader that restarts into its own term (its
+/// vote was committed) reuses that first entry, and its commit index is
+/// only as new as the last hint that reached its log, so entries
+/// acknowledged just before the crash can lie above both. One blank entry
+/// committed by this process in its term puts the commit index past every
+/// entry it had, at the cost of one round per leadership.
+#[derive(Default)]
+struct ReadBarrier {
+    term: std::sync::atomic::AtomicU64,
+    /// One barrier write at a time; the others wait for its outcome.
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// Most commands proposed in one Raft entry.
@@ -172,6 +192,7 @@ impl SharedLu {
         let network = Network::new(durability);
         let peers = network.peers.clone();
         let raft = Raft::new(id, std::sync::Arc::new(config), network, log, sm).await?;
+        tokio::spawn(election_gate::run(raft.clone(), peers.clone(), id));
         let (proposals, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
         tokio::spawn(batch_proposals(raft.clone(), queue, id, s.quorum_timeout));
         Ok(SharedLu {
@@ -183,6 +204,7 @@ impl SharedLu {
             addr,
             quorum_timeout: s.quorum_timeout,
             proposals,
+            read_barrier: Default::default(),
         })
     }
 
@@ -375,7 +397,17 @@ impl SharedLu {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
                 Err(_) => return Err(no_quorum("the read", self.quorum_timeout)),
-                Ok(Ok(log_id)) => return Ok(Some(log_id.map_or(0, |l| l.index))),
+                Ok(Ok(log_id)) => {
+                    let leading = self.raft.metrics().borrow().current_term;
+                    if self.read_barrier.term.load(Ordering::Acquire) == leading {
+                        return Ok(Some(log_id.map_or(0, |l| l.index)));
+                    }
+                    // The read index may be too low: commit an entry of
+                    // this leadership first, then ask again.
+                    if !self.commit_read_barrier(leading, deadline).await? {
+                        return Ok(None);
+                    }
+                }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => return Ok(None),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))))
                     if tokio::time::Instant::now() + Duration::from_millis(50) < deadline =>
@@ -387,6 +419,30 @@ impl SharedLu {
                 }
                 Ok(Err(e)) => return Err(Error::Unavailable(format!("shared LU error: {e}"))),
             }
+        }
+    }
+
+    /// Commits a blank entry in `term` on this CHN, the leader, so that its
+    /// commit index covers every entry it holds. Returns false when it
+    /// turns out not to lead.
+    async fn commit_read_barrier(&self, term: u64, deadline: tokio::time::Instant) -> Result<bool, Error> {
+        let _one = self.read_barrier.writing.lock().await;
+        if self.read_barrier.term.load(Ordering::Acquire) == term {
+            return Ok(true);
+        }
+        let blank = std::sync::Arc::new(CommandBatch { commands: Vec::new() });
+        match tokio::time::timeout_at(deadline, self.raft.client_write(blank)).await {
+            Err(_) => Err(no_quorum("the read", self.quorum_timeout)),
+            Ok(Ok(resp)) => {
+                // Committed in `term` by this process: everything before it is
+                // committed too. A later term is for the next read to settle.
+                if resp.log_id.leader_id.term == term {
+                    self.read_barrier.term.store(term, Ordering::Release);
+                }
+                Ok(true)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Ok(false),
+            Ok(Err(e)) => Err(Error::Unavailable(format!("shared LU error: {e}"))),
         }
     }
 

@@ -46,6 +46,46 @@ pub(crate) enum ClusterCmd {
     },
     /// Members, leader, term, applied index and each CHN's heartbeat age.
     Status,
+    /// Start the named stopped CHNs of DIR in the order given and return at
+    /// once (drills: restart CHNs in a chosen order).
+    Start {
+        #[arg(long)]
+        dir: PathBuf,
+        /// CHN names, e.g. CHN2 CHN3.
+        #[arg(required = true)]
+        chns: Vec<String>,
+        /// The nasd binary [default: beside nasctl, then PATH].
+        #[arg(long, env = "NASD_BIN")]
+        nasd: Option<PathBuf>,
+    },
+    /// Cut CHN off the network of a `cluster up --netns` cluster (its link
+    /// to the bridge goes down); `cluster heal` puts it back.
+    Cut {
+        #[arg(long)]
+        dir: PathBuf,
+        chn: String,
+    },
+    /// Put a CHN cut off with `cluster cut` back on the network.
+    Heal {
+        #[arg(long)]
+        dir: PathBuf,
+        chn: String,
+    },
+    /// Drop every packet CHN FROM sends to CHN TO (a one-way partition on a
+    /// `cluster up --netns` cluster); `cluster undrop` lets them pass.
+    Drop {
+        #[arg(long)]
+        dir: PathBuf,
+        from: String,
+        to: String,
+    },
+    /// Let packets dropped by `cluster drop` pass again.
+    Undrop {
+        #[arg(long)]
+        dir: PathBuf,
+        from: String,
+        to: String,
+    },
     /// Run the setup sequence on CHNs that are already running (containers,
     /// other hosts), then make the disks, LU, user and export asked for.
     ///
@@ -285,6 +325,11 @@ pub(crate) async fn run(cmd: ClusterCmd, conn: anyhow::Result<Cluster>, json: bo
         ClusterCmd::Down { dir } => local_cluster::down(&dir, json).await,
         ClusterCmd::Setup(a) => cluster_setup(&a, json).await,
         ClusterCmd::Status => cluster_status(&conn?, json).await,
+        ClusterCmd::Start { dir, chns, nasd } => local_cluster::start(&dir, &chns, nasd, json),
+        ClusterCmd::Cut { dir, chn } => local_cluster::cut(&dir, &chn, true, json),
+        ClusterCmd::Heal { dir, chn } => local_cluster::cut(&dir, &chn, false, json),
+        ClusterCmd::Drop { dir, from, to } => local_cluster::drop_to(&dir, &from, &to, true, json),
+        ClusterCmd::Undrop { dir, from, to } => local_cluster::drop_to(&dir, &from, &to, false, json),
     }
 }
 

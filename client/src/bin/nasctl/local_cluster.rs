@@ -296,6 +296,108 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cluster start`: starts the named CHNs of DIR that are not running, in
+/// the order given, and returns without waiting for them (drills restart
+/// CHNs in a chosen order; `cluster up` waits for all of them).
+pub fn start(dir: &Path, names: &[String], nasd: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", dir.display()))?;
+    let layout = load_layout(dir)?;
+    let nasd = find_nasd(nasd)?;
+    let net = crate::netns::Net::for_dir(dir);
+    let mut started = Vec::new();
+    for name in names {
+        let Some(i) = layout.nodes.iter().position(|n| n.name == *name) else {
+            bail!(
+                "{} holds no CHN named {name}; see {}",
+                dir.display(),
+                layout_path(dir).display()
+            );
+        };
+        if running_pid(dir, name).is_some() {
+            continue;
+        }
+        let ns = layout.netns.then(|| net.ns(i));
+        spawn_nasd(&nasd, dir, &layout.nodes[i], &layout.nasd_args, ns.as_deref())?;
+        started.push(name.clone());
+    }
+    if json {
+        outln!("{}", serde_json::json!({ "started": started }));
+    } else {
+        outln!(
+            "started {}",
+            if started.is_empty() {
+                "nothing (all running)".into()
+            } else {
+                started.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `cluster cut` / `cluster heal`: takes CHN `name`'s link to the bridge
+/// down or up (a `--netns` cluster only).
+pub fn cut(dir: &Path, name: &str, cut: bool, json: bool) -> anyhow::Result<()> {
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", dir.display()))?;
+    let layout = load_layout(dir)?;
+    if !layout.netns {
+        bail!(
+            "{} is a loopback cluster; cutting a CHN off needs one made with `cluster up --netns`",
+            dir.display()
+        );
+    }
+    let Some(i) = layout.nodes.iter().position(|n| n.name == name) else {
+        bail!("{} holds no CHN named {name}", dir.display());
+    };
+    crate::netns::Net::for_dir(dir).cut(i, cut)?;
+    let what = if cut {
+        "cut off the network"
+    } else {
+        "back on the network"
+    };
+    if json {
+        outln!("{}", serde_json::json!({ "chn": name, "cut": cut }));
+    } else {
+        outln!("{name} is {what}");
+    }
+    Ok(())
+}
+
+/// `cluster drop` / `cluster undrop`: drops every packet CHN `from`
+/// sends to CHN `to`, or stops (a `--netns` cluster only).
+pub fn drop_to(dir: &Path, from: &str, to: &str, drop: bool, json: bool) -> anyhow::Result<()> {
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", dir.display()))?;
+    let layout = load_layout(dir)?;
+    if !layout.netns {
+        bail!(
+            "{} is a loopback cluster; dropping packets needs one made with `cluster up --netns`",
+            dir.display()
+        );
+    }
+    let index = |name: &str| {
+        layout
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .with_context(|| format!("{} holds no CHN named {name}", dir.display()))
+    };
+    crate::netns::Net::for_dir(dir).drop_to(index(from)?, index(to)?, drop)?;
+    if json {
+        outln!("{}", serde_json::json!({ "from": from, "to": to, "dropped": drop }));
+    } else if drop {
+        outln!("packets from {from} to {to} are dropped");
+    } else {
+        outln!("packets from {from} to {to} pass again");
+    }
+    Ok(())
+}
+
 /// `cluster down`: SIGTERM every CHN of DIR, then SIGKILL what is left
 /// after the grace period.
 pub async fn down(dir: &Path, json: bool) -> anyhow::Result<()> {

@@ -26,6 +26,7 @@ mod files;
 mod local_cluster;
 mod netns;
 mod output;
+mod probes;
 mod setup;
 mod shared_lu;
 mod storage;
@@ -104,6 +105,9 @@ enum Cmd {
     /// Client sessions recorded in the shared LU.
     #[command(subcommand)]
     Client(exports::ClientCmd),
+    /// Probes: keyed registers in the shared LU for end-to-end checks.
+    #[command(subcommand)]
+    Probe(probes::ProbeCmd),
     /// Files in an export: put, get, ls, stat, rm, mkdir, mv, df (as --user).
     #[command(subcommand)]
     Fs(files::FsCmd),
@@ -197,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::User(cmd) => users::run(&conn?, cmd, json).await,
         Cmd::Export(cmd) => exports::run(&conn?, cmd, json).await,
         Cmd::Client(cmd) => exports::run_client(&conn?, cmd, json).await,
+        Cmd::Probe(cmd) => probes::run(&conn?, cmd, json).await,
         Cmd::Fs(cmd) => files::run_fs(&conn?, &cli.login, cmd, json, retry).await,
         Cmd::Unlock { target, session } => files::break_lock(&conn?, &target, session, json).await,
         Cmd::Failover(cmd) => failover::run(&conn?, cmd, json).await,

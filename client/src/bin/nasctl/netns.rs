@@ -142,6 +142,37 @@ impl Net {
         ip(&["link", "set", &self.link(i), if cut { "down" } else { "up" }])
     }
 
+    /// Drops (or stops dropping) every packet CHN `from` sends to CHN `to`:
+    /// a one-way partition, with iptables inside `from`'s namespace.
+    pub fn drop_to(&self, from: usize, to: usize, drop: bool) -> anyhow::Result<()> {
+        let target = self.addr(to);
+        let ip_to = target.split(':').next().unwrap_or_default();
+        let op = if drop { "-I" } else { "-D" };
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(from),
+                "iptables",
+                op,
+                "OUTPUT",
+                "-d",
+                ip_to,
+                "-j",
+                "DROP",
+            ])
+            .output()
+            .context("cannot run `ip netns exec ... iptables` (install iproute2 and iptables)")?;
+        if !out.status.success() {
+            bail!(
+                "iptables in {} failed: {}",
+                self.ns(from),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// Removes the namespaces, links and bridge of `nodes` CHNs.
     pub fn remove(&self, nodes: usize) {
         for i in 0..nodes {

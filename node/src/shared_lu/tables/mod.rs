@@ -14,6 +14,7 @@ use nas_proto::{command::Kind, *};
 mod chns;
 mod clients;
 mod locks;
+mod probes;
 mod services;
 mod storage;
 mod users;
@@ -35,16 +36,22 @@ pub const FIRST_UID: u32 = 1000;
 
 /// Declares every table once: its field in [`Tables`] and in the snapshot
 /// message, its row type, its key type and how a row yields its key. From
-/// this list come [`RowKey`] and [`Row`] (persisted: their variants keep
-/// the order of the list, so append new tables at the end), the
-/// snapshot conversions and the row-by-row access the state machine uses.
+/// this list come [`RowKey`] and [`Row`], the snapshot conversions and the
+/// row-by-row access the state machine uses. Both enums are persisted with
+/// their variants numbered in list order, the single shared-LU row at the
+/// place `@shared_lu;` marks: a new table goes at the end, never earlier.
 macro_rules! tables {
-    ($($(#[$doc:meta])* $field:ident: $row:ident [$key:ty] by |$r:ident| $key_of:expr;)*) => {
+    (
+        $($(#[$doc:meta])* $field:ident: $row:ident [$key:ty] by |$r:ident| $key_of:expr;)*
+        @shared_lu;
+        $($(#[$ldoc:meta])* $lfield:ident: $lrow:ident [$lkey:ty] by |$lr:ident| $lkey_of:expr;)*
+    ) => {
         /// A key of one table row, used to persist exactly the rows a command touched.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
         pub enum RowKey {
             $($row($key),)*
             SharedLu,
+            $($lrow($lkey),)*
         }
 
         /// One row of any table, as persisted.
@@ -52,6 +59,7 @@ macro_rules! tables {
         pub enum Row {
             $($row($row),)*
             SharedLu(SharedLuInfo),
+            $($lrow($lrow),)*
         }
 
         /// Every table of the shared LU.
@@ -60,6 +68,7 @@ macro_rules! tables {
             $($(#[$doc])* pub $field: BTreeMap<$key, $row>,)*
             /// The shared LU's own settings: one row.
             pub shared_lu: SharedLuInfo,
+            $($(#[$ldoc])* pub $lfield: BTreeMap<$lkey, $lrow>,)*
         }
 
         impl Row {
@@ -68,6 +77,7 @@ macro_rules! tables {
                 match self {
                     $(Row::$row($r) => RowKey::$row($key_of),)*
                     Row::SharedLu(_) => RowKey::SharedLu,
+                    $(Row::$lrow($lr) => RowKey::$lrow($lkey_of),)*
                 }
             }
         }
@@ -78,6 +88,7 @@ macro_rules! tables {
                 nas_proto::Tables {
                     $($field: self.$field.values().cloned().collect(),)*
                     shared_lu: Some(self.shared_lu.clone()),
+                    $($lfield: self.$lfield.values().cloned().collect(),)*
                 }
             }
 
@@ -86,6 +97,7 @@ macro_rules! tables {
                 match key {
                     $(RowKey::$row(k) => self.$field.get(k).cloned().map(Row::$row),)*
                     RowKey::SharedLu => Some(Row::SharedLu(self.shared_lu.clone())),
+                    $(RowKey::$lrow(k) => self.$lfield.get(k).cloned().map(Row::$lrow),)*
                 }
             }
 
@@ -96,6 +108,9 @@ macro_rules! tables {
                         self.$field.insert($key_of, $r);
                     })*
                     Row::SharedLu(r) => self.shared_lu = r,
+                    $(Row::$lrow($lr) => {
+                        self.$lfield.insert($lkey_of, $lr);
+                    })*
                 }
             }
         }
@@ -104,6 +119,7 @@ macro_rules! tables {
             let mut rows: Vec<Row> = Vec::new();
             $(rows.extend(t.$field.into_iter().map(Row::$row));)*
             rows.push(Row::SharedLu(t.shared_lu.unwrap_or_default()));
+            $(rows.extend(t.$lfield.into_iter().map(Row::$lrow));)*
             rows
         }
     };
@@ -128,6 +144,9 @@ tables! {
     exports: Export [String] by |r| r.name.clone();
     /// Installed CHNs (the daemon table) by name.
     daemons: Daemon [String] by |r| r.chn.clone();
+    @shared_lu;
+    /// Probes (keyed registers for end-to-end checks) by key.
+    probes: Probe [String] by |r| r.key.clone();
 }
 
 fn reject<T>(kind: RejectKind, message: impl Into<String>) -> Result<T, Rejection> {
@@ -208,6 +227,7 @@ impl Tables {
             Kind::ExpireClients(c) => self.expire_clients(c.now_ms),
             Kind::TakeOverExport(c) => self.take_over_export(c),
             Kind::HandOverExport(c) => self.hand_over_export(c),
+            Kind::WriteProbe(c) => self.write_probe(c.probe.as_ref()),
         }
     }
 }
@@ -253,6 +273,7 @@ mod tests {
         );
         assert_eq!(enc(&RowKey::Daemon("C".into())), [8, 1, b'C']);
         assert_eq!(enc(&RowKey::SharedLu), [9]);
+        assert_eq!(enc(&RowKey::Probe("p".into())), [10, 1, b'p']);
     }
 
     #[test]
@@ -265,7 +286,19 @@ mod tests {
             now_ms: 5,
         })))
         .unwrap();
+        t.apply(&cmd(Kind::WriteProbe(WriteProbe {
+            probe: Some(Probe {
+                key: "p".into(),
+                value: b"v".to_vec(),
+            }),
+        })))
+        .unwrap();
         assert_eq!(Tables::from_proto(t.to_proto()), t);
+        assert_eq!(
+            t.all_rows().len(),
+            3 + 1 + 1 + 1 + 1,
+            "disks, LU, CHN, probe and the shared LU row"
+        );
     }
 
     fn any_command() -> impl Strategy<Value = Command> {
