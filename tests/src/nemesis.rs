@@ -267,6 +267,17 @@ async fn leader(c: &TestCluster) -> anyhow::Result<String> {
     bail!("no CHN sees a leader")
 }
 
+/// A CHN other than `leader`, picked with `rng`.
+fn random_follower(c: &TestCluster, leader: &str, rng: &mut StdRng) -> String {
+    let others: Vec<&str> = c
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .filter(|n| *n != leader)
+        .collect();
+    others[rng.gen_range(0..others.len())].to_string()
+}
+
 async fn inject(c: &mut TestCluster, fault: Fault, rng: &mut StdRng) -> anyhow::Result<()> {
     let leader = leader(c).await?;
     // Starting, killing and cutting CHNs wait on processes: tell the
@@ -278,14 +289,8 @@ async fn inject(c: &mut TestCluster, fault: Fault, rng: &mut StdRng) -> anyhow::
             block_in_place(|| c.cluster_up(None, &[]))?;
         }
         Fault::KillMinority => {
-            let others: Vec<String> = c
-                .nodes
-                .iter()
-                .map(|n| n.name.clone())
-                .filter(|n| *n != leader)
-                .collect();
-            let victim = &others[rng.gen_range(0..others.len())];
-            block_in_place(|| c.kill9(victim));
+            let victim = random_follower(c, &leader, rng);
+            block_in_place(|| c.kill9(&victim));
             tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1500))).await;
             block_in_place(|| c.cluster_up(None, &[]))?;
         }
@@ -311,13 +316,7 @@ async fn inject(c: &mut TestCluster, fault: Fault, rng: &mut StdRng) -> anyhow::
             block_in_place(|| c.cut(&leader, false))?;
         }
         Fault::DropLeaderToFollower => {
-            let others: Vec<String> = c
-                .nodes
-                .iter()
-                .map(|n| n.name.clone())
-                .filter(|n| *n != leader)
-                .collect();
-            let victim = others[rng.gen_range(0..others.len())].clone();
+            let victim = random_follower(c, &leader, rng);
             block_in_place(|| c.drop_packets(&leader, &victim, true))?;
             tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..5000))).await;
             block_in_place(|| c.drop_packets(&leader, &victim, false))?;

@@ -195,8 +195,7 @@ async fn nemesis_drop_the_leaders_packets_to_a_follower() {
     nemesis_run(&mut c, Fault::DropLeaderToFollower).await;
 }
 
-/// The same on a one-CHN cluster, where nothing but a new entry moves the
-/// commit index after a restart: kill -9 right after an acknowledged
+/// The same on a one-CHN cluster: kill -9 right after an acknowledged
 /// write, restart, and the very first linearizable read must see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_read_after_a_restart_sees_the_last_acknowledged_write() {

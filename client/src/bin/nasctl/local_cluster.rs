@@ -308,13 +308,7 @@ pub fn start(dir: &Path, names: &[String], nasd: Option<PathBuf>, json: bool) ->
     let net = crate::netns::Net::for_dir(dir);
     let mut started = Vec::new();
     for name in names {
-        let Some(i) = layout.nodes.iter().position(|n| n.name == *name) else {
-            bail!(
-                "{} holds no CHN named {name}; see {}",
-                dir.display(),
-                layout_path(dir).display()
-            );
-        };
+        let i = index_of(&layout, dir, name)?;
         if running_pid(dir, name).is_some() {
             continue;
         }
@@ -337,23 +331,38 @@ pub fn start(dir: &Path, names: &[String], nasd: Option<PathBuf>, json: bool) ->
     Ok(())
 }
 
-/// `cluster cut` / `cluster heal`: takes CHN `name`'s link to the bridge
-/// down or up (a `--netns` cluster only).
-pub fn cut(dir: &Path, name: &str, cut: bool, json: bool) -> anyhow::Result<()> {
-    let dir = &dir
+/// The cluster in `dir` (canonical) and its layout, which must be a
+/// `--netns` one for `what`.
+fn netns_cluster(dir: &Path, what: &str) -> anyhow::Result<(PathBuf, Layout)> {
+    let dir = dir
         .canonicalize()
         .with_context(|| format!("{} does not exist", dir.display()))?;
-    let layout = load_layout(dir)?;
+    let layout = load_layout(&dir)?;
     if !layout.netns {
         bail!(
-            "{} is a loopback cluster; cutting a CHN off needs one made with `cluster up --netns`",
+            "{} is a loopback cluster; {what} needs one made with `cluster up --netns`",
             dir.display()
         );
     }
-    let Some(i) = layout.nodes.iter().position(|n| n.name == name) else {
-        bail!("{} holds no CHN named {name}", dir.display());
-    };
-    crate::netns::Net::for_dir(dir).cut(i, cut)?;
+    Ok((dir, layout))
+}
+
+/// The position of CHN `name` in the cluster of `dir`.
+fn index_of(layout: &Layout, dir: &Path, name: &str) -> anyhow::Result<usize> {
+    layout.nodes.iter().position(|n| n.name == name).with_context(|| {
+        format!(
+            "{} holds no CHN named {name}; see {}",
+            dir.display(),
+            layout_path(dir).display()
+        )
+    })
+}
+
+/// `cluster cut` / `cluster heal`: takes CHN `name`'s link to the bridge
+/// down or up (a `--netns` cluster only).
+pub fn cut(dir: &Path, name: &str, cut: bool, json: bool) -> anyhow::Result<()> {
+    let (dir, layout) = netns_cluster(dir, "cutting a CHN off")?;
+    crate::netns::Net::for_dir(&dir).cut(index_of(&layout, &dir, name)?, cut)?;
     let what = if cut {
         "cut off the network"
     } else {
@@ -370,24 +379,9 @@ pub fn cut(dir: &Path, name: &str, cut: bool, json: bool) -> anyhow::Result<()> 
 /// `cluster drop` / `cluster undrop`: drops every packet CHN `from`
 /// sends to CHN `to`, or stops (a `--netns` cluster only).
 pub fn drop_to(dir: &Path, from: &str, to: &str, drop: bool, json: bool) -> anyhow::Result<()> {
-    let dir = &dir
-        .canonicalize()
-        .with_context(|| format!("{} does not exist", dir.display()))?;
-    let layout = load_layout(dir)?;
-    if !layout.netns {
-        bail!(
-            "{} is a loopback cluster; dropping packets needs one made with `cluster up --netns`",
-            dir.display()
-        );
-    }
-    let index = |name: &str| {
-        layout
-            .nodes
-            .iter()
-            .position(|n| n.name == name)
-            .with_context(|| format!("{} holds no CHN named {name}", dir.display()))
-    };
-    crate::netns::Net::for_dir(dir).drop_to(index(from)?, index(to)?, drop)?;
+    let (dir, layout) = netns_cluster(dir, "dropping packets")?;
+    let (from_i, to_i) = (index_of(&layout, &dir, from)?, index_of(&layout, &dir, to)?);
+    crate::netns::Net::for_dir(&dir).drop_to(from_i, to_i, drop)?;
     if json {
         outln!("{}", serde_json::json!({ "from": from, "to": to, "dropped": drop }));
     } else if drop {
