@@ -243,6 +243,23 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(Vec<Record>, usize)> {
     Some((records, end))
 }
 
+/// The end of every intact frame of `bytes`, with the highest entry index
+/// the file holds once that frame is read (for tests that cut the file).
+#[cfg(test)]
+pub(super) fn frame_ends(bytes: &[u8]) -> Vec<(usize, u64)> {
+    let mut state = Durable::default();
+    let mut ends = Vec::new();
+    let mut at = 0;
+    while let Some((records, next)) = frame_at(bytes, at) {
+        for r in records {
+            state.apply(r);
+        }
+        ends.push((next, state.last_index()));
+        at = next;
+    }
+    ends
+}
+
 /// Replays `bytes`: the state and the length of the intact prefix. Fails
 /// when an intact frame follows a damaged one (damage, not a torn write).
 fn replay(bytes: &[u8]) -> std::io::Result<(Durable, usize)> {

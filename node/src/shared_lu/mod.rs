@@ -519,6 +519,9 @@ async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: No
 }
 
 #[cfg(test)]
+mod power_cut_tests;
+
+#[cfg(test)]
 mod storage_tests {
     use super::log_store::{Durability, LogStore};
     use super::sm_store::StateMachineStore;
