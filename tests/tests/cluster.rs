@@ -249,7 +249,12 @@ async fn losing_the_quorum_gives_unavailable_and_service_comes_back() -> anyhow:
         .await?
         .into_inner();
     assert!(local.possibly_stale);
+    // The status answers without a quorum too, marked.
+    let status = c.status("CHN1").await.expect("status without a quorum");
+    assert!(status.possibly_stale, "a status no quorum confirmed must say so");
     c.cluster_up(None, &[])?;
+    let status = c.status("CHN1").await.expect("status");
+    assert!(!status.possibly_stale, "with the quorum back the status is current");
     c.client().upsert_client(client_row("after")).await?;
     let ids = client_ids(&c, "CHN3", false).await;
     assert!(

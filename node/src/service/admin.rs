@@ -36,6 +36,9 @@ pub struct AdminService {
     pub version: String,
 }
 
+/// How long `ClusterStatus` waits to confirm its tables with the leader
+/// before it answers from this CHN's copy, marked possibly stale.
+const STATUS_READ_WAIT: Duration = Duration::from_millis(500);
 /// Largest raw LU read or write in one call.
 const MAX_RAW_IO: usize = 4 << 20;
 /// Marks a call one CHN forwarded to the CHN holding an LU, so that it is
@@ -221,6 +224,11 @@ impl admin_server::Admin for AdminService {
         &self,
         _req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusReply>, Status> {
+        // Linearizable when a quorum answers at once; a status must still
+        // answer without one (that is when it matters), marked.
+        let current = tokio::time::timeout(STATUS_READ_WAIT, self.lu.ensure_current())
+            .await
+            .is_ok_and(|r| r.is_ok());
         let m = self.lu.raft.metrics().borrow().clone();
         let (nodes, voters) = self.lu.members();
         let now = now_ms();
@@ -258,6 +266,7 @@ impl admin_server::Admin for AdminService {
             members,
             shared_lu: Some(self.lu.read(|t| t.shared_lu.clone())),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            possibly_stale: !current,
         }))
     }
 

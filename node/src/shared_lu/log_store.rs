@@ -281,6 +281,23 @@ fn replay(bytes: &[u8]) -> std::io::Result<(Durable, usize)> {
     Ok((state, at))
 }
 
+/// The vote a CHN restarts with. A leader reports its own entries to
+/// openraft before they are synced, replicating them meanwhile, so a
+/// `kill -9` can take an entry from the leader's log that a follower
+/// already holds. Were the leader to restart as leader in its old term
+/// (openraft resumes a committed vote of its own without an election), it
+/// would write a different entry under the same log id, and the follower
+/// would take its own copy for that entry. So a leader's vote comes back
+/// as a candidate's: the CHN must win an election in a new term, whose
+/// first entry overwrites whatever the old term left unsynced.
+fn resumable(vote: Vote<NodeId>, me: NodeId) -> Vote<NodeId> {
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(me) {
+        Vote::new(vote.leader_id().term, me)
+    } else {
+        vote
+    }
+}
+
 /// Writes `state` alone into a new file and puts it in place of `path`.
 fn rewrite(path: &Path, state: &Durable) -> std::io::Result<(File, u64)> {
     let mut buf = Vec::new();
@@ -374,7 +391,8 @@ impl LogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let (state, valid) = replay(&bytes)?;
+        let (mut state, valid) = replay(&bytes)?;
+        state.vote = state.vote.map(|v| resumable(v, me));
         let (file, len) = if valid < bytes.len() {
             // Never acknowledged: the crash came before its fdatasync ended.
             tracing::warn!(
@@ -837,6 +855,27 @@ mod tests {
         );
     }
 
+    /// A leader's own vote comes back from a restart as a candidate's, so
+    /// it cannot lead its old term again; any other vote is kept.
+    #[test]
+    fn a_leader_restarts_as_a_candidate_of_its_term() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), 1).unwrap();
+        rt.block_on(store.save_vote(&Vote::new_committed(4, 1))).unwrap();
+        drop(store);
+        let mut again = reopen(dir.path());
+        assert_eq!(rt.block_on(again.read_vote()).unwrap(), Some(Vote::new(4, 1)));
+        rt.block_on(again.save_vote(&Vote::new_committed(5, 2))).unwrap();
+        drop(again);
+        let mut follower = reopen(dir.path());
+        assert_eq!(
+            rt.block_on(follower.read_vote()).unwrap(),
+            Some(Vote::new_committed(5, 2)),
+            "a follower keeps the leader it knew"
+        );
+    }
+
     /// A commit hint naming an entry the file does not hold yet (the leader
     /// learns of a commit before its own entry is synced) waits for a
     /// frame that holds it: a restarted CHN never applies entries it lacks.
@@ -850,12 +889,13 @@ mod tests {
         assert!(durable.synced(1).now_or_never().is_none(), "nothing is written yet");
         rt.block_on(async {
             store.save_committed(Some(entry(1, 1).log_id)).await.unwrap();
-            // This frame holds the vote but not entry 1.
-            store.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+            // This frame holds the vote (for CHN2: kept as it is across a
+            // restart) but not entry 1.
+            store.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
         });
         drop(store);
         let mut again = reopen(dir.path());
         assert_eq!(rt.block_on(again.read_committed()).unwrap(), None);
-        assert_eq!(rt.block_on(again.read_vote()).unwrap(), Some(Vote::new_committed(1, 1)));
+        assert_eq!(rt.block_on(again.read_vote()).unwrap(), Some(Vote::new_committed(1, 2)));
     }
 }

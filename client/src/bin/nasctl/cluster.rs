@@ -208,6 +208,7 @@ async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
                 "answered_by": s.answered_by, "leader": s.leader_name, "leader_id": s.leader_id, "term": s.term,
                 "last_applied": s.last_applied, "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
                 "shared_lu_initialized": shared.initialized, "shared_lu_backup_initialized": shared.backup_initialized,
+                "possibly_stale": s.possibly_stale,
                 "members": members,
             }))?
         );
@@ -240,6 +241,9 @@ async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
         }
     );
     outln!("answered by:   {}\n", s.answered_by);
+    if s.possibly_stale {
+        eprintln!("(no quorum confirmed this answer: the shared LU line is this CHN's own copy, maybe stale)");
+    }
     let mut t = Table::new(&["chn", "node_id", "address", "role", "heartbeat_age_ms", "matched_index"]);
     for m in &s.members {
         let role = if m.node_id == s.leader_id {
