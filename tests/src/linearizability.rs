@@ -12,7 +12,7 @@
 //! happened changes nothing any read saw, and keeping it would only make
 //! the search exponential in the number of such writes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +155,8 @@ fn linearizable(ops: &[&Op]) -> Option<bool> {
     let mut value: Option<u64> = None;
     let mut resume = 0usize;
     let mut linearized = 0usize;
+    // Pending operations by completion: the first one bounds which may go next.
+    let mut pending: BTreeSet<(u64, usize)> = (0..n).map(|i| (end(i), i)).collect();
     loop {
         if linearized == n {
             return Some(true);
@@ -164,10 +166,14 @@ fn linearizable(ops: &[&Op]) -> Option<bool> {
         }
         // The earliest completion among pending operations bounds which
         // of them may be linearized next.
-        let horizon = (0..n).filter(|&i| !done.has(i)).map(end).min().unwrap_or(u64::MAX);
+        let horizon = pending.first().map_or(u64::MAX, |(t, _)| *t);
         let mut advanced = false;
         for (pos, &i) in order.iter().enumerate().skip(resume) {
-            if done.has(i) || ops[i].invoked > horizon {
+            // In invocation order: none after this one may go next either.
+            if ops[i].invoked > horizon {
+                break;
+            }
+            if done.has(i) {
                 continue;
             }
             let next = match (&ops[i].call, &ops[i].outcome) {
@@ -178,6 +184,7 @@ fn linearizable(ops: &[&Op]) -> Option<bool> {
             let Some(next) = next else { continue };
             done.set(i);
             if seen.insert((done.clone(), next)) {
+                pending.remove(&(end(i), i));
                 stack.push((i, value, pos + 1));
                 value = next;
                 linearized += 1;
@@ -197,6 +204,7 @@ fn linearizable(ops: &[&Op]) -> Option<bool> {
                 return Some(false);
             };
             done.clear(i);
+            pending.insert((end(i), i));
             value = before;
             linearized -= 1;
             resume = next_pos;
