@@ -15,8 +15,6 @@ pub enum Error {
     SharedLu(#[from] shared_lu::Error),
     #[error(transparent)]
     Array(#[from] ArrayError),
-    #[error(transparent)]
-    Fs(#[from] FsError),
     /// An export's file system could not be mounted here.
     #[error("export {export} cannot be mounted: {source}")]
     Mount { export: String, source: FsError },

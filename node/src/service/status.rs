@@ -83,7 +83,6 @@ impl From<chn::Error> for Status {
         match e {
             E::SharedLu(e) => e.into(),
             E::Array(e) => e.into(),
-            E::Fs(e) => e.into(),
             // A file system that cannot be mounted: a corrupt one is lost
             // data; a full one needs the operator; anything else may be a
             // passing I/O problem that the next attempt gets past.

@@ -98,10 +98,6 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn no_quorum(what: &'static str, timeout: Duration) -> Error {
-        Error::NoQuorum { what, timeout }
-    }
-
     /// Whether the state machine refused the command with `kind`.
     pub fn is_rejected(&self, kind: RejectKind) -> bool {
         matches!(self, Error::Rejected(r) if r.kind == kind)

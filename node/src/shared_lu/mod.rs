@@ -158,7 +158,7 @@ pub fn verdict(r: CommandResult) -> Result<CommandResult, Error> {
 }
 
 fn no_quorum(what: &'static str, timeout: Duration) -> Error {
-    Error::no_quorum(what, timeout)
+    Error::NoQuorum { what, timeout }
 }
 
 impl SharedLu {
