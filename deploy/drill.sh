@@ -59,6 +59,18 @@ docker info >/dev/null 2>&1 || die "no Docker engine answers; start dockerd (dep
 docker image inspect "$image" >/dev/null 2>&1 \
     || die "no image $image: build it with \`docker build -f deploy/Dockerfile -t $image .\` (online) or deploy/prepare-offline.sh (offline)"
 
+# The compose file has no default passwords; a drill makes its own.
+if [ -z "${NAS_ADMIN_PASSWORD:-}" ]; then
+    NAS_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    export NAS_ADMIN_PASSWORD
+    say "NAS_ADMIN_PASSWORD was unset: this drill's cluster gets a random admin password"
+fi
+if [ -z "${NAS_PASSWORD:-}" ]; then
+    NAS_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    export NAS_PASSWORD
+    say "NAS_PASSWORD was unset: this drill's file user gets a random password"
+fi
+
 # The client container writes here as the nas user (uid 10001).
 work=$(mktemp -d /tmp/nas-drill.XXXXXX)
 chmod 0777 "$work"

@@ -64,8 +64,13 @@ admin_methods! {
         node_info(NodeInfoRequest) -> NodeInfoReply;
         /// Raft state and members, as the contacted CHN sees them.
         cluster_status(ClusterStatusRequest) -> ClusterStatusReply;
-        /// Makes the contacted CHN the first member of a new shared LU.
+        /// Makes the contacted CHN the first member of a new shared LU,
+        /// with its first admin.
         bootstrap(BootstrapRequest) -> ChnReply;
+        /// Exchanges a password for a token.
+        login(LoginRequest) -> LoginReply;
+        /// Gives a user a role (ROLE_NONE takes it away).
+        set_role(SetRoleRequest) -> WriteReply;
         init_shared_lu(InitSharedLuRequest) -> WriteReply;
         add_path(PathRequest) -> WriteReply;
         remove_path(PathRequest) -> WriteReply;
@@ -76,7 +81,6 @@ admin_methods! {
         create_lu(CreateLuRequest) -> WriteReply;
         add_user(AddUserRequest) -> WriteReply;
         create_export(CreateExportRequest) -> WriteReply;
-        upsert_client(UpsertClientRequest) -> WriteReply;
         break_file_lock(BreakFileLockRequest) -> WriteReply;
         fail_disk(DiskRequest) -> WriteReply;
         replace_disk(ReplaceDiskRequest) -> WriteReply;

@@ -218,6 +218,8 @@ pub struct Timeline {
 /// Watches, through `watcher` (a CHN other than the failed one), until the
 /// export has moved away from `owner` or `limit` passes.
 pub async fn watch_failover(watcher: &Cluster, export: &str, owner: &str, fault_ms: u64, limit: Duration) -> Timeline {
+    // One login, not a password check per look.
+    let _ = watcher.log_in().await;
     let mut t = Timeline::default();
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {

@@ -11,14 +11,17 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use nas_proto::admin_client::AdminClient;
-use nas_proto::{ClusterStatusReply, ClusterStatusRequest};
+use nas_proto::{ClusterStatusReply, ClusterStatusRequest, LoginRequest};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
 pub use nas_proto as proto;
 
 pub mod admin;
+pub mod credential;
 pub mod drill;
+pub use credential::{Authorization, Credential};
 pub mod nas;
 pub use nas::NasClient;
 
@@ -51,6 +54,9 @@ pub fn broken_connection(s: &Status) -> bool {
     std::error::Error::source(s).is_some()
 }
 
+/// An Admin client whose calls carry the cluster handle's credential.
+pub type AdminConn = AdminClient<InterceptedService<Channel, Authorization>>;
+
 /// A handle on the cluster: any CHN can take any call.
 pub struct Cluster {
     addrs: Vec<String>,
@@ -59,6 +65,9 @@ pub struct Cluster {
     channels: Vec<OnceLock<Channel>>,
     preferred: AtomicUsize,
     retry_for: Duration,
+    credential: Credential,
+    /// The token a password credential logged in for, once it has.
+    token: std::sync::Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -91,7 +100,66 @@ impl Cluster {
             channels,
             preferred: AtomicUsize::new(0),
             retry_for: Duration::from_secs(15),
+            credential: Credential::None,
+            token: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A handle on other CHNs (`addrs`) with this one's settings and
+    /// credential.
+    pub fn on<S: AsRef<str>>(&self, addrs: &[S]) -> Result<Cluster, ConnectError> {
+        Ok(Cluster::new(addrs)?
+            .with_retry_for(self.retry_for)
+            .with_credential(self.credential.clone()))
+    }
+
+    /// Admin calls carry `credential` from now on.
+    pub fn with_credential(mut self, credential: Credential) -> Cluster {
+        self.credential = credential;
+        self.token = std::sync::Mutex::new(None);
+        self
+    }
+
+    fn cached_token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn cache_token(&self, token: Option<String>) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// What Admin calls send now: a token once a password logged in, else
+    /// the credential itself.
+    fn authorization(&self) -> Authorization {
+        match self.cached_token() {
+            Some(t) => Authorization::bearer(&t),
+            None => self.credential.authorization(),
+        }
+    }
+
+    /// Exchanges a password credential for a token, once; a password
+    /// checked per call costs the CHN an argon2 hash every time. `admin`
+    /// does it by itself; call it before using `admin_at` in a loop.
+    pub async fn log_in(&self) -> Result<(), Status> {
+        let Credential::Password { user, password } = &self.credential else {
+            return Ok(());
+        };
+        if self.cached_token().is_some() {
+            return Ok(());
+        }
+        let req = LoginRequest {
+            user: user.clone(),
+            password: password.clone(),
+            ttl_s: 0,
+        };
+        let reply = self
+            .call_any(Authorization::none(), |mut a| {
+                let req = req.clone();
+                async move { a.login(req).await }
+            })
+            .await?;
+        self.cache_token(Some(reply.token));
+        Ok(())
     }
 
     /// Parses a comma-separated address list, as in `NAS_CLUSTER`.
@@ -110,23 +178,44 @@ impl Cluster {
         &self.addrs
     }
 
-    /// An Admin client on the CHN at position `i` (no retry). Must be
-    /// called inside a Tokio runtime.
-    pub fn admin_at(&self, i: usize) -> AdminClient<Channel> {
+    fn channel_at(&self, i: usize) -> Channel {
         let i = i % self.endpoints.len();
-        AdminClient::new(
-            self.channels[i]
-                .get_or_init(|| self.endpoints[i].connect_lazy())
-                .clone(),
-        )
+        self.channels[i]
+            .get_or_init(|| self.endpoints[i].connect_lazy())
+            .clone()
+    }
+
+    /// An Admin client on the CHN at position `i` (no retry), carrying the
+    /// credential (a password goes as such until `admin` has logged in).
+    /// Must be called inside a Tokio runtime.
+    pub fn admin_at(&self, i: usize) -> AdminConn {
+        AdminClient::with_interceptor(self.channel_at(i), self.authorization())
     }
 
     /// Calls the Admin service on some CHN. On UNAVAILABLE (CHN down,
     /// no leader yet) it tries the next CHN, backing off, until the
-    /// retry budget is spent; any other status is returned at once.
+    /// retry budget is spent; any other status is returned at once. A
+    /// password credential logs in first, and again once if its token
+    /// was refused (expired).
     pub async fn admin<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(AdminClient<Channel>) -> Fut,
+        F: FnMut(AdminConn) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.log_in().await?;
+        match self.call_any(self.authorization(), &mut call).await {
+            Err(s) if s.code() == Code::Unauthenticated && self.cached_token().is_some() => {
+                self.cache_token(None);
+                self.log_in().await?;
+                self.call_any(self.authorization(), &mut call).await
+            }
+            r => r,
+        }
+    }
+
+    async fn call_any<T, F, Fut>(&self, auth: Authorization, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(AdminConn) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.retry_for;
@@ -134,7 +223,7 @@ impl Cluster {
         let mut i = self.preferred.load(Ordering::Relaxed);
         let mut tried_all_once = 0;
         loop {
-            match call(self.admin_at(i)).await {
+            match call(AdminClient::with_interceptor(self.channel_at(i), auth.clone())).await {
                 Ok(r) => {
                     self.preferred.store(i % self.channels.len(), Ordering::Relaxed);
                     return Ok(r.into_inner());
@@ -171,7 +260,10 @@ impl Cluster {
         let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", leader.address)) else {
             return Ok(first);
         };
-        let mut a = AdminClient::new(endpoint.connect_timeout(Duration::from_millis(800)).connect_lazy());
+        let mut a = AdminClient::with_interceptor(
+            endpoint.connect_timeout(Duration::from_millis(800)).connect_lazy(),
+            self.authorization(),
+        );
         match a.cluster_status(ClusterStatusRequest {}).await {
             Ok(r) => Ok(r.into_inner()),
             Err(_) => Ok(first),

@@ -154,10 +154,52 @@ pub async fn export_owner(cluster: &Cluster, export: &str, local: bool) -> Resul
     Ok((row.owner_chn.clone(), addr))
 }
 
-/// Where the service table says `export` is served (any CHN's copy will do:
-/// a stale answer only costs a retry).
-async fn owner_addr(cluster: &Cluster, export: &str) -> Result<String, Status> {
-    export_owner(cluster, export, true).await.map(|(_, addr)| addr)
+/// Where the service table says `export` is served, asked through the
+/// file service (any CHN's copy will do: a stale answer only costs a
+/// retry). Tries each CHN in turn, a moment each.
+async fn locate(cluster: &Cluster, token: &str, export: &str) -> Result<String, Status> {
+    let mut last = Status::unavailable("no CHN address to ask");
+    for addr in cluster.addrs() {
+        let req = MountRequest {
+            token: token.into(),
+            export: export.into(),
+        };
+        match quick(async { channel(addr)?.locate(req).await }).await {
+            Ok(r) => return Ok(r.into_inner().address),
+            Err(s) if retryable(&s) => last = s,
+            Err(s) => return Err(s),
+        }
+    }
+    Err(last)
+}
+
+/// Opens a session on whichever CHN answers first (sessions live in the
+/// shared LU, so any CHN can open one).
+async fn open_session(
+    cluster: &Cluster,
+    req: OpenSessionRequest,
+    retry_for: Duration,
+) -> Result<SessionReply, Status> {
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut last = Status::unavailable("no CHN address to ask");
+        for addr in cluster.addrs() {
+            let req = req.clone();
+            let attempt = async { channel(addr)?.open_session(req).await };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if retryable(&s) => last = s,
+                Ok(Err(s)) => return Err(s),
+                Err(_) => last = Status::unavailable(format!("{addr} did not answer within 5 s")),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
 }
 
 impl NasClient {
@@ -171,27 +213,22 @@ impl NasClient {
     ) -> Result<NasClient, Status> {
         let deadline = tokio::time::Instant::now() + opts.retry_for;
         let mut backoff = Duration::from_millis(50);
-        let mut addr = owner_addr(&cluster, export).await?;
+        let open = OpenSessionRequest {
+            user: user.into(),
+            password: password.into(),
+            client_id: opts.client_id.clone().unwrap_or_default(),
+        };
+        let session = open_session(&cluster, open, opts.retry_for).await?;
+        let mut addr = locate(&cluster, &session.token, export).await?;
         loop {
             let mut grpc = channel(&addr)?;
-            let attempt = async {
-                let s = grpc
-                    .open_session(OpenSessionRequest {
-                        user: user.into(),
-                        password: password.into(),
-                        client_id: opts.client_id.clone().unwrap_or_default(),
-                    })
-                    .await?
-                    .into_inner();
-                grpc.mount(MountRequest {
-                    token: s.token.clone(),
-                    export: export.into(),
-                })
-                .await?;
-                Ok::<_, Status>(s)
+            let mount = MountRequest {
+                token: session.token.clone(),
+                export: export.into(),
             };
-            match attempt.await {
-                Ok(s) => {
+            match grpc.mount(mount).await {
+                Ok(_) => {
+                    let s = session;
                     let inner = Arc::new(Inner {
                         cluster,
                         export: export.into(),
@@ -209,7 +246,7 @@ impl NasClient {
                 Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
                     addr = match s.metadata().get(OWNER_KEY).and_then(|v| v.to_str().ok()) {
                         Some(a) if !a.is_empty() => a.to_string(),
-                        _ => owner_addr(&cluster, export).await.unwrap_or(addr),
+                        _ => locate(&cluster, &session.token, export).await.unwrap_or(addr),
                     };
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(200));
@@ -291,7 +328,7 @@ impl NasClient {
         tokio::time::sleep(Duration::from_millis(250)).await;
         loop {
             let here = self.serving_addr();
-            if let Ok(addr) = owner_addr(&self.inner.cluster, &self.inner.export).await {
+            if let Ok(addr) = locate(&self.inner.cluster, &self.inner.token, &self.inner.export).await {
                 if addr != here {
                     let mut s = Status::unavailable(format!("export {} moved to {addr}", self.inner.export));
                     if let Ok(v) = addr.parse() {
@@ -339,7 +376,7 @@ impl NasClient {
             .map(str::to_string);
         let addr = match named {
             Some(a) => Some(a),
-            None => owner_addr(&self.inner.cluster, &self.inner.export).await.ok(),
+            None => locate(&self.inner.cluster, &self.inner.token, &self.inner.export).await.ok(),
         };
         let Some(addr) = addr else { return };
         let mut conn = lock(&self.inner.conn);

@@ -8,6 +8,7 @@
 //! [`service`] the gRPC handlers; [`server`] wires them onto one port and
 //! [`config`] parses the settings. docs/ARCHITECTURE.md has the full map.
 
+pub mod access;
 pub mod array;
 pub mod chn;
 pub mod config;

@@ -38,6 +38,21 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     }
 }
 
+/// Resolves with the reason once the Raft core has stopped by itself (a
+/// fatal storage error, a panic): a CHN without its Raft core is a zombie
+/// that must not go on answering.
+async fn raft_stopped(lu: SharedLu) -> String {
+    let mut metrics = lu.raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "its metrics channel closed".into();
+        }
+    }
+}
+
 /// Runs the CHN until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data)
@@ -86,7 +101,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let (host, host_task) =
         crate::chn::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.rebuild_limit);
     let host_task = tokio::spawn(host_task);
-    let (sessions, sessions_task) = crate::chn::sessions::Sessions::new(lu.clone(), cfg.session_lease, cfg.session_ttl);
+    let access = crate::access::Access::new(lu.clone(), crate::access::Passwords::new()?);
+    let (sessions, sessions_task) =
+        crate::chn::sessions::Sessions::new(lu.clone(), access.clone(), cfg.session_lease, cfg.session_ttl);
     let sessions_task = tokio::spawn(sessions_task);
     let exports = crate::chn::exports::Exports::new(lu.clone(), host.clone());
     let failover = crate::chn::failover::Failover::new(lu.clone(), host.clone(), exports.clone(), cfg.failover.clone());
@@ -101,12 +118,14 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     health.set_serving::<NasServer<NasService>>().await;
     let admin = AdminServer::new(AdminService {
         lu: lu.clone(),
+        access: access.clone(),
         host,
         failover,
         version,
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
+    let admin = crate::service::authz::Gated::new(admin, access);
     let raft = RaftServer::new(RaftService { lu: lu.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -118,6 +137,30 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         }
         conn
     });
+    // A stopped Raft core ends the server like a signal does, but the CHN
+    // reports NOT_SERVING first and `run` fails, so that nasd exits with
+    // an error and a supervisor restarts it.
+    let (fatal_tx, mut fatal_rx) = tokio::sync::watch::channel(None::<String>);
+    let watch_raft = {
+        let (lu, health) = (lu.clone(), health.clone());
+        tokio::spawn(async move {
+            let why = raft_stopped(lu).await;
+            tracing::error!(reason = %why, "the Raft core stopped; this CHN stops serving and exits");
+            health.set_not_serving::<NasServer<NasService>>().await;
+            health.set_not_serving::<AdminServer<AdminService>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            let _ = fatal_tx.send(Some(why));
+        })
+    };
+    let shutdown = {
+        let mut fatal = fatal_rx.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = fatal.wait_for(|f| f.is_some()) => {}
+            }
+        }
+    };
     let served = Server::builder()
         .tcp_nodelay(true)
         // File data streams in 1 MiB messages: h2's 64 KiB defaults would
@@ -138,6 +181,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
+    watch_raft.abort();
     heartbeat.abort();
     host_task.abort();
     sessions_task.abort();
@@ -146,6 +190,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         tracing::warn!(error = %e, "Raft did not shut down cleanly");
     }
     served.context("gRPC server failed")?;
+    if let Some(why) = fatal_rx.borrow_and_update().clone() {
+        anyhow::bail!("the Raft core stopped ({why}); restart this CHN (if it fails again, re-seed it: see the README, Security)");
+    }
     tracing::info!(name = %cfg.name, "CHN stopped");
     Ok(())
 }

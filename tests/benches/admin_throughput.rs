@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::nas_client::proto::{admin_client::AdminClient, Client, UpsertClientRequest};
+use ::nas_client::proto::WriteProbeRequest;
 use anyhow::Context;
 use nas_tests::bench::{self, median_by, ms, Common, Latencies};
 use nas_tests::etcd::{kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest};
@@ -103,19 +103,20 @@ async fn nasd_target(cluster: &TestCluster) -> anyhow::Result<Target> {
         cluster.nodes.len(),
         status.leader_name
     );
-    let chans = Arc::new(channels(&leader)?);
+    let token = cluster.admin_token().await?;
+    let admins: Arc<Vec<_>> = Arc::new(
+        (0..CONNECTIONS)
+            .map(|_| cluster.admin_with_token(&leader, &token))
+            .collect(),
+    );
     Ok(Arc::new(move |c, seq| {
-        let mut admin = AdminClient::new(chans[c % CONNECTIONS].clone());
+        let mut admin = admins[c % CONNECTIONS].clone();
         Box::pin(async move {
-            let client = Client {
-                client_id: format!("bench-{}", (c as u64 * 7919 + seq) % KEYS),
-                state: vec![b'x'; VALUE_BYTES],
-                ..Default::default()
+            let req = WriteProbeRequest {
+                key: format!("bench-{}", (c as u64 * 7919 + seq) % KEYS),
+                value: vec![b'x'; VALUE_BYTES],
             };
-            admin
-                .upsert_client(UpsertClientRequest { client: Some(client) })
-                .await
-                .is_ok()
+            admin.write_probe(req).await.is_ok()
         })
     }))
 }

@@ -9,10 +9,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use ::nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest};
-use ::nas_client::Cluster;
+use ::nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest, LoginRequest};
+use ::nas_client::{AdminConn, Authorization, Cluster, Credential};
 use anyhow::{bail, Context};
 use tonic::transport::Channel;
+
+/// The first admin every test cluster is made with.
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-correct-horse";
+
+/// The first admin's password credential.
+pub fn admin_credential() -> Credential {
+    Credential::Password {
+        user: ADMIN_USER.into(),
+        password: ADMIN_PASSWORD.into(),
+    }
+}
 
 pub mod bench;
 pub mod linearizability;
@@ -138,6 +150,8 @@ impl TestCluster {
         let out = Command::new(bin("nasctl"))
             .args(&args)
             .env("NASD_BIN", bin("nasd"))
+            .env("NAS_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env_remove("NAS_ADMIN_USER")
             .env_remove("NAS_CLUSTER")
             .output()?;
         if !out.status.success() {
@@ -171,11 +185,23 @@ impl TestCluster {
         self.nodes.iter().map(|n| n.addr.as_str()).collect::<Vec<_>>().join(",")
     }
 
-    /// Runs nasctl against this cluster.
+    /// Runs nasctl against this cluster, as its first admin (and, for
+    /// file commands, with password `correct-horse`).
     pub fn nasctl(&self, args: &[&str]) -> Output {
+        self.nasctl_as(args, &[("NAS_ADMIN_PASSWORD", ADMIN_PASSWORD)])
+    }
+
+    /// Runs nasctl against this cluster with only the Admin credential
+    /// `env` gives (a token file lives in the cluster folder).
+    pub fn nasctl_as(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(bin("nasctl"))
             .args(args)
             .env("NAS_CLUSTER", self.cluster_env())
+            .env("NAS_CONFIG_DIR", self.dir().join("nasctl-config"))
+            .env_remove("NAS_ADMIN_PASSWORD")
+            .env_remove("NAS_ADMIN_USER")
+            .env_remove("NAS_TOKEN")
+            .envs(env.iter().copied())
             .env("NAS_PASSWORD", "correct-horse")
             // A drill restarts CHNs: with this binary, not one cargo builds.
             .env("NASD_BIN", bin("nasd"))
@@ -245,20 +271,51 @@ impl TestCluster {
         }
     }
 
-    /// A client handle over every CHN.
+    /// A client handle over every CHN, as the first admin.
     pub fn client(&self) -> Cluster {
         Cluster::from_list(&self.cluster_env())
             .expect("cluster addresses")
             .with_retry_for(Duration::from_secs(20))
+            .with_credential(admin_credential())
     }
 
-    /// An Admin client on exactly one CHN (no retry, no failover).
-    pub fn admin(&self, name: &str) -> AdminClient<Channel> {
-        let node = self.node(name);
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+    /// A channel to the CHN at `addr`, as every client of the project
+    /// makes them.
+    pub fn channel_to(&self, addr: &str) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("address")
-            .connect_lazy();
-        AdminClient::new(ch)
+            .connect_timeout(Duration::from_millis(300))
+            .tcp_nodelay(true)
+            .connect_lazy()
+    }
+
+    /// A channel to CHN `name`.
+    pub fn channel(&self, name: &str) -> Channel {
+        self.channel_to(&self.node(name).addr)
+    }
+
+    /// An Admin client on exactly one CHN (no retry, no failover), as the
+    /// first admin (its password sent with each call).
+    pub fn admin(&self, name: &str) -> AdminConn {
+        AdminClient::with_interceptor(self.channel(name), admin_credential().authorization())
+    }
+
+    /// A login token of the first admin.
+    pub async fn admin_token(&self) -> anyhow::Result<String> {
+        let mut a = AdminClient::new(self.channel(&self.nodes[0].name));
+        let reply = a
+            .login(LoginRequest {
+                user: ADMIN_USER.into(),
+                password: ADMIN_PASSWORD.into(),
+                ttl_s: 0,
+            })
+            .await?;
+        Ok(reply.into_inner().token)
+    }
+
+    /// An Admin client on `addr` that sends `token`.
+    pub fn admin_with_token(&self, addr: &str, token: &str) -> AdminConn {
+        AdminClient::with_interceptor(self.channel_to(addr), Authorization::bearer(token))
     }
 
     /// The node called `name`.
@@ -339,9 +396,7 @@ impl TestCluster {
             .filter(|n| n.name != not)
             .map(|n| n.addr.as_str())
             .collect();
-        Cluster::new(&addrs)
-            .expect("cluster addresses")
-            .with_retry_for(Duration::from_secs(20))
+        self.client().on(&addrs).expect("cluster addresses")
     }
 
     /// ClusterStatus as one CHN sees it.

@@ -10,12 +10,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::nas_client::proto::{admin_client::AdminClient, ListRequest, WriteProbeRequest};
+use ::nas_client::proto::{ListRequest, WriteProbeRequest};
+use ::nas_client::AdminConn;
 use anyhow::{bail, Context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::block_in_place;
-use tonic::transport::{Channel, Endpoint};
+
 
 use crate::linearizability::{self, Call, Op, Outcome};
 use crate::TestCluster;
@@ -123,29 +124,21 @@ pub fn seed() -> u64 {
         .unwrap_or_else(rand::random)
 }
 
-fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(300))
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
-
 /// One client: writes unique values and reads every register, through a
 /// CHN picked at random for each call, recording each call.
 async fn client(
     process: usize,
-    addrs: Vec<String>,
+    admins: Vec<AdminConn>,
     seed: u64,
     started: Instant,
     until: Instant,
     history: Arc<Mutex<Vec<Op>>>,
 ) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let channels: Vec<Channel> = addrs.iter().map(|a| channel(a)).collect::<anyhow::Result<_>>()?;
     let now = || started.elapsed().as_nanos() as u64;
     let mut next_value = (process as u64 + 1) << 40;
     while Instant::now() < until {
-        let mut admin = AdminClient::new(channels[rng.gen_range(0..channels.len())].clone());
+        let mut admin = admins[rng.gen_range(0..admins.len())].clone();
         if rng.gen_bool(0.5) {
             next_value += 1;
             let key = format!("r{}", rng.gen_range(0..KEYS));
@@ -212,12 +205,13 @@ pub async fn run(
     seed: u64,
 ) -> anyhow::Result<Report> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+    let token = c.admin_token().await?;
+    let admins: Vec<AdminConn> = c.nodes.iter().map(|n| c.admin_with_token(&n.addr, &token)).collect();
     let history = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let until = started + duration;
     let tasks: Vec<_> = (0..clients)
-        .map(|p| tokio::spawn(client(p, addrs.clone(), seed, started, until, history.clone())))
+        .map(|p| tokio::spawn(client(p, admins.clone(), seed, started, until, history.clone())))
         .collect();
     let mut faults_injected = 0;
     // Let the clients get going before the first fault.

@@ -113,8 +113,11 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
     )
     .await;
     let users = a.list_users(ListRequest { local: false }).await?.into_inner().users;
-    assert_eq!(users.len(), 1);
-    assert!(users[0].password_hash.is_empty(), "hashes must not leave the shared LU");
+    assert_eq!(users.len(), 2, "the first admin and the one user added: {users:?}");
+    assert!(
+        users.iter().all(|u| u.password_hash.is_empty()),
+        "hashes must not leave the shared LU"
+    );
 
     let export = |name: &str, lu: u32, owner: &str| CreateExportRequest {
         name: name.into(),
@@ -172,9 +175,23 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
     )
     .await;
     expect(
-        a.upsert_client(UpsertClientRequest { client: None }).await,
+        a.set_role(SetRoleRequest {
+            user: "nobody".into(),
+            role: Role::Viewer as i32,
+        })
+        .await,
+        Code::NotFound,
+        "does not exist",
+    )
+    .await;
+    expect(
+        a.set_role(SetRoleRequest {
+            user: nas_tests::ADMIN_USER.into(),
+            role: 42,
+        })
+        .await,
         Code::InvalidArgument,
-        "missing",
+        "role 42",
     )
     .await;
 
@@ -209,7 +226,12 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
     )
     .await;
     expect(
-        c.admin("CHN1").bootstrap(BootstrapRequest {}).await,
+        c.admin("CHN1")
+            .bootstrap(BootstrapRequest {
+                admin_user: "mallory".into(),
+                admin_password: "mallory-password".into(),
+            })
+            .await,
         Code::AlreadyExists,
         "already belongs",
     )
@@ -248,11 +270,9 @@ async fn malformed_raft_messages_are_refused_and_the_chn_survives() -> anyhow::R
     );
     // CHN2 is still a healthy member.
     c.admin("CHN2")
-        .upsert_client(UpsertClientRequest {
-            client: Some(Client {
-                client_id: "x".into(),
-                ..Default::default()
-            }),
+        .write_probe(WriteProbeRequest {
+            key: "x".into(),
+            value: vec![],
         })
         .await?;
     assert!(c.pid("CHN2").is_some());
@@ -279,8 +299,11 @@ async fn a_chn_that_was_never_installed_says_how_to_bootstrap() -> anyhow::Resul
             .stderr(std::process::Stdio::null())
             .spawn()?,
     );
-    let mut admin = admin_client::AdminClient::new(
+    // With a credential: a CHN outside any cluster has no users to check
+    // it against, and says so rather than "wrong password".
+    let mut admin = admin_client::AdminClient::with_interceptor(
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy(),
+        nas_tests::admin_credential().authorization(),
     );
     let answered = nas_tests::wait_until("the new nasd to answer", std::time::Duration::from_secs(20), || {
         let mut a = admin.clone();

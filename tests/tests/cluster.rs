@@ -7,36 +7,32 @@ use ::nas_client::proto::*;
 use nas_tests::{wait_until, TestCluster};
 use tonic::Code;
 
-fn client_row(id: &str) -> UpsertClientRequest {
-    UpsertClientRequest {
-        client: Some(Client {
-            client_id: id.into(),
-            session: format!("s-{id}"),
-            user: "alice".into(),
-            ..Default::default()
-        }),
+fn probe(key: &str) -> WriteProbeRequest {
+    WriteProbeRequest {
+        key: key.into(),
+        value: format!("v-{key}").into_bytes(),
     }
 }
 
-/// Writes `n` client rows named `prefix-i` through any CHN and returns the
-/// acknowledged ids.
-async fn write_clients(client: &::nas_client::Cluster, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
+/// Writes `n` probes named `prefix-i` through any CHN and returns the
+/// acknowledged keys.
+async fn write_probes(client: &::nas_client::Cluster, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let mut acked = Vec::new();
     for i in 0..n {
         let id = format!("{prefix}-{i:03}");
-        client.upsert_client(client_row(&id)).await?;
+        client.write_probe(probe(&id)).await?;
         acked.push(id);
     }
     Ok(acked)
 }
 
-async fn client_ids(c: &TestCluster, chn: &str, local: bool) -> Vec<String> {
+async fn probe_keys(c: &TestCluster, chn: &str, local: bool) -> Vec<String> {
     let r = c
         .admin(chn)
-        .list_clients(ListRequest { local })
+        .list_probes(ListRequest { local })
         .await
-        .expect("list clients");
-    r.into_inner().clients.into_iter().map(|c| c.client_id).collect()
+        .expect("list probes");
+    r.into_inner().probes.into_iter().map(|p| p.key).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +41,7 @@ async fn writes_through_every_chn_are_seen_by_every_chn() -> anyhow::Result<()> 
     for n in &c.nodes {
         let r = c
             .admin(&n.name)
-            .upsert_client(client_row(&format!("via-{}", n.name)))
+            .write_probe(probe(&format!("via-{}", n.name)))
             .await?;
         assert!(r.into_inner().log_index > 0);
     }
@@ -62,7 +58,7 @@ async fn writes_through_every_chn_are_seen_by_every_chn() -> anyhow::Result<()> 
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for n in &c.nodes {
-        let ids = client_ids(&c, &n.name, false).await;
+        let ids = probe_keys(&c, &n.name, false).await;
         assert_eq!(
             ids,
             ["via-CHN1", "via-CHN2", "via-CHN3"],
@@ -89,7 +85,7 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> anyhow::Result<
     // restarted CHN to catch up by snapshot install.
     let c = TestCluster::up(3, &["--snapshot-threshold=150", "--keep-logs=0"])?;
     let client = c.client();
-    let mut acked = write_clients(&client, "before", 20).await?;
+    let mut acked = write_probes(&client, "before", 20).await?;
     let old = c.leader_seen_by("CHN1", Duration::from_secs(5)).await?;
     let killed_at = Instant::now();
     c.kill9(&old);
@@ -111,9 +107,9 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> anyhow::Result<
     // Election timeout is 400-800 ms; allow for a loaded 2-core machine.
     assert!(elected_in < Duration::from_secs(5), "election took {elected_in:?}");
 
-    acked.extend(write_clients(&client, "after", 200).await?);
+    acked.extend(write_probes(&client, "after", 200).await?);
     acked.sort();
-    let mut seen = client_ids(&c, &new, false).await;
+    let mut seen = probe_keys(&c, &new, false).await;
     seen.sort();
     assert_eq!(seen, acked, "an acknowledged write is missing after failover");
     let snapshot_index = wait_until("the leader to compact its log", Duration::from_secs(10), || async {
@@ -134,7 +130,7 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> anyhow::Result<
         back.snapshot_index >= snapshot_index.min(back.last_applied),
         "catch-up did not go through a snapshot"
     );
-    let mut local = client_ids(&c, &old, true).await;
+    let mut local = probe_keys(&c, &old, true).await;
     local.sort();
     assert_eq!(local, acked, "the restarted CHN lacks acknowledged writes");
     Ok(())
@@ -144,7 +140,7 @@ async fn leader_kill9_elects_a_new_leader_and_loses_nothing() -> anyhow::Result<
 async fn whole_cluster_kill9_and_restart_keeps_every_acknowledged_write() -> anyhow::Result<()> {
     let mut c = TestCluster::up(3, &[])?;
     let client = c.client();
-    let acked = write_clients(&client, "k", 50).await?;
+    let acked = write_probes(&client, "k", 50).await?;
     let lu = client
         .init_array(InitArrayRequest {
             disks: 3,
@@ -155,7 +151,7 @@ async fn whole_cluster_kill9_and_restart_keeps_every_acknowledged_write() -> any
         c.kill9(&n.name);
     }
     c.cluster_up(None, &[])?;
-    let mut seen = client_ids(&c, "CHN2", false).await;
+    let mut seen = probe_keys(&c, "CHN2", false).await;
     seen.sort();
     assert_eq!(seen, acked);
     let status = c.status("CHN1").await.expect("status");
@@ -167,7 +163,7 @@ async fn whole_cluster_kill9_and_restart_keeps_every_acknowledged_write() -> any
 async fn chns_join_as_voters_and_can_be_removed() -> anyhow::Result<()> {
     // Compact early so that the new CHNs must start from a snapshot.
     let mut c = TestCluster::up(3, &["--snapshot-threshold=20", "--keep-logs=0"])?;
-    write_clients(&c.client(), "early", 30).await?;
+    write_probes(&c.client(), "early", 30).await?;
     let compacted = wait_until("the leader to compact its log", Duration::from_secs(10), || async {
         c.status("CHN1").await.map(|s| s.snapshot_index).filter(|i| *i > 0)
     })
@@ -179,7 +175,7 @@ async fn chns_join_as_voters_and_can_be_removed() -> anyhow::Result<()> {
         "CHN5 joined without a snapshot (leader compacted at {compacted})"
     );
     assert_eq!(
-        client_ids(&c, "CHN5", false).await.len(),
+        probe_keys(&c, "CHN5", false).await.len(),
         30,
         "CHN5 lacks rows from before it joined"
     );
@@ -220,19 +216,19 @@ async fn chns_join_as_voters_and_can_be_removed() -> anyhow::Result<()> {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{}", err.message());
     // The cluster still commits with CHN4 gone.
-    c.admin("CHN5").upsert_client(client_row("after-remove")).await?;
+    c.admin("CHN5").write_probe(probe("after-remove")).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_quorum_gives_unavailable_and_service_comes_back() -> anyhow::Result<()> {
     let mut c = TestCluster::up(3, &["--quorum-timeout-ms=1500"])?;
-    c.admin("CHN1").upsert_client(client_row("before")).await?;
+    c.admin("CHN1").write_probe(probe("before")).await?;
     c.kill9("CHN2");
     c.kill9("CHN3");
     let err = c
         .admin("CHN1")
-        .upsert_client(client_row("no-quorum"))
+        .write_probe(probe("no-quorum"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
@@ -255,8 +251,8 @@ async fn losing_the_quorum_gives_unavailable_and_service_comes_back() -> anyhow:
     c.cluster_up(None, &[])?;
     let status = c.status("CHN1").await.expect("status");
     assert!(!status.possibly_stale, "with the quorum back the status is current");
-    c.client().upsert_client(client_row("after")).await?;
-    let ids = client_ids(&c, "CHN3", false).await;
+    c.client().write_probe(probe("after")).await?;
+    let ids = probe_keys(&c, "CHN3", false).await;
     assert!(
         ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()),
         "{ids:?}"
@@ -267,7 +263,7 @@ async fn losing_the_quorum_gives_unavailable_and_service_comes_back() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_down_stops_cleanly_and_up_restarts_with_the_same_state() -> anyhow::Result<()> {
     let mut c = TestCluster::up(3, &[])?;
-    let acked = write_clients(&c.client(), "kept", 10).await?;
+    let acked = write_probes(&c.client(), "kept", 10).await?;
     let dir = c.dir().display().to_string();
     let out = c.nasctl(&["cluster", "down", "--dir", &dir]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -284,7 +280,7 @@ async fn cluster_down_stops_cleanly_and_up_restarts_with_the_same_state() -> any
     c.cluster_up(None, &[])?;
     let after: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
     assert_eq!(before, after, "a restarted cluster keeps its addresses");
-    let mut seen = client_ids(&c, "CHN3", false).await;
+    let mut seen = probe_keys(&c, "CHN3", false).await;
     seen.sort();
     assert_eq!(seen, acked);
     Ok(())

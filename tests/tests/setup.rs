@@ -53,14 +53,24 @@ fn start_chns(dir: &Path, names: &[&str]) -> (Chns, Vec<String>) {
     (Chns(children), specs)
 }
 
-fn nasctl(args: &[&str]) -> std::process::Output {
-    Command::new(bin("nasctl"))
-        .args(args)
+fn nasctl_with(args: &[&str], admin_password: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(bin("nasctl"));
+    cmd.args(args)
         .env_remove("NAS_CLUSTER")
         .env_remove("NASD_LISTEN")
+        .env_remove("NAS_TOKEN")
+        .env_remove("NAS_ADMIN_PASSWORD")
+        .env("NAS_CONFIG_DIR", "/nonexistent/nas-test-config")
         .env("NAS_PASSWORD", "correct-horse")
-        .output()
-        .expect("run nasctl")
+        .stdin(Stdio::null());
+    if let Some(p) = admin_password {
+        cmd.env("NAS_ADMIN_PASSWORD", p);
+    }
+    cmd.output().expect("run nasctl")
+}
+
+fn nasctl(args: &[&str]) -> std::process::Output {
+    nasctl_with(args, Some(nas_tests::ADMIN_PASSWORD))
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -95,6 +105,10 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
         "--wait-s",
         "60",
     ];
+    // No password, no default: setup refuses before it changes anything.
+    let refused = nasctl_with(&setup, None);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("NAS_ADMIN_PASSWORD"), "{}", stderr(&refused));
     let first = nasctl(&setup);
     let first_err = stderr(&first);
     assert!(first.status.success(), "setup failed: {first_err}");
@@ -219,6 +233,7 @@ fn external_fault_drill_follows_the_injectors_kill() {
         ])
         .env("NAS_CLUSTER", c.cluster_env())
         .env("NAS_PASSWORD", "correct-horse")
+        .env("NAS_ADMIN_PASSWORD", nas_tests::ADMIN_PASSWORD)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -15,6 +15,8 @@ pub enum Error {
     SharedLu(#[from] shared_lu::Error),
     #[error(transparent)]
     Array(#[from] ArrayError),
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
     /// An export's file system could not be mounted here.
     #[error("export {export} cannot be mounted: {source}")]
     Mount { export: String, source: FsError },

@@ -1,7 +1,11 @@
 //! Client sessions, kept in the shared LU's client table so that any CHN
 //! can check a token and a taking-over CHN can resume every session.
 //!
-//! A token is `CLIENT_ID.SECRET`. A session lives until its expiry, and
+//! A token is `CLIENT_ID.SECRET`; the table keeps only the secret's
+//! SHA-256, so a copy of the shared LU opens no session. Stored replies
+//! are keyed by the session (client id and a tag of its secret), never by
+//! the client id alone: a later session with the same client id, whoever
+//! opens it, never sees an earlier session's replies. A session lives until its expiry, and
 //! while the client is heard of at least once per lease: each CHN collects
 //! the clients it served and renews them (and their file locks) in one
 //! command every quarter lease; the Raft leader ends the sessions whose
@@ -14,8 +18,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use argon2::{PasswordHash, PasswordVerifier};
 use nas_proto::command::Kind;
+use sha2::{Digest, Sha256};
 use nas_proto::*;
 
 use crate::chn::Error;
@@ -26,6 +30,8 @@ use crate::shared_lu::SharedLu;
 #[derive(Debug, Clone)]
 pub struct Session {
     pub client_id: String,
+    /// Names this session's stored replies: unique to the session.
+    pub replies: String,
     pub user: String,
     pub uid: u32,
     /// The export mounted, or "" before Mount.
@@ -36,6 +42,7 @@ pub struct Session {
 
 struct Inner {
     shared: SharedLu,
+    access: crate::access::Access,
     lease: Duration,
     ttl: Duration,
     /// Clients served since the last renewal.
@@ -68,6 +75,11 @@ fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What the client table keeps of a session secret.
+fn secret_hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
@@ -84,10 +96,16 @@ impl Session {
 
 impl Sessions {
     /// The sessions of this CHN and the task that renews and expires them.
-    pub fn new(shared: SharedLu, lease: Duration, ttl: Duration) -> (Self, impl std::future::Future<Output = ()>) {
+    pub fn new(
+        shared: SharedLu,
+        access: crate::access::Access,
+        lease: Duration,
+        ttl: Duration,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
         let s = Sessions {
             inner: Arc::new(Inner {
                 shared,
+                access,
                 lease,
                 ttl,
                 seen: Mutex::new(HashSet::new()),
@@ -106,8 +124,15 @@ impl Sessions {
         self.inner.lease
     }
 
-    /// Checks the password and records a new session.
-    pub async fn open(&self, user: &str, password: &str, client_id: &str) -> Result<SessionReply, Error> {
+    /// Checks the password (throttled per user and per `source` address)
+    /// and records a new session.
+    pub async fn open(
+        &self,
+        user: &str,
+        password: &str,
+        client_id: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<SessionReply, Error> {
         let client_id = if client_id.is_empty() {
             random_hex(8)
         } else {
@@ -115,23 +140,8 @@ impl Sessions {
             client_id.to_string()
         };
         self.shared().ensure_current().await?;
-        let (row, existing) = (self.shared().user(user), self.shared().client(&client_id));
-        // One answer for an unknown user and a wrong password, so that
-        // probing does not reveal which user names exist.
-        let denied = || unauthenticated(format!("user {user:?} or its password is wrong"));
-        let row = row.filter(|u| u.enabled).ok_or_else(denied)?;
-        let (hash, pw) = (row.password_hash.clone(), password.to_string());
-        let good = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| argon2::Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("password check failed: {e}")))?;
-        if !good {
-            return Err(denied());
-        }
-        if let Some(other) = existing {
+        let row = self.inner.access.check_password(user, password, source).await?;
+        if let Some(other) = self.shared().client(&client_id) {
             if other.user != user {
                 return Err(Error::AlreadyExists(format!(
                     "client id {client_id} belongs to another user's session; pick another client id"
@@ -147,7 +157,7 @@ impl Sessions {
         let secret = random_hex(16);
         let client = Client {
             client_id: client_id.clone(),
-            session: secret.clone(),
+            session: secret_hash(&secret),
             user: user.to_string(),
             export: String::new(),
             last_seen_ms: now,
@@ -183,7 +193,7 @@ impl Sessions {
         }
         let row =
             row.ok_or_else(|| unauthenticated(format!("session {id} has ended or never existed; open a new session")))?;
-        if !same_secret(&row.session, secret) {
+        if !same_secret(&row.session, &secret_hash(secret)) {
             return Err(unauthenticated(format!(
                 "the token of session {id} is not valid; open a new session"
             )));
@@ -201,6 +211,7 @@ impl Sessions {
         }
         self.lock_seen().insert(id.to_string());
         Ok(Session {
+            replies: format!("{}.{}", row.client_id, row.session.get(..16).unwrap_or_default()),
             client_id: row.client_id,
             user: row.user,
             uid: row.uid,
@@ -213,8 +224,8 @@ impl Sessions {
         self.inner.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Binds the session to `export`, if its user may use it.
-    pub async fn mount(&self, s: &Session, export: &Export) -> Result<(), Error> {
+    /// Whether the session's user may use `export`.
+    pub fn may_use(&self, s: &Session, export: &Export) -> Result<(), Error> {
         if !export.users.is_empty() && !export.users.contains(&s.user) {
             return Err(Error::PermissionDenied(format!(
                 "user {} may not use export {}; its users are {}",
@@ -223,6 +234,12 @@ impl Sessions {
                 export.users.join(", ")
             )));
         }
+        Ok(())
+    }
+
+    /// Binds the session to `export`, if its user may use it.
+    pub async fn mount(&self, s: &Session, export: &Export) -> Result<(), Error> {
+        self.may_use(s, export)?;
         if s.export == export.name {
             return Ok(());
         }

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use tonic::{Request, Response, Status};
 
 use std::future::Future;
@@ -16,6 +15,7 @@ use std::sync::Arc;
 use nas_proto::admin_client::AdminClient;
 use tonic::transport::Channel;
 
+use crate::access::AccessError;
 use crate::array::LuDevice;
 use crate::chn::lu_host::{LuHost, Route};
 use crate::rt::now_ms;
@@ -31,6 +31,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The `Admin` service of one CHN.
 pub struct AdminService {
     pub lu: SharedLu,
+    pub access: crate::access::Access,
     pub host: LuHost,
     pub failover: crate::chn::failover::Failover,
     pub version: String,
@@ -45,11 +46,25 @@ const MAX_RAW_IO: usize = 4 << 20;
 /// never forwarded again (two CHNs disagreeing about a lock must not loop).
 const FORWARDED: &str = "x-nas-forwarded";
 
-fn forward<T>(msg: T) -> Request<T> {
+/// `msg` as a call from this CHN to another on behalf of the caller of
+/// `from`, whose credential it carries (the other CHN checks it again).
+fn forward<F, T>(from: &Request<F>, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()
         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(credential) = from.metadata().get(crate::service::authz::AUTHORIZATION) {
+        r.metadata_mut()
+            .insert(crate::service::authz::AUTHORIZATION, credential.clone());
+    }
     r
+}
+
+/// Checks a new password's length.
+fn check_password(password: &str) -> Result<(), Status> {
+    if password.chars().count() < 8 || password.len() > 1024 {
+        return Err(Status::invalid_argument("password must be 8 to 1024 characters long"));
+    }
+    Ok(())
 }
 
 fn write_reply(r: CommandResult) -> WriteReply {
@@ -146,7 +161,8 @@ impl AdminService {
             Route::Local(dev) => here(dev, req.into_inner()).await.map(Response::new),
             Route::Remote(chn, addr) => {
                 let owner = self.owner_admin(&req, &chn, &addr, lu)?;
-                there(owner, forward(req.into_inner())).await
+                let fwd = forward(&req, ());
+                there(owner, fwd.map(|()| req.into_inner())).await
             }
         }
     }
@@ -264,16 +280,44 @@ impl admin_server::Admin for AdminService {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
             members,
-            shared_lu: Some(self.lu.read(|t| t.shared_lu.clone())),
+            shared_lu: Some(self.lu.read(|t| SharedLuInfo {
+                token_key: vec![],
+                ..t.shared_lu.clone()
+            })),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             possibly_stale: !current,
         }))
     }
 
-    async fn bootstrap(&self, _req: Request<BootstrapRequest>) -> Result<Response<ChnReply>, Status> {
+    async fn bootstrap(&self, req: Request<BootstrapRequest>) -> Result<Response<ChnReply>, Status> {
+        let r = req.into_inner();
+        check_name("user", &r.admin_user).map_err(Status::from)?;
+        check_password(&r.admin_password)?;
+        if self.lu.is_initialized().await? {
+            return Err(Status::already_exists(
+                "this CHN already belongs to a shared LU; nothing to bootstrap",
+            ));
+        }
+        // Hashed first: a refused password must not leave a half-made cluster.
+        let password_hash = self
+            .access
+            .passwords()
+            .hash(&r.admin_password)
+            .await
+            .map_err(AccessError::from)?;
         self.lu.bootstrap().await?;
         self.register(&self.lu.name, self.lu.id, &self.lu.addr, ChnState::ChnInstalled)
             .await?;
+        let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        self.write(Kind::SetTokenKey(SetTokenKey { key })).await?;
+        let admin = User {
+            name: r.admin_user,
+            password_hash,
+            enabled: true,
+            role: Role::Admin as i32,
+            ..Default::default()
+        };
+        self.write(Kind::AddUser(AddUser { user: Some(admin) })).await?;
         Ok(Response::new(ChnReply {
             chn: self.daemon_row(&self.lu.name),
         }))
@@ -308,12 +352,12 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn install_chn(&self, req: Request<InstallChnRequest>) -> Result<Response<ChnReply>, Status> {
-        let r = req.into_inner();
-        check_name("CHN", &r.name).map_err(Status::from)?;
-        check_addr(&r.address)?;
+        check_name("CHN", &req.get_ref().name).map_err(Status::from)?;
+        check_addr(&req.get_ref().address)?;
         if let Some(mut leader) = self.leader_admin().await? {
-            return leader.install_chn(r).await;
+            return leader.install_chn(forward(&req, req.get_ref().clone())).await;
         }
+        let r = req.into_inner();
         let mut probe = admin_client::AdminClient::new(
             self.lu
                 .peers
@@ -376,11 +420,11 @@ impl admin_server::Admin for AdminService {
     }
 
     async fn remove_chn(&self, req: Request<RemoveChnRequest>) -> Result<Response<WriteReply>, Status> {
-        let r = req.into_inner();
-        check_name("CHN", &r.name).map_err(Status::from)?;
+        check_name("CHN", &req.get_ref().name).map_err(Status::from)?;
         if let Some(mut leader) = self.leader_admin().await? {
-            return leader.remove_chn(r).await;
+            return leader.remove_chn(forward(&req, req.get_ref().clone())).await;
         }
+        let r = req.into_inner();
         self.lu.ensure_current().await?;
         let (nodes, _) = self.lu.members();
         let member = nodes.iter().find(|(_, n)| n.name == r.name).map(|(id, _)| *id);
@@ -438,28 +482,36 @@ impl admin_server::Admin for AdminService {
     async fn add_user(&self, req: Request<AddUserRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         check_name("user", &r.name).map_err(Status::from)?;
-        if r.password.chars().count() < 8 || r.password.len() > 1024 {
-            return Err(Status::invalid_argument("password must be 8 to 1024 characters long"));
-        }
-        let password = r.password;
-        // Hashing costs tens of milliseconds of CPU: keep it off the runtime.
-        let password_hash = tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            argon2::Argon2::default()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(format!("cannot hash the password: {e}")))?;
+        check_password(&r.password)?;
+        let password_hash = self.access.passwords().hash(&r.password).await.map_err(AccessError::from)?;
         let user = User {
             name: r.name,
             password_hash,
             uid: r.uid,
             groups: r.groups,
             enabled: true,
+            role: Role::None as i32,
         };
         self.write(Kind::AddUser(AddUser { user: Some(user) })).await
+    }
+
+    async fn set_role(&self, req: Request<SetRoleRequest>) -> Result<Response<WriteReply>, Status> {
+        let SetRoleRequest { user, role } = req.into_inner();
+        self.write(Kind::SetRole(SetRole { user, role })).await
+    }
+
+    async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        let source = req.remote_addr().map(|a| a.ip());
+        let r = req.into_inner();
+        let (token, expires_ms, role) = self
+            .access
+            .login(&r.user, &r.password, Duration::from_secs(r.ttl_s), source)
+            .await?;
+        Ok(Response::new(LoginReply {
+            token,
+            expires_ms,
+            role: role as i32,
+        }))
     }
 
     async fn list_users(&self, req: Request<ListRequest>) -> Result<Response<UserList>, Status> {
@@ -499,13 +551,6 @@ impl admin_server::Admin for AdminService {
             exports,
             possibly_stale,
         }))
-    }
-
-    async fn upsert_client(&self, req: Request<UpsertClientRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write(Kind::UpsertClient(UpsertClient {
-            client: req.into_inner().client,
-        }))
-        .await
     }
 
     async fn list_clients(&self, req: Request<ListRequest>) -> Result<Response<ClientList>, Status> {
@@ -657,7 +702,7 @@ impl admin_server::Admin for AdminService {
                 export: e.name.clone(),
                 to,
             };
-            return owner.move_export(forward(fwd)).await.map_err(|s| match PeerError::from(s.clone()) {
+            return owner.move_export(forward(&req, fwd)).await.map_err(|s| match PeerError::from(s.clone()) {
                 PeerError::Unreachable(why) => Status::unavailable(format!(
                     "{}, serving export {}, does not answer ({why}); if it has failed, failover moves the export by itself within the LU lease",
                     e.owner_chn, e.name,

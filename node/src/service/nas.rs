@@ -134,7 +134,7 @@ impl NasService {
                 ));
             }
             Some(CallId {
-                client: session.client_id.clone(),
+                client: session.replies.clone(),
                 seq: call.seq,
                 acked: call.acked,
             })
@@ -173,12 +173,29 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadChunk, Status>> + Send>>;
 #[tonic::async_trait]
 impl Nas for NasService {
     async fn open_session(&self, req: Request<OpenSessionRequest>) -> Result<Response<SessionReply>, Status> {
+        let source = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         if r.user.is_empty() {
             return Err(Status::invalid_argument("user is empty; give the user name"));
         }
-        let reply = self.sessions.open(&r.user, &r.password, &r.client_id).await?;
+        let reply = self.sessions.open(&r.user, &r.password, &r.client_id, source).await?;
         Ok(Response::new(reply))
+    }
+
+    async fn locate(&self, req: Request<MountRequest>) -> Result<Response<LocateReply>, Status> {
+        let r = req.into_inner();
+        let s = self.sessions.check(&r.token).await?;
+        let export = self.exports.export(&r.export).await?;
+        self.sessions.may_use(&s, &export)?;
+        let address = self
+            .shared
+            .daemon(&export.owner_chn)
+            .map(|d| d.address)
+            .ok_or_else(|| Status::unavailable(format!("CHN {} serving export {} is not installed", export.owner_chn, export.name)))?;
+        Ok(Response::new(LocateReply {
+            chn: export.owner_chn,
+            address,
+        }))
     }
 
     async fn keep_alive(&self, req: Request<SessionRequest>) -> Result<Response<KeepAliveReply>, Status> {
@@ -197,7 +214,7 @@ impl Nas for NasService {
                     let forget = FsRequest {
                         caller: s.caller(),
                         change: Change::Forget {
-                            client: s.client_id.clone(),
+                            client: s.replies.clone(),
                         },
                         call: None,
                         durable: false,

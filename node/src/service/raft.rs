@@ -1,8 +1,9 @@
 //! Server side of the Raft transport, plus command forwarding and read
 //! index for followers.
 //!
-//! Owns decoding of peer messages. A malformed message must get
-//! INVALID_ARGUMENT and never reach openraft.
+//! Owns decoding of peer messages. A malformed message, or one that
+//! `shared_lu::admission` refuses, must get an error status and never
+//! reach openraft.
 
 use std::pin::Pin;
 
@@ -10,7 +11,7 @@ use futures::Stream;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::shared_lu::SharedLu;
+use crate::shared_lu::{admission, SharedLu};
 use nas_proto::{raft_server, Command, CommandResult, RaftBytes, ReadIndexReply, ReadIndexRequest};
 
 /// The `Raft` service of one CHN.
@@ -42,7 +43,11 @@ fn answer_appends(lu: SharedLu, inbound: Streaming<RaftBytes>) -> impl Stream<It
             let mut inbound = inbound?;
             // An error here is the leader going away; the stream just ends.
             let msg = inbound.message().await.ok()??;
-            match decode(&msg) {
+            let rpc = decode(&msg).and_then(|rpc| {
+                admission::append_request(&rpc, None)?;
+                Ok(rpc)
+            });
+            match rpc {
                 Ok(rpc) => Some((encode(&lu.raft.append_entries(rpc).await), Some(inbound))),
                 Err(status) => Some((Err(status), None)),
             }
@@ -66,11 +71,13 @@ impl raft_server::Raft for RaftService {
 
     async fn vote(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         let rpc = decode(req.get_ref())?;
+        admission::vote_request(&rpc, None)?;
         encode(&self.lu.raft.vote(rpc).await).map(Response::new)
     }
 
     async fn install_snapshot(&self, req: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         let rpc = decode(req.get_ref())?;
+        admission::snapshot_request(&rpc, None)?;
         encode(&self.lu.raft.install_snapshot(rpc).await).map(Response::new)
     }
 

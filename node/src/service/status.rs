@@ -8,6 +8,7 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use crate::access::{AccessError, HashError};
 use crate::array::ArrayError;
 use crate::chn;
 use crate::fs::FsError;
@@ -28,6 +29,29 @@ impl From<Rejection> for Status {
             RejectKind::SessionEnded => Code::Unauthenticated,
         };
         Status::new(code, r.message)
+    }
+}
+
+impl From<AccessError> for Status {
+    fn from(e: AccessError) -> Status {
+        match e {
+            AccessError::Unauthenticated(m) => Status::unauthenticated(m),
+            AccessError::PermissionDenied(m) => Status::permission_denied(m),
+            AccessError::Throttled { .. } | AccessError::Hashing(HashError::Busy) => {
+                Status::resource_exhausted(e.to_string())
+            }
+            AccessError::Hashing(HashError::Internal(m)) => Status::internal(m),
+            AccessError::SharedLu(e) => e.into(),
+        }
+    }
+}
+
+impl From<shared_lu::admission::Refused> for Status {
+    fn from(r: shared_lu::admission::Refused) -> Status {
+        match r {
+            shared_lu::admission::Refused::Impostor { .. } => Status::permission_denied(r.to_string()),
+            _ => Status::invalid_argument(r.to_string()),
+        }
     }
 }
 
@@ -83,6 +107,7 @@ impl From<chn::Error> for Status {
         match e {
             E::SharedLu(e) => e.into(),
             E::Array(e) => e.into(),
+            E::Access(e) => e.into(),
             // A file system that cannot be mounted: a corrupt one is lost
             // data; a full one needs the operator; anything else may be a
             // passing I/O problem that the next attempt gets past.

@@ -12,6 +12,7 @@
 // would only move the allocation.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 mod election_gate;
 pub mod error;
 pub mod log_store;

@@ -57,7 +57,12 @@ async fn install(
                 info.name
             );
         }
-        one.bootstrap(BootstrapRequest {}).await.map_err(status_err)?
+        let (admin_user, admin_password) = crate::auth::first_admin()?;
+        let req = BootstrapRequest {
+            admin_user,
+            admin_password,
+        };
+        one.bootstrap(req).await.map_err(status_err)?
     } else {
         let req = InstallChnRequest {
             name: name.clone(),

@@ -144,10 +144,15 @@ pub(crate) struct SetupArgs {
 async fn cluster_setup(a: &SetupArgs, json: bool) -> anyhow::Result<()> {
     let addrs: Vec<&str> = a.chns.iter().map(|n| n.addr.as_str()).collect();
     let wait = Duration::from_secs(a.wait_s);
-    let cluster = Cluster::new(&addrs)?.with_retry_for(wait);
+    let (admin, password) = crate::auth::first_admin()?;
+    let credential = ::nas_client::Credential::Password {
+        user: admin.clone(),
+        password: password.clone(),
+    };
+    let cluster = Cluster::new(&addrs)?.with_retry_for(wait).with_credential(credential);
     let initialized =
         setup::wait_answering(&cluster, &a.chns, wait, |_| "is its nasd running and reachable?".into()).await?;
-    setup::install(&cluster, &a.chns, &initialized, false).await?;
+    setup::install(&cluster, &a.chns, &initialized, (&admin, &password), false).await?;
     let status = setup::wait_healthy(&cluster, a.chns.len(), wait).await?;
     let user = match &a.add_user {
         Some(name) => Some((name.clone(), read_password(name)?)),

@@ -246,7 +246,7 @@ async fn one(c: &Cluster, login: &Login, a: &DrillArgs, injector: &Injector, n: 
         .filter(|m| m.name != chn)
         .map(|m| m.address.as_str())
         .collect();
-    let watcher = Cluster::new(&survivors)?;
+    let watcher = c.on(&survivors)?;
     // Connect before the fault, so that the first look after it is not late.
     let _ = watcher.admin_at(0).failover_status(FailoverStatusRequest {}).await;
     let client = Arc::new(session(c, login, &a.export, Duration::from_secs(60)).await?);

@@ -84,7 +84,7 @@ pub fn split_target(t: &str) -> anyhow::Result<(String, String)> {
 }
 
 fn password(user: &str) -> anyhow::Result<String> {
-    if let Ok(p) = std::env::var("NAS_PASSWORD") {
+    if let Some(p) = crate::auth::env("NAS_PASSWORD") {
         return Ok(p);
     }
     rpassword::prompt_password(format!("password for {user}: "))
@@ -96,7 +96,7 @@ pub async fn session(c: &Cluster, login: &Login, export: &str, retry: Duration) 
         bail!("file commands need a user: pass --user NAME or set NAS_USER (add one with `nasctl user add`)");
     };
     let pw = password(user)?;
-    let cluster = Cluster::new(c.addrs())?.with_retry_for(retry);
+    let cluster = c.on(c.addrs())?.with_retry_for(retry);
     let opts = Options {
         retry_for: retry,
         ..Options::default()

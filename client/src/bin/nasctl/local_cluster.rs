@@ -187,6 +187,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = &dir.canonicalize()?;
     let mut layout = load_layout(dir)?;
+    let new_cluster = layout.nodes.is_empty();
     let wanted = opts.nodes.unwrap_or(layout.nodes.len().max(3));
     if wanted == 0 || wanted > 9 {
         bail!("--nodes must be 1 to 9");
@@ -237,12 +238,17 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     let addrs: Vec<String> = layout.nodes.iter().map(|n| n.addr.clone()).collect();
-    let cluster = Cluster::new(&addrs)?;
+    let (admin, password, password_file) = admin_password(dir, new_cluster)?;
+    let credential = ::nas_client::Credential::Password {
+        user: admin.clone(),
+        password: password.clone(),
+    };
+    let cluster = Cluster::new(&addrs)?.with_credential(credential);
     let initialized = setup::wait_answering(&cluster, &layout.nodes, Duration::from_secs(30), |node| {
         format!("log: {}", node_dir(dir, &node.name).join("nasd.log").display())
     })
     .await?;
-    setup::install(&cluster, &layout.nodes, &initialized, opts.quiet).await?;
+    setup::install(&cluster, &layout.nodes, &initialized, (&admin, &password), opts.quiet).await?;
     let n = layout.nodes.len();
     let status = setup::wait_healthy(&cluster, n, Duration::from_secs(30)).await?;
 
@@ -259,7 +265,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             .collect();
         outln!(
             "{}",
-            serde_json::json!({"cluster": addrs.join(","), "leader": status.leader_name, "nodes": nodes, "env_file": dir.join("cluster.env")})
+            serde_json::json!({"cluster": addrs.join(","), "leader": status.leader_name, "nodes": nodes, "env_file": dir.join("cluster.env"), "admin": admin, "admin_password_file": password_file})
         );
         return Ok(());
     }
@@ -287,6 +293,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             outln!("  alias nasctl={}", me.display());
         }
     }
+    match &password_file {
+        Some(f) => outln!("  nasctl login {admin} --password-file {}", f.display()),
+        None => outln!("  nasctl login {admin}    # the password in $NAS_ADMIN_PASSWORD"),
+    }
     outln!("  nasctl cluster status");
     outln!("  nasctl array init --disks 6 --size 64M && nasctl lu create --raid 5 --disks 1,2,3");
     outln!("  nasctl user add alice && nasctl export create home --lu 1 --chn CHN1 --partner CHN2 --users alice");
@@ -294,6 +304,36 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     outln!("  nasctl fs put ./README.md home:/README.md && nasctl fs ls home:/ && nasctl fs stat home:/README.md");
     outln!("  nasctl cluster down --dir {}", dir.display());
     Ok(())
+}
+
+/// The first admin's name and password for a local cluster: from
+/// $NAS_ADMIN_PASSWORD, else the file DIR/admin.password, which a new
+/// cluster gets with a random password (mode 0600). The file's path is
+/// returned when it was used.
+fn admin_password(dir: &Path, new_cluster: bool) -> anyhow::Result<(String, String, Option<PathBuf>)> {
+    let user = crate::auth::env(crate::auth::ADMIN_USER_ENV).unwrap_or_else(|| crate::auth::DEFAULT_ADMIN.into());
+    if let Some(p) = crate::auth::env(crate::auth::ADMIN_PASSWORD_ENV) {
+        return Ok((user, p, None));
+    }
+    let file = dir.join("admin.password");
+    let password = match std::fs::read_to_string(&file) {
+        Ok(p) => p.trim_end_matches(['\n', '\r']).to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && new_cluster => {
+            let p = crate::auth::generate_password();
+            crate::auth::write_private(&file, &format!("{p}\n"))?;
+            p
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot read {}; set {} to the first admin's password",
+                    file.display(),
+                    crate::auth::ADMIN_PASSWORD_ENV
+                )
+            })
+        }
+    };
+    Ok((user, password, Some(file)))
 }
 
 /// `cluster start`: starts the named CHNs of DIR that are not running, in

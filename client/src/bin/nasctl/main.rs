@@ -17,6 +17,7 @@ macro_rules! outln {
     }};
 }
 
+mod auth;
 mod chn;
 mod cluster;
 mod drill;
@@ -96,6 +97,24 @@ enum Cmd {
     /// CHNs (NAS heads): install, list, remove.
     #[command(subcommand)]
     Chn(chn::ChnCmd),
+    /// Log in to the Admin service: a token for USER (default $NAS_ADMIN_USER,
+    /// else admin) stored in ~/.config/nas/token (mode 0600). The password
+    /// comes from --password-file, $NAS_ADMIN_PASSWORD, the terminal or
+    /// standard input.
+    Login {
+        user: Option<String>,
+        /// Read the password from this file (its first line).
+        #[arg(long)]
+        password_file: Option<std::path::PathBuf>,
+        /// How long the token is valid, in hours (at most 24).
+        #[arg(long, default_value_t = 8)]
+        hours: u64,
+    },
+    /// Forget the stored Admin token.
+    Logout,
+    /// Roles of users on the Admin service: viewer, operator, admin.
+    #[command(subcommand)]
+    Role(auth::RoleCmd),
     /// Users of the file service.
     #[command(subcommand)]
     User(users::UserCmd),
@@ -169,7 +188,9 @@ fn main() -> ExitCode {
 
 fn connect(cli: &Cli) -> anyhow::Result<Cluster> {
     let list = cli.cluster.as_deref().unwrap_or("");
-    Ok(Cluster::from_list(list)?.with_retry_for(std::time::Duration::from_secs(cli.retry_secs)))
+    Ok(Cluster::from_list(list)?
+        .with_retry_for(std::time::Duration::from_secs(cli.retry_secs))
+        .with_credential(auth::credential()))
 }
 
 /// Turns a gRPC status into an error line: the server's message already
@@ -198,6 +219,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Disk(cmd) => storage::run_disk(&conn?, cmd, json).await,
         Cmd::Lu(cmd) => storage::run_lu(&conn?, cmd, json).await,
         Cmd::Chn(cmd) => chn::run(&conn?, cmd, json, retry).await,
+        Cmd::Login {
+            user,
+            password_file,
+            hours,
+        } => auth::login(&conn?, user, password_file, Duration::from_secs(hours * 3600), json).await,
+        Cmd::Logout => auth::logout(json),
+        Cmd::Role(cmd) => auth::run_role(&conn?, cmd, json).await,
         Cmd::User(cmd) => users::run(&conn?, cmd, json).await,
         Cmd::Export(cmd) => exports::run(&conn?, cmd, json).await,
         Cmd::Client(cmd) => exports::run_client(&conn?, cmd, json).await,

@@ -110,14 +110,25 @@ pub async fn wait_answering(
 
 /// Steps 1-4 of the setup sequence. `initialized[i]` is whether `nodes[i]`
 /// already belongs to a cluster (from `wait_answering`); `nodes[0]` is the
-/// one that bootstraps.
-pub async fn install(cluster: &Cluster, nodes: &[NodeSpec], initialized: &[bool], quiet: bool) -> anyhow::Result<()> {
+/// one that bootstraps, with `admin` (user, password) as the first admin;
+/// `cluster` must carry that admin's credential.
+pub async fn install(
+    cluster: &Cluster,
+    nodes: &[NodeSpec],
+    initialized: &[bool],
+    admin: (&str, &str),
+    quiet: bool,
+) -> anyhow::Result<()> {
     let first = nodes.first().context("no CHN to install")?;
     if !initialized.iter().any(|i| *i) {
         if !quiet {
-            eprintln!("installing {} (bootstrap) ...", first.name);
+            eprintln!("installing {} (bootstrap) with first admin {} ...", first.name, admin.0);
         }
-        ignore_exists(cluster.admin_at(0).bootstrap(proto::BootstrapRequest {}).await)?;
+        let req = proto::BootstrapRequest {
+            admin_user: admin.0.into(),
+            admin_password: admin.1.into(),
+        };
+        ignore_exists(cluster.admin_at(0).bootstrap(req).await)?;
     }
     ignore_exists(
         cluster

@@ -61,7 +61,7 @@ async fn list(c: &Cluster, o: ReadOpts, json: bool) -> anyhow::Result<()> {
 }
 
 pub(crate) fn read_password(user: &str) -> anyhow::Result<String> {
-    if let Ok(p) = std::env::var("NAS_PASSWORD") {
+    if let Some(p) = crate::auth::env("NAS_PASSWORD") {
         return Ok(p);
     }
     let first = rpassword::prompt_password(format!("password for {user}: "))

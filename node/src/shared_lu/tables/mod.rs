@@ -228,6 +228,8 @@ impl Tables {
             Kind::TakeOverExport(c) => self.take_over_export(c),
             Kind::HandOverExport(c) => self.hand_over_export(c),
             Kind::WriteProbe(c) => self.write_probe(c.probe.as_ref()),
+            Kind::SetRole(c) => self.set_role(c),
+            Kind::SetTokenKey(c) => self.set_token_key(c),
         }
     }
 }
@@ -344,7 +346,8 @@ mod tests {
                     password_hash: hash(),
                     uid,
                     groups: vec![],
-                    enabled: true
+                    enabled: true,
+                    role: 0,
                 })
             }))),
             (0u32..3, name, 0u64..3000).prop_map(|(lu, chn, now)| cmd(Kind::AcquireLuLock(AcquireLuLock {

@@ -1,4 +1,5 @@
-//! The user table: names, uids and password hashes (never a clear password).
+//! The user table: names, uids, roles and password hashes (never a clear
+//! password), and the key that signs Admin login tokens.
 
 use super::*;
 
@@ -30,12 +31,48 @@ impl Tables {
         for g in &row.groups {
             check_name("group", g)?;
         }
+        if Role::try_from(row.role).is_err() {
+            return reject(RejectKind::InvalidArgument, format!("role {} does not exist", row.role));
+        }
         let uid = row.uid;
         self.users.insert(row.name.clone(), row);
         Ok(Applied {
             assigned: uid as u64,
             touched: vec![RowKey::User(u.name.clone())],
         })
+    }
+
+    pub(super) fn set_role(&mut self, c: &SetRole) -> Result<Applied, Rejection> {
+        let Ok(role) = Role::try_from(c.role) else {
+            return reject(
+                RejectKind::InvalidArgument,
+                format!("role {} does not exist; use viewer, operator or admin", c.role),
+            );
+        };
+        let admins = self.users.values().filter(|u| u.role == Role::Admin as i32 && u.enabled);
+        let last_admin = admins.map(|u| u.name.as_str()).collect::<Vec<_>>() == [c.user.as_str()];
+        let Some(user) = self.users.get_mut(&c.user) else {
+            return reject(
+                RejectKind::NotFound,
+                format!("user {} does not exist; see `nasctl user list`", c.user),
+            );
+        };
+        if last_admin && role != Role::Admin {
+            return reject(
+                RejectKind::FailedPrecondition,
+                format!("{} is the last admin; grant admin to another user first", c.user),
+            );
+        }
+        user.role = role as i32;
+        Ok(Applied::rows(vec![RowKey::User(c.user.clone())]))
+    }
+
+    pub(super) fn set_token_key(&mut self, c: &SetTokenKey) -> Result<Applied, Rejection> {
+        if c.key.len() < 32 {
+            return reject(RejectKind::InvalidArgument, "a token key must be at least 32 bytes");
+        }
+        self.shared_lu.token_key = c.key.clone();
+        Ok(Applied::rows(vec![RowKey::SharedLu]))
     }
 }
 
@@ -55,6 +92,7 @@ mod tests {
                     uid,
                     groups: vec![],
                     enabled: true,
+                    role: 0,
                 }),
             }))
         };
@@ -78,5 +116,18 @@ mod tests {
             }),
         }));
         rejected_with(&mut t, plain, RejectKind::InvalidArgument, "argon2");
+        let role = |user: &str, role: Role| {
+            cmd(Kind::SetRole(SetRole {
+                user: user.into(),
+                role: role as i32,
+            }))
+        };
+        t.apply(&role("alice", Role::Admin)).unwrap();
+        assert_eq!(t.users["alice"].role, Role::Admin as i32);
+        rejected_with(&mut t, role("alice", Role::Viewer), RejectKind::FailedPrecondition, "last admin");
+        rejected_with(&mut t, role("nobody", Role::Viewer), RejectKind::NotFound, "does not exist");
+        t.apply(&role("bob", Role::Admin)).unwrap();
+        t.apply(&role("alice", Role::None)).unwrap();
+        assert_eq!(t.users["alice"].role, Role::None as i32);
     }
 }
