@@ -17,16 +17,42 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
 pub use nas_proto as proto;
+pub use nas_proto::transport::Transport;
 
 pub mod admin;
 pub mod credential;
 pub mod drill;
 pub use credential::{Authorization, Credential};
 pub mod nas;
+pub mod pki;
 pub use nas::NasClient;
 
 /// Environment variable holding the comma-separated CHN addresses.
 pub const CLUSTER_ENV: &str = "NAS_CLUSTER";
+/// Environment variable naming the cluster CA file clients verify CHNs with.
+pub const CA_ENV: &str = "NAS_CA";
+
+/// The transport of a client: TLS verified against the CA file `ca`, or
+/// plaintext when `insecure` (with a warning on stderr).
+pub fn client_transport(ca: Option<&std::path::Path>, insecure: bool) -> Result<Transport, ConnectError> {
+    match (ca, insecure) {
+        (_, true) => {
+            eprintln!("warning: --insecure: talking plaintext; passwords, tokens and data cross the network readable");
+            Ok(Transport::Insecure)
+        }
+        (Some(ca), false) => {
+            let pem = std::fs::read(ca).map_err(|e| ConnectError::Ca {
+                path: ca.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok(Transport::Tls(nas_proto::transport::TlsFiles {
+                ca: pem,
+                identity: None,
+            }))
+        }
+        (None, false) => Err(ConnectError::NoCa),
+    }
+}
 
 /// Errors building a cluster handle.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +61,19 @@ pub enum ConnectError {
     NoAddress,
     #[error("bad CHN address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
+    #[error("no cluster CA to verify CHNs with: pass --ca FILE or set {CA_ENV} (cluster.env has it; `nasctl cluster certs` makes one), or --insecure for a plaintext cluster")]
+    NoCa,
+    #[error("cannot read the cluster CA {path}: {reason}")]
+    Ca { path: String, reason: String },
+}
+
+impl From<nas_proto::transport::BadAddress> for ConnectError {
+    fn from(e: nas_proto::transport::BadAddress) -> Self {
+        ConnectError::BadAddress {
+            addr: e.addr,
+            reason: e.reason,
+        }
+    }
 }
 
 /// Pings on every connection, so that a call to a CHN that stopped
@@ -65,18 +104,22 @@ pub struct Cluster {
     channels: Vec<OnceLock<Channel>>,
     preferred: AtomicUsize,
     retry_for: Duration,
+    transport: Transport,
     credential: Credential,
     /// The token a password credential logged in for, once it has.
     token: std::sync::Mutex<Option<String>>,
 }
 
 impl Cluster {
-    /// A handle on the CHNs at `addrs` (`host:port`, optionally `http://host:port`).
-    /// Connections are made on first use.
-    pub fn new<S: AsRef<str>>(addrs: &[S]) -> Result<Cluster, ConnectError> {
+    /// A handle on the CHNs at `addrs` (`host:port`), reached over
+    /// `transport`. Connections are made on first use.
+    pub fn new<S: AsRef<str>>(addrs: &[S], transport: Transport) -> Result<Cluster, ConnectError> {
         let addrs: Vec<String> = addrs
             .iter()
-            .map(|a| a.as_ref().trim().trim_start_matches("http://").to_string())
+            .map(|a| {
+                let a = a.as_ref().trim();
+                a.strip_prefix("http://").or_else(|| a.strip_prefix("https://")).unwrap_or(a).to_string()
+            })
             .filter(|a| !a.is_empty())
             .collect();
         if addrs.is_empty() {
@@ -84,14 +127,7 @@ impl Cluster {
         }
         let endpoints: Vec<Endpoint> = addrs
             .iter()
-            .map(|a| {
-                Endpoint::from_shared(format!("http://{a}"))
-                    .map(|e| keepalive(e.connect_timeout(Duration::from_millis(800)).tcp_nodelay(true)))
-                    .map_err(|e| ConnectError::BadAddress {
-                        addr: a.clone(),
-                        reason: e.to_string(),
-                    })
-            })
+            .map(|a| transport.endpoint(a).map(keepalive))
             .collect::<Result<_, _>>()?;
         let channels = endpoints.iter().map(|_| OnceLock::new()).collect();
         Ok(Cluster {
@@ -100,6 +136,7 @@ impl Cluster {
             channels,
             preferred: AtomicUsize::new(0),
             retry_for: Duration::from_secs(15),
+            transport,
             credential: Credential::None,
             token: std::sync::Mutex::new(None),
         })
@@ -108,7 +145,7 @@ impl Cluster {
     /// A handle on other CHNs (`addrs`) with this one's settings and
     /// credential.
     pub fn on<S: AsRef<str>>(&self, addrs: &[S]) -> Result<Cluster, ConnectError> {
-        Ok(Cluster::new(addrs)?
+        Ok(Cluster::new(addrs, self.transport.clone())?
             .with_retry_for(self.retry_for)
             .with_credential(self.credential.clone()))
     }
@@ -163,8 +200,13 @@ impl Cluster {
     }
 
     /// Parses a comma-separated address list, as in `NAS_CLUSTER`.
-    pub fn from_list(list: &str) -> Result<Cluster, ConnectError> {
-        Cluster::new(&list.split(',').collect::<Vec<_>>())
+    pub fn from_list(list: &str, transport: Transport) -> Result<Cluster, ConnectError> {
+        Cluster::new(&list.split(',').collect::<Vec<_>>(), transport)
+    }
+
+    /// How this handle reaches CHNs.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// How long calls keep retrying UNAVAILABLE answers (default 15 s).
@@ -257,13 +299,10 @@ impl Cluster {
         let Some(leader) = first.members.iter().find(|m| m.node_id == first.leader_id) else {
             return Ok(first);
         };
-        let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", leader.address)) else {
+        let Ok(endpoint) = self.transport.endpoint(&leader.address) else {
             return Ok(first);
         };
-        let mut a = AdminClient::with_interceptor(
-            endpoint.connect_timeout(Duration::from_millis(800)).connect_lazy(),
-            self.authorization(),
-        );
+        let mut a = AdminClient::with_interceptor(endpoint.connect_lazy(), self.authorization());
         match a.cluster_status(ClusterStatusRequest {}).await {
             Ok(r) => Ok(r.into_inner()),
             Err(_) => Ok(first),
@@ -340,10 +379,16 @@ mod tests {
 
     #[tokio::test]
     async fn empty_address_lists_are_refused() {
-        assert!(matches!(Cluster::from_list(" , "), Err(ConnectError::NoAddress)));
+        assert!(matches!(
+            Cluster::from_list(" , ", Transport::Insecure),
+            Err(ConnectError::NoAddress)
+        ));
         assert_eq!(
-            Cluster::from_list("127.0.0.1:1, http://127.0.0.1:2").unwrap().addrs(),
+            Cluster::from_list("127.0.0.1:1, https://127.0.0.1:2", Transport::Insecure)
+                .unwrap()
+                .addrs(),
             ["127.0.0.1:1", "127.0.0.1:2"]
         );
+        assert!(matches!(client_transport(None, false), Err(ConnectError::NoCa)));
     }
 }

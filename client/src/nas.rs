@@ -24,7 +24,7 @@ use std::io::Write;
 use futures::StreamExt;
 
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::Cluster;
@@ -93,11 +93,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn channel(addr: &str) -> Result<NasGrpc<Channel>, Status> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("bad CHN address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_millis(800))
-        .tcp_nodelay(true)
+fn channel(cluster: &Cluster, addr: &str) -> Result<NasGrpc<Channel>, Status> {
+    let ep = cluster
+        .transport()
+        .endpoint(addr)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(1 << 20);
@@ -164,7 +164,7 @@ async fn locate(cluster: &Cluster, token: &str, export: &str) -> Result<String, 
             token: token.into(),
             export: export.into(),
         };
-        match quick(async { channel(addr)?.locate(req).await }).await {
+        match quick(async { channel(cluster, addr)?.locate(req).await }).await {
             Ok(r) => return Ok(r.into_inner().address),
             Err(s) if retryable(&s) => last = s,
             Err(s) => return Err(s),
@@ -186,7 +186,7 @@ async fn open_session(
         let mut last = Status::unavailable("no CHN address to ask");
         for addr in cluster.addrs() {
             let req = req.clone();
-            let attempt = async { channel(addr)?.open_session(req).await };
+            let attempt = async { channel(cluster, addr)?.open_session(req).await };
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) if retryable(&s) => last = s,
@@ -221,7 +221,7 @@ impl NasClient {
         let session = open_session(&cluster, open, opts.retry_for).await?;
         let mut addr = locate(&cluster, &session.token, export).await?;
         loop {
-            let mut grpc = channel(&addr)?;
+            let mut grpc = channel(&cluster, &addr)?;
             let mount = MountRequest {
                 token: session.token.clone(),
                 export: export.into(),
@@ -381,7 +381,7 @@ impl NasClient {
         let Some(addr) = addr else { return };
         let mut conn = lock(&self.inner.conn);
         if conn.addr != addr {
-            if let Ok(grpc) = channel(&addr) {
+            if let Ok(grpc) = channel(&self.inner.cluster, &addr) {
                 *conn = Conn { addr, grpc };
             }
         }

@@ -6,6 +6,8 @@ fn nasctl(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_nasctl"))
         .args(args)
         .env_remove("NAS_CLUSTER")
+        .env_remove("NAS_CA")
+        .env_remove("NAS_INSECURE")
         .output()
         .expect("run nasctl")
 }
@@ -43,6 +45,7 @@ fn usage_errors_exit_2_and_bad_values_are_named() {
     let out = nasctl(&["lu", "create", "--raid", "5"]);
     assert_eq!(out.status.code(), Some(2), "missing --disks is a usage error");
     let out = nasctl(&[
+        "--insecure",
         "--cluster",
         "127.0.0.1:1",
         "lu",
@@ -57,13 +60,23 @@ fn usage_errors_exit_2_and_bad_values_are_named() {
     let out = nasctl(&["array", "init", "--disks", "3", "--size", "12Q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
-    let out = nasctl(&["--cluster", "127.0.0.1:1", "path", "add", "CHN1", "--to", "lu:x"]);
+    let out = nasctl(&["--insecure", "--cluster", "127.0.0.1:1", "path", "add", "CHN1", "--to", "lu:x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("shared, backup or lu:N"));
 }
 
 #[test]
+fn without_a_ca_nothing_is_sent_in_plaintext() {
+    let out = nasctl(&["--cluster", "127.0.0.1:1", "cluster", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NAS_CA") && err.contains("--insecure"), "{err}");
+    let out = nasctl(&["--insecure", "--cluster", "127.0.0.1:1", "--retry-secs", "0", "cluster", "status"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: --insecure"));
+}
+
+#[test]
 fn unreachable_cluster_is_reported_not_hung() {
-    let out = nasctl(&["--cluster", "127.0.0.1:1", "--retry-secs", "1", "cluster", "status"]);
+    let out = nasctl(&["--insecure", "--cluster", "127.0.0.1:1", "--retry-secs", "1", "cluster", "status"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Unavailable"), "{err}");

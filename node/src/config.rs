@@ -110,6 +110,32 @@ pub struct Settings {
     /// it, so on few cores fewer threads commit more.
     #[arg(long, env = "NASD_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// This CHN's certificate (PEM), signed by the cluster CA and naming
+    /// `nas-chn` and `NAME.nas-chn` (lowercase); `nasctl cluster certs`
+    /// makes one. TLS is on unless --insecure is given.
+    #[arg(long, env = "NASD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; keep it mode 0600).
+    #[arg(long, env = "NASD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): other CHNs must present a certificate it
+    /// signed to use the Raft service.
+    #[arg(long, env = "NASD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve plaintext HTTP/2 without TLS: passwords, tokens and data
+    /// cross the network readable, and any caller can reach the Raft
+    /// service. For debugging only.
+    #[arg(long, env = "NASD_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
+}
+
+/// How this CHN secures its port.
+#[derive(Debug, Clone)]
+pub enum Tls {
+    /// Plaintext, by explicit choice.
+    Insecure,
+    /// PEM files: this CHN's certificate and key, and the cluster CA.
+    Files { cert: PathBuf, key: PathBuf, ca: PathBuf },
 }
 
 /// The validated configuration.
@@ -131,6 +157,7 @@ pub struct Config {
     pub failover: FailoverSettings,
     /// Threads of the async runtime.
     pub worker_threads: usize,
+    pub tls: Tls,
 }
 
 /// The node id a CHN name implies: its trailing digits.
@@ -165,6 +192,10 @@ impl Settings {
             giveback_after_s: self.giveback_after_s.or(file.giveback_after_s),
             session_ttl_s: self.session_ttl_s.or(file.session_ttl_s),
             worker_threads: self.worker_threads.or(file.worker_threads),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_ca: self.tls_ca.or(file.tls_ca),
+            insecure: self.insecure.or(file.insecure),
         }
     }
 
@@ -229,7 +260,25 @@ impl Settings {
         if !(1..=1024).contains(&worker_threads) {
             bail!("--worker-threads must be between 1 and 1024 (this machine has {cores} cores)");
         }
+        let tls = match (merged.insecure.unwrap_or(false), merged.tls_cert, merged.tls_key, merged.tls_ca) {
+            (true, None, None, None) => Tls::Insecure,
+            (true, ..) => bail!("--insecure and --tls-* contradict each other; give one or the other"),
+            (false, Some(cert), Some(key), Some(ca)) => Tls::Files { cert, key, ca },
+            (false, None, None, None) => bail!(
+                "TLS is on by default: give --tls-cert, --tls-key and --tls-ca (or NASD_TLS_*; \
+                 `nasctl cluster certs` makes them), or --insecure to serve plaintext for debugging"
+            ),
+            (false, cert, key, ca) => {
+                let missing: Vec<&str> = [("--tls-cert", cert.is_none()), ("--tls-key", key.is_none()), ("--tls-ca", ca.is_none())]
+                    .iter()
+                    .filter(|(_, m)| *m)
+                    .map(|(n, _)| *n)
+                    .collect();
+                bail!("TLS needs all three files; missing {}", missing.join(", "))
+            }
+        };
         Ok(Config {
+            tls,
             name,
             node_id,
             listen,
@@ -283,7 +332,7 @@ mod tests {
             "name = \"CHN2\"\nlisten = \"127.0.0.1:9\"\ndata = \"/x\"\nsnapshot_threshold = 7\n",
         )
         .unwrap();
-        let cfg = Settings::parse_from(["nasd", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:8"])
+        let cfg = Settings::parse_from(["nasd", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:8", "--insecure"])
             .resolve()
             .unwrap();
         assert_eq!(cfg.name, "CHN2");
@@ -296,7 +345,7 @@ mod tests {
     fn the_example_file_is_valid() {
         let example: Settings = toml::from_str(include_str!("../../deploy/nasd.example.toml")).unwrap();
         assert_eq!(example.session_lease_ms, Some(30_000));
-        let cfg = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x"])
+        let cfg = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x", "--insecure"])
             .merge(example)
             .resolve()
             .unwrap();
@@ -320,9 +369,17 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(err.to_string().contains("between 1 and 1024"), "{err}");
-        let cfg = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x"])
+        let cfg = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x", "--insecure"])
             .resolve()
             .unwrap();
         assert!(cfg.worker_threads >= 1);
+        let err = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("TLS is on by default"), "{err}");
+        let err = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x", "--tls-cert", "/c"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("missing --tls-key, --tls-ca"), "{err}");
     }
 }

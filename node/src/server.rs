@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tonic::transport::Server;
 
-use crate::config::Config;
+use crate::config::{Config, Tls};
+use nas_proto::transport::{TlsFiles, Transport};
 use crate::service::{admin::AdminService, nas::NasService, raft::RaftService};
 use crate::shared_lu::SharedLu;
 use nas_proto::{admin_server::AdminServer, nas_server::NasServer, raft_server::RaftServer};
@@ -53,6 +54,38 @@ async fn raft_stopped(lu: SharedLu) -> String {
     }
 }
 
+fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+/// The server's TLS settings and the transport its own calls to other
+/// CHNs use (presenting the same certificate).
+fn tls(cfg: &Tls) -> anyhow::Result<(Option<tonic::transport::ServerTlsConfig>, Transport)> {
+    let Tls::Files { cert, key, ca } = cfg else {
+        tracing::warn!(
+            "serving plaintext (--insecure): passwords, tokens and file data cross the network readable, \
+             and anyone who reaches this port can call the Raft service; for debugging only"
+        );
+        return Ok((None, Transport::Insecure));
+    };
+    let (cert, key, ca) = (
+        read_pem("certificate", cert)?,
+        read_pem("key", key)?,
+        read_pem("CA certificate", ca)?,
+    );
+    let server = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(&cert, &key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(&ca))
+        // Clients of the file and Admin services need no certificate;
+        // the Raft service refuses callers without a CHN's.
+        .client_auth_optional(true);
+    let transport = Transport::Tls(TlsFiles {
+        ca,
+        identity: Some((cert, key)),
+    });
+    Ok((Some(server), transport))
+}
+
 /// Runs the CHN until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data)
@@ -65,6 +98,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .with_context(|| format!("cannot resolve --listen {}", cfg.listen))?
         .next()
         .with_context(|| format!("--listen {} resolves to no address", cfg.listen))?;
+    let (server_tls, transport) = tls(&cfg.tls)?;
     let listener = bind(addr).await?;
 
     let lu = SharedLu::start(
@@ -73,6 +107,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         cfg.advertise.clone(),
         &cfg.data,
         &cfg.raft,
+        crate::shared_lu::network::Peers::new(transport),
     )
     .await?;
     let version = env!("CARGO_PKG_VERSION").to_string();
@@ -126,7 +161,10 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
     let admin = crate::service::authz::Gated::new(admin, access);
-    let raft = RaftServer::new(RaftService { lu: lu.clone() })
+    let raft = RaftServer::new(RaftService {
+        lu: lu.clone(),
+        mutual_tls: server_tls.is_some(),
+    })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     // Server::tcp_nodelay only applies to listeners tonic binds itself;
@@ -161,7 +199,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
             }
         }
     };
-    let served = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(t) = server_tls {
+        builder = builder.tls_config(t).context("cannot set up TLS with --tls-cert/--tls-key/--tls-ca")?;
+    }
+    let served = builder
         .tcp_nodelay(true)
         // File data streams in 1 MiB messages: h2's 64 KiB defaults would
         // stall every stream on window updates.

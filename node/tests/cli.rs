@@ -46,6 +46,7 @@ fn a_busy_port_is_an_error_not_a_hang() {
     let addr = taken.local_addr().expect("addr").to_string();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = nasd(&[
+        "--insecure",
         "--name",
         "CHN1",
         "--listen",

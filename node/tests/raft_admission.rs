@@ -33,12 +33,14 @@ async fn forged_votes_with_impossible_terms_are_refused_and_nothing_panics() -> 
     let mut c = TestCluster::up(3, &[])?;
     probe_write(&c, "before").await?;
     for node in &c.nodes {
-        let mut raft = RaftClient::new(c.channel(&node.name));
+        // From a CHN's own certificate: mutual TLS lets it in, the
+        // admission checks must not.
+        let mut raft = RaftClient::new(c.channel_as_chn(&node.name, "CHN1"));
         for forged in [
-            vote(u64::MAX, 9, None),
+            vote(u64::MAX, 1, None),
             vote(u64::MAX - 1, 1, None),
-            vote(5, 2, Some((u64::MAX, 3))),
-            vote(5, 2, Some((4, u64::MAX))),
+            vote(5, 1, Some((u64::MAX, 3))),
+            vote(5, 1, Some((4, u64::MAX))),
             vote(5, u64::MAX, None),
         ] {
             let err = raft.vote(forged).await.expect_err("a forged vote must be refused");
@@ -46,6 +48,10 @@ async fn forged_votes_with_impossible_terms_are_refused_and_nothing_panics() -> 
             assert!(err.message().contains("forged or corrupt") || err.message().contains("node id"), "{err:?}");
         }
     }
+    // CHN1's certificate cannot speak for CHN2.
+    let mut raft = RaftClient::new(c.channel_as_chn("CHN3", "CHN1"));
+    let err = raft.vote(vote(5, 2, None)).await.expect_err("an impostor's vote");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // Every CHN still serves, and after a full stop and start too (nothing
     // poisoned was persisted).
     probe_write(&c, "after").await?;

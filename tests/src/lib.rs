@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use ::nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest, LoginRequest};
-use ::nas_client::{AdminConn, Authorization, Cluster, Credential};
+use ::nas_client::proto::transport::TlsFiles;
+use ::nas_client::{AdminConn, Authorization, Cluster, Credential, Transport};
 use anyhow::{bail, Context};
 use tonic::transport::Channel;
 
@@ -197,6 +198,8 @@ impl TestCluster {
         Command::new(bin("nasctl"))
             .args(args)
             .env("NAS_CLUSTER", self.cluster_env())
+            .env("NAS_CA", self.ca_file())
+            .env_remove("NAS_INSECURE")
             .env("NAS_CONFIG_DIR", self.dir().join("nasctl-config"))
             .env_remove("NAS_ADMIN_PASSWORD")
             .env_remove("NAS_ADMIN_USER")
@@ -271,9 +274,20 @@ impl TestCluster {
         }
     }
 
+    /// The cluster CA certificate (`cluster up` makes it).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir().join("tls").join("ca.crt")
+    }
+
+    /// How clients reach this cluster: TLS against its CA.
+    pub fn transport(&self) -> Transport {
+        let ca = std::fs::read(self.ca_file()).expect("the cluster CA");
+        Transport::Tls(TlsFiles { ca, identity: None })
+    }
+
     /// A client handle over every CHN, as the first admin.
     pub fn client(&self) -> Cluster {
-        Cluster::from_list(&self.cluster_env())
+        Cluster::from_list(&self.cluster_env(), self.transport())
             .expect("cluster addresses")
             .with_retry_for(Duration::from_secs(20))
             .with_credential(admin_credential())
@@ -282,10 +296,22 @@ impl TestCluster {
     /// A channel to the CHN at `addr`, as every client of the project
     /// makes them.
     pub fn channel_to(&self, addr: &str) -> Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        self.transport()
+            .endpoint(addr)
             .expect("address")
             .connect_timeout(Duration::from_millis(300))
-            .tcp_nodelay(true)
+            .connect_lazy()
+    }
+
+    /// A channel to CHN `to` that presents CHN `as_chn`'s certificate
+    /// (mutual TLS): what another CHN's calls look like.
+    pub fn channel_as_chn(&self, to: &str, as_chn: &str) -> Channel {
+        let files = ::nas_client::pki::CertDir::new(self.dir().join("tls"))
+            .chn_tls_files(as_chn)
+            .expect("the CHN's certificate");
+        Transport::Tls(files)
+            .endpoint(&self.node(to).addr)
+            .expect("address")
             .connect_lazy()
     }
 

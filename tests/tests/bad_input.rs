@@ -246,10 +246,8 @@ async fn bad_admin_requests_get_precise_statuses() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_raft_messages_are_refused_and_the_chn_survives() -> anyhow::Result<()> {
     let c = TestCluster::up(3, &[])?;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node("CHN2").addr))?
-        .connect()
-        .await?;
-    let mut raft = raft_client::RaftClient::new(ch);
+    // As another CHN would send them: with CHN1's certificate.
+    let mut raft = raft_client::RaftClient::new(c.channel_as_chn("CHN2", "CHN1"));
     for garbage in [vec![], vec![0xff; 7], vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]] {
         // AppendEntries is a stream: the malformed request ends it.
         let request = tokio_stream::iter([RaftBytes { data: garbage.clone() }]);
@@ -292,17 +290,29 @@ async fn a_chn_that_was_never_installed_says_how_to_bootstrap() -> anyhow::Resul
             let _ = self.0.wait();
         }
     }
+    let certs = ::nas_client::pki::CertDir::new(dir.path().join("tls"));
+    certs.ensure_ca()?;
+    certs.ensure_chn("CHN7", &["127.0.0.1".into()])?;
+    let (cert, key) = certs.chn_files("CHN7");
     let _nasd = Killed(
         std::process::Command::new(nas_tests::bin("nasd"))
             .args(["--name", "CHN7", "--listen", &addr, "--data"])
-            .arg(dir.path())
+            .arg(dir.path().join("data"))
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--tls-ca")
+            .arg(certs.ca_cert())
             .stderr(std::process::Stdio::null())
             .spawn()?,
     );
     // With a credential: a CHN outside any cluster has no users to check
     // it against, and says so rather than "wrong password".
     let mut admin = admin_client::AdminClient::with_interceptor(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy(),
+        ::nas_client::Transport::Tls(certs.client_files()?)
+            .endpoint(&addr)?
+            .connect_lazy(),
         nas_tests::admin_credential().authorization(),
     );
     let answered = nas_tests::wait_until("the new nasd to answer", std::time::Duration::from_secs(20), || {

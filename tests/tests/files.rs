@@ -16,10 +16,7 @@ use tonic::Code;
 
 /// A raw `Nas` stub on one CHN: for calls the library would not send.
 fn grpc(c: &TestCluster, chn: &str) -> NasGrpc<Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node(chn).addr))
-        .expect("address")
-        .connect_lazy();
-    NasGrpc::new(ch)
+    NasGrpc::new(c.channel(chn))
 }
 
 /// A raw session of `user` with `export` mounted, on CHN1 (the owner).
@@ -108,7 +105,7 @@ async fn files_round_trip_through_the_library_and_nasctl() {
         .expect("LU 1 is locked");
     assert_eq!(lu1["holder"], "CHN1", "{locks}");
     // The library finds the owner (CHN1) even when told only of CHN3.
-    let only3 = ::nas_client::Cluster::from_list(&c.node("CHN3").addr).expect("address");
+    let only3 = c.client().on(&[c.node("CHN3").addr.as_str()]).expect("address");
     let nas = NasClient::connect(only3, "alice", "correct-horse", "home", Default::default())
         .await
         .expect("connect");

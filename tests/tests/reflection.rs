@@ -8,13 +8,9 @@ use tonic_reflection::pb::v1::{
     server_reflection_response::MessageResponse, ServerReflectionRequest,
 };
 
-/// Sends one reflection request to `addr` and returns its answer.
-async fn ask(addr: &str, request: MessageRequest) -> Result<MessageResponse, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect");
+/// Sends one reflection request on `channel` and returns its answer.
+async fn ask(channel: &tonic::transport::Channel, request: MessageRequest) -> Result<MessageResponse, tonic::Status> {
+    let channel = channel.clone();
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(request),
@@ -34,7 +30,7 @@ async fn ask(addr: &str, request: MessageRequest) -> Result<MessageResponse, ton
 #[tokio::test]
 async fn reflection_lists_every_service_and_describes_its_methods() {
     let c = TestCluster::up(1, &[]).expect("cluster up");
-    let addr = c.node("CHN1").addr.clone();
+    let addr = c.channel("CHN1");
 
     let MessageResponse::ListServicesResponse(list) = ask(&addr, MessageRequest::ListServices(String::new()))
         .await

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ::nas_client::proto::nas_client::NasClient as NasGrpc;
 use ::nas_client::proto::*;
+use ::nas_client::proto::command;
 use nas_tests::{ok, wait_until, TestCluster, ADMIN_PASSWORD, ADMIN_USER};
 use prost::Message;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -333,5 +334,76 @@ async fn a_login_flood_is_throttled_and_the_operator_goes_on() -> anyhow::Result
         during < idle * 3,
         "the operator's p99 went from {idle:?} to {during:?} under the flood"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_chns_of_this_cluster_reach_the_raft_service() -> anyhow::Result<()> {
+    let c = TestCluster::up(3, &[])?;
+    let addr = c.node("CHN2").addr.clone();
+    let vote = || RaftBytes { data: vec![0xff; 7] };
+    let forward = || Command {
+        kind: Some(command::Kind::ExpireClients(ExpireClients { now_ms: u64::MAX })),
+    };
+
+    // Plaintext to a TLS port gets nowhere.
+    let plain = ::nas_client::Transport::Insecure.endpoint(&addr)?.connect_lazy();
+    let err = admin_client::AdminClient::new(plain)
+        .node_info(NodeInfoRequest {})
+        .await
+        .expect_err("plaintext must fail");
+    assert!(
+        ::nas_client::broken_connection(&err) || matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+        "plaintext got an answer: {err:?}"
+    );
+
+    // A client without a certificate: the file and Admin services answer,
+    // the Raft service does not.
+    let mut raft = raft_client::RaftClient::new(c.channel("CHN2"));
+    for err in [
+        raft.vote(vote()).await.expect_err("vote"),
+        raft.install_snapshot(vote()).await.expect_err("snapshot"),
+        raft.forward(forward()).await.expect_err("forward"),
+        raft.read_index(ReadIndexRequest {}).await.expect_err("read index"),
+        raft.append_entries(tokio_stream::iter([vote()])).await.expect_err("append"),
+    ] {
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+
+    // A certificate this cluster's CA signed for a CHN that is not installed.
+    let certs = ::nas_client::pki::CertDir::new(c.dir().join("tls"));
+    certs.ensure_chn("CHN9", &[])?;
+    let chn9 = ::nas_client::Transport::Tls(certs.chn_tls_files("CHN9")?)
+        .endpoint(&addr)?
+        .connect_lazy();
+    let err = raft_client::RaftClient::new(chn9)
+        .forward(forward())
+        .await
+        .expect_err("a CHN that is not installed");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("no installed CHN"), "{err:?}");
+
+    // A CHN certificate from another CA does not even connect.
+    let other = tempfile::tempdir()?;
+    let foreign = ::nas_client::pki::CertDir::new(other.path());
+    foreign.ensure_ca()?;
+    foreign.ensure_chn("CHN1", &[])?;
+    let mut files = foreign.chn_tls_files("CHN1")?;
+    files.ca = std::fs::read(c.ca_file())?;
+    let impostor = ::nas_client::Transport::Tls(files).endpoint(&addr)?.connect_lazy();
+    let err = raft_client::RaftClient::new(impostor)
+        .forward(forward())
+        .await
+        .expect_err("another CA's certificate");
+    assert_ne!(err.code(), Code::Ok);
+    assert_ne!(err.code(), Code::InvalidArgument, "it reached the service: {err:?}");
+
+    // None of it ended a session or changed anything: the cluster serves.
+    c.client()
+        .write_probe(WriteProbeRequest {
+            key: "still".into(),
+            value: vec![],
+        })
+        .await?;
     Ok(())
 }

@@ -28,27 +28,38 @@ fn free_port() -> u16 {
     l.local_addr().expect("its address").port()
 }
 
+/// Makes the certificates as the compose `certs` service does, then
+/// starts the CHNs with them.
 fn start_chns(dir: &Path, names: &[&str]) -> (Chns, Vec<String>) {
     let array = dir.join("array");
     std::fs::create_dir_all(&array).expect("array folder");
+    let specs: Vec<String> = names
+        .iter()
+        .map(|name| format!("{name}=127.0.0.1:{}", free_port()))
+        .collect();
+    let tls = dir.join("tls");
+    let tls_arg = tls.display().to_string();
+    ok(nasctl(&["cluster", "certs", "--dir", &tls_arg, "--chn", &specs.join(",")]));
     let mut children = Vec::new();
-    let mut specs = Vec::new();
-    for name in names {
-        let addr = format!("127.0.0.1:{}", free_port());
+    for (name, spec) in names.iter().zip(&specs) {
+        let addr = spec.split_once('=').map_or("", |(_, a)| a);
         let data = dir.join(name.to_lowercase());
         std::fs::create_dir_all(&data).expect("data folder");
         let log = std::fs::File::create(data.join("nasd.log")).expect("log file");
+        let lower = name.to_lowercase();
         let child = Command::new(bin("nasd"))
             .env("NASD_NAME", name)
-            .env("NASD_LISTEN", &addr)
+            .env("NASD_LISTEN", addr)
             .env("NASD_DATA", &data)
             .env("NASD_ARRAY", &array)
+            .env("NASD_TLS_CERT", tls.join(format!("{lower}.crt")))
+            .env("NASD_TLS_KEY", tls.join(format!("{lower}.key")))
+            .env("NASD_TLS_CA", tls.join("ca.crt"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start nasd");
         children.push(child);
-        specs.push(format!("{name}={addr}"));
     }
     (Chns(children), specs)
 }
@@ -84,6 +95,15 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
         .tempdir()
         .expect("temp dir");
     let (_chns, specs) = start_chns(dir.path(), &["CHN1", "CHN2", "CHN5"]);
+    // Every call verifies the CHNs against the CA `cluster certs` made.
+    let ca = dir.path().join("tls").join("ca.crt").display().to_string();
+    let with_ca = |args: &[&str]| -> Vec<String> {
+        ["--ca", ca.as_str()].iter().chain(args).map(|a| a.to_string()).collect()
+    };
+    let run = |args: &[&str]| {
+        let args = with_ca(args);
+        nasctl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     let chn_list = specs.join(",");
     let setup = [
         "cluster",
@@ -106,10 +126,10 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
         "60",
     ];
     // No password, no default: setup refuses before it changes anything.
-    let refused = nasctl_with(&setup, None);
+    let refused = nasctl_with(&with_ca(&setup).iter().map(String::as_str).collect::<Vec<_>>(), None);
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("NAS_ADMIN_PASSWORD"), "{}", stderr(&refused));
-    let first = nasctl(&setup);
+    let first = run(&setup);
     let first_err = stderr(&first);
     assert!(first.status.success(), "setup failed: {first_err}");
     assert!(first_err.contains("installing CHN1 (bootstrap)"), "{first_err}");
@@ -118,12 +138,12 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
     let addrs: Vec<&str> = specs.iter().map(|s| s.split_once('=').map_or("", |(_, a)| a)).collect();
     let cluster = addrs.join(",");
     let status: serde_json::Value =
-        serde_json::from_str(&ok(nasctl(&["--cluster", &cluster, "--json", "cluster", "status"]))).expect("json");
+        serde_json::from_str(&ok(run(&["--cluster", &cluster, "--json", "cluster", "status"]))).expect("json");
     let members = status["members"].as_array().expect("members");
     assert_eq!(members.len(), 3, "{status}");
     assert!(members.iter().all(|m| m["voter"] == true), "{status}");
     let exports: serde_json::Value =
-        serde_json::from_str(&ok(nasctl(&["--cluster", &cluster, "--json", "export", "list"]))).expect("json");
+        serde_json::from_str(&ok(run(&["--cluster", &cluster, "--json", "export", "list"]))).expect("json");
     let home = exports
         .as_array()
         .and_then(|l| l.iter().find(|e| e["export"] == "home"))
@@ -132,7 +152,7 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
     assert_eq!(home["partner_chn"], "CHN5", "{home}");
 
     // Again, as the compose setup service does on every `up`: nothing new.
-    let again = nasctl(&setup);
+    let again = run(&setup);
     let again_err = stderr(&again);
     assert!(again.status.success(), "second setup failed: {again_err}");
     assert!(!again_err.contains("installing"), "{again_err}");
@@ -145,13 +165,13 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
         assert!(again_err.contains(line), "`{line}` missing from: {again_err}");
     }
     let lus: serde_json::Value =
-        serde_json::from_str(&ok(nasctl(&["--cluster", &cluster, "--json", "lu", "list"]))).expect("json");
+        serde_json::from_str(&ok(run(&["--cluster", &cluster, "--json", "lu", "list"]))).expect("json");
     assert_eq!(lus.as_array().map(Vec::len), Some(1), "{lus}");
 
     // The container HEALTHCHECK.
-    let health = ok(nasctl(&["health", "--addr", addrs[1]]));
+    let health = ok(run(&["health", "--addr", addrs[1]]));
     assert!(health.contains("SERVING"), "{health}");
-    let file_service = ok(nasctl(&[
+    let file_service = ok(run(&[
         "--json",
         "health",
         "--addr",
@@ -165,21 +185,22 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
     let local = Command::new(bin("nasctl"))
         .arg("health")
         .env("NASD_LISTEN", format!("0.0.0.0:{port}"))
+        .env("NASD_TLS_CA", &ca)
         .output()
         .expect("run nasctl");
     assert!(local.status.success(), "{}", stderr(&local));
 
     // Bad inputs, each a one-line answer and no change.
-    let unknown = nasctl(&["health", "--addr", addrs[0], "--service", "no.such.Service"]);
+    let unknown = run(&["health", "--addr", addrs[0], "--service", "no.such.Service"]);
     assert!(!unknown.status.success());
     assert!(stderr(&unknown).contains("NotFound"), "{}", stderr(&unknown));
-    let nobody = nasctl(&["health", "--addr", &format!("127.0.0.1:{}", free_port())]);
+    let nobody = run(&["health", "--addr", &format!("127.0.0.1:{}", free_port())]);
     assert_eq!(nobody.status.code(), Some(1));
     assert!(stderr(&nobody).contains("no nasd answers"), "{}", stderr(&nobody));
-    let malformed = nasctl(&["cluster", "setup", "--chn", "CHN1"]);
+    let malformed = run(&["cluster", "setup", "--chn", "CHN1"]);
     assert_eq!(malformed.status.code(), Some(2), "{}", stderr(&malformed));
     assert!(stderr(&malformed).contains("NAME=HOST:PORT"), "{}", stderr(&malformed));
-    let wrong_name = nasctl(&[
+    let wrong_name = run(&[
         "cluster",
         "setup",
         "--chn",
@@ -193,7 +214,7 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
         "{}",
         stderr(&wrong_name)
     );
-    let bad_raid = nasctl(&[
+    let bad_raid = run(&[
         "cluster",
         "setup",
         "--chn",
@@ -232,6 +253,7 @@ fn external_fault_drill_follows_the_injectors_kill() {
             &hs,
         ])
         .env("NAS_CLUSTER", c.cluster_env())
+        .env("NAS_CA", c.ca_file())
         .env("NAS_PASSWORD", "correct-horse")
         .env("NAS_ADMIN_PASSWORD", nas_tests::ADMIN_PASSWORD)
         .stdout(Stdio::piped())

@@ -6,6 +6,7 @@
 //! except through `SharedLu` commands.
 
 pub mod passwords;
+pub mod peer;
 pub mod policy;
 pub mod throttle;
 pub mod tokens;

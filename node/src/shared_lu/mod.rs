@@ -170,6 +170,7 @@ impl SharedLu {
         addr: String,
         data_dir: &Path,
         s: &RaftSettings,
+        peers: Peers,
     ) -> Result<SharedLu, StartError> {
         let dir = data_dir.display().to_string();
         let log = log_store::LogStore::open(data_dir, id).map_err(|source| StartError::Log {
@@ -190,8 +191,7 @@ impl SharedLu {
             ..Default::default()
         }
         .validate()?;
-        let network = Network::new(durability);
-        let peers = network.peers.clone();
+        let network = Network::new(durability, peers.clone());
         let raft = Raft::new(id, std::sync::Arc::new(config), network, log, sm).await?;
         tokio::spawn(election_gate::run(raft.clone(), peers.clone(), id));
         let (proposals, queue) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);

@@ -25,25 +25,40 @@ use tonic::Streaming;
 
 use super::log_store::Durability;
 use super::{ChnNode, NodeId, TypeConfig};
+use nas_proto::transport::{BadAddress, Transport};
 use nas_proto::{raft_client::RaftClient, RaftBytes};
 
 /// Open channels to peers, keyed by address; shared by every Raft task
-/// and by request forwarding.
-#[derive(Clone, Default)]
+/// and by request forwarding. Over TLS each channel presents this CHN's
+/// certificate (mutual TLS).
+#[derive(Clone)]
 pub struct Peers {
+    transport: Transport,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Peers {
+    pub fn new(transport: Transport) -> Peers {
+        Peers {
+            transport,
+            channels: Arc::default(),
+        }
+    }
+
+    /// An endpoint for `addr`, for callers that need their own settings.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, BadAddress> {
+        self.transport.endpoint(addr)
+    }
+
     /// A (lazily connecting) channel to `addr`, reused across calls.
-    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, BadAddress> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let channel = self
+            .endpoint(addr)?
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .connect_lazy();
         map.insert(addr.to_string(), channel.clone());
@@ -61,11 +76,8 @@ pub struct Network {
 impl Network {
     /// A transport that tells followers of a commit only once this CHN's
     /// log has synced the committed entries.
-    pub fn new(durability: Durability) -> Self {
-        Network {
-            peers: Peers::default(),
-            durability,
-        }
+    pub fn new(durability: Durability, peers: Peers) -> Self {
+        Network { peers, durability }
     }
 }
 
@@ -139,7 +151,7 @@ type RaftMethod =
     fn(RaftClient<Channel>, RaftBytes) -> futures::future::BoxFuture<'static, Result<RaftBytes, PeerError>>;
 
 impl Connection {
-    fn client(&self) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    fn client(&self) -> Result<RaftClient<Channel>, BadAddress> {
         Ok(RaftClient::new(self.peers.channel(&self.addr)?).max_decoding_message_size(64 << 20))
     }
 

@@ -42,7 +42,14 @@ fn probe(key: &str, value: &str) -> Command {
 }
 
 async fn start(dir: &Path) -> SharedLu {
-    SharedLu::start(1, "CHN1".into(), "127.0.0.1:1".into(), dir, &settings())
+    SharedLu::start(
+        1,
+        "CHN1".into(),
+        "127.0.0.1:1".into(),
+        dir,
+        &settings(),
+        super::network::Peers::new(nas_proto::transport::Transport::Insecure),
+    )
         .await
         .expect("start the shared LU")
 }

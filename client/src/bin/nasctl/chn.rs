@@ -49,7 +49,7 @@ async fn install(
 ) -> anyhow::Result<()> {
     let reply = if bootstrap {
         // Bootstrap must reach exactly that CHN, not any member.
-        let one = Cluster::new(&[addr.as_str()])?.with_retry_for(retry);
+        let one = c.on(&[addr.as_str()])?.with_retry_for(retry);
         let info = one.node_info(NodeInfoRequest {}).await.map_err(status_err)?;
         if info.name != name {
             bail!(

@@ -86,6 +86,20 @@ pub(crate) enum ClusterCmd {
         from: String,
         to: String,
     },
+    /// Make the cluster CA and a certificate for each CHN in DIR, keeping
+    /// any that exist (the compose `certs` service runs it before the
+    /// CHNs start). Give each nasd --tls-cert DIR/NAME.crt, --tls-key
+    /// DIR/NAME.key and --tls-ca DIR/ca.crt (NAME in lower case), and
+    /// clients --ca DIR/ca.crt. Keys are written mode 0600; keep ca.key
+    /// away from the CHNs if you can (only this command needs it).
+    Certs {
+        #[arg(long, env = "NAS_CERTS_DIR")]
+        dir: PathBuf,
+        /// A CHN as NAME=HOST:PORT (the host goes into its certificate);
+        /// repeat it or separate with commas.
+        #[arg(long = "chn", env = "NAS_SETUP_CHNS", value_delimiter = ',', required = true, value_name = "NAME=HOST:PORT")]
+        chns: Vec<setup::NodeSpec>,
+    },
     /// Run the setup sequence on CHNs that are already running (containers,
     /// other hosts), then make the disks, LU, user and export asked for.
     ///
@@ -140,8 +154,34 @@ pub(crate) struct SetupArgs {
     wait_s: u64,
 }
 
+/// `cluster certs`: the CA and every CHN's certificate in `dir`.
+fn certs(dir: &std::path::Path, chns: &[setup::NodeSpec], json: bool) -> anyhow::Result<()> {
+    let certs = ::nas_client::pki::CertDir::new(dir);
+    let ca_made = certs.ensure_ca()?;
+    let mut made = Vec::new();
+    for c in chns {
+        if certs.ensure_chn(&c.name, &[::nas_client::pki::host_of(&c.addr)])? {
+            made.push(c.name.clone());
+        }
+    }
+    if json {
+        outln!(
+            "{}",
+            json!({"dir": dir, "ca": certs.ca_cert(), "ca_made": ca_made, "chn_certificates_made": made})
+        );
+    } else {
+        outln!(
+            "certificates in {}: CA {}, CHN certificates made for [{}] (existing ones kept)",
+            dir.display(),
+            if ca_made { "made" } else { "kept" },
+            made.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// `cluster setup`: the setup sequence on running CHNs, then provisioning.
-async fn cluster_setup(a: &SetupArgs, json: bool) -> anyhow::Result<()> {
+async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: bool) -> anyhow::Result<()> {
     let addrs: Vec<&str> = a.chns.iter().map(|n| n.addr.as_str()).collect();
     let wait = Duration::from_secs(a.wait_s);
     let (admin, password) = crate::auth::first_admin()?;
@@ -149,7 +189,7 @@ async fn cluster_setup(a: &SetupArgs, json: bool) -> anyhow::Result<()> {
         user: admin.clone(),
         password: password.clone(),
     };
-    let cluster = Cluster::new(&addrs)?.with_retry_for(wait).with_credential(credential);
+    let cluster = Cluster::new(&addrs, transport)?.with_retry_for(wait).with_credential(credential);
     let initialized =
         setup::wait_answering(&cluster, &a.chns, wait, |_| "is its nasd running and reachable?".into()).await?;
     setup::install(&cluster, &a.chns, &initialized, (&admin, &password), false).await?;
@@ -282,7 +322,13 @@ async fn cluster_status(c: &Cluster, json: bool) -> anyhow::Result<()> {
 }
 
 /// `health`: one standard gRPC health check, for container HEALTHCHECKs.
-pub(crate) async fn health(addr: Option<&str>, service: &str, json: bool) -> anyhow::Result<()> {
+pub(crate) async fn health(
+    addr: Option<&str>,
+    service: &str,
+    ca: Option<&std::path::Path>,
+    insecure: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
     let addr = match addr {
         Some(a) => a.to_string(),
@@ -292,8 +338,17 @@ pub(crate) async fn health(addr: Option<&str>, service: &str, json: bool) -> any
             .and_then(|l| l.rsplit_once(':').map(|(_, port)| format!("127.0.0.1:{port}")))
             .unwrap_or_else(|| "127.0.0.1:7000".into()),
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
+    // In a CHN's container the CHN's own settings say how to reach it.
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let ca = ca.map(std::path::PathBuf::from).or_else(|| from_env("NASD_TLS_CA").map(Into::into));
+    let insecure = insecure || from_env("NASD_INSECURE").is_some_and(|v| v != "false" && v != "0");
+    let transport = if insecure {
+        ::nas_client::Transport::Insecure
+    } else {
+        ::nas_client::client_transport(ca.as_deref(), false)?
+    };
+    let endpoint = transport
+        .endpoint(&addr)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(2));
     let channel = endpoint
@@ -322,7 +377,12 @@ pub(crate) async fn health(addr: Option<&str>, service: &str, json: bool) -> any
     Ok(())
 }
 
-pub(crate) async fn run(cmd: ClusterCmd, conn: anyhow::Result<Cluster>, json: bool) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    cmd: ClusterCmd,
+    conn: anyhow::Result<Cluster>,
+    transport: anyhow::Result<::nas_client::Transport>,
+    json: bool,
+) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Up {
             nodes,
@@ -332,7 +392,8 @@ pub(crate) async fn run(cmd: ClusterCmd, conn: anyhow::Result<Cluster>, json: bo
             netns,
         } => up(nodes, dir, nasd, nasd_args, netns, json).await,
         ClusterCmd::Down { dir } => local_cluster::down(&dir, json).await,
-        ClusterCmd::Setup(a) => cluster_setup(&a, json).await,
+        ClusterCmd::Setup(a) => cluster_setup(&a, transport?, json).await,
+        ClusterCmd::Certs { dir, chns } => certs(&dir, &chns, json),
         ClusterCmd::Status => cluster_status(&conn?, json).await,
         ClusterCmd::Start { dir, chns, nasd } => local_cluster::start(&dir, &chns, nasd, json),
         ClusterCmd::Cut { dir, chn } => local_cluster::cut(&dir, &chn, true, json),

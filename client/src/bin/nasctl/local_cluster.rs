@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use ::nas_client::pki::{host_of, CertDir};
 use ::nas_client::Cluster;
 
 use crate::setup::{self, NodeSpec};
@@ -139,6 +140,11 @@ fn find_nasd(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The cluster's certificates: DIR/tls.
+fn cert_dir(dir: &Path) -> CertDir {
+    CertDir::new(dir.join("tls"))
+}
+
 fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String], ns: Option<&str>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let ndir = node_dir(dir, &node.name);
@@ -159,7 +165,15 @@ fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String], ns: Op
         }
         None => Command::new(nasd),
     };
+    let certs = cert_dir(dir);
+    let (cert, key) = certs.chn_files(&node.name);
     let child = cmd
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .arg("--tls-ca")
+        .arg(certs.ca_cert())
         .arg("--name")
         .arg(&node.name)
         .arg("--listen")
@@ -225,6 +239,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("array"))?;
     std::fs::write(layout_path(dir), serde_json::to_string_pretty(&layout)?)?;
 
+    let certs = cert_dir(dir);
+    certs.ensure_ca()?;
+    for node in &layout.nodes {
+        certs.ensure_chn(&node.name, &[host_of(&node.addr)])?;
+    }
     let nasd = find_nasd(opts.nasd)?;
     for (i, node) in layout.nodes.iter().enumerate() {
         if running_pid(dir, &node.name).is_none() {
@@ -243,7 +262,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         user: admin.clone(),
         password: password.clone(),
     };
-    let cluster = Cluster::new(&addrs)?.with_credential(credential);
+    let transport = ::nas_client::Transport::Tls(certs.client_files()?);
+    let cluster = Cluster::new(&addrs, transport)?.with_credential(credential);
     let initialized = setup::wait_answering(&cluster, &layout.nodes, Duration::from_secs(30), |node| {
         format!("log: {}", node_dir(dir, &node.name).join("nasd.log").display())
     })
@@ -253,7 +273,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let status = setup::wait_healthy(&cluster, n, Duration::from_secs(30)).await?;
 
     let env_line = format!("NAS_CLUSTER={}", addrs.join(","));
-    std::fs::write(dir.join("cluster.env"), format!("{env_line}\n"))?;
+    let ca_line = format!("{}={}", ::nas_client::CA_ENV, certs.ca_cert().display());
+    std::fs::write(dir.join("cluster.env"), format!("{env_line}\n{ca_line}\n"))?;
     if opts.quiet {
         return Ok(());
     }
@@ -265,7 +286,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             .collect();
         outln!(
             "{}",
-            serde_json::json!({"cluster": addrs.join(","), "leader": status.leader_name, "nodes": nodes, "env_file": dir.join("cluster.env"), "admin": admin, "admin_password_file": password_file})
+            serde_json::json!({"cluster": addrs.join(","), "leader": status.leader_name, "nodes": nodes, "env_file": dir.join("cluster.env"), "ca": certs.ca_cert(), "admin": admin, "admin_password_file": password_file})
         );
         return Ok(());
     }

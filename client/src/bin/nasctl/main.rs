@@ -61,6 +61,14 @@ struct Cli {
     /// Seconds to keep retrying while no CHN answers or no leader is elected.
     #[arg(long, global = true, default_value_t = 15)]
     retry_secs: u64,
+    /// The cluster CA certificate CHNs are verified with (`cluster up`
+    /// writes its path to cluster.env).
+    #[arg(long, global = true, env = ::nas_client::CA_ENV, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// Talk plaintext, without TLS, to CHNs started with --insecure
+    /// (debugging only: passwords and data cross the network readable).
+    #[arg(long, global = true, env = "NAS_INSECURE")]
+    insecure: bool,
     #[command(flatten)]
     login: files::Login,
     #[command(subcommand)]
@@ -186,9 +194,16 @@ fn main() -> ExitCode {
     }
 }
 
+fn transport(cli: &Cli) -> anyhow::Result<::nas_client::Transport> {
+    Ok(::nas_client::client_transport(cli.ca.as_deref(), cli.insecure)?)
+}
+
 fn connect(cli: &Cli) -> anyhow::Result<Cluster> {
     let list = cli.cluster.as_deref().unwrap_or("");
-    Ok(Cluster::from_list(list)?
+    if list.trim().is_empty() {
+        return Err(::nas_client::ConnectError::NoAddress.into());
+    }
+    Ok(Cluster::from_list(list, transport(cli)?)?
         .with_retry_for(std::time::Duration::from_secs(cli.retry_secs))
         .with_credential(auth::credential()))
 }
@@ -210,9 +225,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (json, retry) = (cli.json, Duration::from_secs(cli.retry_secs));
     // Only parses the addresses: commands that start CHNs need none.
     let conn = connect(&cli);
+    let transport = transport(&cli);
     match cli.command {
-        Cmd::Cluster(cmd) => cluster::run(cmd, conn, json).await,
-        Cmd::Health { addr, service } => cluster::health(addr.as_deref(), &service, json).await,
+        Cmd::Cluster(cmd) => cluster::run(cmd, conn, transport, json).await,
+        Cmd::Health { addr, service } => cluster::health(addr.as_deref(), &service, cli.ca.as_deref(), cli.insecure, json).await,
         Cmd::SharedLu(cmd) => shared_lu::run_shared_lu(&conn?, cmd, json).await,
         Cmd::Path(cmd) => shared_lu::run_path(&conn?, cmd, json).await,
         Cmd::Array(cmd) => storage::run_array(&conn?, cmd, json).await,

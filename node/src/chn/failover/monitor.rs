@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use nas_proto::{ChnState, PartnerHealth};
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 
 use super::FailoverSettings;
@@ -88,11 +87,11 @@ impl Monitor {
         // A stopped process accepts connections and never answers: the
         // timeout, not an error, is what tells.
         let timeout = (every * 2).max(Duration::from_millis(100));
-        let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else {
+        let Ok(ep) = self.shared.peers.endpoint(&addr) else {
             tracing::warn!(%chn, %addr, "cannot probe: bad address");
             return;
         };
-        let mut client = HealthClient::new(ep.connect_timeout(timeout).tcp_nodelay(true).connect_lazy());
+        let mut client = HealthClient::new(ep.connect_timeout(timeout).connect_lazy());
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
