@@ -147,6 +147,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         shared: lu.clone(),
         sessions,
         exports,
+        handles: Default::default(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);

@@ -206,7 +206,8 @@ async fn tokens_cannot_be_forged_tampered_with_or_outlive_their_time() -> anyhow
     assert!(err.message().contains("expired"), "{err:?}");
     // The cluster status never carries the key that signs tokens.
     let status = c.status("CHN1").await.expect("status");
-    assert!(status.shared_lu.unwrap_or_default().token_key.is_empty());
+    let info = status.shared_lu.unwrap_or_default();
+    assert!(info.token_key.is_empty() && info.handle_key.is_empty());
     Ok(())
 }
 
@@ -405,5 +406,50 @@ async fn only_chns_of_this_cluster_reach_the_raft_service() -> anyhow::Result<()
             value: vec![],
         })
         .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_handles_cannot_be_guessed_or_listed_past_a_closed_directory() -> anyhow::Result<()> {
+    let c = TestCluster::up(3, &[])?;
+    c.with_exports();
+    let alice = c.nas("alice", "home").await?;
+    alice.mkdir("/private", 0o700).await?;
+    let secret = alice.create("/private/secret", 0o644, false, false).await?;
+    alice.write(secret.handle, 0, b"alice's secret").await?;
+    alice.mkdir("/listable", 0o744).await?;
+    let inside = alice.create("/listable/inside", 0o644, false, false).await?;
+    alice.write(inside.handle, 0, b"behind r without x").await?;
+
+    // Bob, on the same export, tries the handles a sequential scheme would
+    // have given out, and a spread of others.
+    let bob = c.nas("bob", "home").await?;
+    let mut g = NasGrpc::new(c.channel("CHN1"));
+    let guesses = (0..3000u64).chain((0..2000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    for handle in guesses {
+        let call = Some(Call {
+            token: bob.token().into(),
+            seq: 0,
+            acked: 0,
+        });
+        let err = g
+            .stat_handle(HandleRequest { call, handle })
+            .await
+            .expect_err(&format!("guessed handle {handle} named a file"));
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+    // A listing of a directory bob may read but not search names its
+    // files and gives no handle.
+    let listed = bob.list("/listable").await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "inside");
+    assert_eq!(listed[0].handle, 0, "a listing without search permission gave a handle");
+    let err = bob.stat("/listable/inside").await.expect_err("no search permission");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // And bob cannot list or stat what is in the closed directory.
+    assert_eq!(bob.list("/private").await.expect_err("0700").code(), Code::PermissionDenied);
+    assert_eq!(bob.stat("/private/secret").await.expect_err("0700").code(), Code::PermissionDenied);
+    // Alice's handles keep working, on another CHN after a move too.
+    assert_eq!(alice.read(secret.handle, 0, 64).await?, b"alice's secret");
     Ok(())
 }

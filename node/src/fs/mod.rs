@@ -21,6 +21,7 @@
 
 pub mod alloc;
 pub mod backend;
+pub mod handles;
 pub mod layout;
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,7 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Read permission bit.
 pub const R: u32 = 4;
 const W: u32 = 2;
-const X: u32 = 1;
+pub const X: u32 = 1;
 const STICKY: u32 = 0o1000;
 
 fn decode(bytes: &[u8]) -> Result<Inode> {
@@ -52,7 +52,7 @@ fn round_down(n: u64) -> u64 {
 }
 
 /// Whether `caller` has all of `want` (R, W, X bits) on `inode`.
-fn allowed(caller: &Caller, inode: &Inode, want: u32) -> bool {
+pub fn allowed(caller: &Caller, inode: &Inode, want: u32) -> bool {
     if caller.uid == 0 {
         return true;
     }
@@ -96,9 +96,10 @@ pub fn inode<T: ReadableTable<u64, &'static [u8]>>(inodes: &T, ino: u64) -> Resu
 /// An inode a handle names; a missing one was deleted after opening.
 pub fn by_handle<T: ReadableTable<u64, &'static [u8]>>(inodes: &T, ino: u64) -> Result<Inode> {
     inode(inodes, ino)?.ok_or_else(|| {
-        FsError::NotFound(format!(
-            "file handle {ino} names a file that was deleted; open the path again"
-        ))
+        FsError::NotFound(
+            "the file handle names no file of this export (it was deleted, or the handle is not one this export gave); open the path again"
+                .to_string(),
+        )
     })
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use super::backend::LuBackend;
 use super::layout::Superblock;
 use super::tree::{self, Tx, DIRENTS, EXTENTS, INODES, META, REPLIES};
-use super::{Attr, Caller, DirEntry, FileKind, FsError, FsPath, Result, Space, MAX_FILE_SIZE};
+use super::{Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, Space, MAX_FILE_SIZE};
 use crate::array::BlockDevice;
 
 /// One change to the tree.
@@ -241,7 +241,7 @@ impl Volume {
         let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
         let inode = tree::by_handle(&inodes, ino)?;
         if inode.kind == FileKind::Dir {
-            return Err(FsError::FailedPrecondition(format!("handle {ino} is a directory")));
+            return Err(FsError::FailedPrecondition(format!("{} is a directory", inode.name)));
         }
         tree::need(caller, &inode, tree::R, &format!("file {}", inode.name))?;
         if offset > inode.size {
@@ -267,7 +267,35 @@ impl Volume {
             )));
         }
         tree::need(caller, &dir, tree::R, &path.to_string())?;
-        tree::list(&inodes, &dirents, &extents, &dir, after, limit.max(1))
+        let entries = tree::list(&inodes, &dirents, &extents, &dir, after, limit.max(1))?;
+        if tree::allowed(caller, &dir, tree::X) {
+            return Ok(entries);
+        }
+        // Read without search permission lists names and kinds only, as
+        // POSIX does: a handle would open what the caller may not reach.
+        Ok(entries
+            .into_iter()
+            .map(|e| DirEntry {
+                attr: Attr {
+                    inode: Inode {
+                        ino: 0,
+                        kind: e.attr.inode.kind,
+                        mode: 0,
+                        uid: 0,
+                        gid: 0,
+                        owner: String::new(),
+                        size: 0,
+                        mtime_ms: 0,
+                        parent: 0,
+                        name: e.attr.inode.name.clone(),
+                    },
+                    head_address: 0,
+                    extents: 0,
+                    allocated_bytes: 0,
+                },
+                ..e
+            })
+            .collect())
     }
 
     /// Size, free space and file count.

@@ -282,6 +282,7 @@ impl admin_server::Admin for AdminService {
             members,
             shared_lu: Some(self.lu.read(|t| SharedLuInfo {
                 token_key: vec![],
+                handle_key: vec![],
                 ..t.shared_lu.clone()
             })),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
@@ -308,8 +309,12 @@ impl admin_server::Admin for AdminService {
         self.lu.bootstrap().await?;
         self.register(&self.lu.name, self.lu.id, &self.lu.addr, ChnState::ChnInstalled)
             .await?;
-        let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
-        self.write(Kind::SetTokenKey(SetTokenKey { key })).await?;
+        let key = || (0..32).map(|_| rand::random::<u8>()).collect::<Vec<u8>>();
+        self.write(Kind::SetClusterKeys(SetClusterKeys {
+            token_key: key(),
+            handle_key: key(),
+        }))
+        .await?;
         let admin = User {
             name: r.admin_user,
             password_hash,

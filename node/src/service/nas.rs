@@ -6,8 +6,9 @@
 //! number) into the file system, which stores the reply with the change.
 //! File locks go to the shared LU's file lock table.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::chn::exports::Exports;
 use crate::chn::sessions::{Session, Sessions};
+use crate::fs::handles::Handles;
 use crate::fs::volume::{CallId, Change, Outcome};
 use crate::fs::{Attr, Caller, FileKind, FsPath, Request as FsRequest, Volume, MAX_FILE_SIZE};
 use crate::rt::now_ms;
@@ -35,12 +37,15 @@ pub struct NasService {
     pub shared: SharedLu,
     pub sessions: Sessions,
     pub exports: Exports,
+    /// Each export's handle cipher, made on first use.
+    pub handles: Mutex<HashMap<String, Arc<Handles>>>,
 }
 
-fn file_attr(a: Attr) -> FileAttr {
+fn file_attr(handles: &Handles, a: Attr) -> FileAttr {
     let i = a.inode;
     FileAttr {
-        handle: i.ino,
+        // 0: no handle (a listing without search permission).
+        handle: if i.ino == 0 { 0 } else { handles.seal(i.ino) },
         name: i.name,
         r#type: match i.kind {
             FileKind::File => FileType::FileRegular,
@@ -66,11 +71,21 @@ fn path(p: &str) -> Result<FsPath, Status> {
 struct Ctx {
     session: Session,
     vol: Arc<Volume>,
+    handles: Arc<Handles>,
     caller: Caller,
     call: Option<CallId>,
 }
 
 impl Ctx {
+    fn file_attr(&self, a: Attr) -> FileAttr {
+        file_attr(&self.handles, a)
+    }
+
+    /// The inode a client's handle stands for.
+    fn ino(&self, handle: u64) -> u64 {
+        self.handles.open(handle)
+    }
+
     fn request(&self, change: Change) -> FsRequest {
         FsRequest {
             caller: self.caller.clone(),
@@ -86,7 +101,7 @@ impl Ctx {
 
     async fn attr(&self, change: Change) -> Result<Response<FileAttr>, Status> {
         match self.change(change).await? {
-            Outcome::Attr(a) => Ok(Response::new(file_attr(a))),
+            Outcome::Attr(a) => Ok(Response::new(self.file_attr(a))),
             other => Err(Status::internal(format!("unexpected file-system reply {other:?}"))),
         }
     }
@@ -110,6 +125,22 @@ impl Ctx {
 }
 
 impl NasService {
+    /// The handle cipher of `export`.
+    fn handles(&self, export: &str) -> Arc<Handles> {
+        let mut cache = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = cache.get(export) {
+            return h.clone();
+        }
+        let key = self.shared.read(|t| t.shared_lu.handle_key.clone());
+        let h = Arc::new(Handles::new(&key, export));
+        // An empty key (a CHN that has not caught up with the keys yet)
+        // must not be remembered.
+        if !key.is_empty() {
+            cache.insert(export.to_string(), h.clone());
+        }
+        h
+    }
+
     /// Checks the session of `call` and finds its export's file system.
     /// `mutating` calls must carry a sequence number.
     async fn ctx(&self, call: Option<&Call>, mutating: bool) -> Result<Ctx, Status> {
@@ -142,6 +173,7 @@ impl NasService {
             None
         };
         Ok(Ctx {
+            handles: self.handles(&export.name),
             caller: session.caller(),
             session,
             vol,
@@ -242,10 +274,11 @@ impl Nas for NasService {
         .await
         .map_err(|e| Status::internal(format!("mount task failed: {e}")))?
         .map_err(Status::from)?;
+        let root = file_attr(&self.handles(&export.name), root);
         Ok(Response::new(MountReply {
             export: export.name,
             chn: self.shared.name.clone(),
-            root: Some(file_attr(root)),
+            root: Some(root),
             max_file_size: MAX_FILE_SIZE,
             data_bytes: space.data_bytes,
             free_bytes: space.free_bytes,
@@ -273,16 +306,16 @@ impl Nas for NasService {
         let p = path(&r.path)?;
         ctx.read(move |v, c| v.stat(c, &p))
             .await
-            .map(|a| Response::new(file_attr(a)))
+            .map(|a| Response::new(ctx.file_attr(a)))
     }
 
     async fn stat_handle(&self, req: Request<HandleRequest>) -> Result<Response<FileAttr>, Status> {
         let r = req.into_inner();
         let ctx = self.ctx(r.call.as_ref(), false).await?;
-        let h = r.handle;
+        let h = ctx.ino(r.handle);
         ctx.read(move |v, _| v.stat_handle(h))
             .await
-            .map(|a| Response::new(file_attr(a)))
+            .map(|a| Response::new(ctx.file_attr(a)))
     }
 
     async fn open(&self, req: Request<FsPathRequest>) -> Result<Response<FileAttr>, Status> {
@@ -291,7 +324,7 @@ impl Nas for NasService {
         let p = path(&r.path)?;
         ctx.read(move |v, c| v.open(c, &p))
             .await
-            .map(|a| Response::new(file_attr(a)))
+            .map(|a| Response::new(ctx.file_attr(a)))
     }
 
     async fn create(&self, req: Request<CreateRequest>) -> Result<Response<FileAttr>, Status> {
@@ -323,7 +356,7 @@ impl Nas for NasService {
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
         let r = req.into_inner();
         let ctx = self.ctx(r.call.as_ref(), false).await?;
-        let (handle, start, length) = (r.handle, r.offset, r.length);
+        let (handle, start, length) = (ctx.ino(r.handle), r.offset, r.length);
         // The first piece is read before answering, so a bad handle or
         // offset is the call's status rather than a broken stream.
         let first_len = length.min(READ_CHUNK);
@@ -364,7 +397,7 @@ impl Nas for NasService {
             .await
             .ok_or_else(|| Status::invalid_argument("the write stream is empty; send at least one chunk"))??;
         let ctx = self.ctx(first.call.as_ref(), true).await?;
-        let handle = first.handle;
+        let handle = ctx.ino(first.handle);
         // A retry of a write that completed gets its reply, and its data
         // is not written a second time over later writes.
         if let Some(call) = &ctx.call {
@@ -412,7 +445,7 @@ impl Nas for NasService {
         let r = req.into_inner();
         let ctx = self.ctx(r.call.as_ref(), true).await?;
         ctx.attr(Change::Truncate {
-            ino: r.handle,
+            ino: ctx.ino(r.handle),
             size: r.size,
         })
         .await
@@ -453,7 +486,7 @@ impl Nas for NasService {
             String::new()
         };
         Ok(Response::new(ReadDirReply {
-            entries: entries.into_iter().map(|e| file_attr(e.attr)).collect(),
+            entries: entries.into_iter().map(|e| ctx.file_attr(e.attr)).collect(),
             next,
         }))
     }
@@ -465,7 +498,7 @@ impl Nas for NasService {
         // earlier non-durable commits (streamed pieces) durable too.
         let sync = FsRequest {
             call: None,
-            ..ctx.request(Change::Sync { ino: r.handle })
+            ..ctx.request(Change::Sync { ino: ctx.ino(r.handle) })
         };
         ctx.vol.change(sync).await.map_err(Status::from)?;
         Ok(Response::new(FsDone {}))

@@ -229,7 +229,7 @@ impl Tables {
             Kind::HandOverExport(c) => self.hand_over_export(c),
             Kind::WriteProbe(c) => self.write_probe(c.probe.as_ref()),
             Kind::SetRole(c) => self.set_role(c),
-            Kind::SetTokenKey(c) => self.set_token_key(c),
+            Kind::SetClusterKeys(c) => self.set_cluster_keys(c),
         }
     }
 }

@@ -67,11 +67,18 @@ impl Tables {
         Ok(Applied::rows(vec![RowKey::User(c.user.clone())]))
     }
 
-    pub(super) fn set_token_key(&mut self, c: &SetTokenKey) -> Result<Applied, Rejection> {
-        if c.key.len() < 32 {
-            return reject(RejectKind::InvalidArgument, "a token key must be at least 32 bytes");
+    pub(super) fn set_cluster_keys(&mut self, c: &SetClusterKeys) -> Result<Applied, Rejection> {
+        if c.token_key.len() < 32 || c.handle_key.len() < 32 {
+            return reject(RejectKind::InvalidArgument, "cluster keys must be at least 32 bytes each");
         }
-        self.shared_lu.token_key = c.key.clone();
+        if !self.shared_lu.handle_key.is_empty() && self.shared_lu.handle_key != c.handle_key {
+            return reject(
+                RejectKind::FailedPrecondition,
+                "the file-handle key is set once: a new one would invalidate every handle clients hold",
+            );
+        }
+        self.shared_lu.token_key = c.token_key.clone();
+        self.shared_lu.handle_key = c.handle_key.clone();
         Ok(Applied::rows(vec![RowKey::SharedLu]))
     }
 }
