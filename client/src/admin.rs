@@ -71,6 +71,8 @@ admin_methods! {
         login(LoginRequest) -> LoginReply;
         /// Gives a user a role (ROLE_NONE takes it away).
         set_role(SetRoleRequest) -> WriteReply;
+        /// A page of the audit log.
+        list_audit(AuditRequest) -> AuditList;
         init_shared_lu(InitSharedLuRequest) -> WriteReply;
         add_path(PathRequest) -> WriteReply;
         remove_path(PathRequest) -> WriteReply;

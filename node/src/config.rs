@@ -110,6 +110,12 @@ pub struct Settings {
     /// it, so on few cores fewer threads commit more.
     #[arg(long, env = "NASD_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Audit records the shared LU keeps (the oldest go first) [default: 10000].
+    #[arg(long, env = "NASD_AUDIT_KEEP")]
+    pub audit_keep: Option<u64>,
+    /// Days an audit record is kept at most [default: 90].
+    #[arg(long, env = "NASD_AUDIT_MAX_AGE_DAYS")]
+    pub audit_max_age_days: Option<u64>,
     /// This CHN's certificate (PEM), signed by the cluster CA and naming
     /// `nas-chn` and `NAME.nas-chn` (lowercase); `nasctl cluster certs`
     /// makes one. TLS is on unless --insecure is given.
@@ -158,6 +164,7 @@ pub struct Config {
     /// Threads of the async runtime.
     pub worker_threads: usize,
     pub tls: Tls,
+    pub audit: crate::chn::audit::Retention,
 }
 
 /// The node id a CHN name implies: its trailing digits.
@@ -196,6 +203,8 @@ impl Settings {
             tls_key: self.tls_key.or(file.tls_key),
             tls_ca: self.tls_ca.or(file.tls_ca),
             insecure: self.insecure.or(file.insecure),
+            audit_keep: self.audit_keep.or(file.audit_keep),
+            audit_max_age_days: self.audit_max_age_days.or(file.audit_max_age_days),
         }
     }
 
@@ -277,7 +286,19 @@ impl Settings {
                 bail!("TLS needs all three files; missing {}", missing.join(", "))
             }
         };
+        let audit_keep = merged.audit_keep.unwrap_or(10_000);
+        if !(100..=1_000_000).contains(&audit_keep) {
+            bail!("--audit-keep must be between 100 and 1000000 records");
+        }
+        let audit_days = merged.audit_max_age_days.unwrap_or(90);
+        if audit_days == 0 {
+            bail!("--audit-max-age-days must be above 0");
+        }
         Ok(Config {
+            audit: crate::chn::audit::Retention {
+                keep: audit_keep,
+                max_age: Duration::from_secs(audit_days * 86_400),
+            },
             tls,
             name,
             node_id,

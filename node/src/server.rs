@@ -137,6 +137,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         crate::chn::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.rebuild_limit);
     let host_task = tokio::spawn(host_task);
     let access = crate::access::Access::new(lu.clone(), crate::access::Passwords::new()?);
+    let (auditor, audit_task) = crate::chn::audit::Auditor::new(lu.clone(), cfg.audit);
+    let audit_task = tokio::spawn(audit_task);
     let (sessions, sessions_task) =
         crate::chn::sessions::Sessions::new(lu.clone(), access.clone(), cfg.session_lease, cfg.session_ttl);
     let sessions_task = tokio::spawn(sessions_task);
@@ -148,6 +150,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         sessions,
         exports,
         handles: Default::default(),
+        auditor: auditor.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
@@ -161,7 +164,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
-    let admin = crate::service::authz::Gated::new(admin, access);
+    let admin = crate::service::authz::Gated::new(admin, access, auditor.clone());
     let raft = RaftServer::new(RaftService {
         lu: lu.clone(),
         mutual_tls: server_tls.is_some(),
@@ -215,6 +218,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         // peer was away, client calls abandoned for a new owner); h2's
         // rapid-reset guard (20) would close the connection on a peer.
         .http2_max_pending_accept_reset_streams(Some(4096))
+        // Bounds what one connection can hold open at once; messages are
+        // bounded by MAX_MESSAGE.
+        .max_concurrent_streams(Some(1024))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -225,6 +231,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .await;
 
     watch_raft.abort();
+    audit_task.abort();
+    // What the last quarter second recorded.
+    if tokio::time::timeout(std::time::Duration::from_secs(2), auditor.flush()).await.is_err() {
+        tracing::warn!("the last audit records could not be appended before stopping");
+    }
     heartbeat.abort();
     host_task.abort();
     sessions_task.abort();

@@ -244,8 +244,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // The same cluster twice: with TLS and authentication (as shipped)
+        // and plaintext (--insecure), to show what security costs.
         let nas_cluster = TestCluster::up(nodes, &[])?;
         let nas = nasd_target(&nas_cluster).await?;
+        let plain_cluster = TestCluster::up_insecure(nodes, &[])?;
+        let plain = nasd_target(&plain_cluster).await?;
         let etcd_path = which("etcd").filter(|_| with_etcd);
         if with_etcd && etcd_path.is_none() {
             eprintln!("etcd not found on PATH (apt-get install etcd-server): printing nasd only");
@@ -255,47 +259,43 @@ fn main() -> anyhow::Result<()> {
             Some(e) => Some(etcd_target(e).await?),
             None => None,
         };
+        let mut systems: Vec<(&str, Target)> = vec![("nasd", nas), ("plain", plain)];
+        if let Some(e) = etcd {
+            systems.push(("etcd", e));
+        }
         println!(
-            "\nReplicated writes, {nodes} nasd CHNs and 3 etcd members on loopback, {VALUE_BYTES}-byte values, \
-             median of {repeat} interleaved runs of {secs} s per point"
+            "\nReplicated writes, {nodes} nasd CHNs (TLS and tokens; and --insecure: plain) and 3 etcd members \
+             (plaintext) on loopback, {VALUE_BYTES}-byte values, median of {repeat} interleaved runs of {secs} s per point"
         );
-        println!(
-            "{:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>9}",
-            "clients", "nasd op/s", "p50 ms", "p99 ms", "etcd op/s", "p50 ms", "p99 ms", "nasd/etcd"
-        );
+        print!("{:>7}", "clients");
+        for (name, _) in &systems {
+            print!(" | {:>10} {:>7} {:>7}", format!("{name} op/s"), "p50 ms", "p99 ms");
+        }
+        println!(" | {:>11} {:>9}", "nasd/plain", "nasd/etcd");
         for &n in &clients {
-            let (mut nas_runs, mut etcd_runs) = (Vec::new(), Vec::new());
+            let mut runs: Vec<Vec<Stats>> = systems.iter().map(|_| Vec::new()).collect();
             for _ in 0..repeat {
-                let t = nas.clone();
-                let run = load(n, secs, move |c, s| t(c, s)).await;
-                eprint!("  {n} clients: nasd {:.0} op/s", run.lat.per_sec());
-                nas_runs.push(run);
-                if let Some(e) = &etcd {
-                    let t = e.clone();
+                eprint!("  {n} clients:");
+                for (k, (name, t)) in systems.iter().enumerate() {
+                    let t = t.clone();
                     let run = load(n, secs, move |c, s| t(c, s)).await;
-                    eprint!(", etcd {:.0} op/s", run.lat.per_sec());
-                    etcd_runs.push(run);
+                    eprint!(" {name} {:.0} op/s", run.lat.per_sec());
+                    runs[k].push(run);
                 }
                 eprintln!();
             }
-            let a = median_by(nas_runs, |r| r.lat.per_sec());
-            let e = (!etcd_runs.is_empty()).then(|| median_by(etcd_runs, |r| r.lat.per_sec()));
-            let (eo, e50, e99, ratio) = match &e {
-                Some(e) => (
-                    format!("{:.0}", e.lat.per_sec()),
-                    ms(e.lat.at(0.5)),
-                    ms(e.lat.at(0.99)),
-                    format!("{:.2}", a.lat.per_sec() / e.lat.per_sec().max(1.0)),
-                ),
-                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            let medians: Vec<Stats> = runs.into_iter().map(|r| median_by(r, |r| r.lat.per_sec())).collect();
+            print!("{n:>7}");
+            for m in &medians {
+                print!(" | {:>10.0} {:>7} {:>7}", m.lat.per_sec(), ms(m.lat.at(0.5)), ms(m.lat.at(0.99)));
+            }
+            let ratio = |k: usize| {
+                medians
+                    .get(k)
+                    .map_or("-".to_string(), |o| format!("{:.2}", medians[0].lat.per_sec() / o.lat.per_sec().max(1.0)))
             };
-            println!(
-                "{n:>7} | {:>10.0} {:>8} {:>8} | {eo:>10} {e50:>8} {e99:>8} | {ratio:>9}",
-                a.lat.per_sec(),
-                ms(a.lat.at(0.5)),
-                ms(a.lat.at(0.99))
-            );
-            let errors = a.errors + e.as_ref().map_or(0, |e| e.errors);
+            println!(" | {:>11} {:>9}", ratio(1), ratio(2));
+            let errors: u64 = medians.iter().map(|m| m.errors).sum();
             if errors > 0 {
                 println!("        ({errors} failed requests not counted)");
             }

@@ -8,8 +8,10 @@
 //!    64 concurrent clients, beside the same loop on the local file system
 //!    with an fsync per file (what "acknowledged is durable" costs there).
 //!
-//! Every timed step starts after sync(2), so none pays for the writeback
-//! of the one before.
+//! Both on the cluster as shipped (TLS, tokens) and on the same cluster
+//! started with `--insecure` (plaintext), interleaved, so that the cost of
+//! TLS shows as a ratio. Every timed step starts after sync(2), so none
+//! pays for the writeback of the one before.
 //!
 //! Run: `cargo build --release && cargo bench -p nas-tests --bench file_io`;
 //! options after `--` (`-- --help` lists them).
@@ -156,94 +158,146 @@ async fn main() -> anyhow::Result<()> {
     let (size_mib, repeat, secs, raid, client_counts) =
         (a.size_mib, a.common.repeat, a.common.seconds, a.raid, a.common.clients);
     let bytes = size_mib << 20;
-    let c = TestCluster::up(3, &[]).context("cluster")?;
-    // Disks big enough for the file plus metadata and the small files.
-    let disk_mib = if raid == 5 {
-        size_mib * 6 / 10 + 160
-    } else {
-        size_mib * 12 / 10 + 160
-    };
-    let disk = format!("{disk_mib}M");
-    let disks = if raid == 5 { "1,2,3" } else { "1,2" };
-    for a in [
-        &["array", "init", "--disks", "3", "--size", &disk][..],
-        &["lu", "create", "--raid", &raid.to_string(), "--disks", disks],
-        &["user", "add", "alice"],
-        &["export", "create", "home", "--lu", "1", "--chn", "CHN1"],
-    ] {
-        ok(c.nasctl(a));
-    }
-    let work = c.dir().join("bench");
+    let tls = Side::up(false, size_mib, raid).await.context("TLS cluster")?;
+    let plain = Side::up(true, size_mib, raid).await.context("plaintext cluster")?;
+    let work = tls.c.dir().join("bench");
     std::fs::create_dir_all(&work)?;
     let src = work.join("source.bin");
     make_source(&src, bytes)?;
-    let nas = c.nas("alice", "home").await?;
 
     println!("file service on a 3-CHN cluster on loopback, RAID {raid} LU; same file system for cp");
+    println!("TLS: as shipped; plain: the same cluster with --insecure");
     println!("large file: {size_mib} MiB, median of {repeat} interleaved runs");
-    let (mut cp_plain, mut cp_sync, mut put, mut get) = (vec![], vec![], vec![], vec![]);
+    let (mut cp_plain, mut cp_sync) = (vec![], vec![]);
+    let (mut put, mut get, mut put_plain, mut get_plain) = (vec![], vec![], vec![], vec![]);
     for r in 0..repeat {
         let dst = work.join("copy.bin");
         cp_plain.push(mb_s(bytes, cp(&src, &dst, false)?));
         cp_sync.push(mb_s(bytes, cp(&src, &dst, true)?));
-        let remote = format!("/big-{r}");
-        settle();
-        let t = Instant::now();
-        nas.put_file(&src, &remote, |_| {}).await?;
-        put.push(mb_s(bytes, t.elapsed()));
-        settle();
-        let t = Instant::now();
-        nas.get_file(&remote, &dst, |_, _| {}).await?;
-        get.push(mb_s(bytes, t.elapsed()));
-        std::fs::remove_file(&dst)?;
-        nas.unlink(&remote).await?;
+        let (p, g) = tls.put_get(&src, &dst, r, bytes).await?;
+        put.push(p);
+        get.push(g);
+        let (p, g) = plain.put_get(&src, &dst, r, bytes).await?;
+        put_plain.push(p);
+        get_plain.push(g);
         let last = |v: &Vec<f64>| v.last().copied().unwrap_or_default();
         eprintln!(
-            "  run {r}: cp {:.0}, cp+fsync {:.0}, put {:.0}, get {:.0} MB/s",
+            "  run {r}: cp {:.0}, cp+fsync {:.0}, put {:.0} (plain {:.0}), get {:.0} (plain {:.0}) MB/s",
             last(&cp_plain),
             last(&cp_sync),
             last(&put),
-            last(&get)
+            last(&put_plain),
+            last(&get),
+            last(&get_plain)
         );
     }
     let (cp_plain, cp_sync) = (median(cp_plain), median(cp_sync));
-    println!("  {:<24} {:>10}  {:>12}  {:>14}", "", "MB/s", "vs cp", "vs cp+fsync");
+    println!(
+        "  {:<24} {:>10}  {:>12}  {:>14}  {:>10}",
+        "", "MB/s", "vs cp", "vs cp+fsync", "TLS/plain"
+    );
     println!("  {:<24} {:>10.0}", "cp", cp_plain);
     println!("  {:<24} {:>10.0}", "cp + fsync", cp_sync);
-    for (name, v) in [
-        ("nas-client put (write)", median(put)),
-        ("nas-client get (read)", median(get)),
+    for (name, v, p) in [
+        ("nas-client put (write)", median(put), median(put_plain)),
+        ("nas-client get (read)", median(get), median(get_plain)),
     ] {
-        println!("  {name:<24} {v:>10.0}  {:>12.2}  {:>14.2}", v / cp_plain, v / cp_sync);
+        println!(
+            "  {name:<24} {v:>10.0}  {:>12.2}  {:>14.2}  {:>10.2}",
+            v / cp_plain,
+            v / cp_sync,
+            v / p.max(1e-9)
+        );
+        println!("  {:<24} {p:>10.0}", format!("  plain: {}", &name[11..]));
     }
 
     println!("\nsmall files: create + 4 KiB write + close, {secs} s per point");
     println!(
-        "  {:>7}  {:>10} {:>9} {:>9}   {:>12} {:>9} {:>9}   {:>6}",
-        "clients", "nas ops/s", "p50 ms", "p99 ms", "local+fsync", "p50 ms", "p99 ms", "ratio"
+        "  {:>7}  {:>10} {:>8} {:>8}   {:>10} {:>8}   {:>12} {:>8} {:>8}   {:>9} {:>9}",
+        "clients", "nas ops/s", "p50 ms", "p99 ms", "plain", "p99 ms", "local+fsync", "p50 ms", "p99 ms", "vs local", "TLS/plain"
     );
-    nas.mkdir("/small", 0o777).await?;
     let max = client_counts.iter().copied().max().unwrap_or(1);
-    let mut sessions = Vec::new();
-    for _ in 0..max {
-        sessions.push(Arc::new(c.nas("alice", "home").await?));
-    }
+    let tls_sessions = tls.sessions(max).await?;
+    let plain_sessions = plain.sessions(max).await?;
     for (run, &n) in client_counts.iter().enumerate() {
-        let s = small_files_nas(&sessions[..n], run, secs).await;
+        let s = small_files_nas(&tls_sessions[..n], run, secs).await;
+        let p = small_files_nas(&plain_sessions[..n], run, secs).await;
         let local_dir = work.join(format!("local-{n}"));
         std::fs::create_dir_all(&local_dir)?;
         let l = small_files_local(&local_dir, n, secs);
         std::fs::remove_dir_all(&local_dir)?;
         println!(
-            "  {n:>7}  {:>10.0} {:>9} {:>9}   {:>12.0} {:>9} {:>9}   {:>6.2}",
+            "  {n:>7}  {:>10.0} {:>8} {:>8}   {:>10.0} {:>8}   {:>12.0} {:>8} {:>8}   {:>9.2} {:>9.2}",
             s.per_sec(),
             ms(s.at(0.5)),
             ms(s.at(0.99)),
+            p.per_sec(),
+            ms(p.at(0.99)),
             l.per_sec(),
             ms(l.at(0.5)),
             ms(l.at(0.99)),
-            s.per_sec() / l.per_sec().max(1e-9)
+            s.per_sec() / l.per_sec().max(1e-9),
+            s.per_sec() / p.per_sec().max(1e-9)
         );
     }
     Ok(())
+}
+
+/// One cluster with an export `home` for alice.
+struct Side {
+    c: TestCluster,
+    nas: NasClient,
+}
+
+impl Side {
+    async fn up(insecure: bool, size_mib: u64, raid: u32) -> anyhow::Result<Side> {
+        let c = if insecure {
+            TestCluster::up_insecure(3, &[])?
+        } else {
+            TestCluster::up(3, &[])?
+        };
+        // Disks big enough for the file plus metadata and the small files.
+        let disk_mib = if raid == 5 {
+            size_mib * 6 / 10 + 160
+        } else {
+            size_mib * 12 / 10 + 160
+        };
+        let disk = format!("{disk_mib}M");
+        let disks = if raid == 5 { "1,2,3" } else { "1,2" };
+        for a in [
+            &["array", "init", "--disks", "3", "--size", &disk][..],
+            &["lu", "create", "--raid", &raid.to_string(), "--disks", disks],
+            &["user", "add", "alice"],
+            &["export", "create", "home", "--lu", "1", "--chn", "CHN1"],
+        ] {
+            ok(c.nasctl(a));
+        }
+        let nas = c.nas("alice", "home").await?;
+        nas.mkdir("/small", 0o777).await?;
+        Ok(Side { c, nas })
+    }
+
+    /// One put and get of `src`, in MB/s each.
+    async fn put_get(&self, src: &Path, dst: &Path, run: u64, bytes: u64) -> anyhow::Result<(f64, f64)> {
+        let remote = format!("/big-{run}");
+        settle();
+        let t = Instant::now();
+        self.nas.put_file(src, &remote, |_| {}).await?;
+        let put = mb_s(bytes, t.elapsed());
+        settle();
+        let t = Instant::now();
+        self.nas.get_file(&remote, dst, |_, _| {}).await?;
+        let get = mb_s(bytes, t.elapsed());
+        std::fs::remove_file(dst)?;
+        self.nas.unlink(&remote).await?;
+        Ok((put, get))
+    }
+
+    async fn sessions(&self, n: usize) -> anyhow::Result<Vec<Arc<NasClient>>> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(Arc::new(self.c.nas("alice", "home").await?));
+        }
+        Ok(v)
+    }
 }

@@ -107,6 +107,8 @@ pub struct TestCluster {
     pub nodes: Vec<Node>,
     /// Each CHN in a network namespace of its own (`cluster up --netns`).
     netns: bool,
+    /// Plaintext, no TLS (`cluster up --insecure`): benchmarks compare.
+    insecure: bool,
 }
 
 impl TestCluster {
@@ -117,6 +119,21 @@ impl TestCluster {
             dir,
             nodes: vec![],
             netns: false,
+            insecure: false,
+        };
+        c.cluster_up(Some(nodes), nasd_args)?;
+        Ok(c)
+    }
+
+    /// `nasctl cluster up --insecure`: the same without TLS, to measure
+    /// what TLS costs.
+    pub fn up_insecure(nodes: usize, nasd_args: &[&str]) -> anyhow::Result<TestCluster> {
+        let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
+        let mut c = TestCluster {
+            dir,
+            nodes: vec![],
+            netns: false,
+            insecure: true,
         };
         c.cluster_up(Some(nodes), nasd_args)?;
         Ok(c)
@@ -130,6 +147,7 @@ impl TestCluster {
             dir,
             nodes: vec![],
             netns: true,
+            insecure: false,
         };
         c.cluster_up(Some(nodes), &[])?;
         Ok(c)
@@ -147,6 +165,9 @@ impl TestCluster {
         }
         if self.netns {
             args.push("--netns".into());
+        }
+        if self.insecure {
+            args.push("--insecure".into());
         }
         let out = Command::new(bin("nasctl"))
             .args(&args)
@@ -198,8 +219,11 @@ impl TestCluster {
         Command::new(bin("nasctl"))
             .args(args)
             .env("NAS_CLUSTER", self.cluster_env())
-            .env("NAS_CA", self.ca_file())
-            .env_remove("NAS_INSECURE")
+            .envs(if self.insecure {
+                vec![("NAS_INSECURE", "true".into())]
+            } else {
+                vec![("NAS_CA", self.ca_file().display().to_string())]
+            })
             .env("NAS_CONFIG_DIR", self.dir().join("nasctl-config"))
             .env_remove("NAS_ADMIN_PASSWORD")
             .env_remove("NAS_ADMIN_USER")
@@ -281,6 +305,9 @@ impl TestCluster {
 
     /// How clients reach this cluster: TLS against its CA.
     pub fn transport(&self) -> Transport {
+        if self.insecure {
+            return Transport::Insecure;
+        }
         let ca = std::fs::read(self.ca_file()).expect("the cluster CA");
         Transport::Tls(TlsFiles { ca, identity: None })
     }

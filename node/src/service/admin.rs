@@ -579,6 +579,27 @@ impl admin_server::Admin for AdminService {
         .await
     }
 
+    async fn list_audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditList>, Status> {
+        let r = req.into_inner();
+        if !r.local {
+            self.lu.ensure_current().await?;
+        }
+        let limit = if r.limit == 0 { 1000 } else { r.limit.min(10_000) } as usize;
+        let records = self.lu.read(|t| {
+            t.audit
+                .range(r.after_seq.saturating_add(1)..)
+                .map(|(_, rec)| rec)
+                .filter(|rec| rec.time_ms >= r.since_ms)
+                .take(limit)
+                .cloned()
+                .collect()
+        });
+        Ok(Response::new(AuditList {
+            records,
+            possibly_stale: r.local,
+        }))
+    }
+
     async fn list_probes(&self, req: Request<ListRequest>) -> Result<Response<ProbeList>, Status> {
         let (probes, possibly_stale) = self.read(req, |t| t.probes.values().cloned().collect()).await?;
         Ok(Response::new(ProbeList { probes, possibly_stale }))

@@ -1,7 +1,9 @@
 //! The gate in front of the Admin service: every call is authenticated
 //! from its `authorization` metadata and authorized against
 //! `access::policy` before the handler runs; the caller travels on in the
-//! request's extensions (`access::Caller`).
+//! request's extensions (`access::Caller`). Every change, every login and
+//! every refusal is recorded in the audit log with its arguments (secrets
+//! left out) and its answer.
 //!
 //! Owns reading credentials off the wire; the decisions are `access`'s.
 //! It must never let a call through that the policy does not name.
@@ -17,7 +19,11 @@ use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
+use http_body_util::{BodyExt, Full};
+use nas_proto::AuditRecord;
+
 use crate::access::{Access, AccessError, Credential, Need};
+use crate::chn::audit::Auditor;
 
 /// Metadata entry that carries the credential.
 pub const AUTHORIZATION: &str = "authorization";
@@ -27,11 +33,32 @@ pub const AUTHORIZATION: &str = "authorization";
 pub struct Gated<S> {
     inner: S,
     access: Access,
+    auditor: Auditor,
 }
 
 impl<S> Gated<S> {
-    pub fn new(inner: S, access: Access) -> Self {
-        Gated { inner, access }
+    pub fn new(inner: S, access: Access, auditor: Auditor) -> Self {
+        Gated { inner, access, auditor }
+    }
+}
+
+/// Whether the call `method` is recorded whatever its answer: everything
+/// but looking (viewer calls and NodeInfo are recorded only when refused).
+fn audited(method: &str) -> bool {
+    !matches!(
+        crate::access::policy::admin(method),
+        Some(Need::Role(nas_proto::Role::Viewer))
+    ) && method != "NodeInfo"
+}
+
+/// The user a credential claims, for the audit log of a refusal.
+fn claimed_user(headers: &http::HeaderMap) -> String {
+    match credential(headers) {
+        Ok(Some((user, Some(_)))) => user,
+        Ok(Some((token, None))) => crate::access::tokens::parse(&token)
+            .map(|c| c.user.to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
     }
 }
 
@@ -113,18 +140,52 @@ where
         // The ready service answers this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let access = self.access.clone();
+        let (access, auditor) = (self.access.clone(), self.auditor.clone());
         Box::pin(async move {
             let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
             let from = source(&req).map(|a| a.ip());
+            let mut rec = AuditRecord {
+                call: format!("Admin/{method}"),
+                source: from.map(|a| a.to_string()).unwrap_or_default(),
+                ..Default::default()
+            };
             match admit(&access, &method, req.headers(), from).await {
                 Ok(caller) => {
-                    if let Some(caller) = caller {
-                        req.extensions_mut().insert(caller);
+                    if let Some(caller) = &caller {
+                        rec.user = caller.user.clone();
+                        rec.role = crate::access::role_name(caller.role).to_string();
+                        req.extensions_mut().insert(caller.clone());
                     }
-                    inner.call(req).await
+                    if !audited(&method) {
+                        return inner.call(req).await;
+                    }
+                    let (parts, body) = req.into_parts();
+                    let frame = match body.collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(e) => {
+                            return Ok(Status::invalid_argument(format!("cannot read the request: {e}")).into_http())
+                        }
+                    };
+                    rec.args = crate::service::audit_args::render("nas.v1.Admin", &method, &frame);
+                    let req = http::Request::from_parts(parts, Body::new(Full::new(frame)));
+                    let resp = inner.call(req).await?;
+                    // An error answers with its status in the headers;
+                    // success sends OK in the trailers.
+                    if let Some(status) = Status::from_header_map(resp.headers()) {
+                        rec.code = status.code() as i32;
+                        rec.result = status.message().to_string();
+                    }
+                    auditor.record(rec);
+                    Ok(resp)
                 }
-                Err(e) => Ok(Status::from(e).into_http()),
+                Err(e) => {
+                    let status = Status::from(e);
+                    rec.user = claimed_user(req.headers());
+                    rec.code = status.code() as i32;
+                    rec.result = status.message().to_string();
+                    auditor.record(rec);
+                    Ok(status.into_http())
+                }
             }
         })
     }

@@ -6,6 +6,7 @@
 //! must never touch storage directly.
 
 pub mod admin;
+pub mod audit_args;
 pub mod authz;
 pub mod nas;
 pub mod raft;

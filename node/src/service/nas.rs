@@ -39,6 +39,8 @@ pub struct NasService {
     pub exports: Exports,
     /// Each export's handle cipher, made on first use.
     pub handles: Mutex<HashMap<String, Arc<Handles>>>,
+    /// Logins (sessions opened, or refused) go to the audit log.
+    pub auditor: crate::chn::audit::Auditor,
 }
 
 fn file_attr(handles: &Handles, a: Attr) -> FileAttr {
@@ -210,8 +212,22 @@ impl Nas for NasService {
         if r.user.is_empty() {
             return Err(Status::invalid_argument("user is empty; give the user name"));
         }
-        let reply = self.sessions.open(&r.user, &r.password, &r.client_id, source).await?;
-        Ok(Response::new(reply))
+        let opened = self
+            .sessions
+            .open(&r.user, &r.password, &r.client_id, source)
+            .await
+            .map_err(Status::from);
+        let status = opened.as_ref().err();
+        self.auditor.record(AuditRecord {
+            user: r.user.clone(),
+            source: source.map(|a| a.to_string()).unwrap_or_default(),
+            call: "Nas/OpenSession".into(),
+            args: format!("client_id: {:?}", r.client_id),
+            code: status.map_or(0, |s| s.code() as i32),
+            result: status.map(|s| s.message().to_string()).unwrap_or_default(),
+            ..Default::default()
+        });
+        Ok(Response::new(opened?))
     }
 
     async fn locate(&self, req: Request<MountRequest>) -> Result<Response<LocateReply>, Status> {

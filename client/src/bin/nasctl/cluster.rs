@@ -38,6 +38,11 @@ pub(crate) enum ClusterCmd {
         /// cut one off the network. Needs root and iproute2; only for a new DIR.
         #[arg(long)]
         netns: bool,
+        /// Plaintext, without TLS (debugging, and measuring what TLS
+        /// costs): anyone who reaches a port can read the traffic and call
+        /// the Raft service. Only for a new DIR.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Stop every CHN started under DIR (SIGTERM, then SIGKILL after 10 s). Data is kept.
     Down {
@@ -390,7 +395,8 @@ pub(crate) async fn run(
             nasd,
             nasd_args,
             netns,
-        } => up(nodes, dir, nasd, nasd_args, netns, json).await,
+            insecure,
+        } => up(nodes, dir, nasd, nasd_args, netns, insecure, json).await,
         ClusterCmd::Down { dir } => local_cluster::down(&dir, json).await,
         ClusterCmd::Setup(a) => cluster_setup(&a, transport?, json).await,
         ClusterCmd::Certs { dir, chns } => certs(&dir, &chns, json),
@@ -409,6 +415,7 @@ async fn up(
     nasd: Option<PathBuf>,
     nasd_args: Vec<String>,
     netns: bool,
+    insecure: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     local_cluster::up(local_cluster::UpOptions {
@@ -417,6 +424,7 @@ async fn up(
         nasd,
         nasd_args: (!nasd_args.is_empty()).then_some(nasd_args),
         netns,
+        insecure,
         json,
         quiet: false,
     })

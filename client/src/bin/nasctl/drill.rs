@@ -210,6 +210,7 @@ impl Injector {
                 nasd: None,
                 nasd_args: None,
                 netns: false,
+                insecure: false,
                 json: false,
                 quiet: true,
             })

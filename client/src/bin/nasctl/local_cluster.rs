@@ -30,6 +30,10 @@ pub struct Layout {
     /// Each CHN in a network namespace of its own (`--netns`).
     #[serde(default)]
     pub netns: bool,
+    /// Plaintext, no TLS (`--insecure`): for debugging and for measuring
+    /// what TLS costs.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// Options of `cluster up`.
@@ -39,6 +43,7 @@ pub struct UpOptions {
     pub nasd: Option<PathBuf>,
     pub nasd_args: Option<Vec<String>>,
     pub netns: bool,
+    pub insecure: bool,
     pub json: bool,
     /// Print nothing (a drill restarting a CHN).
     pub quiet: bool,
@@ -145,7 +150,7 @@ fn cert_dir(dir: &Path) -> CertDir {
     CertDir::new(dir.join("tls"))
 }
 
-fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String], ns: Option<&str>) -> anyhow::Result<()> {
+fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, layout: &Layout, ns: Option<&str>) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let ndir = node_dir(dir, &node.name);
     std::fs::create_dir_all(&ndir).with_context(|| format!("cannot create {}", ndir.display()))?;
@@ -165,15 +170,19 @@ fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String], ns: Op
         }
         None => Command::new(nasd),
     };
-    let certs = cert_dir(dir);
-    let (cert, key) = certs.chn_files(&node.name);
+    if layout.insecure {
+        cmd.arg("--insecure");
+    } else {
+        let certs = cert_dir(dir);
+        let (cert, key) = certs.chn_files(&node.name);
+        cmd.arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .arg("--tls-ca")
+            .arg(certs.ca_cert());
+    }
     let child = cmd
-        .arg("--tls-cert")
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .arg("--tls-ca")
-        .arg(certs.ca_cert())
         .arg("--name")
         .arg(&node.name)
         .arg("--listen")
@@ -182,7 +191,7 @@ fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, extra: &[String], ns: Op
         .arg(ndir.join("data"))
         .arg("--array")
         .arg(dir.join("array"))
-        .args(extra)
+        .args(&layout.nasd_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -215,6 +224,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     }
     if layout.nodes.is_empty() {
         layout.netns = opts.netns;
+        layout.insecure = opts.insecure;
     } else if opts.netns && !layout.netns {
         bail!(
             "{} holds a cluster on loopback; --netns applies only to a new cluster folder",
@@ -253,7 +263,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             } else {
                 None
             };
-            spawn_nasd(&nasd, dir, node, &layout.nasd_args, ns.as_deref())?;
+            spawn_nasd(&nasd, dir, node, &layout, ns.as_deref())?;
         }
     }
     let addrs: Vec<String> = layout.nodes.iter().map(|n| n.addr.clone()).collect();
@@ -262,7 +272,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         user: admin.clone(),
         password: password.clone(),
     };
-    let transport = ::nas_client::Transport::Tls(certs.client_files()?);
+    let transport = if layout.insecure {
+        ::nas_client::Transport::Insecure
+    } else {
+        ::nas_client::Transport::Tls(certs.client_files()?)
+    };
     let cluster = Cluster::new(&addrs, transport)?.with_credential(credential);
     let initialized = setup::wait_answering(&cluster, &layout.nodes, Duration::from_secs(30), |node| {
         format!("log: {}", node_dir(dir, &node.name).join("nasd.log").display())
@@ -273,7 +287,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let status = setup::wait_healthy(&cluster, n, Duration::from_secs(30)).await?;
 
     let env_line = format!("NAS_CLUSTER={}", addrs.join(","));
-    let ca_line = format!("{}={}", ::nas_client::CA_ENV, certs.ca_cert().display());
+    let ca_line = if layout.insecure {
+        "NAS_INSECURE=true".to_string()
+    } else {
+        format!("{}={}", ::nas_client::CA_ENV, certs.ca_cert().display())
+    };
     std::fs::write(dir.join("cluster.env"), format!("{env_line}\n{ca_line}\n"))?;
     if opts.quiet {
         return Ok(());
@@ -374,7 +392,7 @@ pub fn start(dir: &Path, names: &[String], nasd: Option<PathBuf>, json: bool) ->
             continue;
         }
         let ns = layout.netns.then(|| net.ns(i));
-        spawn_nasd(&nasd, dir, &layout.nodes[i], &layout.nasd_args, ns.as_deref())?;
+        spawn_nasd(&nasd, dir, &layout.nodes[i], &layout, ns.as_deref())?;
         started.push(name.clone());
     }
     if json {

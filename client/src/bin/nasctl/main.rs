@@ -17,6 +17,7 @@ macro_rules! outln {
     }};
 }
 
+mod audit;
 mod auth;
 mod chn;
 mod cluster;
@@ -120,6 +121,9 @@ enum Cmd {
     },
     /// Forget the stored Admin token.
     Logout,
+    /// The audit log: every Admin change, every login and every refused
+    /// call (who, from where, on which CHN, what, and the answer). Needs admin.
+    Audit(audit::AuditArgs),
     /// Roles of users on the Admin service: viewer, operator, admin.
     #[command(subcommand)]
     Role(auth::RoleCmd),
@@ -241,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hours,
         } => auth::login(&conn?, user, password_file, Duration::from_secs(hours * 3600), json).await,
         Cmd::Logout => auth::logout(json),
+        Cmd::Audit(a) => audit::run(&conn?, a, json).await,
         Cmd::Role(cmd) => auth::run_role(&conn?, cmd, json).await,
         Cmd::User(cmd) => users::run(&conn?, cmd, json).await,
         Cmd::Export(cmd) => exports::run(&conn?, cmd, json).await,

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nas_proto::{command::Kind, *};
 
+mod audit;
 mod chns;
 mod clients;
 mod locks;
@@ -20,6 +21,7 @@ mod storage;
 mod users;
 
 pub use super::error::{RejectKind, Rejection};
+pub use audit::MAX_RECORDS_PER_COMMAND as MAX_AUDIT_RECORDS_PER_COMMAND;
 
 /// Smallest and largest physical disk the array accepts.
 pub const MIN_DISK_BYTES: u64 = 1 << 20;
@@ -147,6 +149,8 @@ tables! {
     @shared_lu;
     /// Probes (keyed registers for end-to-end checks) by key.
     probes: Probe [String] by |r| r.key.clone();
+    /// The audit log by sequence number.
+    audit: AuditRecord [u64] by |r| r.seq;
 }
 
 fn reject<T>(kind: RejectKind, message: impl Into<String>) -> Result<T, Rejection> {
@@ -230,6 +234,7 @@ impl Tables {
             Kind::WriteProbe(c) => self.write_probe(c.probe.as_ref()),
             Kind::SetRole(c) => self.set_role(c),
             Kind::SetClusterKeys(c) => self.set_cluster_keys(c),
+            Kind::AppendAudit(c) => self.append_audit(c),
         }
     }
 }
