@@ -71,6 +71,8 @@ admin_methods! {
         login(LoginRequest) -> LoginReply;
         /// Gives a user a role (ROLE_NONE takes it away).
         set_role(SetRoleRequest) -> WriteReply;
+        /// A new password for a user (its tokens end).
+        set_password(SetPasswordRequest) -> WriteReply;
         /// A page of the audit log.
         list_audit(AuditRequest) -> AuditList;
         init_shared_lu(InitSharedLuRequest) -> WriteReply;

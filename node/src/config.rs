@@ -366,11 +366,12 @@ mod tests {
     fn the_example_file_is_valid() {
         let example: Settings = toml::from_str(include_str!("../../deploy/nasd.example.toml")).unwrap();
         assert_eq!(example.session_lease_ms, Some(30_000));
-        let cfg = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x", "--insecure"])
+        let cfg = Settings::parse_from(["nasd", "--name", "CHN1", "--data", "/x"])
             .merge(example)
             .resolve()
             .unwrap();
         assert_eq!(cfg.session_lease, Duration::from_secs(30));
+        assert!(matches!(cfg.tls, Tls::Files { .. }));
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn tls(cfg: &Tls) -> anyhow::Result<(Option<tonic::transport::ServerTlsConfig>, 
         );
         return Ok((None, Transport::Insecure));
     };
+    nas_proto::transport::prefer_aes128();
     let (cert, key, ca) = (
         read_pem("certificate", cert)?,
         read_pem("key", key)?,

@@ -62,6 +62,27 @@ impl std::fmt::Display for BadAddress {
 
 impl std::error::Error for BadAddress {}
 
+/// Makes AES-128-GCM the first choice of every TLS connection of this
+/// process (rustls' default puts AES-256 first): both are TLS 1.3
+/// suites, and AES-128 takes 10 rounds to AES-256's 14, which shows when
+/// files move at a gigabyte a second. Tonic's client and server configs
+/// take the process default. Idempotent; call before making any.
+pub fn prefer_aes128() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256};
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.sort_by_key(|s| {
+            !matches!(
+                s.suite(),
+                TLS13_AES_128_GCM_SHA256 | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            )
+        });
+        // Another provider installed first (by an embedding program) wins.
+        let _ = provider.install_default();
+    });
+}
+
 impl Transport {
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
@@ -82,6 +103,7 @@ impl Transport {
         let Transport::Tls(files) = self else {
             return Ok(e);
         };
+        prefer_aes128();
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&files.ca))
             .domain_name(SERVICE_NAME);

@@ -112,45 +112,33 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// `nasctl cluster up --nodes N` with extra nasd arguments.
-    pub fn up(nodes: usize, nasd_args: &[&str]) -> anyhow::Result<TestCluster> {
+    fn start(nodes: usize, nasd_args: &[&str], netns: bool, insecure: bool) -> anyhow::Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
         let mut c = TestCluster {
             dir,
             nodes: vec![],
-            netns: false,
-            insecure: false,
+            netns,
+            insecure,
         };
         c.cluster_up(Some(nodes), nasd_args)?;
         Ok(c)
+    }
+
+    /// `nasctl cluster up --nodes N` with extra nasd arguments.
+    pub fn up(nodes: usize, nasd_args: &[&str]) -> anyhow::Result<TestCluster> {
+        Self::start(nodes, nasd_args, false, false)
     }
 
     /// `nasctl cluster up --insecure`: the same without TLS, to measure
     /// what TLS costs.
     pub fn up_insecure(nodes: usize, nasd_args: &[&str]) -> anyhow::Result<TestCluster> {
-        let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
-        let mut c = TestCluster {
-            dir,
-            nodes: vec![],
-            netns: false,
-            insecure: true,
-        };
-        c.cluster_up(Some(nodes), nasd_args)?;
-        Ok(c)
+        Self::start(nodes, nasd_args, false, true)
     }
 
     /// `nasctl cluster up --netns --nodes N`: each CHN in a network
     /// namespace of its own, so that a test can cut one off the network.
     pub fn up_netns(nodes: usize) -> anyhow::Result<TestCluster> {
-        let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
-        let mut c = TestCluster {
-            dir,
-            nodes: vec![],
-            netns: true,
-            insecure: false,
-        };
-        c.cluster_up(Some(nodes), &[])?;
-        Ok(c)
+        Self::start(nodes, &[], true, false)
     }
 
     /// Runs `cluster up` again: restarts stopped CHNs, or grows the cluster.

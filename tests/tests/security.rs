@@ -518,3 +518,72 @@ async fn the_audit_log_holds_every_change_login_and_refusal() -> anyhow::Result<
     assert_eq!(err.code(), Code::PermissionDenied);
     Ok(())
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_reveal_no_user_names_and_session_secrets_are_not_stored() -> anyhow::Result<()> {
+    let c = TestCluster::up(3, &[])?;
+    c.with_exports();
+    // A session opened before the wrong passwords below throttle this address.
+    let nas = c.nas("bob", "home").await?;
+    let mut g = NasGrpc::new(c.channel("CHN1"));
+    let attempt = |user: &str| OpenSessionRequest {
+        user: user.into(),
+        password: "wrong-password".into(),
+        client_id: String::new(),
+    };
+    // Three wrong passwords for a real user and three for a made-up one
+    // (within the free attempts of the throttle): the same work each.
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (user, times) in [("alice", &mut known), ("nobody-here", &mut unknown)] {
+            let t = Instant::now();
+            let err = g.open_session(attempt(user)).await.expect_err("wrong password");
+            times.push(t.elapsed());
+            assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+            assert!(!err.message().contains(user), "the answer names the user: {err:?}");
+        }
+    }
+    let (known, unknown) = (known.iter().min().copied(), unknown.iter().min().copied());
+    let (known, unknown) = (known.unwrap_or_default(), unknown.unwrap_or_default());
+    eprintln!("wrong password: known user {known:?}, unknown user {unknown:?}");
+    assert!(
+        unknown * 2 >= known && known * 2 >= unknown,
+        "timing tells users apart: known {known:?}, unknown {unknown:?}"
+    );
+    // A real session's secret is nowhere on any CHN's disk.
+    let secret = nas.token().split_once('.').map(|(_, s)| s.to_string()).unwrap_or_default();
+    assert!(secret.len() >= 16);
+    wait_until("bob's session everywhere", Duration::from_secs(10), || async {
+        let clients = c.client().list_clients(false).await.ok()?.clients;
+        clients.iter().any(|cl| cl.user == "bob").then_some(())
+    })
+    .await?;
+    for node in ["chn1", "chn2", "chn3"] {
+        for f in files_under(&c.dir().join(node).join("data")) {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds a session secret in clear",
+                f.display()
+            );
+        }
+    }
+    Ok(())
+}

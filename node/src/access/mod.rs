@@ -103,6 +103,11 @@ impl Access {
     /// Checks `user`'s password, throttling failures per user and per
     /// source address; returns the user's row.
     pub async fn check_password(&self, user: &str, password: &str, source: Option<IpAddr>) -> Result<User, AccessError> {
+        // No real user has a longer name; a made-up one must not grow the
+        // throttle's memory.
+        if user.is_empty() || user.len() > 64 {
+            return Err(denied());
+        }
         let user_key = format!("user {user}");
         let source_key = source.map(|a| format!("address {a}"));
         let keys: Vec<&str> = std::iter::once(user_key.as_str()).chain(source_key.as_deref()).collect();

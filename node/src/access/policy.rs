@@ -28,7 +28,7 @@ pub fn admin(method: &str) -> Option<Need> {
         | "ListClients" | "ListLocks" | "FailoverStatus" | "ListProbes" => viewer,
         "FailDisk" | "ReplaceDisk" | "RebuildLu" | "ScrubLu" | "MoveExport" | "BreakFileLock" | "WriteProbe" => operator,
         "InitSharedLu" | "AddPath" | "RemovePath" | "InstallChn" | "RemoveChn" | "InitArray" | "CreateLu"
-        | "AddUser" | "SetRole" | "CreateExport" | "ReadLu" | "WriteLu" | "ListAudit" => admin,
+        | "AddUser" | "SetRole" | "SetPassword" | "CreateExport" | "ReadLu" | "WriteLu" | "ListAudit" => admin,
         _ => return None,
     })
 }

@@ -500,6 +500,17 @@ impl admin_server::Admin for AdminService {
         self.write(Kind::AddUser(AddUser { user: Some(user) })).await
     }
 
+    async fn set_password(&self, req: Request<SetPasswordRequest>) -> Result<Response<WriteReply>, Status> {
+        let r = req.into_inner();
+        check_password(&r.password)?;
+        let password_hash = self.access.passwords().hash(&r.password).await.map_err(AccessError::from)?;
+        self.write(Kind::SetPassword(SetPassword {
+            user: r.user,
+            password_hash,
+        }))
+        .await
+    }
+
     async fn set_role(&self, req: Request<SetRoleRequest>) -> Result<Response<WriteReply>, Status> {
         let SetRoleRequest { user, role } = req.into_inner();
         self.write(Kind::SetRole(SetRole { user, role })).await

@@ -43,12 +43,14 @@ impl<S> Gated<S> {
 }
 
 /// Whether the call `method` is recorded whatever its answer: everything
-/// but looking (viewer calls and NodeInfo are recorded only when refused).
+/// but looking (viewer calls and NodeInfo are recorded only when refused)
+/// and probe writes, which monitoring sends many times a second: recorded,
+/// they would push every other record out of the bounded log.
 fn audited(method: &str) -> bool {
     !matches!(
         crate::access::policy::admin(method),
         Some(Need::Role(nas_proto::Role::Viewer))
-    ) && method != "NodeInfo"
+    ) && !matches!(method, "NodeInfo" | "WriteProbe")
 }
 
 /// The user a credential claims, for the audit log of a refusal.

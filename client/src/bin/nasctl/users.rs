@@ -22,13 +22,17 @@ pub(crate) enum UserCmd {
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
     },
-    /// The user table (hashes are never shown).
+    /// Give a user a new password (from $NAS_PASSWORD or asked for
+    /// without echo); its Admin tokens end at once. Needs admin.
+    Passwd { name: String },
+    /// The user table with roles (hashes are never shown).
     List(ReadOpts),
 }
 
 pub(crate) async fn run(c: &Cluster, cmd: UserCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
         UserCmd::Add { name, uid, groups } => add(c, name, uid, groups, json).await,
+        UserCmd::Passwd { name } => passwd(c, name, json).await,
         UserCmd::List(o) => list(c, o, json).await,
     }
 }
@@ -50,11 +54,34 @@ async fn add(c: &Cluster, name: String, uid: Option<u32>, groups: Vec<String>, j
     Ok(())
 }
 
+async fn passwd(c: &Cluster, name: String, json: bool) -> anyhow::Result<()> {
+    let password = read_password(&name)?;
+    let r = c
+        .set_password(SetPasswordRequest {
+            user: name.clone(),
+            password,
+        })
+        .await
+        .map_err(status_err)?;
+    if json {
+        outln!("{}", json!({"user": name, "log_index": r.log_index}));
+    } else {
+        outln!("password of {name} changed; its Admin tokens have ended");
+    }
+    Ok(())
+}
+
 async fn list(c: &Cluster, o: ReadOpts, json: bool) -> anyhow::Result<()> {
     let r = c.list_users(o.local).await.map_err(status_err)?;
-    let mut t = Table::new(&["user", "uid", "groups", "enabled"]);
+    let mut t = Table::new(&["user", "uid", "groups", "role", "enabled"]);
     for u in &r.users {
-        t.row(vec![json!(u.name), json!(u.uid), json!(u.groups), json!(u.enabled)]);
+        t.row(vec![
+            json!(u.name),
+            json!(u.uid),
+            json!(u.groups),
+            json!(crate::auth::role_name(u.role)),
+            json!(u.enabled),
+        ]);
     }
     print_list(&t, json, r.possibly_stale);
     Ok(())

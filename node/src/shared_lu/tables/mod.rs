@@ -235,6 +235,7 @@ impl Tables {
             Kind::SetRole(c) => self.set_role(c),
             Kind::SetClusterKeys(c) => self.set_cluster_keys(c),
             Kind::AppendAudit(c) => self.append_audit(c),
+            Kind::SetPassword(c) => self.set_password(c),
         }
     }
 }

@@ -67,6 +67,20 @@ impl Tables {
         Ok(Applied::rows(vec![RowKey::User(c.user.clone())]))
     }
 
+    pub(super) fn set_password(&mut self, c: &SetPassword) -> Result<Applied, Rejection> {
+        if !c.password_hash.starts_with("$argon2") {
+            return reject(RejectKind::InvalidArgument, "password hash is not an argon2 PHC string");
+        }
+        let Some(user) = self.users.get_mut(&c.user) else {
+            return reject(
+                RejectKind::NotFound,
+                format!("user {} does not exist; see `nasctl user list`", c.user),
+            );
+        };
+        user.password_hash = c.password_hash.clone();
+        Ok(Applied::rows(vec![RowKey::User(c.user.clone())]))
+    }
+
     pub(super) fn set_cluster_keys(&mut self, c: &SetClusterKeys) -> Result<Applied, Rejection> {
         if c.token_key.len() < 32 || c.handle_key.len() < 32 {
             return reject(RejectKind::InvalidArgument, "cluster keys must be at least 32 bytes each");
