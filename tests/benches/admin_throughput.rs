@@ -103,7 +103,7 @@ async fn nasd_target(cluster: &TestCluster) -> anyhow::Result<Target> {
         cluster.nodes.len(),
         status.leader_name
     );
-    let token = cluster.admin_token().await?;
+    let token = cluster.admin_token();
     let admins: Arc<Vec<_>> = Arc::new(
         (0..CONNECTIONS)
             .map(|_| cluster.admin_with_token(&leader, &token))

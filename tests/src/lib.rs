@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use ::nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest, LoginRequest};
+use ::nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest};
 use ::nas_client::proto::transport::TlsFiles;
 use ::nas_client::{AdminConn, Authorization, Cluster, Credential, Transport};
 use anyhow::{bail, Context};
@@ -109,6 +109,10 @@ pub struct TestCluster {
     netns: bool,
     /// Plaintext, no TLS (`cluster up --insecure`): benchmarks compare.
     insecure: bool,
+    /// The first admin's login token, made once: a password per call
+    /// would cost the CHN an argon2 hash every time, and the many clusters
+    /// of a test run share two cores.
+    token: String,
 }
 
 impl TestCluster {
@@ -119,6 +123,7 @@ impl TestCluster {
             nodes: vec![],
             netns,
             insecure,
+            token: String::new(),
         };
         c.cluster_up(Some(nodes), nasd_args)?;
         Ok(c)
@@ -182,7 +187,24 @@ impl TestCluster {
                 addr: n["address"].as_str().unwrap_or_default().into(),
             })
             .collect();
+        if self.token.is_empty() {
+            self.token = self.log_in()?;
+        }
         Ok(())
+    }
+
+    /// `nasctl login` as the first admin; the token it stored.
+    fn log_in(&self) -> anyhow::Result<String> {
+        let out = self.nasctl_as(
+            &["--json", "login", ADMIN_USER, "--hours", "24"],
+            &[("NAS_ADMIN_PASSWORD", ADMIN_PASSWORD)],
+        );
+        if !out.status.success() {
+            bail!("nasctl login failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let file = v["token_file"].as_str().context("token_file in login output")?;
+        Ok(std::fs::read_to_string(file)?.trim().to_string())
     }
 
     /// The cluster folder.
@@ -198,7 +220,12 @@ impl TestCluster {
     /// Runs nasctl against this cluster, as its first admin (and, for
     /// file commands, with password `correct-horse`).
     pub fn nasctl(&self, args: &[&str]) -> Output {
-        self.nasctl_as(args, &[("NAS_ADMIN_PASSWORD", ADMIN_PASSWORD)])
+        // The token for calls; the password too, for drills that restart
+        // CHNs with `cluster up`.
+        self.nasctl_as(
+            args,
+            &[("NAS_TOKEN", self.token.as_str()), ("NAS_ADMIN_PASSWORD", ADMIN_PASSWORD)],
+        )
     }
 
     /// Runs nasctl against this cluster with only the Admin credential
@@ -305,7 +332,7 @@ impl TestCluster {
         Cluster::from_list(&self.cluster_env(), self.transport())
             .expect("cluster addresses")
             .with_retry_for(Duration::from_secs(20))
-            .with_credential(admin_credential())
+            .with_credential(Credential::Token(self.token.clone()))
     }
 
     /// A channel to the CHN at `addr`, as every client of the project
@@ -336,22 +363,14 @@ impl TestCluster {
     }
 
     /// An Admin client on exactly one CHN (no retry, no failover), as the
-    /// first admin (its password sent with each call).
+    /// first admin.
     pub fn admin(&self, name: &str) -> AdminConn {
-        AdminClient::with_interceptor(self.channel(name), admin_credential().authorization())
+        AdminClient::with_interceptor(self.channel(name), Authorization::bearer(&self.token))
     }
 
     /// A login token of the first admin.
-    pub async fn admin_token(&self) -> anyhow::Result<String> {
-        let mut a = AdminClient::new(self.channel(&self.nodes[0].name));
-        let reply = a
-            .login(LoginRequest {
-                user: ADMIN_USER.into(),
-                password: ADMIN_PASSWORD.into(),
-                ttl_s: 0,
-            })
-            .await?;
-        Ok(reply.into_inner().token)
+    pub fn admin_token(&self) -> String {
+        self.token.clone()
     }
 
     /// An Admin client on `addr` that sends `token`.

@@ -205,7 +205,7 @@ pub async fn run(
     seed: u64,
 ) -> anyhow::Result<Report> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let token = c.admin_token().await?;
+    let token = c.admin_token();
     let admins: Vec<AdminConn> = c.nodes.iter().map(|n| c.admin_with_token(&n.addr, &token)).collect();
     let history = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();

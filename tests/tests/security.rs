@@ -303,7 +303,7 @@ async fn a_login_flood_is_throttled_and_the_operator_goes_on() -> anyhow::Result
     let c = TestCluster::up(3, &[])?;
     let leader = c.leader_seen_by("CHN1", Duration::from_secs(10)).await?;
     let addr = c.node(&leader).addr.clone();
-    let token = c.admin_token().await?;
+    let token = c.admin_token();
     let mut operator = c.admin_with_token(&addr, &token);
     p99_of_writes(&mut operator, 50).await?;
     let idle = p99_of_writes(&mut operator, 300).await?;

@@ -64,7 +64,7 @@ fn print(records: &[AuditRecord], json: bool, header: bool) {
             json!(r.source),
             json!(r.chn),
             json!(r.call),
-            json!(tonic::Code::from(r.code).description()),
+            json!(format!("{:?}", tonic::Code::from(r.code))),
             json!(detail),
         ]);
     }

@@ -222,6 +222,12 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
             s.code()
         );
     }
+    if s.message().contains("h2 protocol error") {
+        return anyhow!(
+            "the CHN did not speak plaintext HTTP/2 ({}): it serves TLS; drop --insecure / NAS_INSECURE and give --ca or NAS_CA",
+            s.message()
+        );
+    }
     anyhow!("{} ({:?})", s.message(), s.code())
 }
 
