@@ -118,7 +118,10 @@ impl Cluster {
             .iter()
             .map(|a| {
                 let a = a.as_ref().trim();
-                a.strip_prefix("http://").or_else(|| a.strip_prefix("https://")).unwrap_or(a).to_string()
+                a.strip_prefix("http://")
+                    .or_else(|| a.strip_prefix("https://"))
+                    .unwrap_or(a)
+                    .to_string()
             })
             .filter(|a| !a.is_empty())
             .collect();

@@ -175,11 +175,7 @@ async fn locate(cluster: &Cluster, token: &str, export: &str) -> Result<String, 
 
 /// Opens a session on whichever CHN answers first (sessions live in the
 /// shared LU, so any CHN can open one).
-async fn open_session(
-    cluster: &Cluster,
-    req: OpenSessionRequest,
-    retry_for: Duration,
-) -> Result<SessionReply, Status> {
+async fn open_session(cluster: &Cluster, req: OpenSessionRequest, retry_for: Duration) -> Result<SessionReply, Status> {
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -376,7 +372,9 @@ impl NasClient {
             .map(str::to_string);
         let addr = match named {
             Some(a) => Some(a),
-            None => locate(&self.inner.cluster, &self.inner.token, &self.inner.export).await.ok(),
+            None => locate(&self.inner.cluster, &self.inner.token, &self.inner.export)
+                .await
+                .ok(),
         };
         let Some(addr) = addr else { return };
         let mut conn = lock(&self.inner.conn);

@@ -100,7 +100,10 @@ impl CertDir {
     /// CHN `name`'s certificate and key files.
     pub fn chn_files(&self, name: &str) -> (PathBuf, PathBuf) {
         let base = name.to_ascii_lowercase();
-        (self.dir.join(format!("{base}.crt")), self.dir.join(format!("{base}.key")))
+        (
+            self.dir.join(format!("{base}.crt")),
+            self.dir.join(format!("{base}.key")),
+        )
     }
 
     fn mkdir(&self) -> Result<(), PkiError> {
@@ -202,7 +205,11 @@ mod tests {
         let (cert, key) = certs.chn_files("CHN1");
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(
-            std::fs::metadata(dir.path().join("tls/ca.key")).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(dir.path().join("tls/ca.key"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o600
         );
         assert!(std::fs::read_to_string(cert).unwrap().contains("BEGIN CERTIFICATE"));

@@ -60,7 +60,16 @@ fn usage_errors_exit_2_and_bad_values_are_named() {
     let out = nasctl(&["array", "init", "--disks", "3", "--size", "12Q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
-    let out = nasctl(&["--insecure", "--cluster", "127.0.0.1:1", "path", "add", "CHN1", "--to", "lu:x"]);
+    let out = nasctl(&[
+        "--insecure",
+        "--cluster",
+        "127.0.0.1:1",
+        "path",
+        "add",
+        "CHN1",
+        "--to",
+        "lu:x",
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("shared, backup or lu:N"));
 }
 
@@ -70,13 +79,29 @@ fn without_a_ca_nothing_is_sent_in_plaintext() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NAS_CA") && err.contains("--insecure"), "{err}");
-    let out = nasctl(&["--insecure", "--cluster", "127.0.0.1:1", "--retry-secs", "0", "cluster", "status"]);
+    let out = nasctl(&[
+        "--insecure",
+        "--cluster",
+        "127.0.0.1:1",
+        "--retry-secs",
+        "0",
+        "cluster",
+        "status",
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: --insecure"));
 }
 
 #[test]
 fn unreachable_cluster_is_reported_not_hung() {
-    let out = nasctl(&["--insecure", "--cluster", "127.0.0.1:1", "--retry-secs", "1", "cluster", "status"]);
+    let out = nasctl(&[
+        "--insecure",
+        "--cluster",
+        "127.0.0.1:1",
+        "--retry-secs",
+        "1",
+        "cluster",
+        "status",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Unavailable"), "{err}");

@@ -269,7 +269,12 @@ impl Settings {
         if !(1..=1024).contains(&worker_threads) {
             bail!("--worker-threads must be between 1 and 1024 (this machine has {cores} cores)");
         }
-        let tls = match (merged.insecure.unwrap_or(false), merged.tls_cert, merged.tls_key, merged.tls_ca) {
+        let tls = match (
+            merged.insecure.unwrap_or(false),
+            merged.tls_cert,
+            merged.tls_key,
+            merged.tls_ca,
+        ) {
             (true, None, None, None) => Tls::Insecure,
             (true, ..) => bail!("--insecure and --tls-* contradict each other; give one or the other"),
             (false, Some(cert), Some(key), Some(ca)) => Tls::Files { cert, key, ca },
@@ -278,11 +283,15 @@ impl Settings {
                  `nasctl cluster certs` makes them), or --insecure to serve plaintext for debugging"
             ),
             (false, cert, key, ca) => {
-                let missing: Vec<&str> = [("--tls-cert", cert.is_none()), ("--tls-key", key.is_none()), ("--tls-ca", ca.is_none())]
-                    .iter()
-                    .filter(|(_, m)| *m)
-                    .map(|(n, _)| *n)
-                    .collect();
+                let missing: Vec<&str> = [
+                    ("--tls-cert", cert.is_none()),
+                    ("--tls-key", key.is_none()),
+                    ("--tls-ca", ca.is_none()),
+                ]
+                .iter()
+                .filter(|(_, m)| *m)
+                .map(|(n, _)| *n)
+                .collect();
                 bail!("TLS needs all three files; missing {}", missing.join(", "))
             }
         };
@@ -353,9 +362,16 @@ mod tests {
             "name = \"CHN2\"\nlisten = \"127.0.0.1:9\"\ndata = \"/x\"\nsnapshot_threshold = 7\n",
         )
         .unwrap();
-        let cfg = Settings::parse_from(["nasd", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:8", "--insecure"])
-            .resolve()
-            .unwrap();
+        let cfg = Settings::parse_from([
+            "nasd",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:8",
+            "--insecure",
+        ])
+        .resolve()
+        .unwrap();
         assert_eq!(cfg.name, "CHN2");
         assert_eq!(cfg.node_id, 2);
         assert_eq!(cfg.listen, "127.0.0.1:8");

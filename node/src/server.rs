@@ -11,9 +11,9 @@ use tokio_stream::StreamExt;
 use tonic::transport::Server;
 
 use crate::config::{Config, Tls};
-use nas_proto::transport::{TlsFiles, Transport};
 use crate::service::{admin::AdminService, nas::NasService, raft::RaftService};
 use crate::shared_lu::SharedLu;
+use nas_proto::transport::{TlsFiles, Transport};
 use nas_proto::{admin_server::AdminServer, nas_server::NasServer, raft_server::RaftServer};
 
 /// Largest message a CHN accepts (snapshots of the tables travel whole).
@@ -170,8 +170,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         lu: lu.clone(),
         mutual_tls: server_tls.is_some(),
     })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     // Server::tcp_nodelay only applies to listeners tonic binds itself;
     // without it, Nagle plus delayed ACKs add 40 ms to small replies.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
@@ -191,7 +191,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
             tracing::error!(reason = %why, "the Raft core stopped; this CHN stops serving and exits");
             health.set_not_serving::<NasServer<NasService>>().await;
             health.set_not_serving::<AdminServer<AdminService>>().await;
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             let _ = fatal_tx.send(Some(why));
         })
     };
@@ -206,7 +208,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     };
     let mut builder = Server::builder();
     if let Some(t) = server_tls {
-        builder = builder.tls_config(t).context("cannot set up TLS with --tls-cert/--tls-key/--tls-ca")?;
+        builder = builder
+            .tls_config(t)
+            .context("cannot set up TLS with --tls-cert/--tls-key/--tls-ca")?;
     }
     let served = builder
         .tcp_nodelay(true)
@@ -234,7 +238,10 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     watch_raft.abort();
     audit_task.abort();
     // What the last quarter second recorded.
-    if tokio::time::timeout(std::time::Duration::from_secs(2), auditor.flush()).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(2), auditor.flush())
+        .await
+        .is_err()
+    {
         tracing::warn!("the last audit records could not be appended before stopping");
     }
     heartbeat.abort();
@@ -246,7 +253,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     }
     served.context("gRPC server failed")?;
     if let Some(why) = fatal_rx.borrow_and_update().clone() {
-        anyhow::bail!("the Raft core stopped ({why}); restart this CHN (if it fails again, re-seed it: see the README, Security)");
+        anyhow::bail!(
+            "the Raft core stopped ({why}); restart this CHN (if it fails again, re-seed it: see the README, Security)"
+        );
     }
     tracing::info!(name = %cfg.name, "CHN stopped");
     Ok(())

@@ -3,7 +3,6 @@
 //! here as raw gRPC calls with openraft's own types, as an attacker with
 //! the source would build them.
 
-
 use nas_proto::{raft_client::RaftClient, RaftBytes, WriteProbeRequest};
 use nas_tests::{ok, TestCluster};
 use openraft::raft::VoteRequest;
@@ -45,7 +44,10 @@ async fn forged_votes_with_impossible_terms_are_refused_and_nothing_panics() -> 
         ] {
             let err = raft.vote(forged).await.expect_err("a forged vote must be refused");
             assert_eq!(err.code(), Code::InvalidArgument, "{}: {err:?}", node.name);
-            assert!(err.message().contains("forged or corrupt") || err.message().contains("node id"), "{err:?}");
+            assert!(
+                err.message().contains("forged or corrupt") || err.message().contains("node id"),
+                "{err:?}"
+            );
         }
     }
     // CHN1's certificate cannot speak for CHN2.

@@ -214,7 +214,17 @@ async fn main() -> anyhow::Result<()> {
     println!("\nsmall files: create + 4 KiB write + close, {secs} s per point");
     println!(
         "  {:>7}  {:>10} {:>8} {:>8}   {:>10} {:>8}   {:>12} {:>8} {:>8}   {:>9} {:>9}",
-        "clients", "nas ops/s", "p50 ms", "p99 ms", "plain", "p99 ms", "local+fsync", "p50 ms", "p99 ms", "vs local", "TLS/plain"
+        "clients",
+        "nas ops/s",
+        "p50 ms",
+        "p99 ms",
+        "plain",
+        "p99 ms",
+        "local+fsync",
+        "p50 ms",
+        "p99 ms",
+        "vs local",
+        "TLS/plain"
     );
     let max = client_counts.iter().copied().max().unwrap_or(1);
     let tls_sessions = tls.sessions(max).await?;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use ::nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest};
 use ::nas_client::proto::transport::TlsFiles;
+use ::nas_client::proto::{admin_client::AdminClient, ClusterStatusReply, ClusterStatusRequest};
 use ::nas_client::{AdminConn, Authorization, Cluster, Credential, Transport};
 use anyhow::{bail, Context};
 use tonic::transport::Channel;
@@ -224,7 +224,10 @@ impl TestCluster {
         // CHNs with `cluster up`.
         self.nasctl_as(
             args,
-            &[("NAS_TOKEN", self.token.as_str()), ("NAS_ADMIN_PASSWORD", ADMIN_PASSWORD)],
+            &[
+                ("NAS_TOKEN", self.token.as_str()),
+                ("NAS_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ],
         )
     }
 

@@ -17,7 +17,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::block_in_place;
 
-
 use crate::linearizability::{self, Call, Op, Outcome};
 use crate::TestCluster;
 

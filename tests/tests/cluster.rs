@@ -39,10 +39,7 @@ async fn probe_keys(c: &TestCluster, chn: &str, local: bool) -> Vec<String> {
 async fn writes_through_every_chn_are_seen_by_every_chn() -> anyhow::Result<()> {
     let c = TestCluster::up(3, &[])?;
     for n in &c.nodes {
-        let r = c
-            .admin(&n.name)
-            .write_probe(probe(&format!("via-{}", n.name)))
-            .await?;
+        let r = c.admin(&n.name).write_probe(probe(&format!("via-{}", n.name))).await?;
         assert!(r.into_inner().log_index > 0);
     }
     // A table command through a follower is forwarded and applied once.
@@ -226,11 +223,7 @@ async fn losing_the_quorum_gives_unavailable_and_service_comes_back() -> anyhow:
     c.admin("CHN1").write_probe(probe("before")).await?;
     c.kill9("CHN2");
     c.kill9("CHN3");
-    let err = c
-        .admin("CHN1")
-        .write_probe(probe("no-quorum"))
-        .await
-        .unwrap_err();
+    let err = c.admin("CHN1").write_probe(probe("no-quorum")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     let err = c
         .admin("CHN1")

@@ -8,9 +8,9 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use ::nas_client::proto::command;
 use ::nas_client::proto::nas_client::NasClient as NasGrpc;
 use ::nas_client::proto::*;
-use ::nas_client::proto::command;
 use nas_tests::{ok, wait_until, TestCluster, ADMIN_PASSWORD, ADMIN_USER};
 use prost::Message;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -99,7 +99,10 @@ async fn admin_calls_need_a_credential_and_the_role_for_them() -> anyhow::Result
     let ch = c.channel("CHN2");
     let methods = admin_methods();
     assert!(methods.len() > 30, "{methods:?}");
-    assert!(!methods.contains(&"UpsertClient".to_string()), "UpsertClient must be gone");
+    assert!(
+        !methods.contains(&"UpsertClient".to_string()),
+        "UpsertClient must be gone"
+    );
 
     // No credential, a garbage one, a wrong password: nothing but the open calls.
     for m in methods.iter().filter(|m| !OPEN.contains(&m.as_str())) {
@@ -128,7 +131,10 @@ async fn admin_calls_need_a_credential_and_the_role_for_them() -> anyhow::Result
         .expect_err("a user without a role lists nothing");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     ok(c.nasctl(&["role", "grant", "victor", "viewer"]));
-    let viewer = format!("Bearer {}", login_patiently(&ch, "victor", "correct-horse", 0).await?.token);
+    let viewer = format!(
+        "Bearer {}",
+        login_patiently(&ch, "victor", "correct-horse", 0).await?.token
+    );
     for m in &methods {
         // A busy machine may make a linearizable read wait past its
         // deadline: that is UNAVAILABLE, retried; a refusal is not.
@@ -154,10 +160,17 @@ async fn admin_calls_need_a_credential_and_the_role_for_them() -> anyhow::Result
 
     // An operator may fail a disk but not read raw LU bytes or add users.
     ok(c.nasctl(&["role", "grant", "victor", "operator"]));
-    let op = format!("Bearer {}", login_patiently(&ch, "victor", "correct-horse", 0).await?.token);
-    let err = raw_admin(&ch, "ReadLu", Some(&op)).await.expect_err("ReadLu needs admin");
+    let op = format!(
+        "Bearer {}",
+        login_patiently(&ch, "victor", "correct-horse", 0).await?.token
+    );
+    let err = raw_admin(&ch, "ReadLu", Some(&op))
+        .await
+        .expect_err("ReadLu needs admin");
     assert_eq!(err.code(), Code::PermissionDenied);
-    let err = raw_admin(&ch, "AddUser", Some(&op)).await.expect_err("AddUser needs admin");
+    let err = raw_admin(&ch, "AddUser", Some(&op))
+        .await
+        .expect_err("AddUser needs admin");
     assert_eq!(err.code(), Code::PermissionDenied);
     // The role is read at every call: revoking it ends its power at once,
     // with the same token.
@@ -315,7 +328,11 @@ async fn a_login_flood_is_throttled_and_the_operator_goes_on() -> anyhow::Result
             .map(|i| {
                 let ch = ch.clone();
                 async move {
-                    let user = if i % 2 == 0 { ADMIN_USER.to_string() } else { format!("guess{i}") };
+                    let user = if i % 2 == 0 {
+                        ADMIN_USER.to_string()
+                    } else {
+                        format!("guess{i}")
+                    };
                     login(&ch, &user, &format!("wrong-{i}"), 0).await
                 }
             })
@@ -362,7 +379,8 @@ async fn only_chns_of_this_cluster_reach_the_raft_service() -> anyhow::Result<()
         .await
         .expect_err("plaintext must fail");
     assert!(
-        ::nas_client::broken_connection(&err) || matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+        ::nas_client::broken_connection(&err)
+            || matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Internal),
         "plaintext got an answer: {err:?}"
     );
 
@@ -374,7 +392,9 @@ async fn only_chns_of_this_cluster_reach_the_raft_service() -> anyhow::Result<()
         raft.install_snapshot(vote()).await.expect_err("snapshot"),
         raft.forward(forward()).await.expect_err("forward"),
         raft.read_index(ReadIndexRequest {}).await.expect_err("read index"),
-        raft.append_entries(tokio_stream::iter([vote()])).await.expect_err("append"),
+        raft.append_entries(tokio_stream::iter([vote()]))
+            .await
+            .expect_err("append"),
     ] {
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     }
@@ -455,8 +475,14 @@ async fn file_handles_cannot_be_guessed_or_listed_past_a_closed_directory() -> a
     let err = bob.stat("/listable/inside").await.expect_err("no search permission");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // And bob cannot list or stat what is in the closed directory.
-    assert_eq!(bob.list("/private").await.expect_err("0700").code(), Code::PermissionDenied);
-    assert_eq!(bob.stat("/private/secret").await.expect_err("0700").code(), Code::PermissionDenied);
+    assert_eq!(
+        bob.list("/private").await.expect_err("0700").code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        bob.stat("/private/secret").await.expect_err("0700").code(),
+        Code::PermissionDenied
+    );
     // Alice's handles keep working, on another CHN after a move too.
     assert_eq!(alice.read(secret.handle, 0, 64).await?, b"alice's secret");
     Ok(())
@@ -472,7 +498,9 @@ async fn the_audit_log_holds_every_change_login_and_refusal() -> anyhow::Result<
     let _ = raw_admin(&ch, "CreateLu", Some(&format!("Bearer {}", plain.token)))
         .await
         .expect_err("no role");
-    let _ = login(&ch, "victor", "not-his-password", 0).await.expect_err("wrong password");
+    let _ = login(&ch, "victor", "not-his-password", 0)
+        .await
+        .expect_err("wrong password");
     let mut g = NasGrpc::new(c.channel("CHN3"));
     let _ = g
         .open_session(OpenSessionRequest {
@@ -510,7 +538,9 @@ async fn the_audit_log_holds_every_change_login_and_refusal() -> anyhow::Result<
     let text = serde_json::to_string(&records)?;
     assert!(!text.contains("correct-horse"), "a password reached the audit log");
     assert!(!text.contains("not-his-password") && !text.contains("guessing-again"));
-    assert!(records.iter().all(|r| !r["chn"].as_str().unwrap_or_default().is_empty()));
+    assert!(records
+        .iter()
+        .all(|r| !r["chn"].as_str().unwrap_or_default().is_empty()));
     // Reading the audit log is for admins only.
     let err = raw_admin(&ch, "ListAudit", Some(&format!("Bearer {}", plain.token)))
         .await
@@ -568,7 +598,11 @@ async fn logins_reveal_no_user_names_and_session_secrets_are_not_stored() -> any
         "timing tells users apart: known {known:?}, unknown {unknown:?}"
     );
     // A real session's secret is nowhere on any CHN's disk.
-    let secret = nas.token().split_once('.').map(|(_, s)| s.to_string()).unwrap_or_default();
+    let secret = nas
+        .token()
+        .split_once('.')
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_default();
     assert!(secret.len() >= 16);
     wait_until("bob's session everywhere", Duration::from_secs(10), || async {
         let clients = c.client().list_clients(false).await.ok()?.clients;

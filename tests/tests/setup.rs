@@ -39,7 +39,14 @@ fn start_chns(dir: &Path, names: &[&str]) -> (Chns, Vec<String>) {
         .collect();
     let tls = dir.join("tls");
     let tls_arg = tls.display().to_string();
-    ok(nasctl(&["cluster", "certs", "--dir", &tls_arg, "--chn", &specs.join(",")]));
+    ok(nasctl(&[
+        "cluster",
+        "certs",
+        "--dir",
+        &tls_arg,
+        "--chn",
+        &specs.join(","),
+    ]));
     let mut children = Vec::new();
     for (name, spec) in names.iter().zip(&specs) {
         let addr = spec.split_once('=').map_or("", |(_, a)| a);
@@ -98,7 +105,11 @@ fn cluster_setup_installs_running_chns_and_is_idempotent() {
     // Every call verifies the CHNs against the CA `cluster certs` made.
     let ca = dir.path().join("tls").join("ca.crt").display().to_string();
     let with_ca = |args: &[&str]| -> Vec<String> {
-        ["--ca", ca.as_str()].iter().chain(args).map(|a| a.to_string()).collect()
+        ["--ca", ca.as_str()]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect()
     };
     let run = |args: &[&str]| {
         let args = with_ca(args);

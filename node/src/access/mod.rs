@@ -102,7 +102,12 @@ impl Access {
 
     /// Checks `user`'s password, throttling failures per user and per
     /// source address; returns the user's row.
-    pub async fn check_password(&self, user: &str, password: &str, source: Option<IpAddr>) -> Result<User, AccessError> {
+    pub async fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        source: Option<IpAddr>,
+    ) -> Result<User, AccessError> {
         // No real user has a longer name; a made-up one must not grow the
         // throttle's memory.
         if user.is_empty() || user.len() > 64 {
@@ -110,7 +115,9 @@ impl Access {
         }
         let user_key = format!("user {user}");
         let source_key = source.map(|a| format!("address {a}"));
-        let keys: Vec<&str> = std::iter::once(user_key.as_str()).chain(source_key.as_deref()).collect();
+        let keys: Vec<&str> = std::iter::once(user_key.as_str())
+            .chain(source_key.as_deref())
+            .collect();
         self.throttle
             .attempt(&keys, Instant::now())
             .map_err(|(what, retry_after)| AccessError::Throttled {
@@ -140,7 +147,11 @@ impl Access {
         source: Option<IpAddr>,
     ) -> Result<(String, u64, Role), AccessError> {
         let row = self.check_password(user, password, source).await?;
-        let ttl = if ttl.is_zero() { TOKEN_TTL } else { ttl.min(MAX_TOKEN_TTL) };
+        let ttl = if ttl.is_zero() {
+            TOKEN_TTL
+        } else {
+            ttl.min(MAX_TOKEN_TTL)
+        };
         let expires_ms = now_ms() + ttl.as_millis() as u64;
         let key = self.lu.read(|t| t.shared_lu.token_key.clone());
         let token = tokens::sign(&key, &row.name, expires_ms, &row.password_hash).ok_or_else(|| {
@@ -150,11 +161,16 @@ impl Access {
     }
 
     /// Who presents `credential`.
-    pub async fn authenticate(&self, credential: Credential<'_>, source: Option<IpAddr>) -> Result<Caller, AccessError> {
+    pub async fn authenticate(
+        &self,
+        credential: Credential<'_>,
+        source: Option<IpAddr>,
+    ) -> Result<Caller, AccessError> {
         let row = match credential {
             Credential::Password { user, password } => self.check_password(user, password, source).await?,
             Credential::Token(token) => {
-                let bad = || AccessError::Unauthenticated("the token is not valid; log in again (`nasctl login`)".into());
+                let bad =
+                    || AccessError::Unauthenticated("the token is not valid; log in again (`nasctl login`)".into());
                 let claim = tokens::parse(token).ok_or_else(bad)?;
                 if claim.expires_ms <= now_ms() {
                     return Err(AccessError::Unauthenticated(
@@ -186,7 +202,9 @@ impl Access {
                 caller.user,
                 role_name(caller.role)
             ))),
-            None => Err(AccessError::PermissionDenied(format!("{method} is not an Admin call anyone may make"))),
+            None => Err(AccessError::PermissionDenied(format!(
+                "{method} is not an Admin call anyone may make"
+            ))),
         }
     }
 }

@@ -26,7 +26,9 @@ pub fn admin(method: &str) -> Option<Need> {
         "NodeInfo" | "Login" | "Bootstrap" => Need::Open,
         "ClusterStatus" | "ListPaths" | "ListChns" | "ListDisks" | "ListLus" | "ListUsers" | "ListExports"
         | "ListClients" | "ListLocks" | "FailoverStatus" | "ListProbes" => viewer,
-        "FailDisk" | "ReplaceDisk" | "RebuildLu" | "ScrubLu" | "MoveExport" | "BreakFileLock" | "WriteProbe" => operator,
+        "FailDisk" | "ReplaceDisk" | "RebuildLu" | "ScrubLu" | "MoveExport" | "BreakFileLock" | "WriteProbe" => {
+            operator
+        }
         "InitSharedLu" | "AddPath" | "RemovePath" | "InstallChn" | "RemoveChn" | "InitArray" | "CreateLu"
         | "AddUser" | "SetRole" | "SetPassword" | "CreateExport" | "ReadLu" | "WriteLu" | "ListAudit" => admin,
         _ => return None,

@@ -52,7 +52,10 @@ pub fn sign(key: &[u8], user: &str, expires_ms: u64, password_hash: &str) -> Opt
         return None;
     }
     let m = mac(key, user, expires_ms, password_hash)?;
-    Some(format!("{VERSION}:{user}:{expires_ms}:{}", hex(&m.finalize().into_bytes())))
+    Some(format!(
+        "{VERSION}:{user}:{expires_ms}:{}",
+        hex(&m.finalize().into_bytes())
+    ))
 }
 
 /// Splits a token into what it claims.
@@ -72,10 +75,7 @@ pub fn parse(token: &str) -> Option<Claim<'_>> {
 /// Whether the claim's MAC is right for this key and password hash
 /// (compared in constant time).
 pub fn verify(claim: &Claim<'_>, key: &[u8], password_hash: &str) -> bool {
-    let (Some(m), Some(given)) = (
-        mac(key, claim.user, claim.expires_ms, password_hash),
-        unhex(claim.mac),
-    ) else {
+    let (Some(m), Some(given)) = (mac(key, claim.user, claim.expires_ms, password_hash), unhex(claim.mac)) else {
         return false;
     };
     !key.is_empty() && m.verify_slice(&given).is_ok()
@@ -99,7 +99,14 @@ mod tests {
         assert!(!verify(&parse(&forged).unwrap(), KEY, "$argon2id$h1"), "expiry changed");
         let other = t.replace("ops.alice", "root");
         assert!(!verify(&parse(&other).unwrap(), KEY, "$argon2id$h1"), "user changed");
-        for bad in ["", "nas1", "nas1:a:b:c", "nas2:a:1:00", "nas1::1:00", "nas1:a:1:00:extra"] {
+        for bad in [
+            "",
+            "nas1",
+            "nas1:a:b:c",
+            "nas2:a:1:00",
+            "nas1::1:00",
+            "nas1:a:1:00:extra",
+        ] {
             assert!(parse(bad).is_none_or(|c| !verify(&c, KEY, "$argon2id$h1")), "{bad:?}");
         }
         assert!(sign(&[], "a", 1, "h").is_none());

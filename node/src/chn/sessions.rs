@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nas_proto::command::Kind;
-use sha2::{Digest, Sha256};
 use nas_proto::*;
+use sha2::{Digest, Sha256};
 
 use crate::chn::Error;
 use crate::rt::now_ms;
@@ -77,7 +77,10 @@ fn same_secret(a: &str, b: &str) -> bool {
 
 /// What the client table keeps of a session secret.
 fn secret_hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn random_hex(bytes: usize) -> String {

@@ -488,7 +488,12 @@ impl admin_server::Admin for AdminService {
         let r = req.into_inner();
         check_name("user", &r.name).map_err(Status::from)?;
         check_password(&r.password)?;
-        let password_hash = self.access.passwords().hash(&r.password).await.map_err(AccessError::from)?;
+        let password_hash = self
+            .access
+            .passwords()
+            .hash(&r.password)
+            .await
+            .map_err(AccessError::from)?;
         let user = User {
             name: r.name,
             password_hash,
@@ -503,7 +508,12 @@ impl admin_server::Admin for AdminService {
     async fn set_password(&self, req: Request<SetPasswordRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         check_password(&r.password)?;
-        let password_hash = self.access.passwords().hash(&r.password).await.map_err(AccessError::from)?;
+        let password_hash = self
+            .access
+            .passwords()
+            .hash(&r.password)
+            .await
+            .map_err(AccessError::from)?;
         self.write(Kind::SetPassword(SetPassword {
             user: r.user,
             password_hash,

@@ -45,7 +45,10 @@ pub fn render(service: &str, method: &str, frame: &[u8]) -> String {
         return "<malformed request>".into();
     };
     for name in SECRET {
-        if msg.get_field_by_name(name).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+        if msg
+            .get_field_by_name(name)
+            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+        {
             msg.set_field_by_name(name, Value::String("<redacted>".into()));
         }
     }
@@ -96,6 +99,9 @@ mod tests {
         };
         assert!(!render("nas.v1.Admin", "Bootstrap", &frame(&boot)).contains("hunter2"));
         assert_eq!(render("nas.v1.Admin", "Nope", &frame(&boot)), "<unknown method>");
-        assert_eq!(render("nas.v1.Admin", "AddUser", &[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]), "<malformed request>");
+        assert_eq!(
+            render("nas.v1.Admin", "AddUser", &[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]),
+            "<malformed request>"
+        );
     }
 }

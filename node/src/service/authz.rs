@@ -71,9 +71,10 @@ impl<S: NamedService> NamedService for Gated<S> {
 /// The caller's address, as the connection reported it.
 pub fn source<B>(req: &http::Request<B>) -> Option<SocketAddr> {
     let ext = req.extensions();
-    ext.get::<TcpConnectInfo>()
-        .and_then(|i| i.remote_addr())
-        .or_else(|| ext.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|i| i.get_ref().remote_addr()))
+    ext.get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).or_else(|| {
+        ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.get_ref().remote_addr())
+    })
 }
 
 fn credential(headers: &http::HeaderMap) -> Result<Option<(String, Option<String>)>, AccessError> {
@@ -98,7 +99,12 @@ fn credential(headers: &http::HeaderMap) -> Result<Option<(String, Option<String
     Ok(Some((user.to_string(), Some(password.to_string()))))
 }
 
-async fn admit(access: &Access, method: &str, headers: &http::HeaderMap, from: Option<IpAddr>) -> Result<Option<crate::access::Caller>, AccessError> {
+async fn admit(
+    access: &Access,
+    method: &str,
+    headers: &http::HeaderMap,
+    from: Option<IpAddr>,
+) -> Result<Option<crate::access::Caller>, AccessError> {
     if crate::access::policy::admin(method) == Some(Need::Open) {
         return Ok(None);
     }

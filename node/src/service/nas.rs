@@ -239,7 +239,12 @@ impl Nas for NasService {
             .shared
             .daemon(&export.owner_chn)
             .map(|d| d.address)
-            .ok_or_else(|| Status::unavailable(format!("CHN {} serving export {} is not installed", export.owner_chn, export.name)))?;
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "CHN {} serving export {} is not installed",
+                    export.owner_chn, export.name
+                ))
+            })?;
         Ok(Response::new(LocateReply {
             chn: export.owner_chn,
             address,

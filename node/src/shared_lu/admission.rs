@@ -156,7 +156,10 @@ mod tests {
             leader_commit: None,
         };
         assert_eq!(append_request(&req(vec![entry(5, 10), entry(5, 11)]), Some(1)), Ok(()));
-        assert_eq!(append_request(&req(vec![entry(5, 11)]), Some(1)), Err(Refused::Disordered));
+        assert_eq!(
+            append_request(&req(vec![entry(5, 11)]), Some(1)),
+            Err(Refused::Disordered)
+        );
         assert_eq!(append_request(&req(vec![entry(6, 10)]), Some(1)), Err(Refused::Term(6)));
         assert_eq!(
             append_request(&req(vec![entry(5, 10)]), Some(2)),

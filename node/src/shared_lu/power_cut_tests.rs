@@ -50,8 +50,8 @@ async fn start(dir: &Path) -> SharedLu {
         &settings(),
         super::network::Peers::new(nas_proto::transport::Transport::Insecure),
     )
-        .await
-        .expect("start the shared LU")
+    .await
+    .expect("start the shared LU")
 }
 
 /// One round: returns the number of acknowledged writes it checked.

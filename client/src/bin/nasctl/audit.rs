@@ -27,7 +27,9 @@ pub(crate) struct AuditArgs {
 
 fn parse_age(s: &str) -> Result<Duration, String> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not an age; use e.g. 30s, 15m, 2h, 7d"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age; use e.g. 30s, 15m, 2h, 7d"))?;
     let secs = match unit {
         "s" | "" => 1,
         "m" => 60,
@@ -49,7 +51,17 @@ fn print(records: &[AuditRecord], json: bool, header: bool) {
         }
         return;
     }
-    let mut t = Table::new(&["seq", "time (UTC)", "user", "role", "source", "chn", "call", "code", "args / result"]);
+    let mut t = Table::new(&[
+        "seq",
+        "time (UTC)",
+        "user",
+        "role",
+        "source",
+        "chn",
+        "call",
+        "code",
+        "args / result",
+    ]);
     for r in records {
         let detail = if r.result.is_empty() {
             r.args.clone()
@@ -74,9 +86,9 @@ fn print(records: &[AuditRecord], json: bool, header: bool) {
 }
 
 pub(crate) async fn run(c: &Cluster, a: AuditArgs, json: bool) -> anyhow::Result<()> {
-    let since_ms = a
-        .since
-        .map_or(0, |d| ::nas_client::drill::now_ms().saturating_sub(d.as_millis() as u64));
+    let since_ms = a.since.map_or(0, |d| {
+        ::nas_client::drill::now_ms().saturating_sub(d.as_millis() as u64)
+    });
     let mut after_seq = 0;
     let mut first = true;
     loop {

@@ -227,7 +227,10 @@ pub async fn run_role(c: &Cluster, cmd: RoleCmd, json: bool) -> anyhow::Result<(
         .map_err(status_err)?;
     let name = role_name(role as i32);
     if json {
-        outln!("{}", serde_json::json!({"user": user, "role": name, "log_index": r.log_index}));
+        outln!(
+            "{}",
+            serde_json::json!({"user": user, "role": name, "log_index": r.log_index})
+        );
     } else {
         outln!("{user} now has role {name}");
     }

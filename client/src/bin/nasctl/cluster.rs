@@ -102,7 +102,13 @@ pub(crate) enum ClusterCmd {
         dir: PathBuf,
         /// A CHN as NAME=HOST:PORT (the host goes into its certificate);
         /// repeat it or separate with commas.
-        #[arg(long = "chn", env = "NAS_SETUP_CHNS", value_delimiter = ',', required = true, value_name = "NAME=HOST:PORT")]
+        #[arg(
+            long = "chn",
+            env = "NAS_SETUP_CHNS",
+            value_delimiter = ',',
+            required = true,
+            value_name = "NAME=HOST:PORT"
+        )]
         chns: Vec<setup::NodeSpec>,
     },
     /// Run the setup sequence on CHNs that are already running (containers,
@@ -194,7 +200,9 @@ async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: 
         user: admin.clone(),
         password: password.clone(),
     };
-    let cluster = Cluster::new(&addrs, transport)?.with_retry_for(wait).with_credential(credential);
+    let cluster = Cluster::new(&addrs, transport)?
+        .with_retry_for(wait)
+        .with_credential(credential);
     let initialized =
         setup::wait_answering(&cluster, &a.chns, wait, |_| "is its nasd running and reachable?".into()).await?;
     setup::install(&cluster, &a.chns, &initialized, (&admin, &password), false).await?;
@@ -345,7 +353,9 @@ pub(crate) async fn health(
     };
     // In a CHN's container the CHN's own settings say how to reach it.
     let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    let ca = ca.map(std::path::PathBuf::from).or_else(|| from_env("NASD_TLS_CA").map(Into::into));
+    let ca = ca
+        .map(std::path::PathBuf::from)
+        .or_else(|| from_env("NASD_TLS_CA").map(Into::into));
     let insecure = insecure || from_env("NASD_INSECURE").is_some_and(|v| v != "false" && v != "0");
     let transport = if insecure {
         ::nas_client::Transport::Insecure

@@ -238,7 +238,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let transport = transport(&cli);
     match cli.command {
         Cmd::Cluster(cmd) => cluster::run(cmd, conn, transport, json).await,
-        Cmd::Health { addr, service } => cluster::health(addr.as_deref(), &service, cli.ca.as_deref(), cli.insecure, json).await,
+        Cmd::Health { addr, service } => {
+            cluster::health(addr.as_deref(), &service, cli.ca.as_deref(), cli.insecure, json).await
+        }
         Cmd::SharedLu(cmd) => shared_lu::run_shared_lu(&conn?, cmd, json).await,
         Cmd::Path(cmd) => shared_lu::run_path(&conn?, cmd, json).await,
         Cmd::Array(cmd) => storage::run_array(&conn?, cmd, json).await,

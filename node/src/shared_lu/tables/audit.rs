@@ -27,7 +27,10 @@ impl Tables {
         if c.records.len() > MAX_RECORDS_PER_COMMAND {
             return reject(
                 RejectKind::InvalidArgument,
-                format!("{} audit records in one command; the limit is {MAX_RECORDS_PER_COMMAND}", c.records.len()),
+                format!(
+                    "{} audit records in one command; the limit is {MAX_RECORDS_PER_COMMAND}",
+                    c.records.len()
+                ),
             );
         }
         let mut touched = Vec::new();
@@ -98,7 +101,10 @@ mod tests {
         assert!(t.audit[&150].args.len() <= MAX_FIELD + 3);
         // An hour later, with a half-hour age limit: only the new ones stay.
         t.apply(&append(5, 3_601_000, 120, 1_800_000)).unwrap();
-        assert_eq!(t.audit.keys().copied().collect::<Vec<_>>(), (151..=155).collect::<Vec<_>>());
+        assert_eq!(
+            t.audit.keys().copied().collect::<Vec<_>>(),
+            (151..=155).collect::<Vec<_>>()
+        );
         rejected_with(
             &mut t,
             append(MAX_RECORDS_PER_COMMAND + 1, 1, 120, 0),

@@ -49,7 +49,10 @@ impl Tables {
                 format!("role {} does not exist; use viewer, operator or admin", c.role),
             );
         };
-        let admins = self.users.values().filter(|u| u.role == Role::Admin as i32 && u.enabled);
+        let admins = self
+            .users
+            .values()
+            .filter(|u| u.role == Role::Admin as i32 && u.enabled);
         let last_admin = admins.map(|u| u.name.as_str()).collect::<Vec<_>>() == [c.user.as_str()];
         let Some(user) = self.users.get_mut(&c.user) else {
             return reject(
@@ -83,7 +86,10 @@ impl Tables {
 
     pub(super) fn set_cluster_keys(&mut self, c: &SetClusterKeys) -> Result<Applied, Rejection> {
         if c.token_key.len() < 32 || c.handle_key.len() < 32 {
-            return reject(RejectKind::InvalidArgument, "cluster keys must be at least 32 bytes each");
+            return reject(
+                RejectKind::InvalidArgument,
+                "cluster keys must be at least 32 bytes each",
+            );
         }
         if !self.shared_lu.handle_key.is_empty() && self.shared_lu.handle_key != c.handle_key {
             return reject(
@@ -145,8 +151,18 @@ mod tests {
         };
         t.apply(&role("alice", Role::Admin)).unwrap();
         assert_eq!(t.users["alice"].role, Role::Admin as i32);
-        rejected_with(&mut t, role("alice", Role::Viewer), RejectKind::FailedPrecondition, "last admin");
-        rejected_with(&mut t, role("nobody", Role::Viewer), RejectKind::NotFound, "does not exist");
+        rejected_with(
+            &mut t,
+            role("alice", Role::Viewer),
+            RejectKind::FailedPrecondition,
+            "last admin",
+        );
+        rejected_with(
+            &mut t,
+            role("nobody", Role::Viewer),
+            RejectKind::NotFound,
+            "does not exist",
+        );
         t.apply(&role("bob", Role::Admin)).unwrap();
         t.apply(&role("alice", Role::None)).unwrap();
         assert_eq!(t.users["alice"].role, Role::None as i32);
