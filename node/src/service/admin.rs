@@ -59,14 +59,6 @@ fn forward<F, T>(from: &Request<F>, msg: T) -> Request<T> {
     r
 }
 
-/// Checks a new password's length.
-fn check_password(password: &str) -> Result<(), Status> {
-    if password.chars().count() < 8 || password.len() > 1024 {
-        return Err(Status::invalid_argument("password must be 8 to 1024 characters long"));
-    }
-    Ok(())
-}
-
 fn write_reply(r: CommandResult) -> WriteReply {
     WriteReply {
         log_index: r.log_index,
@@ -93,6 +85,19 @@ fn check_addr(addr: &str) -> Result<(), Status> {
 }
 
 impl AdminService {
+    /// The hash of a new password, once its length is checked.
+    async fn new_password_hash(&self, password: &str) -> Result<String, Status> {
+        if password.chars().count() < 8 || password.len() > 1024 {
+            return Err(Status::invalid_argument("password must be 8 to 1024 characters long"));
+        }
+        Ok(self
+            .access
+            .passwords()
+            .hash(password)
+            .await
+            .map_err(AccessError::from)?)
+    }
+
     async fn write(&self, kind: Kind) -> Result<Response<WriteReply>, Status> {
         Ok(reply(self.lu.write(Command { kind: Some(kind) }).await?))
     }
@@ -293,19 +298,13 @@ impl admin_server::Admin for AdminService {
     async fn bootstrap(&self, req: Request<BootstrapRequest>) -> Result<Response<ChnReply>, Status> {
         let r = req.into_inner();
         check_name("user", &r.admin_user).map_err(Status::from)?;
-        check_password(&r.admin_password)?;
         if self.lu.is_initialized().await? {
             return Err(Status::already_exists(
                 "this CHN already belongs to a shared LU; nothing to bootstrap",
             ));
         }
         // Hashed first: a refused password must not leave a half-made cluster.
-        let password_hash = self
-            .access
-            .passwords()
-            .hash(&r.admin_password)
-            .await
-            .map_err(AccessError::from)?;
+        let password_hash = self.new_password_hash(&r.admin_password).await?;
         self.lu.bootstrap().await?;
         self.register(&self.lu.name, self.lu.id, &self.lu.addr, ChnState::ChnInstalled)
             .await?;
@@ -487,13 +486,7 @@ impl admin_server::Admin for AdminService {
     async fn add_user(&self, req: Request<AddUserRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
         check_name("user", &r.name).map_err(Status::from)?;
-        check_password(&r.password)?;
-        let password_hash = self
-            .access
-            .passwords()
-            .hash(&r.password)
-            .await
-            .map_err(AccessError::from)?;
+        let password_hash = self.new_password_hash(&r.password).await?;
         let user = User {
             name: r.name,
             password_hash,
@@ -507,13 +500,7 @@ impl admin_server::Admin for AdminService {
 
     async fn set_password(&self, req: Request<SetPasswordRequest>) -> Result<Response<WriteReply>, Status> {
         let r = req.into_inner();
-        check_password(&r.password)?;
-        let password_hash = self
-            .access
-            .passwords()
-            .hash(&r.password)
-            .await
-            .map_err(AccessError::from)?;
+        let password_hash = self.new_password_hash(&r.password).await?;
         self.write(Kind::SetPassword(SetPassword {
             user: r.user,
             password_hash,
