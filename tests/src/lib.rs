@@ -341,10 +341,12 @@ impl TestCluster {
     /// A channel to the CHN at `addr`, as every client of the project
     /// makes them.
     pub fn channel_to(&self, addr: &str) -> Channel {
+        // Room for a TLS handshake on a loaded machine; calls that must
+        // not hang on a CHN that is away have deadlines of their own.
         self.transport()
             .endpoint(addr)
             .expect("address")
-            .connect_timeout(Duration::from_millis(300))
+            .connect_timeout(Duration::from_secs(2))
             .connect_lazy()
     }
 
@@ -462,13 +464,23 @@ impl TestCluster {
         self.client().on(&addrs).expect("cluster addresses")
     }
 
-    /// ClusterStatus as one CHN sees it.
+    /// ClusterStatus as one CHN sees it, asked again for up to 3 s while
+    /// the call fails (a connection still being made); None if it never
+    /// answers.
     pub async fn status(&self, name: &str) -> Option<ClusterStatusReply> {
-        self.admin(name)
-            .cluster_status(ClusterStatusRequest {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        wait_until(
+            &format!("{name} to answer ClusterStatus"),
+            Duration::from_secs(3),
+            || async {
+                self.admin(name)
+                    .cluster_status(ClusterStatusRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            },
+        )
+        .await
+        .ok()
     }
 
     /// Waits until `name` sees a leader, and returns the leader's name.

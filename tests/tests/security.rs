@@ -172,10 +172,14 @@ async fn admin_calls_need_a_credential_and_the_role_for_them() -> anyhow::Result
         .await
         .expect_err("AddUser needs admin");
     assert_eq!(err.code(), Code::PermissionDenied);
-    // The role is read at every call: revoking it ends its power at once,
-    // with the same token.
+    // The role is read at every call: revoking it ends its power, with the
+    // same token, as soon as the CHN has applied the change (a follower
+    // may take a moment).
     ok(c.nasctl(&["role", "revoke", "victor"]));
-    let err = raw_admin(&ch, "ListUsers", Some(&op)).await.expect_err("revoked");
+    let err = wait_until("the revoke to reach CHN2", Duration::from_secs(5), || async {
+        raw_admin(&ch, "ListUsers", Some(&op)).await.err()
+    })
+    .await?;
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // The last admin cannot lose the role.
     let out = c.nasctl(&["role", "revoke", ADMIN_USER]);
