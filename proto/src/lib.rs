@@ -24,7 +24,7 @@ pub use bytes::Bytes;
 /// How people see enum values: in nasd's error messages and nasctl's
 /// output alike, so that both spell a state the same way.
 pub mod labels {
-    use super::{ChnState, DiskState, LuHealth, Path, PathTarget, ServiceState};
+    use super::{ChnState, DiskState, LuHealth, Path, PathTarget, Role, ServiceState};
 
     /// `NOT USED`, `USED`, `FAILED`, `SPARE` as in the physical disk table.
     pub fn disk_state(state: i32) -> &'static str {
@@ -55,6 +55,16 @@ pub mod labels {
             Ok(ChnState::ChnInstalled) => "INSTALLED",
             Ok(ChnState::ChnRemoved) => "REMOVED",
             _ => "UNKNOWN",
+        }
+    }
+
+    /// `none`, `viewer`, `operator`, `admin`: a user's role on the Admin service.
+    pub fn role(role: i32) -> &'static str {
+        match Role::try_from(role) {
+            Ok(Role::Viewer) => "viewer",
+            Ok(Role::Operator) => "operator",
+            Ok(Role::Admin) => "admin",
+            _ => "none",
         }
     }
 

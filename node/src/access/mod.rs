@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nas_proto::{Role, User};
+use nas_proto::{labels, Role, User};
 
 use crate::rt::now_ms;
 use crate::shared_lu::SharedLu;
@@ -66,15 +66,6 @@ fn denied() -> AccessError {
     // One answer for an unknown user and a wrong password, so that
     // probing does not reveal which user names exist.
     AccessError::Unauthenticated("user or password is wrong".into())
-}
-
-pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::None => "none",
-        Role::Viewer => "viewer",
-        Role::Operator => "operator",
-        Role::Admin => "admin",
-    }
 }
 
 impl Access {
@@ -198,9 +189,9 @@ impl Access {
             Some(Need::Role(needed)) if caller.role >= needed => Ok(()),
             Some(Need::Role(needed)) => Err(AccessError::PermissionDenied(format!(
                 "{method} needs the {} role; user {} has {} (an admin grants roles with `nasctl role grant`)",
-                role_name(needed),
+                labels::role(needed as i32),
                 caller.user,
-                role_name(caller.role)
+                labels::role(caller.role as i32)
             ))),
             None => Err(AccessError::PermissionDenied(format!(
                 "{method} is not an Admin call anyone may make"

@@ -1,7 +1,6 @@
 //! The gate in front of the Admin service: every call is authenticated
 //! from its `authorization` metadata and authorized against
-//! `access::policy` before the handler runs; the caller travels on in the
-//! request's extensions (`access::Caller`). Every change, every login and
+//! `access::policy` before the handler runs. Every change, every login and
 //! every refusal is recorded in the audit log with its arguments (secrets
 //! left out) and its answer.
 //!
@@ -144,7 +143,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         // The ready service answers this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -159,10 +158,9 @@ where
             };
             match admit(&access, &method, req.headers(), from).await {
                 Ok(caller) => {
-                    if let Some(caller) = &caller {
-                        rec.user = caller.user.clone();
-                        rec.role = crate::access::role_name(caller.role).to_string();
-                        req.extensions_mut().insert(caller.clone());
+                    if let Some(caller) = caller {
+                        rec.role = nas_proto::labels::role(caller.role as i32).to_string();
+                        rec.user = caller.user;
                     }
                     if !audited(&method) {
                         return inner.call(req).await;

@@ -140,15 +140,6 @@ pub fn first_admin() -> anyhow::Result<(String, String)> {
     Ok((user, password))
 }
 
-pub fn role_name(r: i32) -> &'static str {
-    match Role::try_from(r) {
-        Ok(Role::Viewer) => "viewer",
-        Ok(Role::Operator) => "operator",
-        Ok(Role::Admin) => "admin",
-        _ => "none",
-    }
-}
-
 /// `nasctl login`: a token for USER, stored in the token file.
 pub async fn login(
     c: &Cluster,
@@ -169,7 +160,7 @@ pub async fn login(
     let reply = c.login(req).await.map_err(status_err)?;
     let file = token_file()?;
     write_private(&file, &format!("{}\n", reply.token))?;
-    let role = role_name(reply.role);
+    let role = ::nas_client::proto::labels::role(reply.role);
     let secs = reply.expires_ms.saturating_sub(::nas_client::drill::now_ms()) / 1000;
     if json {
         outln!(
@@ -225,7 +216,7 @@ pub async fn run_role(c: &Cluster, cmd: RoleCmd, json: bool) -> anyhow::Result<(
         })
         .await
         .map_err(status_err)?;
-    let name = role_name(role as i32);
+    let name = ::nas_client::proto::labels::role(role as i32);
     if json {
         outln!(
             "{}",

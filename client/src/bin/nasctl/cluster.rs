@@ -352,11 +352,10 @@ pub(crate) async fn health(
             .unwrap_or_else(|| "127.0.0.1:7000".into()),
     };
     // In a CHN's container the CHN's own settings say how to reach it.
-    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     let ca = ca
         .map(std::path::PathBuf::from)
-        .or_else(|| from_env("NASD_TLS_CA").map(Into::into));
-    let insecure = insecure || from_env("NASD_INSECURE").is_some_and(|v| v != "false" && v != "0");
+        .or_else(|| crate::auth::env("NASD_TLS_CA").map(Into::into));
+    let insecure = insecure || crate::auth::env("NASD_INSECURE").is_some_and(|v| v != "false" && v != "0");
     let transport = if insecure {
         ::nas_client::Transport::Insecure
     } else {

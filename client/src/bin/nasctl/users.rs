@@ -79,7 +79,7 @@ async fn list(c: &Cluster, o: ReadOpts, json: bool) -> anyhow::Result<()> {
             json!(u.name),
             json!(u.uid),
             json!(u.groups),
-            json!(crate::auth::role_name(u.role)),
+            json!(::nas_client::proto::labels::role(u.role)),
             json!(u.enabled),
         ]);
     }
