@@ -149,7 +149,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let nas = NasServer::new(NasService {
         shared: lu.clone(),
         sessions,
-        exports,
+        exports: exports.clone(),
         handles: Default::default(),
         auditor: auditor.clone(),
     })
@@ -159,7 +159,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let admin = AdminServer::new(AdminService {
         lu: lu.clone(),
         access: access.clone(),
-        host,
+        host: host.clone(),
         failover,
         version,
     })
@@ -244,6 +244,10 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     {
         tracing::warn!("the last audit records could not be appended before stopping");
     }
+    // A clean stop leaves clean LUs: nothing to resync at the next open,
+    // and a disk missing by then costs nothing.
+    exports.unmount_all().await;
+    host.close_all().await;
     heartbeat.abort();
     host_task.abort();
     sessions_task.abort();

@@ -14,6 +14,7 @@
 
 use super::device::{Inner, LuDevice};
 use super::layout::{Geometry, Raid};
+use super::member::Member;
 
 /// Reads at least this large are announced to the kernel first (smaller in
 /// unit tests, so that the model tests exercise the large-read paths).

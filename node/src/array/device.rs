@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use super::checksum::{Verified, BLOCK};
 use super::disk::check_range;
 use super::fence::Fence;
 use super::intent::{Bitmap, Journal, JournalEntry, ENTRY_HEADER};
 use super::layout::{Geometry, Raid};
 use super::member::Member;
-use super::redundancy::{self, Redundancy};
+use super::redundancy::{self, Redundancy, Resync};
 use super::superblock::{
     MemberRecord, MemberState, Superblock, BITMAP_AT, BITMAP_BYTES, JOURNAL_AT, JOURNAL_BYTES, MAX_UNIT,
 };
@@ -84,7 +85,7 @@ const REBUILDING: u8 = 2;
 
 /// One member position of the LU.
 pub(super) struct Slot {
-    pub disk: Option<Arc<dyn Member>>,
+    pub disk: Option<Arc<Verified>>,
     pub number: u32,
     state: AtomicU8,
     /// Stripes rebuilt so far, when rebuilding.
@@ -94,7 +95,7 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    fn new(number: u32, disk: Option<Arc<dyn Member>>, state: MemberState) -> Self {
+    fn new(number: u32, disk: Option<Arc<Verified>>, state: MemberState) -> Self {
         let (code, done) = match (&disk, state) {
             (None, _) | (_, MemberState::Failed) => (FAILED, 0),
             (Some(_), MemberState::Active) => (ACTIVE, 0),
@@ -110,7 +111,7 @@ impl Slot {
     }
 
     /// A replacement disk that holds nothing valid yet.
-    pub fn new_rebuilding(disk: Arc<dyn Member>) -> Self {
+    pub fn new_rebuilding(disk: Arc<Verified>) -> Self {
         Self::new(disk.number(), Some(disk), MemberState::Rebuilding { done: 0 })
     }
 
@@ -240,6 +241,47 @@ fn validate(spec: &LuSpec) -> Result<Geometry, ArrayError> {
     })
 }
 
+/// One member's chunk of a stripe, as read, unverified.
+pub(super) struct RawChunk<'a> {
+    pub slot: usize,
+    pub disk: &'a Verified,
+    pub bytes: Vec<u8>,
+}
+
+/// Reads stripe `s`'s chunk from every member that holds it, without
+/// verifying: for a resync that judges each block itself. `None` when a
+/// read fails (the member is then failed).
+pub(super) fn read_raw_chunks<'a>(dev: &LuDevice, inner: &'a Inner, s: u64) -> Option<Vec<RawChunk<'a>>> {
+    let mut out = Vec::new();
+    for (i, slot) in inner.slots.iter().enumerate().filter(|(_, x)| x.available(s)) {
+        let disk = slot.disk.as_deref()?;
+        let mut bytes = vec![0u8; dev.geo.unit as usize];
+        if let Err(e) = disk.read_raw(dev.geo.disk_offset(s), &mut bytes) {
+            dev.fail_slot(slot, &e);
+            return None;
+        }
+        out.push(RawChunk { slot: i, disk, bytes });
+    }
+    Some(out)
+}
+
+/// Puts a verified block back on member `slot` (it passes the member's
+/// checksum); false when the write fails (the member is then failed).
+pub(super) fn restore(dev: &LuDevice, inner: &Inner, slot: usize, at: u64, block: &[u8]) -> bool {
+    let slot = &inner.slots[slot];
+    let Some(disk) = &slot.disk else { return false };
+    if dev.fence.check(dev.lu).is_err() {
+        return false;
+    }
+    match disk.restore(at, block) {
+        Ok(()) => true,
+        Err(e) => {
+            dev.fail_slot(slot, &e);
+            false
+        }
+    }
+}
+
 /// `dst ^= src`, byte by byte (the compiler vectorizes it).
 pub(super) fn xor(dst: &mut [u8], src: &[u8]) {
     for (d, s) in dst.iter_mut().zip(src) {
@@ -256,9 +298,10 @@ impl LuDevice {
         let mut disks = Vec::new();
         for &d in &spec.disks {
             let disk = array.open_member(d, spec.disk_capacity)?;
-            disk.zero_data(0, spec.per_disk)?;
+            disk.zero_data(0, disk.capacity())?;
             disk.zero_meta(BITMAP_AT, BITMAP_BYTES as u64)?;
             disk.zero_meta(JOURNAL_AT, JOURNAL_BYTES)?;
+            let disk = Arc::new(Verified::formatted(disk));
             disk.sync()?;
             disks.push(disk);
         }
@@ -342,8 +385,11 @@ impl LuDevice {
         for (i, m) in sb.members.iter().enumerate() {
             let disk = match m.state {
                 MemberState::Failed => None,
-                _ => match array.open_member(m.disk, spec.disk_capacity) {
-                    Ok(d) => Some(d),
+                _ => match array
+                    .open_member(m.disk, spec.disk_capacity)
+                    .and_then(Verified::open)
+                {
+                    Ok(d) => Some(Arc::new(d)),
                     Err(e) => {
                         tracing::warn!(lu = spec.lu, disk = m.disk, "member unavailable at open: {e}");
                         newly_missing.push(i);
@@ -399,6 +445,17 @@ impl LuDevice {
 
     pub(super) fn write_lock(&self) -> RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks found damaged on each member (by disk number) since the LU
+    /// was opened.
+    pub fn checksum_errors(&self) -> Vec<(u32, u64)> {
+        let inner = self.read_lock();
+        inner
+            .slots
+            .iter()
+            .filter_map(|s| s.disk.as_ref().map(|d| (s.number, d.errors())))
+            .collect()
     }
 
     /// The member records as the device sees them now.
@@ -505,11 +562,20 @@ impl LuDevice {
         }
     }
 
-    /// Reads from a member; on error the member is failed and false returned.
-    pub(super) fn member_read(&self, slot: &Slot, offset: u64, buf: &mut [u8]) -> bool {
+    /// Reads from a member. A block that fails its checksum is repaired
+    /// from the other members first; false when the bytes cannot be had:
+    /// the member failed an I/O (it is then failed) or the damage could not
+    /// be repaired (it stays in service, and the caller must not serve a
+    /// reconstruction the member's checksums do not vouch for).
+    pub(super) fn member_read(&self, inner: &Inner, slot: &Slot, offset: u64, buf: &mut [u8]) -> bool {
         let Some(disk) = &slot.disk else { return false };
-        match disk.read_data(offset, buf) {
+        let result = match disk.read_data(offset, buf) {
+            Err(ArrayError::Checksum { .. }) if self.heal(inner, slot, offset, buf.len()) => disk.read_data(offset, buf),
+            other => other,
+        };
+        match result {
             Ok(()) => true,
+            Err(ArrayError::Checksum { .. }) => false,
             Err(e) => {
                 self.fail_slot(slot, &e);
                 false
@@ -517,8 +583,10 @@ impl LuDevice {
         }
     }
 
-    /// Writes to a member; on error the member is failed and false returned.
-    pub(super) fn member_write(&self, slot: &Slot, offset: u64, data: &[u8]) -> bool {
+    /// Writes to a member; on error the member is failed and false
+    /// returned. A damaged block the write covers only in part is repaired
+    /// first; if it cannot be, it keeps reading as damaged.
+    pub(super) fn member_write(&self, inner: &Inner, slot: &Slot, offset: u64, data: &[u8]) -> bool {
         let Some(disk) = &slot.disk else { return false };
         // The lease is checked again before every member write, not only
         // when a call starts: a CHN stopped in the middle of a stripe must
@@ -528,13 +596,76 @@ impl LuDevice {
         if self.fence.check(self.lu).is_err() {
             return true;
         }
-        match disk.write_data(offset, data) {
+        let result = match disk.write_data(offset, data) {
+            Err(ArrayError::Checksum { .. }) if self.heal(inner, slot, offset, data.len()) => {
+                disk.write_data(offset, data)
+            }
+            Err(ArrayError::Checksum { .. }) => disk.write_over_damage(offset, data),
+            other => other,
+        };
+        match result {
             Ok(()) => true,
             Err(e) => {
                 self.fail_slot(slot, &e);
                 false
             }
         }
+    }
+
+    /// Repairs the blocks of `slot` in `[offset, offset + len)` that fail
+    /// their checksum, from the other members: each rebuilt block must
+    /// match the checksum it replaces, or nothing is written. Counts each
+    /// repaired block against the disk. A heal never starts another (the
+    /// members it reads from are not repaired on the way), so two damaged
+    /// copies of a block end in a refusal, not a loop.
+    fn heal(&self, inner: &Inner, slot: &Slot, offset: u64, len: usize) -> bool {
+        thread_local!(static HEALING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        if HEALING.get() || len == 0 || self.fence.check(self.lu).is_err() {
+            return false;
+        }
+        HEALING.set(true);
+        let healed = self.heal_range(inner, slot, offset, len);
+        HEALING.set(false);
+        healed
+    }
+
+    fn heal_range(&self, inner: &Inner, slot: &Slot, offset: u64, len: usize) -> bool {
+        let (Some(disk), Some(target)) = (&slot.disk, inner.slots.iter().position(|s| std::ptr::eq(s, slot))) else {
+            return false;
+        };
+        let unit = self.geo.unit;
+        for s in offset / unit..=(offset + len as u64 - 1) / unit {
+            let base = self.geo.disk_offset(s);
+            let mut held = vec![0u8; unit as usize];
+            if let Err(e) = disk.read_raw(base, &mut held) {
+                self.fail_slot(slot, &e);
+                return false;
+            }
+            let damaged: Vec<u64> = (0..unit / BLOCK)
+                .map(|b| base + b * BLOCK)
+                .filter(|&at| !disk.matches(at, &held[(at - base) as usize..][..BLOCK as usize]))
+                .collect();
+            if damaged.is_empty() {
+                continue;
+            }
+            let Ok(good) = self.scheme().rebuild_chunk(self, inner, s, target) else {
+                tracing::error!(lu = self.lu, disk = slot.number, stripe = s, "a damaged block cannot be rebuilt: the other members cannot be read");
+                return false;
+            };
+            for at in damaged {
+                let block = &good[(at - base) as usize..][..BLOCK as usize];
+                disk.count_error();
+                if !disk.matches(at, block) {
+                    tracing::error!(lu = self.lu, disk = slot.number, offset = at, "a damaged block cannot be repaired: the copy rebuilt from the other members does not match its checksum either");
+                    return false;
+                }
+                if !restore(self, inner, target, at, block) {
+                    return false;
+                }
+                tracing::warn!(lu = self.lu, disk = slot.number, offset = at, "repaired a block that failed its checksum");
+            }
+        }
+        true
     }
 
     /// Writes a metadata range durably to every present member.
@@ -709,8 +840,10 @@ impl LuDevice {
         entries.into_values().collect()
     }
 
-    /// Repairs what a crash may have left: replays the degraded-write
-    /// journal, then makes parity or mirrors agree in dirty regions.
+    /// Repairs what a crash may have left: makes every block of the dirty
+    /// regions agree with its checksum and parity or mirrors agree with the
+    /// data (see [`Resync::Recover`]), then replays the degraded-write
+    /// journal.
     fn recover(&self, newly_missing: &[usize]) -> Result<(), ArrayError> {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
@@ -730,6 +863,26 @@ impl LuDevice {
         if inner.sb.suspect_slot.is_some() {
             inner.suspect = inner.bitmap.dirty().into_iter().collect();
         }
+        // Checksums first: blocks written since the last sync do not match
+        // theirs yet, and the journal replay below reads those blocks.
+        let dirty = inner.bitmap.dirty();
+        let stripes = self.geo.stripes();
+        let known_lost = inner.suspect.clone();
+        for r in dirty.into_iter().filter(|r| !known_lost.contains(r)) {
+            for s in inner.bitmap.region_stripes(r, stripes) {
+                let found = self.scheme().resync(self, inner, s, Resync::Recover);
+                let missing: Vec<usize> = (0..self.geo.members)
+                    .filter(|&i| !inner.slots[i].available(s))
+                    .collect();
+                if let (Raid::Parity, [m]) = (self.geo.raid, missing.as_slice()) {
+                    if found.lost && newly_missing.contains(m) && self.geo.parity_slot(s) != *m {
+                        tracing::error!(lu = self.lu, region = r, stripe = s, "a member went missing while this stripe was being written, and the blocks left cannot be verified: marking the region's chunks on the missing member lost");
+                        inner.suspect.insert(r);
+                        inner.sb.suspect_slot = Some(*m as u32);
+                    }
+                }
+            }
+        }
         let entries = if self.geo.raid == Raid::Parity {
             self.read_journal(inner)
         } else {
@@ -741,28 +894,6 @@ impl LuDevice {
         if let Some(last) = entries.last() {
             inner.journal.next_seq = last.seq + 1;
             inner.journal.used = inner.journal.capacity();
-        }
-        let dirty = inner.bitmap.dirty();
-        let stripes = self.geo.stripes();
-        let known_lost = inner.suspect.clone();
-        for r in dirty.into_iter().filter(|r| !known_lost.contains(r)) {
-            for s in inner.bitmap.region_stripes(r, stripes) {
-                let missing: Vec<usize> = (0..self.geo.members)
-                    .filter(|&i| !inner.slots[i].available(s))
-                    .collect();
-                match (self.geo.raid, missing.as_slice()) {
-                    (_, []) | (Raid::Mirror, _) => {
-                        self.resync_stripe(inner, s);
-                    }
-                    (Raid::Parity, [m]) if newly_missing.contains(m) && self.geo.parity_slot(s) != *m => {
-                        tracing::error!(lu = self.lu, region = r, "stripes were being written when the CHN stopped and a member is now missing: marking them lost");
-                        inner.suspect.insert(r);
-                        inner.sb.suspect_slot = Some(*m as u32);
-                        break;
-                    }
-                    _ => {}
-                }
-            }
         }
         self.sync_all(inner);
         self.reset_journal(inner);
@@ -790,19 +921,12 @@ impl LuDevice {
         let mut parity = e.data.clone();
         let mut tmp = vec![0u8; e.data.len()];
         for i in (0..self.geo.members).filter(|&i| i != m && i != p) {
-            if !inner.slots[i].available(s) || !self.member_read(&inner.slots[i], base + e.start, &mut tmp) {
+            if !inner.slots[i].available(s) || !self.member_read(inner, &inner.slots[i], base + e.start, &mut tmp) {
                 return;
             }
             xor(&mut parity, &tmp);
         }
-        self.member_write(&inner.slots[p], base + e.start, &parity);
-    }
-
-    /// Makes one stripe's redundancy agree with its data (after a crash or
-    /// during scrub repair): RAID 5 parity from data, RAID 1 copies from the
-    /// first readable member. Returns whether anything was rewritten.
-    pub(super) fn resync_stripe(&self, inner: &Inner, s: u64) -> bool {
-        self.scheme().resync(self, inner, s, true).1
+        self.member_write(inner, &inner.slots[p], base + e.start, &parity);
     }
 
     /// How this LU keeps its data when members fail.
@@ -897,6 +1021,20 @@ impl BlockDevice for LuDevice {
     }
 
     fn flush(&self) -> Result<(), ArrayError> {
+        self.flush_and_clear(false)
+    }
+}
+
+impl LuDevice {
+    /// Flushes and leaves the LU clean: no write-intent bit stays set, so
+    /// the next open resyncs nothing, and a member missing by then costs
+    /// no region. For a clean stop or a planned move; the device stays
+    /// usable.
+    pub fn close(&self) -> Result<(), ArrayError> {
+        self.flush_and_clear(true)
+    }
+
+    fn flush_and_clear(&self, clear_now: bool) -> Result<(), ArrayError> {
         let mut guard = self.write_lock();
         let inner = &mut *guard;
         self.check_writable()?;
@@ -905,7 +1043,7 @@ impl BlockDevice for LuDevice {
         self.sync_all(inner);
         self.settle_failures(inner)?;
         self.reset_journal(inner);
-        if inner.bitmap_cleared.elapsed() >= BITMAP_LINGER && inner.bitmap.clear_except(&inner.suspect) {
+        if (clear_now || inner.bitmap_cleared.elapsed() >= BITMAP_LINGER) && inner.bitmap.clear_except(&inner.suspect) {
             let bits = inner.bitmap.as_bytes().to_vec();
             self.meta_to_all(inner, BITMAP_AT, &bits);
             inner.bitmap_cleared = Instant::now();

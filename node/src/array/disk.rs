@@ -14,16 +14,24 @@ use super::member::Member;
 use super::ArrayError;
 
 /// Bytes at the start of every disk file reserved for the disk header and
-/// the LU's metadata (superblock, write-intent bitmap, journal).
-pub const META_BYTES: u64 = 4 << 20;
+/// the LU's fixed metadata (superblock, write-intent bitmap, journal); the
+/// block checksum table follows, sized by the capacity.
+const FIXED_META_BYTES: u64 = 4 << 20;
 /// The disk header occupies the first block of the metadata area.
 const HEADER_BYTES: usize = 4096;
 const MAGIC: &[u8; 8] = b"NASDISK1";
-const VERSION: u32 = 1;
+/// Version 2 added the block checksum table.
+const VERSION: u32 = 2;
+
+/// Bytes before the data area of a disk of `capacity` bytes.
+fn meta_bytes(capacity: u64) -> u64 {
+    FIXED_META_BYTES + super::checksum::table_bytes(capacity)
+}
 
 /// What a disk file's header says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskHeader {
+    pub version: u32,
     pub array_id: u128,
     pub number: u32,
     /// Usable bytes after the metadata area.
@@ -34,7 +42,7 @@ impl DiskHeader {
     fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut b = [0u8; HEADER_BYTES];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&self.number.to_le_bytes());
         b[16..32].copy_from_slice(&self.array_id.to_le_bytes());
         b[32..40].copy_from_slice(&self.capacity.to_le_bytes());
@@ -49,10 +57,11 @@ impl DiskHeader {
             return None;
         }
         let crc = u32::from_le_bytes(word(40..44)?.try_into().ok()?);
-        if crc32fast::hash(word(0..40)?) != crc || u32::from_le_bytes(word(8..12)?.try_into().ok()?) != VERSION {
+        if crc32fast::hash(word(0..40)?) != crc {
             return None;
         }
         Some(Self {
+            version: u32::from_le_bytes(word(8..12)?.try_into().ok()?),
             number: u32::from_le_bytes(word(12..16)?.try_into().ok()?),
             array_id: u128::from_le_bytes(word(16..32)?.try_into().ok()?),
             capacity: u64::from_le_bytes(word(32..40)?.try_into().ok()?),
@@ -94,15 +103,16 @@ impl PhysicalDisk {
                 }
             })?;
         let header = DiskHeader {
+            version: VERSION,
             array_id,
             number,
             capacity,
         };
-        let len = META_BYTES.checked_add(capacity).ok_or(ArrayError::OutOfRange {
+        let len = meta_bytes(capacity).checked_add(capacity).ok_or(ArrayError::OutOfRange {
             what: "disk capacity",
             offset: capacity,
             len: 0,
-            limit: u64::MAX - META_BYTES,
+            limit: u64::MAX / 2,
         })?;
         file.set_len(len).map_err(io)?;
         file.write_all_at(&header.encode(), 0).map_err(io)?;
@@ -131,7 +141,7 @@ impl PhysicalDisk {
                     disk: number,
                     path,
                     found: file_len(&file),
-                    expected: META_BYTES + capacity,
+                    expected: meta_bytes(capacity) + capacity,
                 }
             } else {
                 ArrayError::io(format!("cannot read the header of disk {number}"), e)
@@ -140,6 +150,14 @@ impl PhysicalDisk {
         let Some(header) = DiskHeader::decode(&raw) else {
             return Err(ArrayError::DiskNoHeader { disk: number, path });
         };
+        if header.version != VERSION {
+            return Err(ArrayError::DiskVersion {
+                disk: number,
+                path,
+                found: header.version,
+                expected: VERSION,
+            });
+        }
         if header.array_id != array_id {
             return Err(ArrayError::DiskForeign {
                 disk: number,
@@ -155,7 +173,7 @@ impl PhysicalDisk {
                 found: header.number,
             });
         }
-        let expected = META_BYTES + capacity;
+        let expected = meta_bytes(capacity) + capacity;
         let found = file_len(&file);
         if header.capacity != capacity || found != expected {
             return Err(ArrayError::DiskWrongSize {
@@ -191,11 +209,16 @@ impl PhysicalDisk {
 
     fn data_offset(&self, offset: u64, len: usize) -> Result<u64, ArrayError> {
         check_range("disk data", offset, len, self.header.capacity)?;
-        Ok(META_BYTES + offset)
+        Ok(meta_bytes(self.header.capacity) + offset)
     }
 
     fn meta_offset(&self, offset: u64, len: usize) -> Result<u64, ArrayError> {
-        check_range("disk metadata", offset, len, META_BYTES - HEADER_BYTES as u64)?;
+        check_range(
+            "disk metadata",
+            offset,
+            len,
+            meta_bytes(self.header.capacity) - HEADER_BYTES as u64,
+        )?;
         Ok(HEADER_BYTES as u64 + offset)
     }
 }
@@ -263,14 +286,22 @@ impl Member for PhysicalDisk {
             .map_err(|e| ArrayError::io(format!("metadata read of disk {} failed", self.number()), e))
     }
 
-    /// Writes to the metadata area and makes that range durable before it
-    /// returns, because metadata must reach the disk before the data it
-    /// describes (intent bits before stripes, superblocks before promotion).
-    fn write_meta_durable(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
+    fn write_meta(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
         let at = self.meta_offset(offset, data.len())?;
-        let err = |e| ArrayError::io(format!("metadata write of disk {} failed", self.number()), e);
-        self.file.write_all_at(data, at).map_err(err)?;
-        sync_range(&self.file, at, data.len() as u64).map_err(err)
+        self.file
+            .write_all_at(data, at)
+            .map_err(|e| ArrayError::io(format!("metadata write of disk {} failed", self.number()), e))
+    }
+
+    /// Writes to the metadata area and makes it durable before it returns,
+    /// because metadata must reach the disk before the data it describes
+    /// (intent bits before stripes, superblocks before promotion). Durable
+    /// means fdatasync: it persists the file's block allocation (the disk
+    /// file is sparse) and flushes the device's write cache, which a
+    /// range-only flush does neither of.
+    fn write_meta_durable(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
+        self.write_meta(offset, data)?;
+        self.sync()
     }
 
     /// Asks the kernel to start reading a data range now, asynchronously,
@@ -282,7 +313,7 @@ impl Member for PhysicalDisk {
             unsafe {
                 libc::posix_fadvise(
                     self.file.as_raw_fd(),
-                    (META_BYTES + offset) as i64,
+                    (meta_bytes(self.header.capacity) + offset) as i64,
                     len as i64,
                     libc::POSIX_FADV_WILLNEED,
                 )
@@ -294,7 +325,7 @@ impl Member for PhysicalDisk {
     /// system can (instant, and keeps the disk file sparse).
     fn zero_data(&self, offset: u64, len: u64) -> Result<(), ArrayError> {
         check_range("disk data", offset, len as usize, self.header.capacity)?;
-        self.zero(META_BYTES + offset, len)
+        self.zero(meta_bytes(self.header.capacity) + offset, len)
     }
 
     /// Zeroes a range of the metadata area.
@@ -338,23 +369,6 @@ fn file_len(file: &File) -> u64 {
     file.metadata().map_or(0, |m| m.len())
 }
 
-/// Flushes one byte range of a file without flushing the rest of its dirty
-/// pages: a metadata update must not wait for megabytes of unrelated data.
-/// The range is always inside the preallocated metadata area, so no file
-/// metadata (size, extents) needs to reach the disk with it.
-fn sync_range(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: the descriptor is owned by `file` and open for the whole call;
-    // sync_file_range reads no user memory.
-    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, flags) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +378,7 @@ mod tests {
     #[test]
     fn header_round_trips_and_detects_damage() {
         let h = DiskHeader {
+            version: VERSION,
             array_id: ID,
             number: 7,
             capacity: 1 << 30,
@@ -399,7 +414,7 @@ mod tests {
             Err(ArrayError::DiskSwapped { found: 2, .. })
         ));
         let f = OpenOptions::new().write(true).open(disk_path(d, 1)).unwrap();
-        f.set_len(META_BYTES + 4096).unwrap();
+        f.set_len(meta_bytes(1 << 20) + 4096).unwrap();
         assert!(matches!(
             PhysicalDisk::open(d, ID, 1, 1 << 20),
             Err(ArrayError::DiskWrongSize { .. })

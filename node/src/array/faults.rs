@@ -131,6 +131,11 @@ impl Member for FaultyMember {
         self.inner.read_meta(offset, buf)
     }
 
+    fn write_meta(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
+        self.check("metadata write")?;
+        self.inner.write_meta(offset, data)
+    }
+
     fn write_meta_durable(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError> {
         self.check("metadata write")?;
         self.inner.write_meta_durable(offset, data)

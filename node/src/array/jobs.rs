@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::checksum::Verified;
 use super::device::LuDevice;
 use super::member::Member;
+use super::redundancy::Resync;
 use super::superblock::{BITMAP_AT, JOURNAL_AT, JOURNAL_BYTES};
 use super::ArrayError;
 
@@ -36,8 +38,11 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ScrubReport {
     pub stripes_checked: u64,
+    /// Stripes where a block failed its checksum or the redundancy disagreed.
     pub mismatches: u64,
     pub repaired: u64,
+    /// Stripes holding a block with no copy that passes its checksum.
+    pub lost: u64,
     /// Stripes that could not be checked because a member is unavailable.
     pub skipped: u64,
 }
@@ -68,8 +73,11 @@ impl LuDevice {
                 self.geo.per_disk
             ));
         }
-        // Journal entries left from the disk's past must never be replayed.
+        // Journal entries left from the disk's past must never be replayed,
+        // and its blocks, unread until rebuilt, start with a fresh table.
         new.zero_meta(JOURNAL_AT, JOURNAL_BYTES)?;
+        new.zero_data(0, new.capacity())?;
+        let new = Arc::new(Verified::formatted(new));
         // Writes so far reach the disks before the superblocks name a new member.
         self.sync_all(inner);
         self.settle_failures(inner)?;
@@ -116,7 +124,7 @@ impl LuDevice {
         let end = (start + max).min(total);
         for s in start..end {
             let chunk = self.scheme().rebuild_chunk(self, inner, s, t)?;
-            if !self.member_write(&inner.slots[t], self.geo.disk_offset(s), &chunk) {
+            if !self.member_write(inner, &inner.slots[t], self.geo.disk_offset(s), &chunk) {
                 self.settle_failures(inner)?;
                 return Err(ArrayError::Refused {
                     lu: self.lu,
@@ -158,10 +166,12 @@ impl LuDevice {
                 r.skipped += 1;
                 continue;
             }
-            let (bad, fixed) = self.scheme().resync(self, inner, s, repair);
+            let mode = if repair { Resync::Repair } else { Resync::Check };
+            let found = self.scheme().resync(self, inner, s, mode);
             r.stripes_checked += 1;
-            r.mismatches += bad as u64;
-            r.repaired += fixed as u64;
+            r.mismatches += found.mismatched as u64;
+            r.repaired += found.repaired as u64;
+            r.lost += found.lost as u64;
         }
         self.settle_failures(inner)?;
         Ok(r)
@@ -236,6 +246,7 @@ pub fn scrub(
         sum.stripes_checked += r.stripes_checked;
         sum.mismatches += r.mismatches;
         sum.repaired += r.repaired;
+        sum.lost += r.lost;
         sum.skipped += r.skipped;
         s = (s + BATCH).min(total);
         report(&progress(dev, s, total, 0, started), &sum);

@@ -25,6 +25,8 @@ pub trait Member: Send + Sync {
     fn read_data_vectored(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> Result<(), ArrayError>;
     fn write_data(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError>;
     fn read_meta(&self, offset: u64, buf: &mut [u8]) -> Result<(), ArrayError>;
+    /// Writes to the metadata area, durable after the next [`Member::sync`].
+    fn write_meta(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError>;
     /// Writes to the metadata area, durable when it returns.
     fn write_meta_durable(&self, offset: u64, data: &[u8]) -> Result<(), ArrayError>;
     /// A hint that a data range will be read soon.

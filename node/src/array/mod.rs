@@ -3,7 +3,8 @@
 //!
 //! Map: [`member`] is the interface the RAID code has of a member disk;
 //! [`disk`] is one disk file and its header, the member `nasd` uses, and
-//! [`faults`] a member that fails on command, for tests; [`layout`] is RAID
+//! [`faults`] a member that fails on command, for tests; [`checksum`]
+//! verifies every block read from a member against its checksum; [`layout`] is RAID
 //! geometry; [`superblock`] is what members record about their LU;
 //! [`intent`] holds the write-intent bitmap and degraded-write journal that
 //! make writes crash-consistent; [`fence`] stops writes once the LU lock lease is over; [`device`] is the LU block device with its
@@ -14,6 +15,7 @@
 //! LU or gRPC: the CHN's LU host records what happens here in the tables.
 
 mod bulk;
+pub mod checksum;
 pub mod device;
 pub mod disk;
 pub mod faults;
@@ -26,6 +28,8 @@ mod raid1;
 mod raid5;
 mod redundancy;
 pub mod superblock;
+#[cfg(test)]
+mod integrity_tests;
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +63,13 @@ pub enum ArrayError {
         found: u128,
         expected: u128,
     },
+    #[error("disk {disk} ({path}) has format version {found}; this nasd reads version {expected} (block checksums were added in version 2): recreate the array or use a matching nasd")]
+    DiskVersion {
+        disk: u32,
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("slot of disk {disk} ({path}) holds disk {found}; disks were swapped, put each back in its place")]
     DiskSwapped { disk: u32, path: PathBuf, found: u32 },
     #[error("disk {disk} ({path}) is {found} bytes, expected {expected}; it was truncated or replaced by a disk of the wrong size")]
@@ -79,6 +90,10 @@ pub enum ArrayError {
     Unformatted { lu: u32, problems: String },
     #[error("LU {lu} has failed: {reason}; its data cannot be served")]
     LuFailed { lu: u32, reason: String },
+    #[error("disk {disk}: the block at {offset} does not match its checksum")]
+    Checksum { disk: u32, offset: u64 },
+    #[error("LU {lu}: the bytes at {offset} fail their checksum and no member holds a good copy; they are lost, restore them from a backup")]
+    Corrupted { lu: u32, offset: u64 },
     #[error("LU {lu}: bytes at {offset} lived on a disk that went missing while they were being written; they are lost, rewrite them")]
     DataLoss { lu: u32, offset: u64 },
     #[error(

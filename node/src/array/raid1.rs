@@ -5,9 +5,10 @@
 //! member for a stripe it does not hold valid data for.
 
 use super::bulk::{mirror_share, BULK_MIN};
-use super::device::{Inner, LuDevice};
+use super::checksum::BLOCK;
+use super::device::{read_raw_chunks, Inner, LuDevice};
 use super::layout::StripePiece;
-use super::redundancy::{Mirror, Redundancy};
+use super::redundancy::{Mirror, Redundancy, Resync, Resynced};
 use super::ArrayError;
 
 impl Mirror {
@@ -25,7 +26,7 @@ impl Mirror {
                     continue;
                 };
                 let from = (at - offset) as usize;
-                all &= dev.member_read(slot, at, &mut buf[from..from + part]);
+                all &= dev.member_read(inner, slot, at, &mut buf[from..from + part]);
             }
             if all {
                 return Ok(());
@@ -49,9 +50,17 @@ impl Redundancy for Mirror {
         let at = dev.geo.disk_offset(p.stripe) + p.within;
         for i in 0..n {
             let slot = &inner.slots[(first + i) % n];
-            if slot.available(p.stripe) && dev.member_read(slot, at, out) {
+            if slot.available(p.stripe) && dev.member_read(inner, slot, at, out) {
                 return Ok(());
             }
+        }
+        // A mirror still in service failed only the checksum of a block no
+        // other mirror holds intact.
+        if inner.slots.iter().any(|s| s.available(p.stripe)) {
+            return Err(ArrayError::Corrupted {
+                lu: dev.lu,
+                offset: at,
+            });
         }
         Err(dev.lu_failed("no mirror member can be read"))
     }
@@ -60,7 +69,7 @@ impl Redundancy for Mirror {
         let at = dev.geo.disk_offset(p.stripe) + p.within;
         let mut written = 0;
         for slot in inner.slots.iter().filter(|s| s.available(p.stripe)) {
-            if dev.member_write(slot, at, data) {
+            if dev.member_write(inner, slot, at, data) {
                 written += 1;
             }
         }
@@ -70,31 +79,49 @@ impl Redundancy for Mirror {
         Ok(())
     }
 
-    /// Compares the mirrors of stripe `s`; with `repair`, copies the first
-    /// readable member over those that differ. Returns (differed, repaired).
-    fn resync(&self, dev: &LuDevice, inner: &Inner, s: u64, repair: bool) -> (bool, bool) {
-        let at = dev.geo.disk_offset(s);
-        let unit = dev.geo.unit as usize;
-        let mut reference: Option<Vec<u8>> = None;
-        let mut differs = false;
-        let mut repaired = false;
-        for slot in inner.slots.iter().filter(|x| x.available(s)) {
-            let mut buf = vec![0u8; unit];
-            if !dev.member_read(slot, at, &mut buf) {
+    /// Block by block: copies that fail their checksum are rewritten from
+    /// one that passes; where none passes, recovery keeps the first copy
+    /// (see [`Resync::Recover`]) and anything else reports the block lost.
+    fn resync(&self, dev: &LuDevice, inner: &Inner, s: u64, mode: Resync) -> Resynced {
+        let mut out = Resynced::default();
+        let Some(chunks) = read_raw_chunks(dev, inner, s) else {
+            return out;
+        };
+        let base = dev.geo.disk_offset(s);
+        let block_size = BLOCK as usize;
+        for at in (0..dev.geo.unit as usize).step_by(block_size) {
+            let block = |i: usize| &chunks[i].bytes[at..at + block_size];
+            let addr = base + at as u64;
+            let (good, bad): (Vec<usize>, Vec<usize>) =
+                (0..chunks.len()).partition(|&i| chunks[i].disk.matches(addr, block(i)));
+            let source = match (good.first(), mode) {
+                (Some(&g), _) if bad.is_empty() && good.iter().all(|&i| block(i) == block(g)) => continue,
+                (Some(&g), _) => g,
+                (None, Resync::Recover) => 0,
+                (None, _) => {
+                    out.mismatched = true;
+                    out.lost = true;
+                    tracing::error!(lu = dev.lu, offset = addr, "scrub: no mirror of the block passes its checksum; it is lost");
+                    continue;
+                }
+            };
+            out.mismatched = true;
+            if mode != Resync::Recover {
+                for &i in &bad {
+                    chunks[i].disk.count_error();
+                    tracing::warn!(lu = dev.lu, disk = inner.slots[chunks[i].slot].number, offset = addr, "scrub: block fails its checksum; another mirror holds it");
+                }
+            }
+            if mode == Resync::Check {
                 continue;
             }
-            match &reference {
-                None => reference = Some(buf),
-                Some(r) if *r != buf => {
-                    differs = true;
-                    if repair && dev.member_write(slot, at, r) {
-                        repaired = true;
-                    }
-                }
-                Some(_) => {}
+            // Every copy that differs or fails its checksum takes the
+            // source's bytes, and its checksum follows them.
+            for i in (0..chunks.len()).filter(|&i| bad.contains(&i) || block(i) != block(source)) {
+                out.repaired |= dev.member_write(inner, &inner.slots[chunks[i].slot], addr, block(source));
             }
         }
-        (differs, repaired)
+        out
     }
 
     /// The content of stripe `s` for a member being rebuilt: a copy from a
@@ -103,11 +130,14 @@ impl Redundancy for Mirror {
         let mut buf = vec![0u8; dev.geo.unit as usize];
         let at = dev.geo.disk_offset(s);
         for (i, slot) in inner.slots.iter().enumerate() {
-            if i != target && slot.available(s) && dev.member_read(slot, at, &mut buf) {
+            if i != target && slot.available(s) && dev.member_read(inner, slot, at, &mut buf) {
                 return Ok(buf);
             }
         }
-        Err(dev.lu_failed("no mirror member left to rebuild from"))
+        Err(ArrayError::LuFailed {
+            lu: dev.lu,
+            reason: format!("no mirror holds a readable copy of stripe {s}"),
+        })
     }
 
     fn read_bulk(&self, dev: &LuDevice, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<bool, ArrayError> {

@@ -8,9 +8,11 @@
 //! stripe are unavailable.
 
 use super::bulk::{data_runs, BULK_MIN};
-use super::device::{xor, Inner, LuDevice};
+use super::checksum::BLOCK;
+use super::device::{read_raw_chunks, restore, xor, Inner, LuDevice, RawChunk};
 use super::layout::{ChunkPiece, StripePiece};
-use super::redundancy::{Parity, Redundancy};
+use super::redundancy::{Parity, Redundancy, Resync, Resynced};
+use super::member::Member;
 use super::ArrayError;
 
 impl Parity {
@@ -37,9 +39,14 @@ impl Parity {
             let mut chunks = chunks.into_iter();
             for (start, end) in data_runs(&g, s0, s1, i) {
                 let mut run: Vec<_> = chunks.by_ref().take((end - start) as usize).collect();
-                if let Err(e) = disk.read_data_vectored(g.disk_offset(s0 + start), &mut run) {
-                    dev.fail_slot(slot, &e);
-                    return false;
+                match disk.read_data_vectored(g.disk_offset(s0 + start), &mut run) {
+                    Ok(()) => {}
+                    // Piece by piece, the damaged block is repaired.
+                    Err(ArrayError::Checksum { .. }) => return false,
+                    Err(e) => {
+                        dev.fail_slot(slot, &e);
+                        return false;
+                    }
                 }
             }
         }
@@ -61,7 +68,13 @@ impl Parity {
         out.fill(0);
         let mut tmp = vec![0u8; out.len()];
         for (i, slot) in inner.slots.iter().enumerate().filter(|(i, _)| *i != missing) {
-            if !slot.available(s) || !dev.member_read(slot, at, &mut tmp) {
+            if !slot.available(s) || !dev.member_read(inner, slot, at, &mut tmp) {
+                if slot.available(s) {
+                    return Err(ArrayError::Corrupted {
+                        lu: dev.lu,
+                        offset: s * dev.geo.stripe_bytes(),
+                    });
+                }
                 let (a, b) = (inner.slots[missing].number, inner.slots[i].number);
                 let reason = format!("stripe {s} has two unavailable members (disks {a} and {b})");
                 return Err(ArrayError::LuFailed { lu: dev.lu, reason });
@@ -84,7 +97,7 @@ impl Parity {
         for c in chunks.iter().filter(|c| Some(c.slot) != skip) {
             let src = &data[c.piece_at..c.piece_at + (c.end - c.start) as usize];
             if inner.slots[c.slot].available(p.stripe) {
-                dev.member_write(&inner.slots[c.slot], base + c.start, src);
+                dev.member_write(inner, &inner.slots[c.slot], base + c.start, src);
             }
         }
     }
@@ -104,7 +117,7 @@ impl Parity {
         }
         self.write_chunks(dev, inner, p, chunks, data, None);
         let ps = dev.geo.parity_slot(p.stripe);
-        dev.member_write(&inner.slots[ps], dev.geo.disk_offset(p.stripe), &parity);
+        dev.member_write(inner, &inner.slots[ps], dev.geo.disk_offset(p.stripe), &parity);
         true
     }
 
@@ -123,13 +136,13 @@ impl Parity {
         let hi = chunks.iter().map(|c| c.end).max().unwrap_or(0);
         let ps = dev.geo.parity_slot(p.stripe);
         let mut parity = vec![0u8; (hi - lo) as usize];
-        if !dev.member_read(&inner.slots[ps], base + lo, &mut parity) {
+        if !dev.member_read(inner, &inner.slots[ps], base + lo, &mut parity) {
             return false;
         }
         for c in chunks {
             let len = (c.end - c.start) as usize;
             let mut old = vec![0u8; len];
-            if !dev.member_read(&inner.slots[c.slot], base + c.start, &mut old) {
+            if !dev.member_read(inner, &inner.slots[c.slot], base + c.start, &mut old) {
                 return false;
             }
             let region = &mut parity[(c.start - lo) as usize..][..len];
@@ -137,7 +150,7 @@ impl Parity {
             xor(region, &data[c.piece_at..c.piece_at + len]);
         }
         self.write_chunks(dev, inner, p, chunks, data, None);
-        dev.member_write(&inner.slots[ps], base + lo, &parity);
+        dev.member_write(inner, &inner.slots[ps], base + lo, &parity);
         true
     }
 
@@ -163,7 +176,7 @@ impl Parity {
         let mut bufs = vec![vec![0u8; width]; k_count];
         let mut parity = vec![0u8; width];
         let ps = dev.geo.parity_slot(s);
-        if !dev.member_read(&inner.slots[ps], base + lo, &mut parity) {
+        if !dev.member_read(inner, &inner.slots[ps], base + lo, &mut parity) {
             return Ok(false);
         }
         let mut missing_k = 0;
@@ -171,7 +184,7 @@ impl Parity {
             let slot = dev.geo.data_slot(s, k);
             if slot == m {
                 missing_k = k;
-            } else if !dev.member_read(&inner.slots[slot], base + lo, buf) {
+            } else if !dev.member_read(inner, &inner.slots[slot], base + lo, buf) {
                 return Ok(false);
             }
         }
@@ -195,8 +208,31 @@ impl Parity {
             xor(&mut parity, buf);
         }
         self.write_chunks(dev, inner, p, chunks, data, Some(m));
-        dev.member_write(&inner.slots[ps], base + lo, &parity);
+        dev.member_write(inner, &inner.slots[ps], base + lo, &parity);
         Ok(true)
+    }
+}
+
+impl Parity {
+    /// Recovery of a stripe with a member missing: nothing can tell a block
+    /// of the present members written since the last sync from a damaged
+    /// one, so each is kept as it is and its checksum follows it. Reports
+    /// the stripe `lost` when any was, because the missing chunk rebuilt
+    /// from them is then not vouched for.
+    fn recover_degraded(&self, dev: &LuDevice, inner: &Inner, s: u64, chunks: &[RawChunk<'_>]) -> Resynced {
+        let mut out = Resynced::default();
+        let base = dev.geo.disk_offset(s);
+        for c in chunks {
+            for (i, block) in c.bytes.chunks(BLOCK as usize).enumerate() {
+                let addr = base + i as u64 * BLOCK;
+                if !c.disk.matches(addr, block) {
+                    out.mismatched = true;
+                    out.lost = true;
+                    out.repaired |= dev.member_write(inner, &inner.slots[c.slot], addr, block);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -211,8 +247,19 @@ impl Redundancy for Parity {
             dev.check_suspect(inner, c.slot, p.stripe)?;
             let dst = &mut out[c.piece_at..c.piece_at + (c.end - c.start) as usize];
             let slot = &inner.slots[c.slot];
-            if slot.available(p.stripe) && dev.member_read(slot, base + c.start, dst) {
-                continue;
+            if slot.available(p.stripe) {
+                if dev.member_read(inner, slot, base + c.start, dst) {
+                    continue;
+                }
+                // Still in service: the chunk failed its checksum and
+                // could not be repaired; a reconstruction would not be
+                // vouched for either.
+                if slot.available(p.stripe) {
+                    return Err(ArrayError::Corrupted {
+                        lu: dev.lu,
+                        offset: p.stripe * dev.geo.stripe_bytes() + p.within + c.piece_at as u64,
+                    });
+                }
             }
             self.reconstruct(dev, inner, p.stripe, c.slot, c.start, dst)?;
         }
@@ -252,32 +299,63 @@ impl Redundancy for Parity {
         Err(dev.lu_failed(format!("stripe {} could not be written", p.stripe)))
     }
 
-    /// Checks stripe `s`'s parity against its data; with `repair`, rewrites
-    /// the parity. Returns (mismatched, repaired); a degraded stripe cannot
-    /// be checked and reports (false, false).
-    fn resync(&self, dev: &LuDevice, inner: &Inner, s: u64, repair: bool) -> (bool, bool) {
-        if (0..dev.geo.members).any(|i| !inner.slots[i].available(s)) {
-            return (false, false);
-        }
-        let unit = dev.geo.unit as usize;
-        let base = dev.geo.disk_offset(s);
-        let mut expect = vec![0u8; unit];
-        let mut buf = vec![0u8; unit];
-        for k in 0..dev.geo.data_members() {
-            if !dev.member_read(&inner.slots[dev.geo.data_slot(s, k)], base, &mut buf) {
-                return (false, false);
+    /// Block by block: a block that fails its checksum is rebuilt from the
+    /// others when that rebuild passes it; parity that disagrees with data
+    /// that passes is recomputed. Parity is never recomputed from a data
+    /// block that fails its checksum, except in recovery, where no copy of
+    /// the block passes (see [`Resync::Recover`]). A degraded stripe cannot
+    /// be checked and reports nothing.
+    fn resync(&self, dev: &LuDevice, inner: &Inner, s: u64, mode: Resync) -> Resynced {
+        let mut out = Resynced::default();
+        let g = dev.geo;
+        let (unit, base, ps) = (g.unit as usize, g.disk_offset(s), g.parity_slot(s));
+        let chunks = match read_raw_chunks(dev, inner, s) {
+            Some(c) if c.len() == g.members => c,
+            Some(c) if mode == Resync::Recover => return self.recover_degraded(dev, inner, s, &c),
+            _ => return out,
+        };
+        let block_size = BLOCK as usize;
+        for at in (0..unit).step_by(block_size) {
+            let block = |i: usize| &chunks[i].bytes[at..at + block_size];
+            let addr = base + at as u64;
+            let bad: Vec<usize> = (0..g.members).filter(|&i| !chunks[i].disk.matches(addr, block(i))).collect();
+            let xor_except = |skip: usize| {
+                let mut acc = vec![0u8; block_size];
+                (0..g.members).filter(|&i| i != skip).for_each(|i| xor(&mut acc, block(i)));
+                acc
+            };
+            let parity = xor_except(ps);
+            if bad.is_empty() && parity == block(ps) {
+                continue;
             }
-            xor(&mut expect, &buf);
+            out.mismatched = true;
+            let accept = |out: &mut Resynced| {
+                for &i in bad.iter().filter(|&&i| i != ps) {
+                    dev.member_write(inner, &inner.slots[i], addr, block(i));
+                }
+                out.repaired |= dev.member_write(inner, &inner.slots[ps], addr, &parity);
+            };
+            match (bad.as_slice(), mode) {
+                ([], Resync::Check) => {}
+                ([], _) => out.repaired |= dev.member_write(inner, &inner.slots[ps], addr, &parity),
+                ([one], _) if chunks[*one].disk.matches(addr, &xor_except(*one)) => {
+                    let rebuilt = xor_except(*one);
+                    if mode != Resync::Recover {
+                        chunks[*one].disk.count_error();
+                        tracing::warn!(lu = dev.lu, disk = inner.slots[*one].number, offset = addr, "scrub: block fails its checksum; the other members hold it");
+                    }
+                    if mode != Resync::Check {
+                        out.repaired |= restore(dev, inner, *one, addr, &rebuilt);
+                    }
+                }
+                (_, Resync::Recover) => accept(&mut out),
+                _ => {
+                    tracing::error!(lu = dev.lu, stripe = s, offset = addr, "scrub: block fails its checksum on more than one member, or its rebuild does; it is lost");
+                    out.lost = true;
+                }
+            }
         }
-        let ps = dev.geo.parity_slot(s);
-        if !dev.member_read(&inner.slots[ps], base, &mut buf) {
-            return (false, false);
-        }
-        if buf == expect {
-            return (false, false);
-        }
-        let repaired = repair && dev.member_write(&inner.slots[ps], base, &expect);
-        (true, repaired)
+        out
     }
 
     /// The content of stripe `s`'s chunk on member `target`, from the others.

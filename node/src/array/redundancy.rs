@@ -21,11 +21,37 @@ pub(super) trait Redundancy: Sync {
     fn read_bulk(&self, dev: &LuDevice, inner: &Inner, offset: u64, buf: &mut [u8]) -> Result<bool, ArrayError>;
     /// Writes one piece of a stripe and its redundancy.
     fn write(&self, dev: &LuDevice, inner: &mut Inner, p: &StripePiece, data: &[u8]) -> Result<(), ArrayError>;
-    /// Checks stripe `s`'s redundancy against its data; with `repair`,
-    /// rewrites it. Returns (mismatched, repaired).
-    fn resync(&self, dev: &LuDevice, inner: &Inner, s: u64, repair: bool) -> (bool, bool);
+    /// Checks every block of stripe `s` against its checksum and the
+    /// stripe's redundancy against its data; repairs as `mode` allows.
+    fn resync(&self, dev: &LuDevice, inner: &Inner, s: u64, mode: Resync) -> Resynced;
     /// The content of stripe `s` on member `target`, from the others.
     fn rebuild_chunk(&self, dev: &LuDevice, inner: &Inner, s: u64, target: usize) -> Result<Vec<u8>, ArrayError>;
+}
+
+/// What a resync may do about what it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resync {
+    /// Report only (`lu scrub`).
+    Check,
+    /// Rewrite whichever copy fails its checksum from those that pass it
+    /// (`lu scrub --repair`).
+    Repair,
+    /// Crash recovery of a dirty region: blocks written since the last
+    /// sync have checksums that are not durable yet, so a block that fails
+    /// its checksum is expected. A copy that passes still wins; where none
+    /// does, the stripe is taken as it is on the disks (it holds writes
+    /// never acknowledged as durable) and its checksums follow it.
+    Recover,
+}
+
+/// What a resync found in one stripe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Resynced {
+    /// Some block failed its checksum or the redundancy disagreed.
+    pub mismatched: bool,
+    pub repaired: bool,
+    /// Some block has no copy that passes its checksum.
+    pub lost: bool,
 }
 
 /// RAID 1: every member holds every byte.

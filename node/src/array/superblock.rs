@@ -20,6 +20,8 @@ pub const BITMAP_BYTES: usize = 32 << 10;
 pub const JOURNAL_AT: u64 = 1 << 20;
 /// Up to the end of the metadata area (which starts after the 4 KiB disk header).
 pub const JOURNAL_BYTES: u64 = (3 << 20) - 4096;
+/// The block checksum table ([`super::checksum`]), sized by the disk's capacity.
+pub const CHECKSUMS_AT: u64 = JOURNAL_AT + JOURNAL_BYTES;
 /// The largest stripe unit whose chunks fit a journal entry.
 pub const MAX_UNIT: u64 = 1 << 20;
 

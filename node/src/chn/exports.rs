@@ -188,6 +188,15 @@ impl Exports {
         result
     }
 
+    /// Unmounts every export (a clean stop): each volume's writer ends
+    /// its queue and closes its database.
+    pub async fn unmount_all(&self) {
+        let all: Vec<Mounted> = self.map().drain().map(|(_, m)| m).collect();
+        for m in all {
+            drop_blocking(m.vol).await;
+        }
+    }
+
     /// Whether `export` is mounted on this CHN.
     pub fn is_mounted(&self, export: &str) -> bool {
         self.map().contains_key(export)

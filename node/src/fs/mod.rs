@@ -84,7 +84,12 @@ impl FsError {
 
 impl From<crate::array::ArrayError> for FsError {
     fn from(e: crate::array::ArrayError) -> Self {
-        FsError::Io(e.to_string())
+        use crate::array::ArrayError;
+        match e {
+            // Retrying reads the same lost bytes again.
+            ArrayError::Corrupted { .. } | ArrayError::DataLoss { .. } => FsError::Corrupt(e.to_string()),
+            e => FsError::Io(e.to_string()),
+        }
     }
 }
 

@@ -76,7 +76,10 @@ impl From<ArrayError> for Status {
         match e {
             ArrayError::OutOfRange { .. } => Status::out_of_range(msg),
             ArrayError::DiskExists { .. } => Status::already_exists(msg),
-            ArrayError::DataLoss { .. } | ArrayError::Corrupt(_) => Status::data_loss(msg),
+            ArrayError::DataLoss { .. }
+            | ArrayError::Corrupted { .. }
+            | ArrayError::Checksum { .. }
+            | ArrayError::Corrupt(_) => Status::data_loss(msg),
             ArrayError::Io { .. } => Status::internal(msg),
             _ => Status::failed_precondition(msg),
         }

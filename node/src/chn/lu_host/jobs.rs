@@ -64,8 +64,8 @@ impl LuHost {
             let result = if scrub {
                 jobs::scrub(&dev, repair, &job.cancel, |p, _| update(p)).map(|r| {
                     format!(
-                        "checked {} stripes: {} inconsistent, {} repaired, {} skipped (degraded)",
-                        r.stripes_checked, r.mismatches, r.repaired, r.skipped
+                        "checked {} stripes: {} with a damaged or inconsistent block, {} repaired, {} with a block lost (no copy passes its checksum), {} skipped (degraded)",
+                        r.stripes_checked, r.mismatches, r.repaired, r.lost, r.skipped
                     )
                 })
             } else {

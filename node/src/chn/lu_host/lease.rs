@@ -45,10 +45,34 @@ impl LuHost {
         Some(o.epoch)
     }
 
+    /// Flushes `lu` and clears its write-intent bits while this CHN still
+    /// holds it, so that whoever opens it next has nothing to resync.
+    async fn leave_clean(&self, lu: u32) {
+        let dev = lock(&self.inner.open).get(&lu).map(|o| o.dev.clone());
+        let Some(dev) = dev.filter(|d| d.fence().check(lu).is_ok()) else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || dev.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(lu, "LU not left clean: {e}"),
+            Err(e) => tracing::warn!(lu, "LU not left clean: {e}"),
+        }
+    }
+
+    /// At a clean stop: leaves every open LU clean and closes it.
+    pub async fn close_all(&self) {
+        let lus: Vec<u32> = lock(&self.inner.open).keys().copied().collect();
+        for lu in lus {
+            self.leave_clean(lu).await;
+            self.close(lu, "the CHN is stopping");
+        }
+    }
+
     /// Closes an LU for a planned move and gives its lock up with `hand`
     /// (a command that releases the lock held at the given epoch).
     pub async fn hand_over(&self, lu: u32, hand: impl FnOnce(u64) -> Command) -> Result<CommandResult, Error> {
         let _opening = self.inner.opening.lock().await;
+        self.leave_clean(lu).await;
         let epoch = self.close(lu, "handed over").unwrap_or(0);
         Ok(self.shared().write(hand(epoch)).await?)
     }

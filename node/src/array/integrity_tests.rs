@@ -1,0 +1,197 @@
+//! Silent damage on the members: bytes flipped in the disk files behind
+//! the array's back (as a failing disk or a stray write would), and disks
+//! gone after a clean or an unclean stop. The LU must read right or refuse,
+//! never return wrong bytes, and scrub must repair the copy that is wrong.
+
+use std::sync::atomic::AtomicBool;
+
+use super::device::{BlockDevice, LuDevice, OpenOptions};
+use super::disk::disk_path;
+use super::layout::Raid;
+use super::member::Member;
+use super::tests::{pattern, Rig};
+use super::{jobs, ArrayError};
+
+/// Inverts `len` bytes at `at` of disk `disk`'s data area, behind the LU's back.
+fn flip(rig: &Rig, disk: u32, at: u64, len: usize) -> Vec<u8> {
+    let d = rig.array.open_disk(disk, rig.spec.disk_capacity).unwrap();
+    let mut b = vec![0u8; len];
+    d.read_data(at, &mut b).unwrap();
+    let before = b.clone();
+    b.iter_mut().for_each(|x| *x ^= 0xff);
+    d.write_data(at, &b).unwrap();
+    before
+}
+
+fn raw(rig: &Rig, disk: u32, at: u64, len: usize) -> Vec<u8> {
+    let d = rig.array.open_disk(disk, rig.spec.disk_capacity).unwrap();
+    let mut b = vec![0u8; len];
+    d.read_data(at, &mut b).unwrap();
+    b
+}
+
+fn open(rig: &Rig) -> LuDevice {
+    LuDevice::open(&rig.array, &rig.spec, OpenOptions::default()).unwrap()
+}
+
+/// A written LU, stopped cleanly.
+fn written(raid: Raid) -> Rig {
+    let mut rig = Rig::new(raid, 3, 4096, 8);
+    let data = pattern(rig.model.len(), 5, 0);
+    rig.dev.write_at(0, &data).unwrap();
+    rig.model = data;
+    rig.dev.close().unwrap();
+    rig
+}
+
+/// Drops the device without closing it: a crash, as far as the disks know.
+fn crash(rig: &mut Rig) {
+    let placeholder = Rig::new(Raid::Mirror, 2, 4096, 2);
+    drop(std::mem::replace(&mut rig.dev, placeholder.dev));
+}
+
+fn read_all(dev: &LuDevice) -> Result<Vec<u8>, ArrayError> {
+    let mut buf = vec![0u8; dev.len() as usize];
+    dev.read_at(0, &mut buf).map(|()| buf)
+}
+
+fn errors(dev: &LuDevice) -> u64 {
+    dev.checksum_errors().iter().map(|(_, n)| n).sum()
+}
+
+fn scrub(dev: &LuDevice, repair: bool) -> jobs::ScrubReport {
+    jobs::scrub(dev, repair, &AtomicBool::new(false), |_, _| {}).unwrap()
+}
+
+#[test]
+fn a_flipped_data_block_reads_right_is_repaired_in_place_and_counted() {
+    for raid in [Raid::Parity, Raid::Mirror] {
+        let mut rig = written(raid);
+        let g = rig.dev.geometry();
+        // Stripe 0's first data chunk (RAID 1: the first mirror).
+        let slot = g.data_slot(0, 0);
+        let disk = rig.spec.disks[slot];
+        let good = flip(&rig, disk, 100, 64);
+        rig.dev = open(&rig);
+        // Twice: each mirror serves some reads.
+        for _ in 0..2 {
+            assert!(read_all(&rig.dev).unwrap() == rig.model, "{raid:?}: wrong bytes served");
+        }
+        assert!(errors(&rig.dev) >= 1, "{raid:?}: the damage was not counted");
+        assert_eq!(raw(&rig, disk, 100, 64), good, "{raid:?}: the damaged copy was not rewritten");
+        let again = scrub(&rig.dev, false);
+        assert_eq!((again.mismatches, again.lost), (0, 0), "{raid:?}");
+    }
+}
+
+#[test]
+fn scrub_repair_rewrites_the_copy_that_fails_its_checksum() {
+    // Damaged data in stripe 0 and damaged parity in stripe 1: repairing
+    // parity from the data (what a checksum-blind scrub does) would make
+    // the first permanent.
+    let mut rig = written(Raid::Parity);
+    let g = rig.dev.geometry();
+    let data_disk = rig.spec.disks[g.data_slot(0, 0)];
+    let parity_disk = rig.spec.disks[g.parity_slot(1)];
+    let data = flip(&rig, data_disk, g.disk_offset(0) + 10, 64);
+    let parity = flip(&rig, parity_disk, g.disk_offset(1) + 10, 64);
+    rig.dev = open(&rig);
+
+    let found = scrub(&rig.dev, false);
+    assert_eq!((found.mismatches, found.repaired, found.lost), (2, 0, 0));
+    assert_eq!(errors(&rig.dev), 2);
+    let fixed = scrub(&rig.dev, true);
+    assert_eq!((fixed.mismatches, fixed.repaired, fixed.lost), (2, 2, 0));
+    assert_eq!(raw(&rig, data_disk, g.disk_offset(0) + 10, 64), data);
+    assert_eq!(raw(&rig, parity_disk, g.disk_offset(1) + 10, 64), parity);
+    assert_eq!(scrub(&rig.dev, false).mismatches, 0);
+    assert!(read_all(&rig.dev).unwrap() == rig.model);
+}
+
+#[test]
+fn scrub_repair_of_a_mirror_copies_the_good_side() {
+    let mut rig = written(Raid::Mirror);
+    let good = flip(&rig, rig.spec.disks[1], 4096 * 3, 64);
+    rig.dev = open(&rig);
+    let fixed = scrub(&rig.dev, true);
+    assert_eq!((fixed.mismatches, fixed.repaired, fixed.lost), (1, 1, 0));
+    assert_eq!(raw(&rig, rig.spec.disks[1], 4096 * 3, 64), good);
+    assert!(read_all(&rig.dev).unwrap() == rig.model);
+}
+
+#[test]
+fn damage_with_no_redundancy_left_is_refused_never_served() {
+    let mut rig = written(Raid::Parity);
+    let g = rig.dev.geometry();
+    // Degraded: the member holding stripe 0's parity is gone, and a data
+    // chunk of stripe 0 is damaged.
+    rig.dev.fail_member(rig.spec.disks[g.parity_slot(0)]).unwrap();
+    rig.dev.close().unwrap();
+    flip(&rig, rig.spec.disks[g.data_slot(0, 0)], 0, 64);
+    rig.dev = open(&rig);
+    let mut buf = vec![0u8; 4096];
+    assert!(matches!(
+        rig.dev.read_at(0, &mut buf),
+        Err(ArrayError::Corrupted { offset: 0, .. })
+    ));
+    // A two-member stripe elsewhere still reads.
+    let sb = g.stripe_bytes() as usize;
+    let mut other = vec![0u8; sb];
+    rig.dev.read_at(sb as u64 * 2, &mut other).unwrap();
+    assert!(other == rig.model[sb * 2..sb * 3]);
+    // Scrub reports the block lost rather than inventing it.
+    let mut rig2 = written(Raid::Mirror);
+    flip(&rig2, rig2.spec.disks[0], 0, 64);
+    flip(&rig2, rig2.spec.disks[1], 0, 64);
+    flip(&rig2, rig2.spec.disks[2], 0, 64);
+    rig2.dev = open(&rig2);
+    assert!(matches!(rig2.dev.read_at(0, &mut buf), Err(ArrayError::Corrupted { .. })));
+    assert_eq!(scrub(&rig2.dev, true).lost, 1);
+}
+
+#[test]
+fn recovery_of_a_dirty_region_never_trusts_a_damaged_block() {
+    let mut rig = Rig::new(Raid::Parity, 3, 4096, 8);
+    let data = pattern(rig.model.len(), 9, 0);
+    rig.dev.write_at(0, &data).unwrap();
+    rig.dev.flush().unwrap();
+    // Stopped uncleanly below: the write-intent bits are still set.
+    let g = rig.dev.geometry();
+    let disk = rig.spec.disks[g.data_slot(0, 1)];
+    crash(&mut rig);
+    let good = flip(&rig, disk, 0, 64);
+    rig.dev = open(&rig);
+    assert_eq!(raw(&rig, disk, 0, 64), good, "recovery kept the damaged block");
+    assert!(read_all(&rig.dev).unwrap() == data);
+}
+
+#[test]
+fn a_disk_gone_after_a_clean_stop_costs_nothing() {
+    for unclean in [false, true] {
+        let mut rig = Rig::new(Raid::Parity, 3, 4096, 8);
+        let data = pattern(rig.model.len(), 2, 0);
+        rig.dev.write_at(0, &data).unwrap();
+        if unclean {
+            // Flushed, but its bits still set: every block verifies anyway.
+            rig.dev.flush().unwrap();
+        } else {
+            rig.dev.close().unwrap();
+        }
+        crash(&mut rig);
+        std::fs::remove_file(disk_path(&rig.array.dir, rig.spec.disks[1])).unwrap();
+        rig.dev = open(&rig);
+        assert!(
+            read_all(&rig.dev).unwrap() == data,
+            "unclean: {unclean}: bytes lost with one member missing"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_superblock_copy_is_outvoted() {
+    let mut rig = written(Raid::Parity);
+    let d = rig.array.open_disk(rig.spec.disks[0], rig.spec.disk_capacity).unwrap();
+    d.write_meta_durable(super::superblock::SUPERBLOCK_AT + 20, &[0xff; 16]).unwrap();
+    rig.dev = open(&rig);
+    assert!(read_all(&rig.dev).unwrap() == rig.model);
+}
