@@ -132,16 +132,18 @@ async fn scrub_reports_and_repairs_damaged_parity() -> anyhow::Result<()> {
         "16K",
     ]));
     write_lu(&c, "CHN1", 1, 0, &random_bytes(1 << 20, 4)).await;
-    // Flip bytes behind the LU's back on one member (after its 4 MiB metadata area).
+    // Flip bytes behind the LU's back on one member: stripe 0's parity
+    // (the data area is the last 8 MiB of the disk file).
     let disk = c.dir().join("array").join("disk-003.img");
     let f = std::fs::OpenOptions::new().write(true).open(&disk)?;
-    std::os::unix::fs::FileExt::write_all_at(&f, b"bit rot", (4 << 20) + 100)?;
+    let data_at = f.metadata()?.len() - (8 << 20);
+    std::os::unix::fs::FileExt::write_all_at(&f, b"bit rot", data_at + 100)?;
     let found = ok(c.nasctl(&["lu", "scrub", "1"]));
-    assert!(found.contains(" 1 inconsistent, 0 repaired"), "{found}");
+    assert!(found.contains(" 1 with a damaged or inconsistent block, 0 repaired"), "{found}");
     let repaired = ok(c.nasctl(&["lu", "scrub", "1", "--repair"]));
-    assert!(repaired.contains(" 1 inconsistent, 1 repaired"), "{repaired}");
+    assert!(repaired.contains(" 1 with a damaged or inconsistent block, 1 repaired"), "{repaired}");
     let clean = ok(c.nasctl(&["lu", "scrub", "1"]));
-    assert!(clean.contains(" 0 inconsistent"), "{clean}");
+    assert!(clean.contains(" 0 with a damaged"), "{clean}");
     Ok(())
 }
 

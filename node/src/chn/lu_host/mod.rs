@@ -43,6 +43,8 @@ struct Opened {
     /// When the last renewal that succeeded was sent.
     renewed: tokio::time::Instant,
     epoch: u64,
+    /// Checksum errors per disk already added to the disk table.
+    errors_reported: HashMap<u32, u64>,
 }
 
 struct HostInner {
@@ -236,6 +238,7 @@ impl LuHost {
             reported: None,
             renewed,
             epoch,
+            errors_reported: HashMap::new(),
         });
         tracing::info!(lu, epoch, "LU open on this CHN");
         self.report(lu).await;

@@ -28,23 +28,32 @@ impl LuHost {
         };
         // A rebuild or scrub holds the device for a while: wait for it off
         // the runtime, and never under the map lock the renewals need.
-        let Ok(health) = tokio::task::spawn_blocking(move || dev.health()).await else {
+        let Ok((health, errors)) = tokio::task::spawn_blocking(move || (dev.health(), dev.checksum_errors())).await
+        else {
             return;
         };
-        let job = {
+        let (job, new_errors) = {
             let open = lock(&self.inner.open);
             let Some(o) = open.get(&lu) else { return };
             let job = o.job.as_ref().map(|j| lock(&j.state).clone());
-            if job.is_none() && o.reported == Some(health) {
+            let new_errors: std::collections::HashMap<u32, u64> = errors
+                .iter()
+                .filter_map(|&(disk, n)| {
+                    let delta = n.saturating_sub(o.errors_reported.get(&disk).copied().unwrap_or(0));
+                    (delta > 0).then_some((disk, delta))
+                })
+                .collect();
+            if job.is_none() && o.reported == Some(health) && new_errors.is_empty() {
                 return;
             }
-            job
+            (job, new_errors)
         };
         let finished = job.as_ref().is_some_and(|j| j.finished);
         let cmd = Kind::ReportLu(ReportLu {
             lu,
             health: health_proto(health) as i32,
             job,
+            checksum_errors: new_errors,
         });
         match self.shared().write(Command { kind: Some(cmd) }).await {
             // Only a report that reached the table settles anything: a lost
@@ -52,6 +61,7 @@ impl LuHost {
             Ok(_) => {
                 if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
                     o.reported = Some(health);
+                    o.errors_reported.extend(errors);
                     if finished && o.job.as_ref().is_some_and(|j| lock(&j.state).finished) {
                         o.job = None;
                     }

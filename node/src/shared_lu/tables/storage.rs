@@ -124,6 +124,7 @@ impl Tables {
                 capacity_bytes: c.disk_capacity_bytes,
                 raid_group: 0,
                 state: DiskState::DiskNotUsed as i32,
+                checksum_errors: 0,
             };
             self.disks.insert(number, disk);
             touched.push(RowKey::Disk(number));
@@ -337,7 +338,14 @@ impl Tables {
         if c.job.is_some() {
             lu.job = c.job.clone();
         }
-        Ok(Applied::rows(vec![RowKey::Lu(c.lu)]))
+        let mut touched = vec![RowKey::Lu(c.lu)];
+        for (&disk, &count) in &c.checksum_errors {
+            if let Some(d) = self.disks.get_mut(&disk) {
+                d.checksum_errors = d.checksum_errors.saturating_add(count);
+                touched.push(RowKey::Disk(disk));
+            }
+        }
+        Ok(Applied::rows(touched))
     }
 }
 
