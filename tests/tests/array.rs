@@ -139,9 +139,15 @@ async fn scrub_reports_and_repairs_damaged_parity() -> anyhow::Result<()> {
     let data_at = f.metadata()?.len() - (8 << 20);
     std::os::unix::fs::FileExt::write_all_at(&f, b"bit rot", data_at + 100)?;
     let found = ok(c.nasctl(&["lu", "scrub", "1"]));
-    assert!(found.contains(" 1 with a damaged or inconsistent block, 0 repaired"), "{found}");
+    assert!(
+        found.contains(" 1 with a damaged or inconsistent block, 0 repaired"),
+        "{found}"
+    );
     let repaired = ok(c.nasctl(&["lu", "scrub", "1", "--repair"]));
-    assert!(repaired.contains(" 1 with a damaged or inconsistent block, 1 repaired"), "{repaired}");
+    assert!(
+        repaired.contains(" 1 with a damaged or inconsistent block, 1 repaired"),
+        "{repaired}"
+    );
     let clean = ok(c.nasctl(&["lu", "scrub", "1"]));
     assert!(clean.contains(" 0 with a damaged"), "{clean}");
     Ok(())

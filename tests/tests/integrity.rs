@@ -18,7 +18,9 @@ fn cluster_with_a_file(raid: &str) -> anyhow::Result<(TestCluster, Vec<u8>, std:
         &["array", "init", "--disks", "3", "--size", "64M"][..],
         &["lu", "create", "--raid", raid, "--disks", "1,2,3"],
         &["user", "add", "alice"],
-        &["export", "create", "home", "--lu", "1", "--chn", "CHN1", "--users", "alice"],
+        &[
+            "export", "create", "home", "--lu", "1", "--chn", "CHN1", "--users", "alice",
+        ],
     ] {
         ok(c.nasctl(args));
     }
@@ -43,7 +45,10 @@ fn disk_file(c: &TestCluster, n: u32) -> std::path::PathBuf {
 /// Inverts 64 bytes every 128 KiB of disk `n`'s data area (its last
 /// 64 MiB): file data and file-system metadata alike.
 fn rot(c: &TestCluster, n: u32) -> anyhow::Result<u64> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(disk_file(c, n))?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk_file(c, n))?;
     let data_at = f.metadata()?.len() - DISK;
     let mut flipped = 0;
     for at in (data_at + 1000..data_at + DISK).step_by(128 << 10) {
@@ -69,7 +74,11 @@ fn get(c: &TestCluster) -> anyhow::Result<Vec<u8>> {
 async fn checksum_errors(c: &TestCluster, disk: u32) -> anyhow::Result<u64> {
     let out = ok(c.nasctl(&["--json", "disk", "list"]));
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    let rows = v["rows"].as_array().or_else(|| v.as_array()).cloned().unwrap_or_default();
+    let rows = v["rows"]
+        .as_array()
+        .or_else(|| v.as_array())
+        .cloned()
+        .unwrap_or_default();
     Ok(rows
         .iter()
         .find(|r| r["disk"] == disk)
@@ -85,9 +94,11 @@ async fn a_rotting_disk_is_read_right_repaired_and_counted() -> anyhow::Result<(
         let flipped = rot(&c, 2)?;
         c.cluster_up(None, &[])?;
         assert!(get(&c)? == data, "RAID {raid}: the file read back differs");
-        wait_until("disk 2's checksum errors in disk list", Duration::from_secs(10), || async {
-            checksum_errors(&c, 2).await.ok().filter(|&n| n > 0)
-        })
+        wait_until(
+            "disk 2's checksum errors in disk list",
+            Duration::from_secs(10),
+            || async { checksum_errors(&c, 2).await.ok().filter(|&n| n > 0) },
+        )
         .await?;
         // Scrub finds whatever the reads did not touch, and repairs it.
         let repaired = ok(c.nasctl(&["lu", "scrub", "1", "--repair"]));
@@ -95,7 +106,10 @@ async fn a_rotting_disk_is_read_right_repaired_and_counted() -> anyhow::Result<(
         let clean = ok(c.nasctl(&["lu", "scrub", "1"]));
         assert!(clean.contains(" 0 with a damaged"), "RAID {raid}: {clean}");
         let counted = checksum_errors(&c, 2).await?;
-        assert!(counted <= flipped * 2, "RAID {raid}: {counted} errors for {flipped} damaged places");
+        assert!(
+            counted <= flipped * 2,
+            "RAID {raid}: {counted} errors for {flipped} damaged places"
+        );
         assert!(get(&c)? == data, "RAID {raid}: the file differs after scrub");
     }
     Ok(())
@@ -114,5 +128,44 @@ async fn a_disk_lost_after_a_clean_stop_leaves_every_byte() -> anyhow::Result<()
         !log.contains("marking them lost") && !log.contains("marking the region"),
         "a region was marked lost:\n{log}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lu_created_through_one_chn_is_exported_by_another() -> anyhow::Result<()> {
+    let c = TestCluster::up(2, &[])?;
+    // The LU is made through CHN1, the export through CHN2.
+    let on = |chn: &str, args: &[&str]| {
+        let token = c.admin_token();
+        ok(c.nasctl_as(args, &[("NAS_CLUSTER", &c.node(chn).addr), ("NAS_TOKEN", &token)]))
+    };
+    on("CHN1", &["array", "init", "--disks", "3", "--size", "64M"]);
+    on("CHN1", &["lu", "create", "--raid", "5", "--disks", "1,2,3"]);
+    on("CHN1", &["user", "add", "alice"]);
+    on(
+        "CHN2",
+        &[
+            "export", "create", "other", "--lu", "1", "--chn", "CHN2", "--users", "alice",
+        ],
+    );
+    let local = c.dir().join("f.bin");
+    let data = random_bytes(1 << 20, 3);
+    std::fs::write(&local, &data)?;
+    let put = c.nasctl_as(
+        &["fs", "put", local.to_str().unwrap_or_default(), "other:/f.bin"],
+        &[("NAS_USER", "alice")],
+    );
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let owner = ok(c.nasctl(&["--json", "export", "list"]));
+    assert!(owner.contains("CHN2"), "{owner}");
+    let back = c.dir().join("back.bin");
+    ok(c.nasctl_as(
+        &["fs", "get", "other:/f.bin", back.to_str().unwrap_or_default()],
+        &[("NAS_USER", "alice")],
+    ));
+    assert!(std::fs::read(back)? == data);
+    // Served by CHN2 itself, not through a lock CHN1 kept from formatting.
+    let log = std::fs::read_to_string(c.dir().join("chn2").join("nasd.log"))?;
+    assert!(log.contains("LU open on this CHN"), "CHN2 never opened LU 1:\n{log}");
     Ok(())
 }

@@ -385,10 +385,7 @@ impl LuDevice {
         for (i, m) in sb.members.iter().enumerate() {
             let disk = match m.state {
                 MemberState::Failed => None,
-                _ => match array
-                    .open_member(m.disk, spec.disk_capacity)
-                    .and_then(Verified::open)
-                {
+                _ => match array.open_member(m.disk, spec.disk_capacity).and_then(Verified::open) {
                     Ok(d) => Some(Arc::new(d)),
                     Err(e) => {
                         tracing::warn!(lu = spec.lu, disk = m.disk, "member unavailable at open: {e}");
@@ -570,7 +567,9 @@ impl LuDevice {
     pub(super) fn member_read(&self, inner: &Inner, slot: &Slot, offset: u64, buf: &mut [u8]) -> bool {
         let Some(disk) = &slot.disk else { return false };
         let result = match disk.read_data(offset, buf) {
-            Err(ArrayError::Checksum { .. }) if self.heal(inner, slot, offset, buf.len()) => disk.read_data(offset, buf),
+            Err(ArrayError::Checksum { .. }) if self.heal(inner, slot, offset, buf.len()) => {
+                disk.read_data(offset, buf)
+            }
             other => other,
         };
         match result {
@@ -649,7 +648,12 @@ impl LuDevice {
                 continue;
             }
             let Ok(good) = self.scheme().rebuild_chunk(self, inner, s, target) else {
-                tracing::error!(lu = self.lu, disk = slot.number, stripe = s, "a damaged block cannot be rebuilt: the other members cannot be read");
+                tracing::error!(
+                    lu = self.lu,
+                    disk = slot.number,
+                    stripe = s,
+                    "a damaged block cannot be rebuilt: the other members cannot be read"
+                );
                 return false;
             };
             for at in damaged {
@@ -662,7 +666,12 @@ impl LuDevice {
                 if !restore(self, inner, target, at, block) {
                     return false;
                 }
-                tracing::warn!(lu = self.lu, disk = slot.number, offset = at, "repaired a block that failed its checksum");
+                tracing::warn!(
+                    lu = self.lu,
+                    disk = slot.number,
+                    offset = at,
+                    "repaired a block that failed its checksum"
+                );
             }
         }
         true

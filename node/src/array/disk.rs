@@ -108,12 +108,14 @@ impl PhysicalDisk {
             number,
             capacity,
         };
-        let len = meta_bytes(capacity).checked_add(capacity).ok_or(ArrayError::OutOfRange {
-            what: "disk capacity",
-            offset: capacity,
-            len: 0,
-            limit: u64::MAX / 2,
-        })?;
+        let len = meta_bytes(capacity)
+            .checked_add(capacity)
+            .ok_or(ArrayError::OutOfRange {
+                what: "disk capacity",
+                offset: capacity,
+                len: 0,
+                limit: u64::MAX / 2,
+            })?;
         file.set_len(len).map_err(io)?;
         file.write_all_at(&header.encode(), 0).map_err(io)?;
         file.sync_all().map_err(io)?;

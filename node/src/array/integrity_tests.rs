@@ -78,7 +78,11 @@ fn a_flipped_data_block_reads_right_is_repaired_in_place_and_counted() {
             assert!(read_all(&rig.dev).unwrap() == rig.model, "{raid:?}: wrong bytes served");
         }
         assert!(errors(&rig.dev) >= 1, "{raid:?}: the damage was not counted");
-        assert_eq!(raw(&rig, disk, 100, 64), good, "{raid:?}: the damaged copy was not rewritten");
+        assert_eq!(
+            raw(&rig, disk, 100, 64),
+            good,
+            "{raid:?}: the damaged copy was not rewritten"
+        );
         let again = scrub(&rig.dev, false);
         assert_eq!((again.mismatches, again.lost), (0, 0), "{raid:?}");
     }
@@ -145,7 +149,10 @@ fn damage_with_no_redundancy_left_is_refused_never_served() {
     flip(&rig2, rig2.spec.disks[1], 0, 64);
     flip(&rig2, rig2.spec.disks[2], 0, 64);
     rig2.dev = open(&rig2);
-    assert!(matches!(rig2.dev.read_at(0, &mut buf), Err(ArrayError::Corrupted { .. })));
+    assert!(matches!(
+        rig2.dev.read_at(0, &mut buf),
+        Err(ArrayError::Corrupted { .. })
+    ));
     assert_eq!(scrub(&rig2.dev, true).lost, 1);
 }
 
@@ -191,7 +198,8 @@ fn a_disk_gone_after_a_clean_stop_costs_nothing() {
 fn a_damaged_superblock_copy_is_outvoted() {
     let mut rig = written(Raid::Parity);
     let d = rig.array.open_disk(rig.spec.disks[0], rig.spec.disk_capacity).unwrap();
-    d.write_meta_durable(super::superblock::SUPERBLOCK_AT + 20, &[0xff; 16]).unwrap();
+    d.write_meta_durable(super::superblock::SUPERBLOCK_AT + 20, &[0xff; 16])
+        .unwrap();
     rig.dev = open(&rig);
     assert!(read_all(&rig.dev).unwrap() == rig.model);
 }

@@ -20,6 +20,8 @@ pub mod device;
 pub mod disk;
 pub mod faults;
 pub mod fence;
+#[cfg(test)]
+mod integrity_tests;
 pub mod intent;
 pub mod jobs;
 pub mod layout;
@@ -28,8 +30,6 @@ mod raid1;
 mod raid5;
 mod redundancy;
 pub mod superblock;
-#[cfg(test)]
-mod integrity_tests;
 #[cfg(test)]
 mod tests;
 

@@ -57,10 +57,7 @@ impl Redundancy for Mirror {
         // A mirror still in service failed only the checksum of a block no
         // other mirror holds intact.
         if inner.slots.iter().any(|s| s.available(p.stripe)) {
-            return Err(ArrayError::Corrupted {
-                lu: dev.lu,
-                offset: at,
-            });
+            return Err(ArrayError::Corrupted { lu: dev.lu, offset: at });
         }
         Err(dev.lu_failed("no mirror member can be read"))
     }
@@ -101,7 +98,11 @@ impl Redundancy for Mirror {
                 (None, _) => {
                     out.mismatched = true;
                     out.lost = true;
-                    tracing::error!(lu = dev.lu, offset = addr, "scrub: no mirror of the block passes its checksum; it is lost");
+                    tracing::error!(
+                        lu = dev.lu,
+                        offset = addr,
+                        "scrub: no mirror of the block passes its checksum; it is lost"
+                    );
                     continue;
                 }
             };
@@ -109,7 +110,12 @@ impl Redundancy for Mirror {
             if mode != Resync::Recover {
                 for &i in &bad {
                     chunks[i].disk.count_error();
-                    tracing::warn!(lu = dev.lu, disk = inner.slots[chunks[i].slot].number, offset = addr, "scrub: block fails its checksum; another mirror holds it");
+                    tracing::warn!(
+                        lu = dev.lu,
+                        disk = inner.slots[chunks[i].slot].number,
+                        offset = addr,
+                        "scrub: block fails its checksum; another mirror holds it"
+                    );
                 }
             }
             if mode == Resync::Check {

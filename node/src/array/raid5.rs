@@ -11,8 +11,8 @@ use super::bulk::{data_runs, BULK_MIN};
 use super::checksum::BLOCK;
 use super::device::{read_raw_chunks, restore, xor, Inner, LuDevice, RawChunk};
 use super::layout::{ChunkPiece, StripePiece};
-use super::redundancy::{Parity, Redundancy, Resync, Resynced};
 use super::member::Member;
+use super::redundancy::{Parity, Redundancy, Resync, Resynced};
 use super::ArrayError;
 
 impl Parity {
@@ -318,10 +318,14 @@ impl Redundancy for Parity {
         for at in (0..unit).step_by(block_size) {
             let block = |i: usize| &chunks[i].bytes[at..at + block_size];
             let addr = base + at as u64;
-            let bad: Vec<usize> = (0..g.members).filter(|&i| !chunks[i].disk.matches(addr, block(i))).collect();
+            let bad: Vec<usize> = (0..g.members)
+                .filter(|&i| !chunks[i].disk.matches(addr, block(i)))
+                .collect();
             let xor_except = |skip: usize| {
                 let mut acc = vec![0u8; block_size];
-                (0..g.members).filter(|&i| i != skip).for_each(|i| xor(&mut acc, block(i)));
+                (0..g.members)
+                    .filter(|&i| i != skip)
+                    .for_each(|i| xor(&mut acc, block(i)));
                 acc
             };
             let parity = xor_except(ps);
@@ -342,7 +346,12 @@ impl Redundancy for Parity {
                     let rebuilt = xor_except(*one);
                     if mode != Resync::Recover {
                         chunks[*one].disk.count_error();
-                        tracing::warn!(lu = dev.lu, disk = inner.slots[*one].number, offset = addr, "scrub: block fails its checksum; the other members hold it");
+                        tracing::warn!(
+                            lu = dev.lu,
+                            disk = inner.slots[*one].number,
+                            offset = addr,
+                            "scrub: block fails its checksum; the other members hold it"
+                        );
                     }
                     if mode != Resync::Check {
                         out.repaired |= restore(dev, inner, *one, addr, &rebuilt);
@@ -350,7 +359,12 @@ impl Redundancy for Parity {
                 }
                 (_, Resync::Recover) => accept(&mut out),
                 _ => {
-                    tracing::error!(lu = dev.lu, stripe = s, offset = addr, "scrub: block fails its checksum on more than one member, or its rebuild does; it is lost");
+                    tracing::error!(
+                        lu = dev.lu,
+                        stripe = s,
+                        offset = addr,
+                        "scrub: block fails its checksum on more than one member, or its rebuild does; it is lost"
+                    );
                     out.lost = true;
                 }
             }

@@ -566,4 +566,3 @@ fn a_torn_member_write_fails_that_member_and_loses_no_byte() {
     dev.read_at(0, &mut back).unwrap();
     assert!(back == model, "a read after a torn write returned wrong bytes");
 }
-

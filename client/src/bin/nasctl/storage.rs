@@ -168,7 +168,14 @@ async fn array_init(c: &Cluster, disks: u32, size: u64, json: bool) -> anyhow::R
 
 async fn disk_list(c: &Cluster, o: ReadOpts, json: bool) -> anyhow::Result<()> {
     let r = c.list_disks(o.local).await.map_err(status_err)?;
-    let mut t = Table::new(&["disk", "capacity_bytes", "capacity", "raid_group", "state", "checksum_errors"]);
+    let mut t = Table::new(&[
+        "disk",
+        "capacity_bytes",
+        "capacity",
+        "raid_group",
+        "state",
+        "checksum_errors",
+    ]);
     for d in &r.disks {
         let group = if d.raid_group == 0 {
             Value::Null

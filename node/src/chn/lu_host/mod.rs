@@ -137,7 +137,8 @@ impl LuHost {
             .await?)
     }
 
-    /// Records a new LU, then formats its block device on this CHN.
+    /// Records a new LU, formats its block device on this CHN, and closes
+    /// it again, leaving its lock free.
     pub async fn create_lu(&self, req: CreateLu) -> Result<CommandResult, Error> {
         // The array may have been set up through another CHN a moment ago.
         self.shared().ensure_current().await?;
@@ -148,7 +149,15 @@ impl LuHost {
                 kind: Some(Kind::CreateLu(req)),
             })
             .await?;
-        self.open_local(r.assigned as u32).await?;
+        let lu = r.assigned as u32;
+        self.open_local(lu).await?;
+        // Formatting needed the lock; serving the LU is the business of the
+        // CHN an export names, which must not find it held here.
+        let chn = self.shared().name.clone();
+        self.hand_over(lu, |epoch| Command {
+            kind: Some(Kind::ReleaseLuLock(ReleaseLuLock { lu, chn, epoch })),
+        })
+        .await?;
         Ok(r)
     }
 

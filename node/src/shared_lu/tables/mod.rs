@@ -365,7 +365,12 @@ mod tests {
             (0u32..8, prop::sample::select(vec![0i32, 1, 2, 3, 4, 9]))
                 .prop_map(|(disk, state)| cmd(Kind::SetDiskState(SetDiskState { disk, state }))),
             (0u32..8, 0u32..8).prop_map(|(failed, spare)| cmd(Kind::ReplaceDisk(ReplaceDisk { failed, spare }))),
-            (0u32..3, 0i32..6).prop_map(|(lu, health)| cmd(Kind::ReportLu(ReportLu { lu, health, job: None, checksum_errors: Default::default() }))),
+            (0u32..3, 0i32..6).prop_map(|(lu, health)| cmd(Kind::ReportLu(ReportLu {
+                lu,
+                health,
+                job: None,
+                checksum_errors: Default::default()
+            }))),
             Just(Command { kind: None }),
         ]
     }
