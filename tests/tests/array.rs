@@ -415,7 +415,7 @@ async fn a_chn_that_cannot_renew_its_lu_lease_stops_serving_the_lu() -> anyhow::
     // before another CHN could take it, and refuses LU calls meanwhile.
     wait_until("CHN1 to close LU 1", Duration::from_secs(20), || async {
         let log = std::fs::read_to_string(c.dir().join("chn1").join("nasd.log")).ok()?;
-        log.contains("closing LU").then_some(())
+        log.contains("LU lease lost").then_some(())
     })
     .await?;
     let err = c

@@ -215,7 +215,7 @@ async fn c_a_paused_owner_is_fenced_and_rejoins_as_standby() {
     let logs = std::fs::read_to_string(c.dir().join("chn1").join("nasd.log")).unwrap_or_default();
     wait_until("CHN1 to close the LU", Duration::from_secs(10), || async {
         let logs = std::fs::read_to_string(c.dir().join("chn1").join("nasd.log")).unwrap_or_default();
-        logs.contains("closing LU").then_some(())
+        logs.contains("LU lease lost").then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: {logs}"));

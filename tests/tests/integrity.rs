@@ -169,3 +169,25 @@ async fn an_lu_created_through_one_chn_is_exported_by_another() -> anyhow::Resul
     assert!(log.contains("LU open on this CHN"), "CHN2 never opened LU 1:\n{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lu_with_two_disks_gone_is_listed_failed() -> anyhow::Result<()> {
+    let (mut c, _, _) = cluster_with_a_file("5")?;
+    down(&c);
+    for n in [2, 3] {
+        std::fs::remove_file(disk_file(&c, n))?;
+    }
+    c.cluster_up(None, &[])?;
+    let back = c.dir().join("back.bin");
+    let get = c.nasctl_as(
+        &["fs", "get", "home:/big.bin", back.to_str().unwrap_or_default()],
+        &[("NAS_USER", "alice")],
+    );
+    assert!(!get.status.success(), "a file was served from one disk of three");
+    wait_until("LU 1 listed FAILED", Duration::from_secs(10), || async {
+        let out = ok(c.nasctl(&["lu", "list"]));
+        out.contains("FAILED").then_some(())
+    })
+    .await?;
+    Ok(())
+}

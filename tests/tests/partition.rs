@@ -32,7 +32,7 @@ async fn d_a_partitioned_owner_is_fenced_and_service_moves() {
     // Back on the network, CHN1 knows it lost the LU and serves nothing.
     wait_until("CHN1 to close the LU it lost", Duration::from_secs(10), || async {
         let log = std::fs::read_to_string(c.dir().join("chn1").join("nasd.log")).unwrap_or_default();
-        log.contains("closing LU").then_some(())
+        log.contains("LU lease lost").then_some(())
     })
     .await
     .expect("CHN1 fenced");

@@ -41,8 +41,14 @@ impl LuHost {
         if let Some(j) = o.job {
             j.cancel.store(true, Ordering::Relaxed);
         }
-        tracing::warn!(lu, epoch = o.epoch, "closing LU: {why}");
+        tracing::info!(lu, epoch = o.epoch, "closing LU: {why}");
         Some(o.epoch)
+    }
+
+    /// Closes an LU whose lease ran out: another CHN may own it by now.
+    pub(super) fn close_lost(&self, lu: u32) {
+        tracing::warn!(lu, "LU lease lost: its lease ran out without renewal");
+        self.close(lu, "its lease ran out without renewal");
     }
 
     /// Flushes `lu` and clears its write-intent bits while this CHN still
@@ -114,7 +120,7 @@ impl LuHost {
                 .map(|(lu, _)| *lu)
                 .collect();
             for lu in expired {
-                self.close(lu, "its lease ran out without renewal");
+                self.close_lost(lu);
             }
         }
     }

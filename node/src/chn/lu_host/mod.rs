@@ -221,7 +221,13 @@ impl LuHost {
         let mut renewed = sent;
         let dev = loop {
             tokio::select! {
-                dev = &mut opening => break dev?,
+                dev = &mut opening => match dev {
+                    Err(Error::Array(e @ ArrayError::LuFailed { .. })) => {
+                        self.report_failed(lu).await;
+                        return Err(Error::Array(e));
+                    }
+                    dev => break dev?,
+                },
                 _ = tick.tick() => {
                     if let Some((at, _)) = self.renew(lu, &fence).await {
                         renewed = at;
@@ -307,7 +313,7 @@ impl LuHost {
             if dev.fence().check(lu).is_ok() {
                 return Ok(Route::Local(dev));
             }
-            self.close(lu, "its lease ran out without renewal");
+            self.close_lost(lu);
         }
         self.shared().ensure_current().await?;
         // An exported LU that nobody holds is left to the export's owner:

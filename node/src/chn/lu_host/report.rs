@@ -71,6 +71,20 @@ impl LuHost {
         }
     }
 
+    /// Records an LU that could not be opened because too many of its
+    /// members are gone: the table must not go on calling it degraded.
+    pub(super) async fn report_failed(&self, lu: u32) {
+        let cmd = Kind::ReportLu(ReportLu {
+            lu,
+            health: LuHealth::LuFailed as i32,
+            job: None,
+            checksum_errors: Default::default(),
+        });
+        if let Err(e) = self.shared().write(Command { kind: Some(cmd) }).await {
+            tracing::warn!(lu, "LU failure not recorded: {}", e);
+        }
+    }
+
     pub(super) async fn background(self, mut failures: mpsc::UnboundedReceiver<u32>) {
         let renewals = tokio::spawn(self.clone().renew_loop());
         let _stop_renewals = AbortOnDrop(renewals);
