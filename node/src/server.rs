@@ -226,6 +226,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         // Bounds what one connection can hold open at once; messages are
         // bounded by MAX_MESSAGE.
         .max_concurrent_streams(Some(1024))
+        .layer(tower::util::MapResponseLayer::new(
+            crate::service::status::undecodable_is_invalid_argument,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

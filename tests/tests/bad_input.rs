@@ -339,3 +339,63 @@ async fn a_chn_that_was_never_installed_says_how_to_bootstrap() -> anyhow::Resul
     expect(r, Code::FailedPrecondition, "--bootstrap").await;
     Ok(())
 }
+
+/// Sends bytes as they are: for messages no generated client can build.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawCoder;
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_that_is_not_utf8_is_an_invalid_argument() -> anyhow::Result<()> {
+    let c = TestCluster::up(1, &[])?;
+    let mut grpc = tonic::client::Grpc::new(c.channel("CHN1"));
+    // OpenSessionRequest { user: <0xff 0xfe> }: field 1, length-delimited.
+    for path in ["/nas.v1.Nas/OpenSession", "/nas.v1.Admin/Login"] {
+        grpc.ready().await?;
+        let r = grpc
+            .unary(
+                tonic::Request::new(vec![0x0a, 0x02, 0xff, 0xfe]),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await;
+        let err = r.expect_err("must be refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{path}: {}", err.message());
+        assert!(err.message().contains("UTF-8"), "{path}: {}", err.message());
+    }
+    // The CHN is still there.
+    assert!(c.status("CHN1").await.is_some());
+    Ok(())
+}

@@ -41,5 +41,5 @@ async fn d_a_partitioned_owner_is_fenced_and_service_moves() {
     let locks = ok(c.nasctl(&["--json", "lock", "list"]));
     assert!(locks.contains(bob.client_id()), "bob's lock was lost: {locks}");
     let scrub = ok(c.nasctl(&["--json", "lu", "scrub", "1"]));
-    assert!(scrub.contains(" 0 inconsistent"), "{scrub}");
+    assert!(scrub.contains(" 0 with a damaged or inconsistent block"), "{scrub}");
 }

@@ -5,6 +5,8 @@
 //! below `service/` never name a status; nothing here decides anything but
 //! how an error is spelled on the wire.
 
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -151,3 +153,20 @@ impl From<Status> for PeerError {
         }
     }
 }
+
+/// A request tonic could not decode (a string that is not UTF-8, a field
+/// of the wrong wire type) is the caller's mistake, not this server's:
+/// INVALID_ARGUMENT, where tonic answers INTERNAL.
+pub fn undecodable_is_invalid_argument(resp: http::Response<Body>) -> http::Response<Body> {
+    match Status::from_header_map(resp.headers()) {
+        Some(s) if s.code() == tonic::Code::Internal && s.message().starts_with("failed to decode Protobuf message") => {
+            Status::invalid_argument(format!(
+                "the request is not a valid message ({}); string fields must be UTF-8 and every field of its declared type",
+                s.message()
+            ))
+            .into_http()
+        }
+        _ => resp,
+    }
+}
+

@@ -77,12 +77,15 @@ pub(crate) enum LuCmd {
         #[command(flatten)]
         wait: JobOpts,
     },
-    /// Check LU N's parity (RAID 5) or mirror copies (RAID 1) and report
-    /// inconsistent stripes; --repair rewrites them from the data.
+    /// Check every block of LU N against its checksum, and its parity
+    /// (RAID 5) or mirror copies (RAID 1) against the data; report damaged
+    /// or inconsistent stripes. --repair rewrites whichever copy fails its
+    /// checksum from the copies that pass it.
     Scrub {
         /// LU number (see `nasctl lu list`).
         lu: u32,
-        /// Rewrite inconsistent parity (RAID 5) or mirror copies (RAID 1) from the data.
+        /// Rewrite damaged blocks (data, parity or mirror copies) from the
+        /// members whose copies pass their checksums.
         #[arg(long)]
         repair: bool,
         #[command(flatten)]
