@@ -143,7 +143,10 @@ fn scrub_clean(c: &TestCluster) {
     let out = ok(c.nasctl(&["--json", "lu", "scrub", "1"]));
     let v: serde_json::Value = serde_json::from_str(&out).expect("scrub json");
     let result = v["result"].as_str().unwrap_or_default().to_string();
-    assert!(result.contains(" 0 with a damaged or inconsistent block"), "scrub: {result}");
+    assert!(
+        result.contains(" 0 with a damaged or inconsistent block"),
+        "scrub: {result}"
+    );
 }
 
 async fn three_chns(extra: &[&str]) -> (TestCluster, Arc<NasClient>) {

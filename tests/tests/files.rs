@@ -576,6 +576,30 @@ async fn bad_inputs_get_precise_statuses_and_change_nothing() {
         .write(again.handle, 0, &chunk)
         .await
         .expect("space is usable again");
+    small.unlink("/again").await.expect("delete");
+
+    // A streamed write sent without its total size that runs out of space
+    // part-way stores nothing of itself.
+    let (mut raw, token) = raw_session(&c, "alice", "small").await;
+    let streamed = small.create("/streamed", 0, true, false).await.expect("create");
+    let pieces: Vec<WriteChunk> = (0..(free >> 20) + 8)
+        .map(|i| WriteChunk {
+            call: (i == 0).then(|| call(&token, 1)).flatten(),
+            handle: streamed.handle,
+            offset: i << 20,
+            data: vec![9u8; 1 << 20].into(),
+            total: 0,
+        })
+        .collect();
+    let refused = raw.write(tokio_stream::iter(pieces)).await;
+    expect_code(refused, Code::ResourceExhausted, "delete files");
+    assert_eq!(
+        small.stat_handle(streamed.handle).await.expect("stat").size,
+        0,
+        "the refused stream left part of itself"
+    );
+    small.unlink("/streamed").await.expect("delete");
+    assert_eq!(small.statfs().await.expect("statfs").free_bytes, free);
 
     // An idle session ends after its lease; its token no longer works.
     let (_, short) = raw_session(&c, "alice", "home").await;

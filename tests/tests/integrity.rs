@@ -191,3 +191,74 @@ async fn an_lu_with_two_disks_gone_is_listed_failed() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_metadata_area_refuses_creates_while_deletes_go_on() -> anyhow::Result<()> {
+    let c = TestCluster::up(1, &[])?;
+    // The smallest metadata area (8 MiB), as on the quick start's LU.
+    for args in [
+        &["array", "init", "--disks", "3", "--size", "16M"][..],
+        &["lu", "create", "--raid", "5", "--disks", "1,2,3"],
+        &["user", "add", "alice"],
+        &[
+            "export", "create", "home", "--lu", "1", "--chn", "CHN1", "--users", "alice",
+        ],
+    ] {
+        ok(c.nasctl(args));
+    }
+    let long = "m".repeat(200);
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        clients.push(std::sync::Arc::new(c.nas("alice", "home").await?));
+    }
+    let fill = clients.iter().enumerate().map(|(k, nas)| {
+        let (nas, long) = (nas.clone(), long.clone());
+        tokio::spawn(async move {
+            let mut made = Vec::new();
+            for i in 0.. {
+                let path = format!("/{k:02}-{i:05}-{long}");
+                match nas.create(&path, 0o644, true, false).await {
+                    Ok(_) => made.push(path),
+                    Err(e) => return (made, e),
+                }
+            }
+            unreachable!("the loop only ends by returning")
+        })
+    });
+    let mut made = Vec::new();
+    for done in futures::future::join_all(fill).await {
+        let (paths, refused) = done?;
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{}", refused.message());
+        assert!(
+            refused.message().contains("metadata area is full"),
+            "{}",
+            refused.message()
+        );
+        made.extend(paths);
+    }
+    assert!(made.len() > 1000, "only {} files fit", made.len());
+    let df = ok(c.nasctl_as(&["--json", "fs", "df", "home"], &[("NAS_USER", "alice")]));
+    assert!(df.contains("meta_used_bytes"), "{df}");
+    // Deletes work in the full area, from every client at once.
+    let nas = clients[0].clone();
+    let deletes = made
+        .chunks(made.len().div_ceil(64))
+        .zip(clients.iter())
+        .map(|(paths, nas)| {
+            let (paths, nas) = (paths.to_vec(), nas.clone());
+            tokio::spawn(async move {
+                for p in paths {
+                    nas.unlink(&p).await.map_err(|e| anyhow::anyhow!("unlink {p}: {e}"))?;
+                }
+                anyhow::Ok(())
+            })
+        });
+    for d in futures::future::join_all(deletes).await {
+        d??;
+    }
+    // And the room is used again, without a remount.
+    for i in 0..50 {
+        nas.create(&format!("/again-{i}"), 0o644, true, false).await?;
+    }
+    Ok(())
+}

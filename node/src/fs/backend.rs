@@ -3,10 +3,12 @@
 //!
 //! A length change is written into the superblock at the next sync, so it
 //! becomes durable together with the pages that needed it; redb's own
-//! commit protocol does the rest. Owns the metadata area; must never touch
-//! a byte outside it.
+//! commit protocol does the rest. The last part of the area is a reserve
+//! that only changes which free space may use (deletes must work in a full
+//! area). Owns the metadata area; must never touch a byte outside it.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::layout::{Superblock, META_AT};
@@ -28,6 +30,13 @@ struct State {
 pub struct LuBackend {
     dev: Arc<dyn BlockDevice>,
     state: Mutex<State>,
+    reserve_open: Arc<AtomicBool>,
+}
+
+/// Bytes at the end of a metadata area of `meta_len` bytes kept for
+/// changes that free space.
+pub fn reserve_bytes(meta_len: u64) -> u64 {
+    (meta_len / 16).clamp(256 << 10, 8 << 20)
 }
 
 impl std::fmt::Debug for LuBackend {
@@ -41,8 +50,10 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl LuBackend {
-    pub fn new(dev: Arc<dyn BlockDevice>, sb: Superblock) -> Self {
+    /// `reserve_open`: whether the database may grow into the reserve now.
+    pub fn new(dev: Arc<dyn BlockDevice>, sb: Superblock, reserve_open: Arc<AtomicBool>) -> Self {
         Self {
+            reserve_open,
             dev,
             state: Mutex::new(State {
                 len: sb.db_len,
@@ -75,7 +86,12 @@ impl redb::StorageBackend for LuBackend {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.state();
-        if len > s.sb.meta_len {
+        let limit = if self.reserve_open.load(Ordering::Acquire) {
+            s.sb.meta_len
+        } else {
+            s.sb.meta_len - reserve_bytes(s.sb.meta_len)
+        };
+        if len > limit && len > s.len {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!("the metadata area is full ({} MiB)", s.sb.meta_len >> 20),

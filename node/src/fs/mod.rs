@@ -61,11 +61,17 @@ pub enum FsError {
     FailedPrecondition(String),
     #[error("{0}")]
     NoSpace(String),
+    /// The metadata area has no room for what the change would add.
+    #[error("{0}")]
+    MetadataFull(String),
     #[error("{0}")]
     OutOfRange(String),
     /// The LU failed an I/O; nothing of the failed call was committed.
     #[error("{0}")]
     Io(String),
+    /// A call that must be sent again whole; nothing of it was kept.
+    #[error("{0}")]
+    Interrupted(String),
     /// The on-LU structures are not what this code wrote.
     #[error("{0}")]
     Corrupt(String),
@@ -75,11 +81,18 @@ impl FsError {
     pub(crate) fn db(e: impl std::fmt::Display) -> Self {
         let msg = e.to_string();
         if msg.contains("metadata area is full") {
-            FsError::NoSpace("the file system's metadata area is full; delete files or move data to a larger LU".into())
+            FsError::MetadataFull(metadata_full())
         } else {
             FsError::Io(format!("file system metadata: {msg}"))
         }
     }
+}
+
+/// What a caller is told when the metadata area has no room left.
+pub(crate) fn metadata_full() -> String {
+    "the file system's metadata area is full (it holds the names, attributes and block maps of files); \
+     deletes still work: delete files or directories to make room, or move the data to a larger LU"
+        .into()
 }
 
 impl From<crate::array::ArrayError> for FsError {
@@ -152,6 +165,9 @@ pub struct Space {
     pub data_bytes: u64,
     pub free_bytes: u64,
     pub files: u64,
+    /// Size of the metadata area, and how much of it the database spans.
+    pub meta_bytes: u64,
+    pub meta_used_bytes: u64,
 }
 
 /// An absolute path split into checked names.

@@ -14,12 +14,15 @@ use crate::array::{ArrayError, BlockDevice};
 /// the power: everything written since the last flush is lost.
 struct MemDev {
     state: Mutex<(Vec<u8>, Vec<u8>)>,
+    /// This many of the next writes fail with EIO.
+    failing: std::sync::atomic::AtomicU64,
 }
 
 impl MemDev {
     fn new(len: usize) -> Arc<Self> {
         Arc::new(MemDev {
             state: Mutex::new((vec![0; len], vec![0; len])),
+            failing: Default::default(),
         })
     }
 
@@ -28,6 +31,7 @@ impl MemDev {
         let s = self.state.lock().unwrap();
         Arc::new(MemDev {
             state: Mutex::new((s.1.clone(), s.1.clone())),
+            failing: Default::default(),
         })
     }
 }
@@ -42,6 +46,18 @@ impl BlockDevice for MemDev {
         Ok(())
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> std::result::Result<(), ArrayError> {
+        let fail = |n: u64| n.checked_sub(1);
+        if self
+            .failing
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                fail,
+            )
+            .is_ok()
+        {
+            return Err(ArrayError::io("injected", std::io::Error::from_raw_os_error(libc::EIO)));
+        }
         let mut s = self.state.lock().unwrap();
         s.0[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         Ok(())
@@ -86,6 +102,7 @@ fn change(v: &Volume, caller: &Caller, change: Change) -> Result<Outcome> {
         change,
         call: None,
         durable: true,
+        stream_since: None,
     })
 }
 
@@ -135,6 +152,8 @@ fn kind(e: &FsError) -> &'static str {
         FsError::PermissionDenied(_) => "perm",
         FsError::FailedPrecondition(_) => "precondition",
         FsError::NoSpace(_) => "nospace",
+        FsError::MetadataFull(_) => "metafull",
+        FsError::Interrupted(_) => "interrupted",
         FsError::OutOfRange(_) => "range",
         FsError::Io(_) => "io",
         FsError::Corrupt(_) => "corrupt",
@@ -424,6 +443,7 @@ fn non_durable_pieces_vanish_in_a_power_cut_and_leave_no_trace() {
             },
             call: None,
             durable: false,
+            stream_since: None,
         })
         .unwrap();
     }
@@ -455,6 +475,7 @@ fn a_call_sent_twice_is_applied_once() {
                 acked: 0,
             }),
             durable: true,
+            stream_since: None,
         })
     };
     assert_eq!(append(1).unwrap(), Outcome::Size(1));
@@ -475,6 +496,7 @@ fn a_call_sent_twice_is_applied_once() {
             acked: 3,
         }),
         durable: true,
+        stream_since: None,
     })
     .unwrap();
     assert_eq!(v.stored_reply("c1", 1).unwrap(), None);
@@ -603,4 +625,100 @@ fn a_large_sequential_file_stays_in_one_extent() {
     assert_eq!(a.allocated_bytes, 8 << 20);
     assert!(a.head_address >= layout::META_AT);
     assert_eq!(v.read(&root(), f, (5 << 20) - 1, 2).unwrap(), vec![4, 5]);
+}
+
+#[test]
+fn a_full_metadata_area_refuses_additions_and_deletes_still_work() {
+    // The smallest LU a file system fits (an 8 MiB metadata area).
+    let v = Volume::mount(MemDev::new(14 << 20)).unwrap();
+    let name = |t: usize, i: usize| format!("/{t:02}-{i:06}-{}", "n".repeat(180));
+    let create = |v: &Volume, c: &Caller, path: &str| {
+        v.change_blocking(Request {
+            caller: c.clone(),
+            change: Change::Create {
+                path: p(path),
+                mode: 0o644,
+                exclusive: true,
+                truncate: false,
+            },
+            call: None,
+            durable: true,
+            stream_since: None,
+        })
+    };
+    // Many writers at once, as 64 clients would: groups of changes.
+    let made: Vec<Vec<String>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..32)
+            .map(|t| {
+                let v = &v;
+                s.spawn(move || {
+                    let mut made = Vec::new();
+                    for i in 0.. {
+                        match create(v, &root(), &name(t, i)) {
+                            Ok(_) => made.push(name(t, i)),
+                            Err(e) => {
+                                assert_eq!(kind(&e), "metafull", "{e}");
+                                return made;
+                            }
+                        }
+                    }
+                    made
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let files: usize = made.iter().map(Vec::len).sum();
+    assert!(files > 1000, "only {files} files fit");
+    let space = v.space().unwrap();
+    assert!(space.meta_used_bytes > space.meta_bytes / 2, "{space:?}");
+    // Full: additions are refused, precisely and at once, every time.
+    for _ in 0..3 {
+        let e = create(&v, &root(), "/one-more").unwrap_err();
+        assert_eq!(kind(&e), "metafull", "{e}");
+        assert!(e.to_string().contains("delete files"), "{e}");
+    }
+    // Reads and deletes work in the full area.
+    assert!(v.stat(&root(), &p(&made[0][0])).is_ok());
+    for path in made.iter().flatten() {
+        change(&v, &root(), Change::Unlink { path: p(path) }).unwrap();
+    }
+    // And the freed room takes new files without a remount.
+    for i in 0..100 {
+        create(&v, &root(), &format!("/again-{i}")).unwrap();
+    }
+}
+
+#[test]
+fn a_failed_group_reopens_the_database_and_a_stream_across_it_is_refused() {
+    let dev = MemDev::new(DEV_BYTES);
+    let v = Volume::mount(dev.clone()).unwrap();
+    let ino = create(&v, &root(), "/f").unwrap();
+    let piece = |offset: u64, durable: bool, since: Option<u64>| {
+        v.change_blocking(Request {
+            caller: root(),
+            change: Change::Write {
+                ino,
+                offset,
+                data: vec![5u8; 4096].into(),
+            },
+            call: None,
+            durable,
+            stream_since: since,
+        })
+    };
+    let since = Some(v.generation());
+    piece(0, false, since).unwrap();
+    // The device fails one group: nothing of it is kept, and the database,
+    // which redb would now refuse to use, is opened again.
+    dev.failing.store(1, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(kind(&write(&v, &root(), ino, 0, b"x").unwrap_err()), "io");
+    assert_eq!(v.generation(), since.unwrap() + 1);
+    // The stream's first piece did not survive that: its end is refused.
+    let last = piece(4096, true, since).unwrap_err();
+    assert_eq!(kind(&last), "interrupted", "{last}");
+    assert_eq!(v.stat(&root(), &p("/f")).unwrap().inode.size, 0);
+    // The volume works on: writes, and streams begun after the reopening.
+    piece(0, true, Some(v.generation())).unwrap();
+    assert_eq!(v.stat(&root(), &p("/f")).unwrap().inode.size, 4096);
 }

@@ -13,9 +13,16 @@
 //!
 //! Reads take the data lock shared and the writer takes it exclusive, so a
 //! read never sees an extent whose blocks a concurrent change has freed
-//! and reused. Owns the redb database of the LU; must never let a caller
+//! and reused.
+//!
+//! A failed write transaction leaves redb refusing every later one, so the
+//! writer reopens the database after any group that failed in it. When
+//! the metadata area is full, changes that would add to it are refused
+//! and those that free space (unlink, rmdir, truncate) run in a reserve
+//! kept for them. Owns the redb database of the LU; must never let a caller
 //! reach it except through [`Volume`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase};
@@ -99,6 +106,11 @@ pub struct Request {
     /// Whether the caller waits for the change to be durable (every change
     /// but the pieces of a streamed write).
     pub durable: bool,
+    /// For the pieces of a streamed write: the database generation (see
+    /// [`Volume::generation`]) when its first piece was sent. Refused if
+    /// the database was reopened since: the earlier pieces, committed but
+    /// not durable, did not survive that.
+    pub stream_since: Option<u64>,
 }
 
 struct Job {
@@ -107,10 +119,31 @@ struct Job {
 }
 
 struct Inner {
-    db: Database,
+    /// Replaced whole when the writer reopens it; readers keep the one
+    /// they started with.
+    db: RwLock<Arc<Database>>,
     dev: Arc<dyn BlockDevice>,
     data_lock: RwLock<()>,
     data_len: u64,
+    meta_len: u64,
+    /// Lets the database grow into the reserve (changes that free space).
+    reserve_open: Arc<AtomicBool>,
+    /// The metadata area ran full, and no change has freed space since.
+    meta_full: AtomicBool,
+    /// Times the database was reopened.
+    generation: std::sync::atomic::AtomicU64,
+    /// Why the database cannot be reopened, once it cannot.
+    broken: std::sync::Mutex<Option<String>>,
+}
+
+/// Opens the database in the metadata area of `dev`, as its superblock
+/// describes it (a new one when `sb` is given: the LU is being formatted).
+fn open_db(dev: &Arc<dyn BlockDevice>, sb: Superblock, reserve_open: &Arc<AtomicBool>) -> Result<Database> {
+    let backend = LuBackend::new(dev.clone(), sb, reserve_open.clone());
+    Database::builder()
+        .set_cache_size(64 << 20)
+        .create_with_backend(backend)
+        .map_err(|e| FsError::Corrupt(format!("the file system's metadata cannot be opened: {e}")))
 }
 
 /// A mounted file system; dropping it stops its writer once the queue is
@@ -142,12 +175,9 @@ impl Volume {
             Some(sb) => (sb, false),
             None => (Superblock::for_capacity(dev.len(), rand::random())?, true),
         };
-        let (data_at, data_len) = (sb.data_at, sb.data_len);
-        let backend = LuBackend::new(dev.clone(), sb);
-        let db = Database::builder()
-            .set_cache_size(64 << 20)
-            .create_with_backend(backend)
-            .map_err(|e| FsError::Corrupt(format!("the file system's metadata cannot be opened: {e}")))?;
+        let (data_at, data_len, meta_len) = (sb.data_at, sb.data_len, sb.meta_len);
+        let reserve_open = Arc::new(AtomicBool::new(false));
+        let db = open_db(&dev, sb, &reserve_open)?;
         if fresh {
             let txn = db.begin_write().map_err(FsError::db)?;
             {
@@ -159,10 +189,15 @@ impl Volume {
             tracing::info!(data_mib = data_len >> 20, "formatted a file system");
         }
         let inner = Arc::new(Inner {
-            db,
+            db: RwLock::new(Arc::new(db)),
             dev,
             data_lock: RwLock::new(()),
             data_len,
+            meta_len,
+            reserve_open,
+            meta_full: AtomicBool::new(false),
+            generation: Default::default(),
+            broken: std::sync::Mutex::new(None),
         });
         let (queue, rx) = mpsc::channel();
         let writer = inner.clone();
@@ -200,8 +235,14 @@ impl Volume {
         Ok(rx)
     }
 
+    /// Counts reopenings of the database (each loses the changes that were
+    /// committed but not durable).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
     fn read_txn(&self) -> Result<redb::ReadTransaction> {
-        self.inner.db.begin_read().map_err(FsError::db)
+        self.inner.db().begin_read().map_err(FsError::db)
     }
 
     /// Metadata of the file or directory at `path`.
@@ -302,10 +343,13 @@ impl Volume {
     pub fn space(&self) -> Result<Space> {
         let txn = self.read_txn()?;
         let meta = txn.open_table(META).map_err(FsError::db)?;
+        let sb = Superblock::read(self.inner.dev.as_ref())?;
         Ok(Space {
             data_bytes: self.inner.data_len,
             free_bytes: tree::counter(&meta, "free_bytes")?,
             files: tree::counter(&meta, "files")?,
+            meta_bytes: self.inner.meta_len,
+            meta_used_bytes: sb.map_or(0, |sb| sb.db_len),
         })
     }
 
@@ -339,30 +383,120 @@ fn decode_outcome(bytes: &[u8]) -> Result<Outcome> {
     postcard::from_bytes(bytes).map_err(|e| FsError::Corrupt(format!("stored reply: {e}")))
 }
 
+/// Why a group failed in the database itself, which redb then refuses to
+/// use until it is reopened.
+struct Broken(FsError);
+
 impl Inner {
+    fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn run(&self, rx: mpsc::Receiver<Job>) {
         while let Some(batch) = crate::group_commit::next_group(&rx, GROUP) {
-            let results = self.apply(&batch);
+            let results = self.apply_or_recover(&batch);
             for (job, r) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(r);
             }
         }
     }
 
-    /// Applies a group of changes in one transaction; one result each.
-    fn apply(&self, batch: &[Job]) -> Vec<Result<Outcome>> {
-        let _exclusive = self.data_lock.write().unwrap_or_else(|p| p.into_inner());
+    /// Applies a group; after a failure in the database, reopens it, and
+    /// when the failure was a full metadata area, applies the group again
+    /// with only the changes that free space.
+    fn apply_or_recover(&self, batch: &[Job]) -> Vec<Result<Outcome>> {
         let all_fail = |e: FsError| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
-        let mut txn = match self.db.begin_write() {
-            Ok(t) => t,
-            Err(e) => return all_fail(FsError::db(e)),
+        if let Some(why) = self.broken.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return all_fail(FsError::Corrupt(why));
+        }
+        let full = self.meta_full.load(Ordering::Acquire);
+        let Broken(e) = match self.apply(batch, full) {
+            Ok(results) => return results,
+            Err(b) => b,
         };
+        if let Err(why) = self.reopen() {
+            return all_fail(why);
+        }
+        if !matches!(e, FsError::MetadataFull(_)) || full {
+            // Nothing was committed, and the database is usable again.
+            return all_fail(e);
+        }
+        tracing::warn!("the file system's metadata area is full: refusing changes that add to it until space is freed");
+        self.meta_full.store(true, Ordering::Release);
+        match self.apply(batch, true) {
+            Ok(results) => results,
+            Err(Broken(e)) => {
+                if let Err(why) = self.reopen() {
+                    return all_fail(why);
+                }
+                all_fail(e)
+            }
+        }
+    }
+
+    /// Drops the database redb refuses to use after a failed transaction
+    /// and opens it again from what is durable on the LU. If that fails,
+    /// the volume refuses every call from now on (DATA_LOSS), so that the
+    /// export is moved or restored rather than retried forever.
+    fn reopen(&self) -> Result<()> {
+        let _exclusive = self.data_lock.write().unwrap_or_else(|p| p.into_inner());
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Recovery at open writes to the database: it may use the reserve.
+        self.reserve_open.store(true, Ordering::Release);
+        let opened = match Superblock::read(self.dev.as_ref()) {
+            Ok(Some(sb)) => open_db(&self.dev, sb, &self.reserve_open),
+            Ok(None) => Err(FsError::Corrupt("the file-system superblock is gone".into())),
+            Err(e) => Err(e),
+        };
+        self.reserve_open.store(false, Ordering::Release);
+        match opened {
+            Ok(new) => {
+                *db = Arc::new(new);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                tracing::info!("file-system metadata reopened after a failed transaction");
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!(
+                    "the file system's metadata cannot be reopened after a failed transaction ({e}); \
+                     move the export to another CHN (`nasctl export move`) or restore it"
+                );
+                tracing::error!("{why}");
+                *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                Err(FsError::Corrupt(why))
+            }
+        }
+    }
+
+    /// Applies a group of changes in one transaction; one result each.
+    /// With `meta_full`, changes that would add to the metadata are refused
+    /// and the others may use the reserve.
+    fn apply(&self, batch: &[Job], meta_full: bool) -> std::result::Result<Vec<Result<Outcome>>, Broken> {
+        let _exclusive = self.data_lock.write().unwrap_or_else(|p| p.into_inner());
+        let db = self.db();
+        let mut txn = db.begin_write().map_err(|e| Broken(FsError::db(e)))?;
         let mut results = Vec::with_capacity(batch.len());
+        self.reserve_open.store(meta_full, Ordering::Release);
         let staged = (|| {
             let mut tx = Tx::open(&txn, self.dev.as_ref())?;
             for job in batch {
-                let r = apply_one(&mut tx, &job.req);
+                let reopened = job
+                    .req
+                    .stream_since
+                    .is_some_and(|g| g != self.generation.load(Ordering::Acquire));
+                let r = if reopened {
+                    Err(FsError::Interrupted(
+                        "the file system was reopened while this streamed write was in flight, and its earlier pieces were not kept; send the whole write again".into(),
+                    ))
+                } else if meta_full && adds_metadata(&job.req.change) {
+                    Err(FsError::MetadataFull(super::metadata_full()))
+                } else {
+                    apply_one(&mut tx, &job.req)
+                };
                 if let Err(e @ (FsError::Io(_) | FsError::Corrupt(_))) = &r {
+                    return Err(e.clone());
+                }
+                if let (false, Err(e @ FsError::MetadataFull(_))) = (meta_full, &r) {
                     return Err(e.clone());
                 }
                 results.push(r);
@@ -371,34 +505,40 @@ impl Inner {
             tx.finish()?;
             Ok(durable)
         })();
-        let durable = match staged {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = txn.abort();
-                tracing::error!("file-system group of {} changes aborted: {e}", batch.len());
-                return all_fail(e);
-            }
-        };
-        let level = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        if let Err(e) = txn.set_durability(level) {
-            return all_fail(FsError::db(e));
-        }
-        if let Err(e) = txn.commit() {
-            let e = FsError::db(e);
-            tracing::error!("file-system commit failed: {e}");
-            return all_fail(e);
+        let committed = staged.and_then(|durable| {
+            let level = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            txn.set_durability(level).map_err(FsError::db)?;
+            txn.commit().map_err(FsError::db)?;
+            Ok(durable)
+        });
+        self.reserve_open.store(false, Ordering::Release);
+        let durable = committed.map_err(|e| {
+            tracing::error!("file-system group of {} changes not committed: {e}", batch.len());
+            Broken(e)
+        })?;
+        if meta_full && batch.iter().any(|j| !adds_metadata(&j.req.change)) {
+            // Something may have been freed: let the next group try.
+            self.meta_full.store(false, Ordering::Release);
         }
         if !durable {
             // Pieces of a streamed write: let the disks take them now, while
             // the next ones travel, rather than all at the final flush.
             self.dev.start_writeback();
         }
-        results
+        Ok(results)
     }
+}
+
+/// Whether a change can need more metadata than it frees.
+fn adds_metadata(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::Mkdir { .. } | Change::Create { .. } | Change::Write { .. } | Change::Rename { .. }
+    )
 }
 
 fn apply_one(tx: &mut Tx<'_>, req: &Request) -> Result<Outcome> {

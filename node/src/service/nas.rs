@@ -43,6 +43,83 @@ pub struct NasService {
     pub auditor: crate::chn::audit::Auditor,
 }
 
+/// Applies the chunks of a streamed write, one chunk ahead: the last one
+/// commits durably with the reply, so a one-chunk write costs one commit;
+/// earlier ones commit without a flush. `wrote_from` is the lowest offset
+/// any applied piece wrote at.
+async fn write_pieces(
+    ctx: &Ctx,
+    handle: u64,
+    first: WriteChunk,
+    stream: &mut Streaming<WriteChunk>,
+    wrote_from: &mut Option<u64>,
+) -> Result<u64, Status> {
+    let mut pending = first;
+    // Every piece is refused once the database was reopened after the
+    // first: the pieces committed before it (not durable) are gone.
+    let since = Some(ctx.vol.generation());
+    loop {
+        let next = stream.next().await.transpose()?;
+        let offset = pending.offset;
+        let change = Change::Write {
+            ino: handle,
+            offset,
+            data: std::mem::take(&mut pending.data),
+        };
+        match next {
+            None => {
+                let last = FsRequest {
+                    stream_since: since,
+                    ..ctx.request(change)
+                };
+                let done = ctx.vol.change(last).await.map_err(Status::from)?;
+                *wrote_from = Some(wrote_from.map_or(offset, |w| w.min(offset)));
+                return match done {
+                    Outcome::Size(s) => Ok(s),
+                    other => Err(Status::internal(format!("unexpected file-system reply {other:?}"))),
+                };
+            }
+            Some(chunk) => {
+                let piece = FsRequest {
+                    call: None,
+                    durable: false,
+                    stream_since: since,
+                    ..ctx.request(change)
+                };
+                ctx.vol.change(piece).await.map_err(Status::from)?;
+                *wrote_from = Some(wrote_from.map_or(offset, |w| w.min(offset)));
+                pending = chunk;
+            }
+        }
+    }
+}
+
+/// A streamed write that failed part-way (no space left, a broken stream)
+/// must not leave part of itself: when every piece applied lay at or past
+/// the file's old end (a new file, an append: what `fs put` sends), the
+/// file is cut back to its old size. Bytes a stream overwrote inside the
+/// file cannot be put back; sending `total` has the space checked before
+/// any byte is stored.
+async fn undo_growth(ctx: &Ctx, handle: u64, size_before: u64, wrote_from: Option<u64>) {
+    let Some(from) = wrote_from.filter(|&w| w >= size_before) else {
+        return;
+    };
+    let undo = FsRequest {
+        call: None,
+        ..ctx.request(Change::Truncate {
+            ino: handle,
+            size: size_before,
+        })
+    };
+    if let Err(e) = ctx.vol.change(undo).await {
+        tracing::warn!(
+            handle,
+            from,
+            "the part of a failed streamed write could not be removed: {e}"
+        );
+    }
+}
+
 fn file_attr(handles: &Handles, a: Attr) -> FileAttr {
     let i = a.inode;
     FileAttr {
@@ -94,6 +171,7 @@ impl Ctx {
             change,
             call: self.call.clone(),
             durable: true,
+            stream_since: None,
         }
     }
 
@@ -271,6 +349,7 @@ impl Nas for NasService {
                         },
                         call: None,
                         durable: false,
+                        stream_since: None,
                     };
                     let _ = vol.change(forget).await;
                 }
@@ -318,6 +397,8 @@ impl Nas for NasService {
             data_bytes: s.data_bytes,
             free_bytes: s.free_bytes,
             files: s.files,
+            meta_bytes: s.meta_bytes,
+            meta_used_bytes: s.meta_used_bytes,
         }))
     }
 
@@ -431,33 +512,13 @@ impl Nas for NasService {
             let (ino, offset, total) = (handle, first.offset, first.total);
             ctx.read(move |v, _| v.check_fits(ino, offset, total)).await?;
         }
-        // One chunk ahead: the last one commits durably with the reply, so a
-        // one-chunk write costs one commit; earlier ones commit without a flush.
-        let mut pending = first;
-        loop {
-            let next = stream.next().await.transpose()?;
-            let change = Change::Write {
-                ino: handle,
-                offset: pending.offset,
-                data: std::mem::take(&mut pending.data),
-            };
-            match next {
-                None => {
-                    let size = match ctx.change(change).await? {
-                        Outcome::Size(s) => s,
-                        other => return Err(Status::internal(format!("unexpected file-system reply {other:?}"))),
-                    };
-                    return Ok(Response::new(FileWriteReply { size }));
-                }
-                Some(chunk) => {
-                    let piece = FsRequest {
-                        call: None,
-                        durable: false,
-                        ..ctx.request(change)
-                    };
-                    ctx.vol.change(piece).await.map_err(Status::from)?;
-                    pending = chunk;
-                }
+        let size_before = ctx.read(move |v, _| v.stat_handle(handle)).await?.inode.size;
+        let mut wrote_from = None;
+        match write_pieces(&ctx, handle, first, &mut stream, &mut wrote_from).await {
+            Ok(size) => Ok(Response::new(FileWriteReply { size })),
+            Err(e) => {
+                undo_growth(&ctx, handle, size_before, wrote_from).await;
+                Err(e)
             }
         }
     }

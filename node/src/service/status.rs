@@ -96,10 +96,11 @@ impl From<FsError> for Status {
             FsError::AlreadyExists(m) => Status::already_exists(m),
             FsError::PermissionDenied(m) => Status::permission_denied(m),
             FsError::FailedPrecondition(m) => Status::failed_precondition(m),
-            FsError::NoSpace(m) => Status::resource_exhausted(m),
+            FsError::NoSpace(m) | FsError::MetadataFull(m) => Status::resource_exhausted(m),
             FsError::OutOfRange(m) => Status::out_of_range(m),
             // Nothing of the call was committed: the client may send it again.
             FsError::Io(m) => Status::unavailable(format!("{m}; nothing was changed, retry")),
+            FsError::Interrupted(m) => Status::unavailable(m),
             FsError::Corrupt(m) => Status::data_loss(m),
         }
     }
@@ -169,4 +170,3 @@ pub fn undecodable_is_invalid_argument(resp: http::Response<Body>) -> http::Resp
         _ => resp,
     }
 }
-

@@ -302,7 +302,15 @@ async fn fs_command(nas: &NasClient, cmd: FsCmd, json: bool) -> anyhow::Result<(
         FsCmd::Df { export } => {
             let export = export.trim_end_matches(':').to_string();
             let s = nas.statfs().await.map_err(status_err)?;
-            let mut t = Table::new(&["export", "data_bytes", "free_bytes", "used_pct", "files"]);
+            let mut t = Table::new(&[
+                "export",
+                "data_bytes",
+                "free_bytes",
+                "used_pct",
+                "files",
+                "meta_bytes",
+                "meta_used_bytes",
+            ]);
             let used = s.data_bytes.saturating_sub(s.free_bytes) as f64 * 100.0 / s.data_bytes.max(1) as f64;
             t.row(vec![
                 json!(export),
@@ -310,6 +318,8 @@ async fn fs_command(nas: &NasClient, cmd: FsCmd, json: bool) -> anyhow::Result<(
                 json!(s.free_bytes),
                 json!(format!("{used:.1}")),
                 json!(s.files),
+                json!(s.meta_bytes),
+                json!(s.meta_used_bytes),
             ]);
             t.print(json);
         }

@@ -45,10 +45,10 @@ impl LuHost {
         Some(o.epoch)
     }
 
-    /// Closes an LU whose lease ran out: another CHN may own it by now.
-    pub(super) fn close_lost(&self, lu: u32) {
-        tracing::warn!(lu, "LU lease lost: its lease ran out without renewal");
-        self.close(lu, "its lease ran out without renewal");
+    /// Closes an LU whose lock this CHN lost: another CHN may own it by now.
+    pub(super) fn close_lost(&self, lu: u32, why: &str) {
+        tracing::warn!(lu, "LU lease lost: {why}");
+        self.close(lu, why);
     }
 
     /// Flushes `lu` and clears its write-intent bits while this CHN still
@@ -120,7 +120,7 @@ impl LuHost {
                 .map(|(lu, _)| *lu)
                 .collect();
             for lu in expired {
-                self.close_lost(lu);
+                self.close_lost(lu, "its lease ran out without renewal");
             }
         }
     }
@@ -141,7 +141,7 @@ impl LuHost {
             }
             Err(Error::SharedLu(e)) if e.is_rejected(RejectKind::LockHeld) => {
                 fence.trip();
-                self.close(lu, &e.to_string());
+                self.close_lost(lu, &e.to_string());
                 None
             }
             Err(e) => {

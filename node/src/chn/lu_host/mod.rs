@@ -313,7 +313,7 @@ impl LuHost {
             if dev.fence().check(lu).is_ok() {
                 return Ok(Route::Local(dev));
             }
-            self.close_lost(lu);
+            self.close_lost(lu, "its lease ran out without renewal");
         }
         self.shared().ensure_current().await?;
         // An exported LU that nobody holds is left to the export's owner:
