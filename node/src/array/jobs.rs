@@ -173,6 +173,10 @@ impl LuDevice {
             r.repaired += found.repaired as u64;
             r.lost += found.lost as u64;
         }
+        // A repair a power cut could undo is no repair.
+        if r.repaired > 0 {
+            self.sync_all(inner);
+        }
         self.settle_failures(inner)?;
         Ok(r)
     }

@@ -295,6 +295,14 @@ impl Redundancy for Parity {
             if done {
                 return Ok(());
             }
+            // Nothing failed, yet a read did: a block this write needs is
+            // damaged on a member and cannot be rebuilt from the others.
+            if (0..dev.geo.members).all(|i| inner.slots[i].available(p.stripe) != missing.contains(&i)) {
+                return Err(ArrayError::Corrupted {
+                    lu: dev.lu,
+                    offset: p.stripe * dev.geo.stripe_bytes(),
+                });
+            }
         }
         Err(dev.lu_failed(format!("stripe {} could not be written", p.stripe)))
     }

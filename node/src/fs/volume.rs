@@ -401,37 +401,44 @@ impl Inner {
         }
     }
 
-    /// Applies a group; after a failure in the database, reopens it, and
-    /// when the failure was a full metadata area, applies the group again
-    /// with only the changes that free space.
+    /// Applies a group; after a failure in the database, reopens it. When
+    /// the failure was a full metadata area, and from then on until space
+    /// is freed, applies changes one per transaction: those that would add
+    /// to the metadata are refused, and each of the others fits the
+    /// reserve and frees room for the next.
     fn apply_or_recover(&self, batch: &[Job]) -> Vec<Result<Outcome>> {
         let all_fail = |e: FsError| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
         if let Some(why) = self.broken.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return all_fail(FsError::Corrupt(why));
         }
-        let full = self.meta_full.load(Ordering::Acquire);
-        let Broken(e) = match self.apply(batch, full) {
-            Ok(results) => return results,
-            Err(b) => b,
-        };
-        if let Err(why) = self.reopen() {
-            return all_fail(why);
-        }
-        if !matches!(e, FsError::MetadataFull(_)) || full {
-            // Nothing was committed, and the database is usable again.
-            return all_fail(e);
-        }
-        tracing::warn!("the file system's metadata area is full: refusing changes that add to it until space is freed");
-        self.meta_full.store(true, Ordering::Release);
-        match self.apply(batch, true) {
-            Ok(results) => results,
-            Err(Broken(e)) => {
-                if let Err(why) = self.reopen() {
-                    return all_fail(why);
-                }
-                all_fail(e)
+        if !self.meta_full.load(Ordering::Acquire) {
+            let Broken(e) = match self.apply(batch, false) {
+                Ok(results) => return results,
+                Err(b) => b,
+            };
+            if let Err(why) = self.reopen() {
+                return all_fail(why);
             }
+            if !matches!(e, FsError::MetadataFull(_)) {
+                // Nothing was committed, and the database is usable again.
+                return all_fail(e);
+            }
+            tracing::warn!("the file system's metadata area is full: refusing changes that add to it until space is freed");
+            self.meta_full.store(true, Ordering::Release);
         }
+        batch
+            .iter()
+            .map(|job| match self.apply(std::slice::from_ref(job), true) {
+                Ok(results) => results
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| Err(FsError::Io("a change got no result".into()))),
+                Err(Broken(e)) => {
+                    self.reopen()?;
+                    Err(e)
+                }
+            })
+            .collect()
     }
 
     /// Drops the database redb refuses to use after a failed transaction
