@@ -81,6 +81,15 @@ pub struct Settings {
     /// bandwidth to clients; 0 means as fast as the disks go [default: 0].
     #[arg(long, env = "NASD_REBUILD_MAX_MB_S")]
     pub rebuild_max_mb_s: Option<u64>,
+    /// Scrub every LU this CHN holds this often, in seconds: every block
+    /// checked against its checksum and damaged copies rewritten from good
+    /// ones; 0 turns scheduled scrubs off [default: 604800, a week].
+    #[arg(long, env = "NASD_SCRUB_EVERY_S")]
+    pub scrub_every_s: Option<u64>,
+    /// Most LU data a scrub (scheduled or `nasctl lu scrub`) checks per
+    /// second, in MB/s; 0 means as fast as the disks go [default: 0].
+    #[arg(long, env = "NASD_SCRUB_MAX_MB_S")]
+    pub scrub_max_mb_s: Option<u64>,
     /// A partner CHN counts as failed once its heartbeat in the shared LU is
     /// this old, in milliseconds (or its direct health probe failed three
     /// times in a row) [default: 1000].
@@ -156,8 +165,8 @@ pub struct Config {
     pub raft: RaftSettings,
     pub daemon_interval: Duration,
     pub lu_lease: Duration,
-    /// Rebuild rate limit in bytes per second, if any.
-    pub rebuild_limit: Option<u64>,
+    /// Rebuild and scrub settings.
+    pub maintenance: crate::chn::lu_host::Maintenance,
     pub session_lease: Duration,
     pub session_ttl: Duration,
     pub failover: FailoverSettings,
@@ -165,6 +174,11 @@ pub struct Config {
     pub worker_threads: usize,
     pub tls: Tls,
     pub audit: crate::chn::audit::Retention,
+}
+
+/// A rate in MB/s as bytes per second; 0 or none: no limit.
+fn mb_per_s(mb: Option<u64>) -> Option<u64> {
+    mb.filter(|&m| m > 0).map(|m| m.saturating_mul(1_000_000))
 }
 
 /// The node id a CHN name implies: its trailing digits.
@@ -193,6 +207,8 @@ impl Settings {
             daemon_interval_ms: self.daemon_interval_ms.or(file.daemon_interval_ms),
             lu_lease_ms: self.lu_lease_ms.or(file.lu_lease_ms),
             rebuild_max_mb_s: self.rebuild_max_mb_s.or(file.rebuild_max_mb_s),
+            scrub_every_s: self.scrub_every_s.or(file.scrub_every_s),
+            scrub_max_mb_s: self.scrub_max_mb_s.or(file.scrub_max_mb_s),
             session_lease_ms: self.session_lease_ms.or(file.session_lease_ms),
             failover_detect_ms: self.failover_detect_ms.or(file.failover_detect_ms),
             probe_interval_ms: self.probe_interval_ms.or(file.probe_interval_ms),
@@ -325,10 +341,12 @@ impl Settings {
             },
             daemon_interval: Duration::from_millis(daemon_interval_ms),
             lu_lease: Duration::from_millis(lu_lease_ms),
-            rebuild_limit: merged
-                .rebuild_max_mb_s
-                .filter(|&m| m > 0)
-                .map(|m| m.saturating_mul(1_000_000)),
+            maintenance: crate::chn::lu_host::Maintenance {
+                rebuild_limit: mb_per_s(merged.rebuild_max_mb_s),
+                scrub_limit: mb_per_s(merged.scrub_max_mb_s),
+                scrub_every: Some(Duration::from_secs(merged.scrub_every_s.unwrap_or(7 * 24 * 3600)))
+                    .filter(|d| !d.is_zero()),
+            },
             session_lease: Duration::from_millis(session_lease_ms),
             session_ttl: Duration::from_secs(session_ttl_s),
             failover: FailoverSettings {

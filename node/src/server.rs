@@ -135,7 +135,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     tracing::info!(name = %cfg.name, node_id = cfg.node_id, %addr, data = %cfg.data.display(), "CHN serving");
 
     let (host, host_task) =
-        crate::chn::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.rebuild_limit);
+        crate::chn::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.maintenance);
     let host_task = tokio::spawn(host_task);
     let access = crate::access::Access::new(lu.clone(), crate::access::Passwords::new()?);
     let (auditor, audit_task) = crate::chn::audit::Auditor::new(lu.clone(), cfg.audit);

@@ -262,3 +262,43 @@ async fn a_full_metadata_area_refuses_creates_while_deletes_go_on() -> anyhow::R
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_scrub_finds_and_repairs_damage_nobody_read() -> anyhow::Result<()> {
+    use nas_client::proto::{ListRequest, WriteLuRequest};
+    let c = TestCluster::up(1, &["--scrub-every-s=2"])?;
+    ok(c.nasctl(&["array", "init", "--disks", "3", "--size", "8M"]));
+    ok(c.nasctl(&["lu", "create", "--raid", "5", "--disks", "1,2,3"]));
+    let req = WriteLuRequest {
+        lu: 1,
+        offset: 0,
+        data: random_bytes(1 << 20, 8),
+        flush: true,
+    };
+    c.admin("CHN1").write_lu(req).await?;
+    // Damage a block of disk 1 behind the LU's back, while it runs.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk_file(&c, 1))?;
+    let at = f.metadata()?.len() - (8 << 20) + 100;
+    let mut good = [0u8; 64];
+    f.read_exact_at(&mut good, at)?;
+    f.write_all_at(&good.map(|b| !b), at)?;
+    let result = wait_until("a scheduled scrub that repairs", Duration::from_secs(30), || async {
+        let lus = c
+            .admin("CHN1")
+            .list_lus(ListRequest { local: false })
+            .await
+            .ok()?
+            .into_inner()
+            .lus;
+        let job = lus.into_iter().find(|l| l.number == 1)?.job?;
+        (job.kind == "scrub" && job.finished && job.result.contains(" 1 repaired")).then_some(job.result)
+    })
+    .await?;
+    let mut now = [0u8; 64];
+    f.read_exact_at(&mut now, at)?;
+    assert_eq!(now, good, "the damaged copy is still there after: {result}");
+    Ok(())
+}

@@ -60,7 +60,7 @@ fn errors(dev: &LuDevice) -> u64 {
 }
 
 fn scrub(dev: &LuDevice, repair: bool) -> jobs::ScrubReport {
-    jobs::scrub(dev, repair, &AtomicBool::new(false), |_, _| {}).unwrap()
+    jobs::scrub(dev, repair, &AtomicBool::new(false), None, |_, _| {}).unwrap()
 }
 
 #[test]

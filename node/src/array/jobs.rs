@@ -220,25 +220,32 @@ pub fn rebuild(
         if done == total {
             break;
         }
-        // Rate limit: pause until the bytes done fit the allowed rate. The
-        // device lock is not held here, so clients are served meanwhile.
-        if let Some(limit) = limit.filter(|&l| l > 0) {
-            let g = dev.geometry();
-            let bytes = (done - from) * g.unit * g.data_members() as u64;
-            let due = Duration::from_secs_f64(bytes as f64 / limit as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait.min(Duration::from_secs(1)));
-            }
-        }
+        pace(dev, done - from, started, limit);
     }
     Ok(last)
 }
 
-/// Scrubs the whole LU (or until `cancel`), calling `report` after every batch.
+/// Rate limit: pauses until `stripes` done since `started` fit `limit`
+/// bytes of LU data per second. The device lock is not held here, so
+/// clients are served meanwhile.
+fn pace(dev: &LuDevice, stripes: u64, started: Instant, limit: Option<u64>) {
+    if let Some(limit) = limit.filter(|&l| l > 0) {
+        let g = dev.geometry();
+        let bytes = stripes * g.unit * g.data_members() as u64;
+        let due = Duration::from_secs_f64(bytes as f64 / limit as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait.min(Duration::from_secs(1)));
+        }
+    }
+}
+
+/// Scrubs the whole LU (or until `cancel`), at most `limit` bytes of LU
+/// data per second, calling `report` after every batch.
 pub fn scrub(
     dev: &LuDevice,
     repair: bool,
     cancel: &AtomicBool,
+    limit: Option<u64>,
     mut report: impl FnMut(&Progress, &ScrubReport),
 ) -> Result<ScrubReport, ArrayError> {
     let started = Instant::now();
@@ -254,6 +261,7 @@ pub fn scrub(
         sum.skipped += r.skipped;
         s = (s + BATCH).min(total);
         report(&progress(dev, s, total, 0, started), &sum);
+        pace(dev, s, started, limit);
     }
     Ok(sum)
 }

@@ -248,9 +248,9 @@ fn scrub_finds_and_repairs_damaged_redundancy() {
         let damaged = rig.array.open_disk(3, rig.spec.disk_capacity).unwrap();
         damaged.write_data(10, b"rot").unwrap();
         let cancel = AtomicBool::new(false);
-        let found = jobs::scrub(&rig.dev, true, &cancel, |_, _| {}).unwrap();
+        let found = jobs::scrub(&rig.dev, true, &cancel, None, |_, _| {}).unwrap();
         assert_eq!((found.mismatches, found.repaired), (1, 1), "{raid:?}");
-        let again = jobs::scrub(&rig.dev, false, &cancel, |_, _| {}).unwrap();
+        let again = jobs::scrub(&rig.dev, false, &cancel, None, |_, _| {}).unwrap();
         assert_eq!(again.mismatches, 0);
         assert_eq!(again.stripes_checked, 8);
     }

@@ -18,7 +18,8 @@ use crate::array::BlockDevice;
 struct State {
     /// The length redb set last.
     len: u64,
-    /// `sb.db_len` only grows: a shrink is not persisted, so the durable
+    /// `sb.db_len` only grows (past the area, too: see `set_len`): a
+    /// shrink is not persisted, so the durable
     /// length always covers every page any durable commit may reference
     /// (a longer database than needed is what a crash mid-growth leaves
     /// anyway, and redb copes with it).
@@ -74,34 +75,39 @@ impl redb::StorageBackend for LuBackend {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        let len = self.state().len;
+        let (len, meta_len) = {
+            let s = self.state();
+            (s.len, s.sb.meta_len)
+        };
         if offset + out.len() as u64 > len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("metadata read at {offset} past the database end {len}"),
             ));
         }
-        self.dev.read_at(META_AT + offset, out).map_err(io_err)
+        // Past the area the database is virtual (see `set_len`): zeros.
+        let real = meta_len.saturating_sub(offset).min(out.len() as u64) as usize;
+        let (stored, virtual_part) = out.split_at_mut(real);
+        virtual_part.fill(0);
+        if stored.is_empty() {
+            return Ok(());
+        }
+        self.dev.read_at(META_AT + offset, stored).map_err(io_err)
     }
 
+    /// redb grows its file by doubling it, so a real limit here would
+    /// leave up to half the area unusable. Length past the area is granted
+    /// but virtual: it reads as zeros and refuses writes (redb allocates
+    /// the lowest free pages first, so it writes there only once the area
+    /// is really full).
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.state();
-        let limit = if self.reserve_open.load(Ordering::Acquire) {
-            s.sb.meta_len
-        } else {
-            s.sb.meta_len - reserve_bytes(s.sb.meta_len)
-        };
-        if len > limit && len > s.len {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!("the metadata area is full ({} MiB)", s.sb.meta_len >> 20),
-            ));
-        }
         // Growth must read as zeros; the area may hold an older, longer
         // database's pages.
         let mut at = s.len;
-        while at < len {
-            let n = (len - at).min(ZEROS.len() as u64) as usize;
+        let end = len.min(s.sb.meta_len);
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
             self.dev.write_at(META_AT + at, &ZEROS[..n]).map_err(io_err)?;
             at += n as u64;
         }
@@ -125,11 +131,26 @@ impl redb::StorageBackend for LuBackend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let len = self.state().len;
-        if offset + data.len() as u64 > len {
+        let (len, meta_len) = {
+            let s = self.state();
+            (s.len, s.sb.meta_len)
+        };
+        let end = offset + data.len() as u64;
+        if end > len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("metadata write at {offset} past the database end {len}"),
+            ));
+        }
+        let limit = if self.reserve_open.load(Ordering::Acquire) {
+            meta_len
+        } else {
+            meta_len - reserve_bytes(meta_len)
+        };
+        if end > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("the metadata area is full ({} MiB)", meta_len >> 20),
             ));
         }
         self.dev.write_at(META_AT + offset, data).map_err(io_err)

@@ -349,7 +349,8 @@ impl Volume {
             free_bytes: tree::counter(&meta, "free_bytes")?,
             files: tree::counter(&meta, "files")?,
             meta_bytes: self.inner.meta_len,
-            meta_used_bytes: sb.map_or(0, |sb| sb.db_len),
+            // The database's length may run past the area (it is virtual there).
+            meta_used_bytes: sb.map_or(0, |sb| sb.db_len.min(sb.meta_len)),
         })
     }
 
@@ -423,7 +424,9 @@ impl Inner {
                 // Nothing was committed, and the database is usable again.
                 return all_fail(e);
             }
-            tracing::warn!("the file system's metadata area is full: refusing changes that add to it until space is freed");
+            tracing::warn!(
+                "the file system's metadata area is full: refusing changes that add to it until space is freed"
+            );
             self.meta_full.store(true, Ordering::Release);
         }
         batch

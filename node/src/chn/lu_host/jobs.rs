@@ -50,7 +50,7 @@ impl LuHost {
         });
         o.job = Some(job.clone());
         let dev = o.dev.clone();
-        let limit = self.inner.rebuild_limit;
+        let m = self.inner.maintenance;
         let started = lock(&job.state).clone();
         tokio::task::spawn_blocking(move || {
             let update = |p: &jobs::Progress| {
@@ -62,14 +62,14 @@ impl LuHost {
                 s.updated_ms = now_ms();
             };
             let result = if scrub {
-                jobs::scrub(&dev, repair, &job.cancel, |p, _| update(p)).map(|r| {
+                jobs::scrub(&dev, repair, &job.cancel, m.scrub_limit, |p, _| update(p)).map(|r| {
                     format!(
                         "checked {} stripes: {} with a damaged or inconsistent block, {} repaired, {} with a block lost (no copy passes its checksum), {} skipped (degraded)",
                         r.stripes_checked, r.mismatches, r.repaired, r.lost, r.skipped
                     )
                 })
             } else {
-                jobs::rebuild(&dev, &job.cancel, limit, update).map(|p| {
+                jobs::rebuild(&dev, &job.cancel, m.rebuild_limit, update).map(|p| {
                     format!(
                         "rebuilt {} MiB of the new member at {:.1} MB/s of LU data",
                         p.total_bytes >> 20,
@@ -84,6 +84,41 @@ impl LuHost {
             tracing::info!(lu, "{} finished: {}", s.kind, s.result);
         });
         Ok(started)
+    }
+}
+
+impl LuHost {
+    /// Starts the scrubs that are due: an LU held here whose last scrub
+    /// (as the LU table records it) is older than the schedule's period.
+    pub(super) fn start_due_scrubs(&self) {
+        let Some(every) = self.inner.maintenance.scrub_every else {
+            return;
+        };
+        let due: Vec<u32> = {
+            let open = lock(&self.inner.open);
+            open.iter()
+                .filter(|(_, o)| o.job.as_ref().is_none_or(|j| lock(&j.state).finished))
+                .filter(|(&lu, o)| {
+                    // The job here is newer than the table's until reported.
+                    let here = o.job.as_ref().map(|j| lock(&j.state).clone());
+                    let last = here
+                        .or_else(|| self.shared().lu_with_disk_capacity(lu).and_then(|(l, _)| l.job))
+                        .filter(|j| j.kind == "scrub" && j.finished)
+                        .map(|j| j.updated_ms);
+                    match last {
+                        Some(ms) => now_ms().saturating_sub(ms) >= every.as_millis() as u64,
+                        None => o.opened.elapsed() >= every,
+                    }
+                })
+                .map(|(&lu, _)| lu)
+                .collect()
+        };
+        for lu in due {
+            match self.start_job(lu, true, true) {
+                Ok(_) => tracing::info!(lu, "scheduled scrub started"),
+                Err(e) => tracing::debug!(lu, "scheduled scrub not started: {e}"),
+            }
+        }
     }
 }
 

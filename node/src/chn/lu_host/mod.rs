@@ -43,15 +43,28 @@ struct Opened {
     /// When the last renewal that succeeded was sent.
     renewed: tokio::time::Instant,
     epoch: u64,
+    /// When this CHN opened the LU: the first scheduled scrub counts from
+    /// here when the table records none.
+    opened: tokio::time::Instant,
     /// Checksum errors per disk already added to the disk table.
     errors_reported: HashMap<u32, u64>,
+}
+
+/// How rebuilds and scrubs run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Maintenance {
+    /// Bytes of LU data per second, at most.
+    pub rebuild_limit: Option<u64>,
+    pub scrub_limit: Option<u64>,
+    /// How often each LU held here is scrubbed; `None`: only on demand.
+    pub scrub_every: Option<Duration>,
 }
 
 struct HostInner {
     shared: SharedLu,
     array_dir: Option<PathBuf>,
     lease: Duration,
-    rebuild_limit: Option<u64>,
+    maintenance: Maintenance,
     open: Mutex<HashMap<u32, Opened>>,
     opening: tokio::sync::Mutex<()>,
     failures: mpsc::UnboundedSender<u32>,
@@ -74,7 +87,7 @@ impl LuHost {
         shared: SharedLu,
         array_dir: Option<PathBuf>,
         lease: Duration,
-        rebuild_limit: Option<u64>,
+        maintenance: Maintenance,
     ) -> (Self, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let host = Self {
@@ -82,7 +95,7 @@ impl LuHost {
                 shared,
                 array_dir,
                 lease,
-                rebuild_limit,
+                maintenance,
                 open: Mutex::new(HashMap::new()),
                 opening: tokio::sync::Mutex::new(()),
                 failures: tx,
@@ -254,6 +267,7 @@ impl LuHost {
             renewed,
             epoch,
             errors_reported: HashMap::new(),
+            opened: tokio::time::Instant::now(),
         });
         tracing::info!(lu, epoch, "LU open on this CHN");
         self.report(lu).await;

@@ -109,6 +109,7 @@ impl LuHost {
                     for lu in open {
                         self.report(lu).await;
                     }
+                    self.start_due_scrubs();
                 }
             }
         }
