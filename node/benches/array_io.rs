@@ -1,6 +1,6 @@
 //! Benchmark (not a test): LU throughput for RAID 1 and RAID 5, healthy and
 //! degraded, beside the same I/O pattern on one plain file on the same file
-//! system in the same run, as a ratio; plus rebuild speed.
+//! system in the same run, as a ratio; plus rebuild and scrub speed.
 //!
 //! Run: `cargo bench -p nasd --bench array_io`; options after `--`
 //! (`-- --help` lists them).
@@ -162,7 +162,9 @@ fn build(root: &Path, s: &Setup, size: u64, round: usize) -> anyhow::Result<Box<
     Ok(Box::new(dev))
 }
 
-fn rebuild_speed(root: &Path, raid: Raid, members: usize, size: u64) -> anyhow::Result<f64> {
+/// Rebuild, then scrub (every block verified, page cache dropped first
+/// when allowed), in MB/s of LU data.
+fn maintenance_speed(root: &Path, raid: Raid, members: usize, size: u64) -> anyhow::Result<(f64, f64)> {
     let dir = root.join(format!("rebuild-{raid:?}"));
     std::fs::create_dir_all(&dir)?;
     let data = if raid == Raid::Mirror { 1 } else { members as u64 - 1 };
@@ -182,14 +184,21 @@ fn rebuild_speed(root: &Path, raid: Raid, members: usize, size: u64) -> anyhow::
     dev.fail_member(2)?;
     dev.replace_member(2, array.open_member(members as u32 + 1, per_disk)?)?;
     let p = jobs::rebuild(&dev, &AtomicBool::new(false), None, |_| {})?;
+    drop_caches();
+    let started = std::time::Instant::now();
+    let found = jobs::scrub(&dev, false, &AtomicBool::new(false), None, |_, _| {})?;
+    let scrub = dev.len() as f64 / started.elapsed().as_secs_f64() / 1e6;
+    anyhow::ensure!(found.mismatches == 0, "scrub found damage on a fresh LU: {found:?}");
     drop(dev);
     std::fs::remove_dir_all(&dir)?;
-    Ok(p.bytes_per_sec as f64 / 1e6)
+    Ok((p.bytes_per_sec as f64 / 1e6, scrub))
 }
 
 /// LU throughput beside a plain file.
 #[derive(clap::Parser)]
-#[command(about = "LU throughput for RAID 1 and RAID 5, healthy and degraded, beside a plain file; rebuild speed")]
+#[command(
+    about = "LU throughput for RAID 1 and RAID 5, healthy and degraded, beside a plain file; rebuild and scrub speed"
+)]
 struct Args {
     /// LU size in MiB.
     #[arg(long, default_value_t = 256)]
@@ -307,12 +316,15 @@ fn main() -> anyhow::Result<()> {
         println!();
     }
     for (raid, members) in [(Raid::Mirror, 2), (Raid::Parity, 3)] {
-        let speeds: anyhow::Result<Vec<f64>> = (0..repeat)
-            .map(|_| rebuild_speed(root.path(), raid, members, size))
-            .collect();
+        let speeds = (0..repeat)
+            .map(|_| maintenance_speed(root.path(), raid, members, size))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (rebuild, scrub): (Vec<f64>, Vec<f64>) = speeds.into_iter().unzip();
+        eprintln!("rebuild {raid:?} x{members} runs: {rebuild:.1?} MB/s; scrub runs: {scrub:.1?} MB/s");
         println!(
-            "rebuild {raid:?} x{members}: {:.1} MB/s of LU data (median)",
-            median(speeds?)
+            "rebuild {raid:?} x{members}: {:.1} MB/s of LU data, scrub {:.1} MB/s (medians)",
+            median(rebuild),
+            median(scrub)
         );
     }
     Ok(())

@@ -99,8 +99,10 @@ impl From<crate::array::ArrayError> for FsError {
     fn from(e: crate::array::ArrayError) -> Self {
         use crate::array::ArrayError;
         match e {
-            // Retrying reads the same lost bytes again.
-            ArrayError::Corrupted { .. } | ArrayError::DataLoss { .. } => FsError::Corrupt(e.to_string()),
+            // Retrying reads the same lost bytes again, or the same failed LU.
+            ArrayError::Corrupted { .. } | ArrayError::DataLoss { .. } | ArrayError::LuFailed { .. } => {
+                FsError::Corrupt(e.to_string())
+            }
             e => FsError::Io(e.to_string()),
         }
     }

@@ -669,9 +669,9 @@ fn a_full_metadata_area_refuses_additions_and_deletes_still_work() {
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     let files: usize = made.iter().map(Vec::len).sum();
-    // About 1 KB of metadata each with these long names, in an 8 MiB area
-    // (it was half that while the database could not grow past half).
-    assert!(files > 6_000, "only {files} files fit");
+    // About 1 KB of metadata each with these long names; the database
+    // grows by doubling, so between half and all of the 8 MiB area.
+    assert!(files > 3_000, "only {files} files fit");
     let space = v.space().unwrap();
     assert!(space.meta_used_bytes > space.meta_bytes / 2, "{space:?}");
     // Full: additions are refused, precisely and at once, every time.
@@ -682,9 +682,18 @@ fn a_full_metadata_area_refuses_additions_and_deletes_still_work() {
     }
     // Reads and deletes work in the full area.
     assert!(v.stat(&root(), &p(&made[0][0])).is_ok());
-    for path in made.iter().flatten() {
-        change(&v, &root(), Change::Unlink { path: p(path) }).unwrap();
-    }
+    std::thread::scope(|s| {
+        for paths in &made {
+            let v = &v;
+            s.spawn(move || {
+                for path in paths {
+                    if let Err(e) = change(v, &root(), Change::Unlink { path: p(path) }) {
+                        panic!("unlink {path}: {e}");
+                    }
+                }
+            });
+        }
+    });
     // And the freed room takes new files without a remount.
     for i in 0..100 {
         create(&v, &root(), &format!("/again-{i}")).unwrap();

@@ -15,12 +15,14 @@
 //! read never sees an extent whose blocks a concurrent change has freed
 //! and reused.
 //!
-//! A failed write transaction leaves redb refusing every later one, so the
-//! writer reopens the database after any group that failed in it. When
-//! the metadata area is full, changes that would add to it are refused
-//! and those that free space (unlink, rmdir, truncate) run in a reserve
-//! kept for them. Owns the redb database of the LU; must never let a caller
-//! reach it except through [`Volume`].
+//! The metadata area must never fill up to the last page: a transaction
+//! that fails there leaves redb refusing every later one. So the writer
+//! counts redb's pages now and then, and once less than a reserve is left,
+//! refuses changes that would add to the metadata, while those that free
+//! space (unlink, rmdir, truncate) go on in the reserve, one per
+//! transaction. Should a group fail in the database all the same, the
+//! writer reopens it. Owns the redb database of the LU; must never let a
+//! caller reach it except through [`Volume`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
@@ -126,20 +128,23 @@ struct Inner {
     data_lock: RwLock<()>,
     data_len: u64,
     meta_len: u64,
-    /// Lets the database grow into the reserve (changes that free space).
-    reserve_open: Arc<AtomicBool>,
-    /// The metadata area ran full, and no change has freed space since.
+    /// Less than the reserve is left in the metadata area.
     meta_full: AtomicBool,
+    /// When the writer last counted the database's pages, and commits since.
+    usage_checked: std::sync::Mutex<(std::time::Instant, u32)>,
+    /// The database's length, as its storage backend set it.
+    db_len: Arc<std::sync::atomic::AtomicU64>,
     /// Times the database was reopened.
     generation: std::sync::atomic::AtomicU64,
-    /// Why the database cannot be reopened, once it cannot.
-    broken: std::sync::Mutex<Option<String>>,
+    /// Why the database cannot be reopened, once it cannot: every call
+    /// gets this from then on.
+    broken: std::sync::Mutex<Option<FsError>>,
 }
 
 /// Opens the database in the metadata area of `dev`, as its superblock
 /// describes it (a new one when `sb` is given: the LU is being formatted).
-fn open_db(dev: &Arc<dyn BlockDevice>, sb: Superblock, reserve_open: &Arc<AtomicBool>) -> Result<Database> {
-    let backend = LuBackend::new(dev.clone(), sb, reserve_open.clone());
+fn open_db(dev: &Arc<dyn BlockDevice>, sb: Superblock, db_len: &Arc<std::sync::atomic::AtomicU64>) -> Result<Database> {
+    let backend = LuBackend::new(dev.clone(), sb, db_len.clone());
     Database::builder()
         .set_cache_size(64 << 20)
         .create_with_backend(backend)
@@ -176,8 +181,8 @@ impl Volume {
             None => (Superblock::for_capacity(dev.len(), rand::random())?, true),
         };
         let (data_at, data_len, meta_len) = (sb.data_at, sb.data_len, sb.meta_len);
-        let reserve_open = Arc::new(AtomicBool::new(false));
-        let db = open_db(&dev, sb, &reserve_open)?;
+        let db_len = Arc::default();
+        let db = open_db(&dev, sb, &db_len)?;
         if fresh {
             let txn = db.begin_write().map_err(FsError::db)?;
             {
@@ -194,8 +199,9 @@ impl Volume {
             data_lock: RwLock::new(()),
             data_len,
             meta_len,
-            reserve_open,
             meta_full: AtomicBool::new(false),
+            usage_checked: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+            db_len,
             generation: Default::default(),
             broken: std::sync::Mutex::new(None),
         });
@@ -410,7 +416,7 @@ impl Inner {
     fn apply_or_recover(&self, batch: &[Job]) -> Vec<Result<Outcome>> {
         let all_fail = |e: FsError| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
         if let Some(why) = self.broken.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return all_fail(FsError::Corrupt(why));
+            return all_fail(why);
         }
         if !self.meta_full.load(Ordering::Acquire) {
             let Broken(e) = match self.apply(batch, false) {
@@ -425,7 +431,7 @@ impl Inner {
                 return all_fail(e);
             }
             tracing::warn!(
-                "the file system's metadata area is full: refusing changes that add to it until space is freed"
+                "the file system's metadata area ran full: refusing changes that add to it until space is freed"
             );
             self.meta_full.store(true, Ordering::Release);
         }
@@ -437,6 +443,7 @@ impl Inner {
                     .next()
                     .unwrap_or_else(|| Err(FsError::Io("a change got no result".into()))),
                 Err(Broken(e)) => {
+                    tracing::warn!(change = ?job.req.change, "a change failed in a full metadata area: {e}");
                     self.reopen()?;
                     Err(e)
                 }
@@ -446,19 +453,18 @@ impl Inner {
 
     /// Drops the database redb refuses to use after a failed transaction
     /// and opens it again from what is durable on the LU. If that fails,
-    /// the volume refuses every call from now on (DATA_LOSS), so that the
-    /// export is moved or restored rather than retried forever.
+    /// the volume refuses every call from now on: UNAVAILABLE when the LU
+    /// is no longer this CHN's (its lease ran out: the export moves, and
+    /// clients follow it), DATA_LOSS when the LU failed or its metadata
+    /// cannot be read, so that clients stop retrying.
     fn reopen(&self) -> Result<()> {
         let _exclusive = self.data_lock.write().unwrap_or_else(|p| p.into_inner());
         let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
-        // Recovery at open writes to the database: it may use the reserve.
-        self.reserve_open.store(true, Ordering::Release);
         let opened = match Superblock::read(self.dev.as_ref()) {
-            Ok(Some(sb)) => open_db(&self.dev, sb, &self.reserve_open),
+            Ok(Some(sb)) => open_db(&self.dev, sb, &self.db_len),
             Ok(None) => Err(FsError::Corrupt("the file-system superblock is gone".into())),
             Err(e) => Err(e),
         };
-        self.reserve_open.store(false, Ordering::Release);
         match opened {
             Ok(new) => {
                 *db = Arc::new(new);
@@ -467,13 +473,18 @@ impl Inner {
                 Ok(())
             }
             Err(e) => {
-                let why = format!(
-                    "the file system's metadata cannot be reopened after a failed transaction ({e}); \
-                     move the export to another CHN (`nasctl export move`) or restore it"
-                );
+                let why = match e {
+                    FsError::Io(m) => FsError::Io(format!(
+                        "the file system's metadata cannot be reopened here after a failed transaction ({m})"
+                    )),
+                    e => FsError::Corrupt(format!(
+                        "the file system's metadata cannot be reopened after a failed transaction ({e}); \
+                         move the export to another CHN (`nasctl export move`) or restore it"
+                    )),
+                };
                 tracing::error!("{why}");
                 *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-                Err(FsError::Corrupt(why))
+                Err(why)
             }
         }
     }
@@ -486,7 +497,6 @@ impl Inner {
         let db = self.db();
         let mut txn = db.begin_write().map_err(|e| Broken(FsError::db(e)))?;
         let mut results = Vec::with_capacity(batch.len());
-        self.reserve_open.store(meta_full, Ordering::Release);
         let staged = (|| {
             let mut tx = Tx::open(&txn, self.dev.as_ref())?;
             for job in batch {
@@ -513,6 +523,7 @@ impl Inner {
             }
             let durable = batch.iter().any(|j| j.req.durable) || tx.frees();
             tx.finish()?;
+            self.check_usage(&txn, meta_full)?;
             Ok(durable)
         })();
         let committed = staged.and_then(|durable| {
@@ -525,21 +536,75 @@ impl Inner {
             txn.commit().map_err(FsError::db)?;
             Ok(durable)
         });
-        self.reserve_open.store(false, Ordering::Release);
         let durable = committed.map_err(|e| {
             tracing::error!("file-system group of {} changes not committed: {e}", batch.len());
             Broken(e)
         })?;
-        if meta_full && batch.iter().any(|j| !adds_metadata(&j.req.change)) {
-            // Something may have been freed: let the next group try.
-            self.meta_full.store(false, Ordering::Release);
-        }
         if !durable {
             // Pieces of a streamed write: let the disks take them now, while
             // the next ones travel, rather than all at the final flush.
             self.dev.start_writeback();
         }
         Ok(results)
+    }
+}
+
+/// The part of the metadata area kept for changes that free space: a
+/// transaction that frees pages needs fresh ones first (copy on write).
+fn reserve_bytes(meta_len: u64) -> u64 {
+    (meta_len / 8).clamp(1 << 20, 32 << 20)
+}
+
+/// The largest length a database now `len` bytes long can grow to in an
+/// area of `meta_len` bytes: redb grows by doubling (less a page), so
+/// between half and all of the area.
+fn reachable(len: u64, meta_len: u64) -> u64 {
+    let mut at = len.max(4096);
+    while let Some(next) = at.checked_mul(2).map(|d| d - 4096).filter(|&n| n <= meta_len) {
+        at = next;
+    }
+    at.min(meta_len)
+}
+
+impl Inner {
+    /// Counts the database's pages and decides whether the area is full:
+    /// less than the reserve left, or, once full, less than twice the
+    /// reserve, so that a few deletes do not flip it back and forth. redb
+    /// walks its trees to count, so this runs every few commits: as many
+    /// as the reserve can take the growth of (a group adds at most a few
+    /// hundred entries), or after half a second.
+    fn check_usage(&self, txn: &redb::WriteTransaction, full: bool) -> Result<()> {
+        let every = (self.meta_len / (2 << 20)).clamp(4, 256) as u32;
+        {
+            let mut checked = self.usage_checked.lock().unwrap_or_else(|p| p.into_inner());
+            checked.1 += 1;
+            if checked.1 < every && checked.0.elapsed() < std::time::Duration::from_millis(500) {
+                return Ok(());
+            }
+            *checked = (std::time::Instant::now(), 0);
+        }
+        let stats = txn.stats().map_err(FsError::db)?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        let reserve = reserve_bytes(self.meta_len);
+        let left = reachable(self.db_len.load(Ordering::Acquire), self.meta_len).saturating_sub(used);
+        let now_full = if full { left < 2 * reserve } else { left < reserve };
+        if now_full != full {
+            if now_full {
+                tracing::warn!(
+                    used,
+                    meta_bytes = self.meta_len,
+                    "the file system's metadata area is full: refusing changes that add to it until space is freed"
+                );
+            } else {
+                tracing::info!(
+                    used,
+                    meta_bytes = self.meta_len,
+                    "the file system's metadata area has room again"
+                );
+            }
+            self.meta_full.store(now_full, Ordering::Release);
+        }
+        Ok(())
     }
 }
 
