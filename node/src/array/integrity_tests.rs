@@ -400,7 +400,8 @@ mod under_faults {
                     }
                     let g = self.dev.geometry();
                     let slot = slot % g.members;
-                    let at = at % g.per_disk;
+                    // 16 bytes inside one block, so inside one stripe.
+                    let at = (at % g.per_disk) / 16 * 16;
                     let stripe = at / g.unit;
                     // One damaged copy per stripe at a time, and none where
                     // a write is not yet durable: a crash there would make
@@ -417,7 +418,6 @@ mod under_faults {
                         .open_disk(self.spec.disks[slot], self.spec.disk_capacity)
                         .unwrap();
                     let mut b = [0u8; 16];
-                    let at = at.min(g.per_disk - 16);
                     disk.read_data(at, &mut b).unwrap();
                     b.iter_mut().for_each(|x| *x ^= 0x5a);
                     disk.write_data(at, &b).unwrap();
