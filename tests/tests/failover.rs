@@ -324,3 +324,65 @@ async fn no_quorum_answers_unavailable_and_recovers_by_itself() {
     let got = client.read(f.handle, 0, 64).await.expect("read");
     assert!(got == b"after!", "{:?}", String::from_utf8_lossy(&got));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn g_a_stalled_write_stream_does_not_hold_up_a_planned_move() {
+    use ::nas_client::proto::nas_client::NasClient as NasGrpc;
+    let (c, client) = three_chns(&[]).await;
+    let (owner_chn, _) = owner(&c).await;
+    let f = client.create("/stalled", 0o644, true, false).await.expect("create");
+    // A raw session on the owner that sends the start of a write and then
+    // nothing, keeping the stream open.
+    let mut g = NasGrpc::new(c.channel(&owner_chn));
+    let s = g
+        .open_session(OpenSessionRequest {
+            user: "alice".into(),
+            password: "correct-horse".into(),
+            client_id: String::new(),
+        })
+        .await
+        .expect("session")
+        .into_inner();
+    g.mount(MountRequest {
+        token: s.token.clone(),
+        export: EXPORT.into(),
+    })
+    .await
+    .expect("mount");
+    // Two pieces: the service applies a piece when the next one arrives.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for i in 0..2u64 {
+        tx.send(WriteChunk {
+            call: (i == 0).then(|| Call {
+                token: s.token.clone(),
+                seq: 1,
+                acked: 0,
+            }),
+            handle: f.handle,
+            offset: i << 20,
+            data: vec![1u8; 1 << 20].into(),
+            total: 0,
+        })
+        .await
+        .expect("piece");
+    }
+    let stalled = tokio::spawn(async move { g.write(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    wait_until("the first piece applied", Duration::from_secs(10), || async {
+        (client.stat("/stalled").await.ok()?.size > 0).then_some(())
+    })
+    .await
+    .expect("piece");
+    // The move cuts the stalled call off instead of waiting for it.
+    let to = if owner_chn == "CHN2" { "CHN3" } else { "CHN2" };
+    let moved = move_export(&c, to).await.expect("the move waits for no stalled client");
+    assert_eq!(moved.export.map(|e| e.owner_chn), Some(to.into()));
+    let cut = stalled.await.expect("join").expect_err("the stalled call was cut off");
+    assert_eq!(cut.code(), Code::Unavailable, "{}", cut.message());
+    drop(tx);
+    // Nothing of it stayed, and the client goes on at the new owner.
+    assert_eq!(client.stat("/stalled").await.expect("stat").size, 0);
+    client
+        .write(f.handle, 0, b"after the move")
+        .await
+        .expect("write after the move");
+}

@@ -304,3 +304,35 @@ async fn a_scheduled_scrub_finds_and_repairs_damage_nobody_read() -> anyhow::Res
     assert_eq!(now, good, "the damaged copy is still there after: {result}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_on_every_copy_is_refused_naming_the_file() -> anyhow::Result<()> {
+    let (mut c, _, _) = cluster_with_a_file("1")?;
+    down(&c);
+    // The same bytes on all three mirrors, inside the file's data (the
+    // file data area of this LU starts at 9 MiB).
+    for n in 1..=3 {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk_file(&c, n))?;
+        let data_at = f.metadata()?.len() - DISK;
+        for at in (data_at + (12 << 20)..data_at + (30 << 20)).step_by(1 << 20) {
+            f.write_all_at(&[0x5a; 32], at)?;
+        }
+    }
+    c.cluster_up(None, &[])?;
+    let back = c.dir().join("back.bin");
+    let get = c.nasctl_as(
+        &["fs", "get", "home:/big.bin", back.to_str().unwrap_or_default()],
+        &[("NAS_USER", "alice")],
+    );
+    let err = String::from_utf8_lossy(&get.stderr);
+    assert!(!get.status.success(), "a file was served from three damaged copies");
+    assert!(
+        err.contains("DATA_LOSS") || err.contains("data loss") || err.contains("DataLoss"),
+        "{err}"
+    );
+    assert!(err.contains("big.bin"), "the error does not name the file: {err}");
+    Ok(())
+}

@@ -149,7 +149,9 @@ impl Exports {
 
 impl Exports {
     /// Stops serving `export` for a planned move: new calls are turned
-    /// away, the calls in progress get up to `drain` to finish, then the
+    /// away, calls that wait on their clients are cut off (they answer
+    /// UNAVAILABLE, and the clients send them again to the new owner), the
+    /// other calls in progress get up to `drain` to finish, then the
     /// file system is unmounted (its writer commits what it has) and
     /// `release` runs before calls are let in again, which then find the
     /// export served elsewhere.
@@ -168,7 +170,9 @@ impl Exports {
             let deadline = tokio::time::Instant::now() + drain;
             let mounted = self.map().remove(export);
             if let Some(m) = mounted {
-                // Calls in progress hold the volume; wait them out.
+                // Calls in progress hold the volume; those waiting on their
+                // clients give up now, the others are waited out.
+                m.vol.close_calls();
                 while Arc::strong_count(&m.vol) > 1 {
                     if tokio::time::Instant::now() >= deadline {
                         self.map().insert(export.to_string(), m);

@@ -157,6 +157,10 @@ pub struct Volume {
     inner: Arc<Inner>,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Set when the volume is about to be unmounted: calls that wait on
+    /// their client (a stream the client stopped sending, a lock wait)
+    /// give up at once instead of holding the unmount up.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Volume {
@@ -215,7 +219,22 @@ impl Volume {
             inner,
             queue: Some(queue),
             writer: Some(writer),
+            closing: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Tells the calls waiting on their clients to give up: the volume is
+    /// about to be unmounted.
+    pub fn close_calls(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes once [`Volume::close_calls`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
     }
 
     /// Applies a change; returns once it is committed (durably if asked).
@@ -298,7 +317,14 @@ impl Volume {
             )));
         }
         let len = len.min(inode.size - offset);
-        tree::read_data(&extents, self.inner.dev.as_ref(), ino, offset, len)
+        tree::read_data(&extents, self.inner.dev.as_ref(), ino, offset, len).map_err(|e| match e {
+            FsError::Corrupt(m) => FsError::Corrupt(format!(
+                "file {} (inode {ino}), bytes {offset}..{}: {m}",
+                inode.name,
+                offset + len
+            )),
+            e => e,
+        })
     }
 
     /// A page of the directory at `path`: entries after `after`.

@@ -58,8 +58,14 @@ async fn write_pieces(
     // Every piece is refused once the database was reopened after the
     // first: the pieces committed before it (not durable) are gone.
     let since = Some(ctx.vol.generation());
+    let closed = ctx.vol.closed();
+    tokio::pin!(closed);
     loop {
-        let next = stream.next().await.transpose()?;
+        // A client that stops sending must not hold up an unmount.
+        let next = tokio::select! {
+            next = stream.next() => next.transpose()?,
+            () = &mut closed => return Err(moving()),
+        };
         let offset = pending.offset;
         let change = Change::Write {
             ino: handle,
@@ -92,6 +98,11 @@ async fn write_pieces(
             }
         }
     }
+}
+
+/// What a call cut off by a planned move answers.
+fn moving() -> Status {
+    Status::unavailable("the export is moving to another CHN; send the call again (to the new owner)")
 }
 
 /// A streamed write that failed part-way (no space left, a broken stream)
@@ -468,7 +479,21 @@ impl Nas for NasService {
         let mut left = length - first.len() as u64;
         let more = first.len() as u64 == first_len;
         tokio::spawn(async move {
-            if tx.send(Ok(ReadChunk { data: first.into() })).await.is_err() || !more {
+            // A client that stops reading must not hold up an unmount.
+            let closed = ctx.vol.closed();
+            tokio::pin!(closed);
+            let send = |chunk| {
+                let tx = tx.clone();
+                async move { tx.send(chunk).await.is_ok() }
+            };
+            let sent = tokio::select! {
+                sent = send(Ok(ReadChunk { data: first.into() })) => sent,
+                () = &mut closed => {
+                    send(Err(moving())).await;
+                    false
+                }
+            };
+            if !sent || !more {
                 return;
             }
             while left > 0 {
@@ -482,7 +507,14 @@ impl Nas for NasService {
                     }
                 };
                 let len = got.len() as u64;
-                if tx.send(Ok(ReadChunk { data: got.into() })).await.is_err() || len < n {
+                let sent = tokio::select! {
+                    sent = send(Ok(ReadChunk { data: got.into() })) => sent,
+                    () = &mut closed => {
+                    send(Err(moving())).await;
+                    false
+                }
+                };
+                if !sent || len < n {
                     return;
                 }
                 at += len;
@@ -600,7 +632,10 @@ impl Nas for NasService {
                 Ok(()) => return Ok(Response::new(FsDone {})),
                 // Held by another session: the one refusal that waiting can end.
                 Err(e) if e.is_rejected(RejectKind::FailedPrecondition) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())) => {}
+                        () = ctx.vol.closed() => return Err(moving()),
+                    }
                     backoff = (backoff * 2).min(Duration::from_millis(250));
                 }
                 Err(e) if e.is_rejected(RejectKind::FailedPrecondition) && !wait.is_zero() => {
