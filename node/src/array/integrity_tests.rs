@@ -219,7 +219,8 @@ mod under_faults {
     use super::super::layout::Raid;
     use super::super::member::Member;
     use super::super::Array;
-    use super::{pattern, scrub};
+    use super::super::tests::{read_checked, write_both};
+    use super::scrub;
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -325,26 +326,12 @@ mod under_faults {
         }
 
         fn apply(&mut self, op: &Op) {
-            let cap = self.now.len() as u64;
             match *op {
                 Op::Write { at, len, seed } => {
-                    let at = at % cap;
-                    let len = len.min(cap - at);
-                    let data = pattern(len as usize, seed, at);
-                    self.dev.write_at(at, &data).unwrap();
-                    self.now[at as usize..(at + len) as usize].copy_from_slice(&data);
-                    self.unflushed.push((at, data));
+                    let written = write_both(&self.dev, &mut self.now, at, len, seed);
+                    self.unflushed.push(written);
                 }
-                Op::Read { at, len } => {
-                    let at = at % cap;
-                    let len = len.min(cap - at);
-                    let mut buf = vec![0u8; len as usize];
-                    self.dev.read_at(at, &mut buf).unwrap();
-                    assert!(
-                        buf[..] == self.now[at as usize..(at + len) as usize],
-                        "read at {at}+{len} differs"
-                    );
-                }
+                Op::Read { at, len } => read_checked(&self.dev, &self.now, at, len),
                 Op::Flush => {
                     self.dev.flush().unwrap();
                     self.settle();

@@ -43,6 +43,31 @@ pub(super) fn pattern(len: usize, seed: u8, at: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Writes the pattern of a random write (its range brought inside the LU)
+/// to `dev` and into `model`; returns where and what.
+pub(super) fn write_both(dev: &LuDevice, model: &mut [u8], at: u64, len: u64, seed: u8) -> (u64, Vec<u8>) {
+    let cap = model.len() as u64;
+    let at = at % cap;
+    let len = len.min(cap - at);
+    let data = pattern(len as usize, seed, at);
+    dev.write_at(at, &data).unwrap();
+    model[at as usize..(at + len) as usize].copy_from_slice(&data);
+    (at, data)
+}
+
+/// Reads a random range (brought inside the LU) and compares it with `model`.
+pub(super) fn read_checked(dev: &LuDevice, model: &[u8], at: u64, len: u64) {
+    let cap = model.len() as u64;
+    let at = at % cap;
+    let len = len.min(cap - at);
+    let mut buf = vec![0u8; len as usize];
+    dev.read_at(at, &mut buf).unwrap();
+    assert!(
+        buf[..] == model[at as usize..(at + len) as usize],
+        "read at {at}+{len} differs"
+    );
+}
+
 pub(super) struct Rig {
     _dir: tempfile::TempDir,
     pub array: Array,
@@ -101,25 +126,11 @@ impl Rig {
     }
 
     fn apply(&mut self, op: &Op) {
-        let cap = self.model.len() as u64;
         match *op {
             Op::Write { at, len, seed } => {
-                let at = at % cap;
-                let len = len.min(cap - at);
-                let data = pattern(len as usize, seed, at);
-                self.dev.write_at(at, &data).unwrap();
-                self.model[at as usize..(at + len) as usize].copy_from_slice(&data);
+                write_both(&self.dev, &mut self.model, at, len, seed);
             }
-            Op::Read { at, len } => {
-                let at = at % cap;
-                let len = len.min(cap - at);
-                let mut buf = vec![0u8; len as usize];
-                self.dev.read_at(at, &mut buf).unwrap();
-                assert!(
-                    buf[..] == self.model[at as usize..(at + len) as usize],
-                    "read at {at}+{len} differs"
-                );
-            }
+            Op::Read { at, len } => read_checked(&self.dev, &self.model, at, len),
             Op::Fail { slot } => {
                 let members = self.dev.members();
                 let slot = slot % members.len();
