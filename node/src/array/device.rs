@@ -185,6 +185,9 @@ pub(super) struct Inner {
 /// crash.
 const BITMAP_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Regions a write marks dirty at once (its own and those after it).
+const MARK_AHEAD: u64 = 4;
+
 /// An open LU.
 pub struct LuDevice {
     pub(super) lu: u32,
@@ -677,18 +680,23 @@ impl LuDevice {
         true
     }
 
-    /// Writes a metadata range durably to every present member.
+    /// Writes a metadata range durably to every present member, all at
+    /// once (each waits for its disk's flush; in parallel they share it).
     pub(super) fn meta_to_all(&self, inner: &Inner, at: u64, bytes: &[u8]) {
         if self.fence.check(self.lu).is_err() {
             return;
         }
-        for slot in inner.slots.iter().filter(|s| s.present()) {
-            if let Some(disk) = &slot.disk {
-                if let Err(e) = disk.write_meta_durable(at, bytes) {
-                    self.fail_slot(slot, &e);
-                }
+        std::thread::scope(|scope| {
+            for slot in inner.slots.iter().filter(|s| s.present()) {
+                scope.spawn(move || {
+                    if let Some(disk) = &slot.disk {
+                        if let Err(e) = disk.write_meta_durable(at, bytes) {
+                            self.fail_slot(slot, &e);
+                        }
+                    }
+                });
             }
-        }
+        });
     }
 
     /// Flushes every present member, all at once (each fdatasync waits on
@@ -966,7 +974,13 @@ impl LuDevice {
         if inner.slots.iter().any(|s| s.rebuilt_unrecorded(s0, s1)) {
             self.checkpoint(inner)?;
         }
+        // A region marked makes its next ones marked too: every durable
+        // metadata write waits for all the data the member has dirty, so
+        // a sequential writer pays one for several regions, at the price
+        // of a little more resync after a crash.
+        let last = (self.geo.stripes() - 1).min(s1 + (MARK_AHEAD - 1) * inner.sb.region_stripes);
         if inner.bitmap.mark(s0, s1) {
+            inner.bitmap.mark(s1, last);
             let bits = inner.bitmap.as_bytes().to_vec();
             self.meta_to_all(inner, BITMAP_AT, &bits);
         }
