@@ -218,8 +218,8 @@ mod under_faults {
     use super::super::faults::Faults;
     use super::super::layout::Raid;
     use super::super::member::Member;
-    use super::super::Array;
     use super::super::tests::{read_checked, write_both};
+    use super::super::Array;
     use super::scrub;
 
     #[derive(Debug, Clone)]
