@@ -71,16 +71,13 @@ fn get(c: &TestCluster) -> anyhow::Result<Vec<u8>> {
     Ok(std::fs::read(back)?)
 }
 
-async fn checksum_errors(c: &TestCluster, disk: u32) -> anyhow::Result<u64> {
+fn checksum_errors(c: &TestCluster, disk: u32) -> anyhow::Result<u64> {
     let out = ok(c.nasctl(&["--json", "disk", "list"]));
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    let rows = v["rows"]
-        .as_array()
-        .or_else(|| v.as_array())
-        .cloned()
-        .unwrap_or_default();
-    Ok(rows
-        .iter()
+    // One object per disk.
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
         .find(|r| r["disk"] == disk)
         .and_then(|r| r["checksum_errors"].as_u64())
         .unwrap_or(0))
@@ -97,7 +94,7 @@ async fn a_rotting_disk_is_read_right_repaired_and_counted() -> anyhow::Result<(
         wait_until(
             "disk 2's checksum errors in disk list",
             Duration::from_secs(10),
-            || async { checksum_errors(&c, 2).await.ok().filter(|&n| n > 0) },
+            || async { checksum_errors(&c, 2).ok().filter(|&n| n > 0) },
         )
         .await?;
         // Scrub finds whatever the reads did not touch, and repairs it.
@@ -105,7 +102,7 @@ async fn a_rotting_disk_is_read_right_repaired_and_counted() -> anyhow::Result<(
         assert!(repaired.contains(" 0 with a block lost"), "RAID {raid}: {repaired}");
         let clean = ok(c.nasctl(&["lu", "scrub", "1"]));
         assert!(clean.contains(" 0 with a damaged"), "RAID {raid}: {clean}");
-        let counted = checksum_errors(&c, 2).await?;
+        let counted = checksum_errors(&c, 2)?;
         assert!(
             counted <= flipped * 2,
             "RAID {raid}: {counted} errors for {flipped} damaged places"

@@ -181,7 +181,6 @@ impl Verified {
     fn write(&self, offset: u64, data: &[u8], over_damage: bool) -> Result<(), ArrayError> {
         let (start, end) = aligned(offset, data.len());
         let mut sums = Vec::with_capacity(((end - start) / BLOCK) as usize);
-        let mut edge = vec![0u8; BLOCK as usize];
         let mut b = start;
         while b < end {
             let (lo, hi) = (b.max(offset), (b + BLOCK).min(offset + data.len() as u64));
@@ -189,6 +188,7 @@ impl Verified {
             if lo == b && hi == b + BLOCK {
                 sums.push(Some(block_sum(b, new)));
             } else {
+                let mut edge = vec![0u8; BLOCK as usize];
                 self.disk.read_data(b, &mut edge)?;
                 if self.first_bad(b, &edge).is_some() {
                     if !over_damage {
