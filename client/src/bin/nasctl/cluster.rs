@@ -100,16 +100,8 @@ pub(crate) enum ClusterCmd {
     Certs {
         #[arg(long, env = "NAS_CERTS_DIR")]
         dir: PathBuf,
-        /// A CHN as NAME=HOST:PORT (the host goes into its certificate);
-        /// repeat it or separate with commas.
-        #[arg(
-            long = "chn",
-            env = "NAS_SETUP_CHNS",
-            value_delimiter = ',',
-            required = true,
-            value_name = "NAME=HOST:PORT"
-        )]
-        chns: Vec<setup::NodeSpec>,
+        #[command(flatten)]
+        chns: ChnList,
     },
     /// Run the setup sequence on CHNs that are already running (containers,
     /// other hosts), then make the disks, LU, user and export asked for.
@@ -124,10 +116,12 @@ pub(crate) enum ClusterCmd {
     Setup(SetupArgs),
 }
 
+/// The CHNs of a cluster, as `cluster certs` and `cluster setup` take them.
 #[derive(Args)]
-pub(crate) struct SetupArgs {
+pub(crate) struct ChnList {
     /// A CHN as NAME=HOST:PORT, in install order (the first bootstraps);
-    /// repeat it or separate with commas. nasd must run with that name.
+    /// repeat it or separate with commas. nasd must run with that name,
+    /// and the host goes into its certificate.
     #[arg(
         long = "chn",
         env = "NAS_SETUP_CHNS",
@@ -136,6 +130,12 @@ pub(crate) struct SetupArgs {
         value_name = "NAME=HOST:PORT"
     )]
     chns: Vec<setup::NodeSpec>,
+}
+
+#[derive(Args)]
+pub(crate) struct SetupArgs {
+    #[command(flatten)]
+    chns: ChnList,
     /// Define this many disks when the array holds none.
     #[arg(long, env = "NAS_SETUP_DISKS")]
     disks: Option<u32>,
@@ -193,7 +193,8 @@ fn certs(dir: &std::path::Path, chns: &[setup::NodeSpec], json: bool) -> anyhow:
 
 /// `cluster setup`: the setup sequence on running CHNs, then provisioning.
 async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: bool) -> anyhow::Result<()> {
-    let addrs: Vec<&str> = a.chns.iter().map(|n| n.addr.as_str()).collect();
+    let chns = &a.chns.chns;
+    let addrs: Vec<&str> = chns.iter().map(|n| n.addr.as_str()).collect();
     let wait = Duration::from_secs(a.wait_s);
     let (admin, password) = crate::auth::first_admin()?;
     let credential = ::nas_client::Credential::Password {
@@ -204,9 +205,9 @@ async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: 
         .with_retry_for(wait)
         .with_credential(credential);
     let initialized =
-        setup::wait_answering(&cluster, &a.chns, wait, |_| "is its nasd running and reachable?".into()).await?;
-    setup::install(&cluster, &a.chns, &initialized, (&admin, &password), false).await?;
-    let status = setup::wait_healthy(&cluster, a.chns.len(), wait).await?;
+        setup::wait_answering(&cluster, chns, wait, |_| "is its nasd running and reachable?".into()).await?;
+    setup::install(&cluster, chns, &initialized, (&admin, &password), false).await?;
+    let status = setup::wait_healthy(&cluster, chns.len(), wait).await?;
     let user = match &a.add_user {
         Some(name) => Some((name.clone(), read_password(name)?)),
         None => None,
@@ -217,11 +218,11 @@ async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: 
         user,
         export: match &a.export {
             Some(name) => {
-                let owner = a.export_chn.clone().unwrap_or_else(|| a.chns[0].name.clone());
+                let owner = a.export_chn.clone().unwrap_or_else(|| chns[0].name.clone());
                 let partner = a
                     .export_partner
                     .clone()
-                    .or_else(|| a.chns.iter().map(|n| n.name.clone()).find(|n| *n != owner))
+                    .or_else(|| chns.iter().map(|n| n.name.clone()).find(|n| *n != owner))
                     .context("an export needs a partner CHN: give --export-partner or a second --chn")?;
                 Some((name.clone(), owner, partner))
             }
@@ -233,12 +234,12 @@ async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: 
     if json {
         outln!(
             "{}",
-            json!({"cluster": list, "leader": status.leader_name, "term": status.term, "chns": a.chns.len()})
+            json!({"cluster": list, "leader": status.leader_name, "term": status.term, "chns": chns.len()})
         );
     } else {
         outln!(
             "cluster of {} CHNs set up (leader {}, term {}); talk to it with {CLUSTER_ENV}={list}",
-            a.chns.len(),
+            chns.len(),
             status.leader_name,
             status.term
         );
@@ -408,7 +409,7 @@ pub(crate) async fn run(
         } => up(nodes, dir, nasd, nasd_args, netns, insecure, json).await,
         ClusterCmd::Down { dir } => local_cluster::down(&dir, json).await,
         ClusterCmd::Setup(a) => cluster_setup(&a, transport?, json).await,
-        ClusterCmd::Certs { dir, chns } => certs(&dir, &chns, json),
+        ClusterCmd::Certs { dir, chns } => certs(&dir, &chns.chns, json),
         ClusterCmd::Status => cluster_status(&conn?, json).await,
         ClusterCmd::Start { dir, chns, nasd } => local_cluster::start(&dir, &chns, nasd, json),
         ClusterCmd::Cut { dir, chn } => local_cluster::cut(&dir, &chn, true, json),
