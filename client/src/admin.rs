@@ -76,6 +76,10 @@ admin_methods! {
         /// A page of the audit log.
         list_audit(AuditRequest) -> AuditList;
         init_shared_lu(InitSharedLuRequest) -> WriteReply;
+        /// A copy of the shared LU in its backup location, written now.
+        backup_shared_lu(BackupSharedLuRequest) -> BackupSharedLuReply;
+        /// The copies in the shared LU's backup location.
+        shared_lu_backup_status(SharedLuBackupStatusRequest) -> SharedLuBackupStatusReply;
         add_path(PathRequest) -> WriteReply;
         remove_path(PathRequest) -> WriteReply;
         /// Joins a started nasd to the shared LU (learner, then voter).

@@ -125,6 +125,13 @@ pub struct Settings {
     /// Days an audit record is kept at most [default: 90].
     #[arg(long, env = "NASD_AUDIT_MAX_AGE_DAYS")]
     pub audit_max_age_days: Option<u64>,
+    /// The leader writes a copy of the shared LU to the backup location on
+    /// the disk array (ARRAY/shared-lu-backup) after every snapshot and,
+    /// when anything changed, at least this often, in seconds; 0 leaves
+    /// only the copies after snapshots and `nasctl shared-lu backup`
+    /// [default: 60].
+    #[arg(long, env = "NASD_SHARED_LU_BACKUP_EVERY_S")]
+    pub shared_lu_backup_every_s: Option<u64>,
     /// This CHN's certificate (PEM), signed by the cluster CA and naming
     /// `nas-chn` and `NAME.nas-chn` (lowercase); `nasctl cluster certs`
     /// makes one. TLS is on unless --insecure is given.
@@ -174,6 +181,8 @@ pub struct Config {
     pub worker_threads: usize,
     pub tls: Tls,
     pub audit: crate::chn::audit::Retention,
+    /// How often the leader copies a changed shared LU to its backup.
+    pub shared_lu_backup_every: Option<Duration>,
 }
 
 /// A rate in MB/s as bytes per second; 0 or none: no limit.
@@ -221,6 +230,7 @@ impl Settings {
             insecure: self.insecure.or(file.insecure),
             audit_keep: self.audit_keep.or(file.audit_keep),
             audit_max_age_days: self.audit_max_age_days.or(file.audit_max_age_days),
+            shared_lu_backup_every_s: self.shared_lu_backup_every_s.or(file.shared_lu_backup_every_s),
         }
     }
 
@@ -325,6 +335,8 @@ impl Settings {
                 max_age: Duration::from_secs(audit_days * 86_400),
             },
             tls,
+            shared_lu_backup_every: Some(Duration::from_secs(merged.shared_lu_backup_every_s.unwrap_or(60)))
+                .filter(|d| !d.is_zero()),
             name,
             node_id,
             listen,

@@ -143,6 +143,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let (sessions, sessions_task) =
         crate::chn::sessions::Sessions::new(lu.clone(), access.clone(), cfg.session_lease, cfg.session_ttl);
     let sessions_task = tokio::spawn(sessions_task);
+    let (backup, backup_task) =
+        crate::chn::state_backup::StateBackup::new(lu.clone(), cfg.array.clone(), cfg.shared_lu_backup_every);
+    let backup_task = tokio::spawn(backup_task);
     let exports = crate::chn::exports::Exports::new(lu.clone(), host.clone());
     let failover = crate::chn::failover::Failover::new(lu.clone(), host.clone(), exports.clone(), cfg.failover.clone());
     let failover_task = tokio::spawn(failover.clone().run());
@@ -161,6 +164,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         access: access.clone(),
         host: host.clone(),
         failover,
+        backup,
         version,
     })
     .max_decoding_message_size(MAX_MESSAGE)
@@ -255,6 +259,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     host_task.abort();
     sessions_task.abort();
     failover_task.abort();
+    backup_task.abort();
     if let Err(e) = lu.raft.shutdown().await {
         tracing::warn!(error = %e, "Raft did not shut down cleanly");
     }

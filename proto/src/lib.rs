@@ -16,6 +16,7 @@ pub use v1::*;
 /// gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nas_descriptor.bin"));
 
+pub mod backup_file;
 pub mod transport;
 
 /// The buffer type of file data in `WriteChunk` and `ReadChunk`.

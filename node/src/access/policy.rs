@@ -8,7 +8,8 @@ use nas_proto::Role;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
     /// No credential: the call reveals nothing and changes nothing a
-    /// stranger may not (or, for Login and Bootstrap, is how one starts).
+    /// stranger may not (or, for Login, Bootstrap and RestoreSharedLu, is
+    /// how one starts: the last two only on a CHN in no shared LU).
     Open,
     /// A caller with at least this role.
     Role(Role),
@@ -23,14 +24,25 @@ pub fn admin(method: &str) -> Option<Need> {
         Need::Role(Role::Admin),
     );
     Some(match method {
-        "NodeInfo" | "Login" | "Bootstrap" => Need::Open,
-        "ClusterStatus" | "ListPaths" | "ListChns" | "ListDisks" | "ListLus" | "ListUsers" | "ListExports"
-        | "ListClients" | "ListLocks" | "FailoverStatus" | "ListProbes" => viewer,
+        "NodeInfo" | "Login" | "Bootstrap" | "RestoreSharedLu" => Need::Open,
+        "ClusterStatus"
+        | "ListPaths"
+        | "ListChns"
+        | "ListDisks"
+        | "ListLus"
+        | "ListUsers"
+        | "ListExports"
+        | "ListClients"
+        | "ListLocks"
+        | "FailoverStatus"
+        | "ListProbes"
+        | "SharedLuBackupStatus" => viewer,
         "FailDisk" | "ReplaceDisk" | "RebuildLu" | "ScrubLu" | "MoveExport" | "BreakFileLock" | "WriteProbe" => {
             operator
         }
         "InitSharedLu" | "AddPath" | "RemovePath" | "InstallChn" | "RemoveChn" | "InitArray" | "CreateLu"
-        | "AddUser" | "SetRole" | "SetPassword" | "CreateExport" | "ReadLu" | "WriteLu" | "ListAudit" => admin,
+        | "AddUser" | "SetRole" | "SetPassword" | "CreateExport" | "ReadLu" | "WriteLu" | "ListAudit"
+        | "BackupSharedLu" => admin,
         _ => return None,
     })
 }

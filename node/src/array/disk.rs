@@ -74,6 +74,29 @@ pub fn disk_path(dir: &Path, number: u32) -> PathBuf {
     dir.join(format!("disk-{number:03}.img"))
 }
 
+/// The arrays the disk files in `dir` say they belong to (headers that
+/// cannot be read are skipped: this is a hint for an operator, not a check
+/// before writing).
+pub fn array_ids_in(dir: &Path) -> std::collections::BTreeSet<u128> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("disk-") && name.ends_with(".img")
+        })
+        .filter_map(|e| {
+            let file = File::open(e.path()).ok()?;
+            let mut raw = [0u8; HEADER_BYTES];
+            file.read_exact_at(&mut raw, 0).ok()?;
+            DiskHeader::decode(&raw).map(|h| h.array_id)
+        })
+        .collect()
+}
+
 /// An open physical disk.
 #[derive(Debug)]
 pub struct PhysicalDisk {

@@ -17,6 +17,8 @@ pub enum Error {
     Array(#[from] ArrayError),
     #[error(transparent)]
     Access(#[from] crate::access::AccessError),
+    #[error(transparent)]
+    Backup(#[from] nas_proto::backup_file::BackupError),
     /// An export's file system could not be mounted here.
     #[error("export {export} cannot be mounted: {source}")]
     Mount { export: String, source: FsError },

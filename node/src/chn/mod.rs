@@ -14,5 +14,6 @@ pub mod failover;
 pub mod heartbeat;
 pub mod lu_host;
 pub mod sessions;
+pub mod state_backup;
 
 pub use error::Error;

@@ -34,6 +34,7 @@ pub struct AdminService {
     pub access: crate::access::Access,
     pub host: LuHost,
     pub failover: crate::chn::failover::Failover,
+    pub backup: crate::chn::state_backup::StateBackup,
     pub version: String,
 }
 
@@ -303,6 +304,7 @@ impl admin_server::Admin for AdminService {
                 "this CHN already belongs to a shared LU; nothing to bootstrap",
             ));
         }
+        self.backup.refuse_bootstrap_over_backup()?;
         // Hashed first: a refused password must not leave a half-made cluster.
         let password_hash = self.new_password_hash(&r.admin_password).await?;
         self.lu.bootstrap().await?;
@@ -334,6 +336,47 @@ impl admin_server::Admin for AdminService {
             now_ms: now_ms(),
         }))
         .await
+    }
+
+    async fn backup_shared_lu(
+        &self,
+        req: Request<BackupSharedLuRequest>,
+    ) -> Result<Response<BackupSharedLuReply>, Status> {
+        let copy = self.backup.backup_now().await?;
+        let image = if req.into_inner().include_image {
+            let path = copy.path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(&path))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::unavailable(format!("{}: {e}", copy.path.display())))?
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(BackupSharedLuReply {
+            copy: Some(crate::service::backup_copies::copy(&copy)),
+            image,
+        }))
+    }
+
+    async fn shared_lu_backup_status(
+        &self,
+        _: Request<SharedLuBackupStatusRequest>,
+    ) -> Result<Response<SharedLuBackupStatusReply>, Status> {
+        let status = self.backup.status().await?;
+        Ok(Response::new(crate::service::backup_copies::status(
+            &self.lu.name,
+            &status,
+        )))
+    }
+
+    async fn restore_shared_lu(
+        &self,
+        req: Request<RestoreSharedLuRequest>,
+    ) -> Result<Response<RestoreSharedLuReply>, Status> {
+        let r = req.into_inner();
+        let image = (!r.image.is_empty()).then_some(r.image);
+        let restored = self.backup.restore(image, r.force).await?;
+        Ok(Response::new(crate::service::backup_copies::restored(&restored)))
     }
 
     async fn add_path(&self, req: Request<PathRequest>) -> Result<Response<WriteReply>, Status> {

@@ -13,7 +13,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, Value};
 /// Fields whose value never reaches the log.
 const SECRET: [&str; 3] = ["password", "admin_password", "token"];
 /// Bulk fields the log shows by size.
-const BULK: [&str; 2] = ["data", "value"];
+const BULK: [&str; 3] = ["data", "value", "image"];
 
 fn pool() -> Option<&'static DescriptorPool> {
     static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod audit_args;
 pub mod authz;
+pub mod backup_copies;
 pub mod nas;
 pub mod raft;
 pub mod status;

@@ -16,6 +16,7 @@ use crate::chn;
 use crate::fs::FsError;
 use crate::shared_lu::network::PeerError;
 use crate::shared_lu::{self, RejectKind, Rejection};
+use nas_proto::backup_file::BackupError;
 
 /// Trailer naming the address of the CHN that serves an export, on an
 /// UNAVAILABLE answer from a CHN that does not.
@@ -106,6 +107,21 @@ impl From<FsError> for Status {
     }
 }
 
+/// What is wrong with a shared LU backup copy or its location.
+fn backup_status(e: BackupError) -> Status {
+    let msg = e.to_string();
+    match e {
+        BackupError::Io { .. } => Status::unavailable(msg),
+        BackupError::Empty { .. } => Status::not_found(msg),
+        BackupError::NotABackup { .. } => Status::invalid_argument(msg),
+        BackupError::Version { .. } => Status::failed_precondition(msg),
+        BackupError::Truncated { .. }
+        | BackupError::Checksum { .. }
+        | BackupError::Undecodable { .. }
+        | BackupError::NoGoodCopy { .. } => Status::data_loss(msg),
+    }
+}
+
 impl From<chn::Error> for Status {
     fn from(e: chn::Error) -> Status {
         use chn::Error as E;
@@ -114,6 +130,7 @@ impl From<chn::Error> for Status {
             E::SharedLu(e) => e.into(),
             E::Array(e) => e.into(),
             E::Access(e) => e.into(),
+            E::Backup(e) => backup_status(e),
             // A file system that cannot be mounted: a corrupt one is lost
             // data; a full one needs the operator; anything else may be a
             // passing I/O problem that the next attempt gets past.

@@ -17,6 +17,14 @@ impl SharedLu {
         f(&self.state.read().tables)
     }
 
+    /// Every table with the log entry they reflect (index, term), taken
+    /// under one lock: a consistent copy, as of this CHN's applied state.
+    pub fn copy_with_position(&self) -> (nas_proto::Tables, u64, u64) {
+        let state = self.state.read();
+        let (index, term) = state.last_applied.map_or((0, 0), |l| (l.index, l.leader_id.term));
+        (state.tables.to_proto(), index, term)
+    }
+
     /// The export named `name`.
     pub fn export(&self, name: &str) -> Option<Export> {
         self.read(|t| t.exports.get(name).cloned())

@@ -114,6 +114,47 @@ pub(crate) enum ClusterCmd {
     /// environment variable named beside it; the user's password comes
     /// from $NAS_PASSWORD.
     Setup(SetupArgs),
+    /// Start a new cluster from a shared LU backup, after every CHN's data
+    /// directory was lost (or the Raft group lost its majority for good).
+    ///
+    /// Stop every nasd and move its data directory away first: the CHNs
+    /// must start with empty data directories. The first CHN starts a new
+    /// shared LU from the copy and the others are installed into it. Disks,
+    /// LUs, users, exports and paths come back, and the exports are served
+    /// again from their LUs; client sessions and file locks do not (clients
+    /// log in again), and changes made after the copy's log index are not
+    /// in it. Passwords are the ones the copy holds.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct RestoreArgs {
+    /// A local cluster folder from `cluster up`: its CHNs are started
+    /// (with empty data directories) and the cluster restored into them.
+    #[arg(long, required_unless_present = "chns", conflicts_with = "chns")]
+    dir: Option<PathBuf>,
+    /// Or CHNs already running elsewhere (containers, other hosts), as
+    /// NAME=HOST:PORT in install order, as `cluster setup --chn` takes them;
+    /// the first restores, the others join.
+    #[arg(long = "chn", value_delimiter = ',', value_name = "NAME=HOST:PORT")]
+    chns: Vec<setup::NodeSpec>,
+    /// Take the newest good copy in the backup location on the disk array
+    /// (ARRAY/shared-lu-backup, as the first CHN sees it).
+    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+    from_array: bool,
+    /// Take a copy saved with `shared-lu backup --to`: the file, or the
+    /// folder whose newest good copy is taken.
+    #[arg(long, value_name = "FILE|DIR")]
+    from: Option<PathBuf>,
+    /// Restore a copy made for another disk array than the CHNs see.
+    #[arg(long)]
+    force: bool,
+    /// The nasd binary, with --dir [default: beside nasctl, then PATH].
+    #[arg(long, env = "NASD_BIN")]
+    nasd: Option<PathBuf>,
+    /// Seconds to wait for every CHN to answer and for the cluster to be healthy.
+    #[arg(long, default_value_t = 120)]
+    wait_s: u64,
 }
 
 /// The CHNs of a cluster, as `cluster certs` and `cluster setup` take them.
@@ -409,6 +450,7 @@ pub(crate) async fn run(
         } => up(nodes, dir, nasd, nasd_args, netns, insecure, json).await,
         ClusterCmd::Down { dir } => local_cluster::down(&dir, json).await,
         ClusterCmd::Setup(a) => cluster_setup(&a, transport?, json).await,
+        ClusterCmd::Restore(a) => cluster_restore(a, transport, json).await,
         ClusterCmd::Certs { dir, chns } => certs(&dir, &chns.chns, json),
         ClusterCmd::Status => cluster_status(&conn?, json).await,
         ClusterCmd::Start { dir, chns, nasd } => local_cluster::start(&dir, &chns, nasd, json),
@@ -437,6 +479,78 @@ async fn up(
         insecure,
         json,
         quiet: false,
+        restore: None,
     })
     .await
+}
+
+/// `cluster restore`: a new shared LU from a backup, on a local cluster
+/// folder or on CHNs running elsewhere.
+async fn cluster_restore(
+    a: RestoreArgs,
+    transport: anyhow::Result<::nas_client::Transport>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let restore = setup::Restore {
+        from: match a.from {
+            Some(path) => setup::RestoreFrom::Saved(path),
+            None => setup::RestoreFrom::Array,
+        },
+        force: a.force,
+    };
+    if let Some(dir) = a.dir {
+        if local_cluster::load_layout(&dir)?.nodes.is_empty() {
+            bail!(
+                "{} holds no cluster made by `cluster up` (no cluster.json); restore into the folder the cluster ran in",
+                dir.display()
+            );
+        }
+        return local_cluster::up(local_cluster::UpOptions {
+            nodes: None,
+            dir,
+            nasd: a.nasd,
+            nasd_args: None,
+            netns: false,
+            insecure: false,
+            json,
+            quiet: false,
+            restore: Some(restore),
+        })
+        .await;
+    }
+    let chns = &a.chns;
+    let addrs: Vec<&str> = chns.iter().map(|n| n.addr.as_str()).collect();
+    let wait = Duration::from_secs(a.wait_s);
+    let (admin, password) = crate::auth::first_admin()?;
+    let credential = ::nas_client::Credential::Password {
+        user: admin.clone(),
+        password: password.clone(),
+    };
+    let cluster = Cluster::new(&addrs, transport?)?
+        .with_retry_for(wait)
+        .with_credential(credential);
+    let initialized =
+        setup::wait_answering(&cluster, chns, wait, |_| "is its nasd running and reachable?".into()).await?;
+    let reply = setup::restore(&cluster, chns, &initialized, &restore, json).await?;
+    let mut initialized = vec![false; chns.len()];
+    initialized[0] = true;
+    setup::install(&cluster, chns, &initialized, (&admin, &password), json).await?;
+    let status = setup::wait_healthy(&cluster, chns.len(), wait).await?;
+    let from = reply.restored_from.unwrap_or_default();
+    if json {
+        outln!(
+            "{}",
+            json!({"cluster": addrs.join(","), "leader": status.leader_name, "log_index": from.log_index,
+                   "taken_ms": from.taken_ms, "file": from.file})
+        );
+    } else {
+        outln!(
+            "cluster of {} CHNs restored to log index {} (leader {}); talk to it with {CLUSTER_ENV}={}",
+            chns.len(),
+            from.log_index,
+            status.leader_name,
+            addrs.join(",")
+        );
+    }
+    Ok(())
 }

@@ -213,6 +213,7 @@ impl Injector {
                 insecure: false,
                 json: false,
                 quiet: true,
+                restore: None,
             })
             .await
             .with_context(|| format!("restarting {chn}"))?;

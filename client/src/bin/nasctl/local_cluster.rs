@@ -47,6 +47,9 @@ pub struct UpOptions {
     pub json: bool,
     /// Print nothing (a drill restarting a CHN).
     pub quiet: bool,
+    /// Start the shared LU from a backup instead of bootstrapping an empty
+    /// one (`cluster restore --dir`).
+    pub restore: Option<setup::Restore>,
 }
 
 fn layout_path(dir: &Path) -> PathBuf {
@@ -267,7 +270,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     let addrs: Vec<String> = layout.nodes.iter().map(|n| n.addr.clone()).collect();
-    let (admin, password, password_file) = admin_password(dir, new_cluster)?;
+    let (admin, password, password_file) = admin_password(dir, new_cluster && opts.restore.is_none())?;
     let credential = ::nas_client::Credential::Password {
         user: admin.clone(),
         password: password.clone(),
@@ -282,6 +285,15 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         format!("log: {}", node_dir(dir, &node.name).join("nasd.log").display())
     })
     .await?;
+    let initialized = match &opts.restore {
+        Some(r) => {
+            setup::restore(&cluster, &layout.nodes, &initialized, r, opts.quiet).await?;
+            let mut now = vec![false; initialized.len()];
+            now[0] = true;
+            now
+        }
+        None => initialized,
+    };
     setup::install(&cluster, &layout.nodes, &initialized, (&admin, &password), opts.quiet).await?;
     let n = layout.nodes.len();
     let status = setup::wait_healthy(&cluster, n, Duration::from_secs(30)).await?;

@@ -168,6 +168,84 @@ pub async fn install(
     Ok(())
 }
 
+/// Where `cluster restore` takes the shared LU from.
+pub enum RestoreFrom {
+    /// The newest good copy in the backup location on the disk array, as
+    /// the first CHN sees it.
+    Array,
+    /// A copy saved with `shared-lu backup --to`: a file, or a folder whose
+    /// newest good copy is taken.
+    Saved(std::path::PathBuf),
+}
+
+/// What `cluster restore` asks for.
+pub struct Restore {
+    pub from: RestoreFrom,
+    /// Restore a copy made for another disk array.
+    pub force: bool,
+}
+
+/// Starts a new shared LU on `nodes[0]` from a backup (the disaster
+/// restore), refusing when any CHN still belongs to one, and prints what
+/// came back. `install` then joins the other CHNs.
+pub async fn restore(
+    cluster: &Cluster,
+    nodes: &[NodeSpec],
+    initialized: &[bool],
+    r: &Restore,
+    quiet: bool,
+) -> anyhow::Result<proto::RestoreSharedLuReply> {
+    if let Some(n) = nodes.iter().zip(initialized).find_map(|(n, i)| i.then_some(n)) {
+        bail!(
+            "{} at {} still belongs to a shared LU; a backup is restored only onto CHNs started with empty data \
+             directories (stop every nasd, move its data directory away, start it again)",
+            n.name,
+            n.addr
+        );
+    }
+    let first = nodes.first().context("no CHN to restore onto")?;
+    let (image, source) = match &r.from {
+        RestoreFrom::Array => (Vec::new(), "its backup location on the disk array".to_string()),
+        RestoreFrom::Saved(path) => {
+            let copy = proto::backup_file::open(path)?;
+            let bytes = std::fs::read(&copy.path).with_context(|| format!("cannot read {}", copy.path.display()))?;
+            (bytes, copy.path.display().to_string())
+        }
+    };
+    if !quiet {
+        eprintln!("restoring the shared LU on {} from {source} ...", first.name);
+    }
+    let reply = cluster
+        .admin_at(0)
+        .restore_shared_lu(proto::RestoreSharedLuRequest { image, force: r.force })
+        .await
+        .map_err(|s| anyhow::anyhow!("restoring on {} failed: {}", first.name, s.message()))?
+        .into_inner();
+    if !quiet {
+        let from = reply.restored_from.clone().unwrap_or_default();
+        eprintln!(
+            "restored from {}: log index {} (term {}), written by {} at {} UTC.\n\
+             Changes made after log index {} are not in it.\n\
+             Back: {} disks, {} LUs, {} users, {} exports, {} CHNs; dropped: {} client sessions and {} file locks \
+             (those clients log in again).",
+            from.file,
+            from.log_index,
+            from.log_term,
+            from.taken_by,
+            crate::output::utc(from.taken_ms),
+            from.log_index,
+            reply.disks,
+            reply.lus,
+            reply.users,
+            reply.exports,
+            reply.chns,
+            reply.sessions_dropped,
+            reply.file_locks_dropped
+        );
+    }
+    Ok(reply)
+}
+
 /// Waits until the leader sees `n` voters, each caught up and with a fresh
 /// heartbeat (only the leader's view shows both), and returns its status.
 pub async fn wait_healthy(cluster: &Cluster, n: usize, timeout: Duration) -> anyhow::Result<proto::ClusterStatusReply> {

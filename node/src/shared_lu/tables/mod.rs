@@ -16,6 +16,7 @@ mod chns;
 mod clients;
 mod locks;
 mod probes;
+mod restore;
 mod services;
 mod storage;
 mod users;
@@ -236,6 +237,7 @@ impl Tables {
             Kind::SetClusterKeys(c) => self.set_cluster_keys(c),
             Kind::AppendAudit(c) => self.append_audit(c),
             Kind::SetPassword(c) => self.set_password(c),
+            Kind::RestoreTables(c) => self.restore(c),
         }
     }
 }
