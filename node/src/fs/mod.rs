@@ -23,6 +23,7 @@ pub mod alloc;
 pub mod backend;
 pub mod handles;
 pub mod layout;
+pub mod snapshots;
 #[cfg(test)]
 mod tests;
 pub mod tree;
@@ -170,6 +171,8 @@ pub struct Space {
     /// Size of the metadata area, and how much of it the database spans.
     pub meta_bytes: u64,
     pub meta_used_bytes: u64,
+    /// Blocks only snapshots hold (deleting every snapshot frees them).
+    pub snapshot_bytes: u64,
 }
 
 /// An absolute path split into checked names.

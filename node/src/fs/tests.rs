@@ -282,6 +282,12 @@ enum Op {
     Rename(String, String),
     Remount,
     PowerCut,
+    Snapshot(String),
+    DeleteSnapshot(String),
+}
+
+fn snapshot_name() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["s1", "s2", "s3"]).prop_map(str::to_string)
 }
 
 fn path_strategy() -> impl Strategy<Value = String> {
@@ -300,6 +306,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (path_strategy(), path_strategy()).prop_map(|(a, b)| Op::Rename(a, b)),
         1 => Just(Op::Remount),
         1 => Just(Op::PowerCut),
+        2 => snapshot_name().prop_map(Op::Snapshot),
+        1 => snapshot_name().prop_map(Op::DeleteSnapshot),
     ]
 }
 
@@ -311,16 +319,24 @@ fn same<T: std::fmt::Debug>(got: Result<T>, want: std::result::Result<(), &'stat
     }
 }
 
-/// Every file and directory of the model is in the volume with the same
-/// content, nothing more, and the free space adds up.
-fn check(v: &Volume, m: &Model) {
+/// The files and directories under `top` (the root, or a snapshot's
+/// `/.snapshot/NAME`), keyed by their path below it, and the bytes their
+/// extents take.
+fn tree_of(v: &Volume, top: &str) -> (BTreeMap<String, Node>, u64) {
     let mut seen = BTreeMap::new();
     let mut stack = vec!["/".to_string()];
     let mut allocated = 0;
+    let full = |dir: &str| {
+        if dir == "/" {
+            top.to_string()
+        } else {
+            format!("{}{dir}", top.trim_end_matches('/'))
+        }
+    };
     while let Some(dir) = stack.pop() {
         let mut after = String::new();
         loop {
-            let page = v.list(&root(), &p(&dir), &after, 2).unwrap();
+            let page = v.list(&root(), &p(&full(&dir)), &after, 2).unwrap();
             if page.is_empty() {
                 break;
             }
@@ -348,14 +364,31 @@ fn check(v: &Volume, m: &Model) {
             }
         }
     }
+    (seen, allocated)
+}
+
+/// Every file and directory of the model is in the volume with the same
+/// content, nothing more; each snapshot holds what the tree held when it
+/// was taken; and every block is in exactly one place.
+fn check(v: &Volume, m: &Model, snaps: &BTreeMap<String, Model>) {
+    let (seen, allocated) = tree_of(v, "/");
     assert_eq!(digest(&seen), digest(&m.0));
+    for (name, snap) in snaps {
+        let (seen, _) = tree_of(v, &format!("/.snapshot/{name}"));
+        assert_eq!(digest(&seen), digest(&snap.0), "snapshot {name}");
+    }
+    let listed: Vec<String> = v.snapshots().unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(listed.len(), snaps.len(), "{listed:?}");
     let space = v.space().unwrap();
     assert_eq!(
-        space.free_bytes + allocated,
+        space.free_bytes + allocated + space.snapshot_bytes,
         space.data_bytes,
         "space leaked or double counted"
     );
     assert_eq!(space.files as usize, m.0.len());
+    let blocks = v.check_blocks().unwrap();
+    assert!(blocks.problems.is_empty(), "{blocks:?}");
+    assert_eq!(blocks.live_bytes, allocated);
 }
 
 /// Names, kinds, lengths and checksums: short enough to read in a failure.
@@ -383,6 +416,7 @@ proptest! {
         let mut dev = MemDev::new(DEV_BYTES);
         let mut v = Volume::mount(dev.clone()).unwrap();
         let mut m = Model::default();
+        let mut snaps: BTreeMap<String, Model> = BTreeMap::new();
         let c = root();
         for op in ops {
             match op {
@@ -421,9 +455,18 @@ proptest! {
                     dev = cut;
                     v = Volume::mount(dev.clone()).unwrap();
                 }
+                Op::Snapshot(name) => {
+                    let want = if snaps.contains_key(&name) { Err("exists") } else { Ok(()) };
+                    same(change(&v, &c, Change::Snapshot { name: name.clone() }), want, "snapshot");
+                    snaps.entry(name).or_insert_with(|| m.clone());
+                }
+                Op::DeleteSnapshot(name) => {
+                    let want = if snaps.remove(&name).is_some() { Ok(()) } else { Err("notfound") };
+                    same(change(&v, &c, Change::DeleteSnapshot { name }), want, "delete snapshot");
+                }
             }
         }
-        check(&v, &m);
+        check(&v, &m, &snaps);
     }
 }
 
@@ -454,7 +497,7 @@ fn non_durable_pieces_vanish_in_a_power_cut_and_leave_no_trace() {
     let v = Volume::mount(cut).unwrap();
     let mut m = Model::default();
     m.0.insert("/f".into(), Node::File(vec![7; 5000]));
-    check(&v, &m);
+    check(&v, &m, &BTreeMap::new());
 }
 
 #[test]
@@ -732,4 +775,202 @@ fn a_failed_group_reopens_the_database_and_a_stream_across_it_is_refused() {
     // The volume works on: writes, and streams begun after the reopening.
     piece(0, true, Some(v.generation())).unwrap();
     assert_eq!(v.stat(&root(), &p("/f")).unwrap().inode.size, 4096);
+}
+
+fn read_all(v: &Volume, path: &str) -> Vec<u8> {
+    let attr = v.stat(&root(), &p(path)).unwrap();
+    v.read(&root(), attr.inode.ino, 0, u64::MAX).unwrap()
+}
+
+fn snapshot(v: &Volume, name: &str) -> Result<Outcome> {
+    change(v, &root(), Change::Snapshot { name: name.into() })
+}
+
+#[test]
+fn a_snapshot_keeps_files_as_they_were_while_they_change_and_deleting_it_frees_its_blocks() {
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let c = root();
+    change(
+        &v,
+        &c,
+        Change::Mkdir {
+            path: p("/d"),
+            mode: 0o755,
+        },
+    )
+    .unwrap();
+    let a = create(&v, &c, "/d/a").unwrap();
+    let old = random(3 * BLOCK as usize + 100, 1);
+    write(&v, &c, a, 0, &old).unwrap();
+    let b = create(&v, &c, "/b").unwrap();
+    write(&v, &c, b, 0, &random(10_000, 2)).unwrap();
+    let before = v.space().unwrap();
+    match snapshot(&v, "monday").unwrap() {
+        Outcome::Snapshot(s) => assert_eq!((s.name.as_str(), s.files), ("monday", 3)),
+        o => panic!("{o:?}"),
+    }
+    // Taking it copied no data.
+    assert_eq!(v.space().unwrap().free_bytes, before.free_bytes);
+
+    // Overwrite part of a block, grow past the end, shrink and delete.
+    let mut new = old.clone();
+    new[5000..5010].copy_from_slice(&[0xee; 10]);
+    write(&v, &c, a, 5000, &[0xee; 10]).unwrap();
+    write(&v, &c, a, old.len() as u64 + 3000, b"tail").unwrap();
+    new.resize(old.len() + 3000, 0);
+    new.extend_from_slice(b"tail");
+    change(&v, &c, Change::Truncate { ino: b, size: 10 }).unwrap();
+    change(&v, &c, Change::Truncate { ino: b, size: 5000 }).unwrap();
+    change(&v, &c, Change::Unlink { path: p("/d/a") }).unwrap();
+    let a2 = create(&v, &c, "/d/a").unwrap();
+    write(&v, &c, a2, 0, &new).unwrap();
+
+    assert_eq!(read_all(&v, "/.snapshot/monday/d/a"), old);
+    assert_eq!(read_all(&v, "/.snapshot/monday/b"), random(10_000, 2));
+    assert_eq!(read_all(&v, "/d/a"), new);
+    let mut b_now = random(10, 2);
+    b_now.resize(5000, 0);
+    assert_eq!(
+        read_all(&v, "/b"),
+        b_now,
+        "the grown tail reads as zeros, not as the snapshot's bytes"
+    );
+    let listed = v.list(&c, &p("/.snapshot"), "", 10).unwrap();
+    assert_eq!(listed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["monday"]);
+    assert!(v
+        .list(&c, &p("/"), "", 10)
+        .unwrap()
+        .iter()
+        .all(|e| e.name != ".snapshot"));
+
+    let held = v.space().unwrap().snapshot_bytes;
+    assert!(held >= 4 * BLOCK, "the snapshot holds the old blocks: {held}");
+    let check = v.check_blocks().unwrap();
+    assert!(check.problems.is_empty(), "{check:?}");
+    assert_eq!(v.snapshots().unwrap()[0].unique_bytes, held);
+
+    change(&v, &c, Change::DeleteSnapshot { name: "monday".into() }).unwrap();
+    let after = v.space().unwrap();
+    assert_eq!(after.snapshot_bytes, 0);
+    let check = v.check_blocks().unwrap();
+    assert!(check.problems.is_empty(), "{check:?}");
+    assert_eq!(after.free_bytes + check.live_bytes, after.data_bytes);
+    let e = v.stat(&c, &p("/.snapshot/monday/b")).unwrap_err();
+    assert_eq!(kind(&e), "notfound", "{e}");
+}
+
+#[test]
+fn snapshots_are_read_only_and_their_names_are_checked() {
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let c = root();
+    let f = create(&v, &c, "/f").unwrap();
+    write(&v, &c, f, 0, b"hello").unwrap();
+    snapshot(&v, "s").unwrap();
+    let in_snapshot = v.stat(&c, &p("/.snapshot/s/f")).unwrap();
+    assert_eq!(in_snapshot.inode.mode & 0o222, 0);
+    assert_ne!(in_snapshot.inode.ino, f, "a snapshot's file has a handle of its own");
+    assert_eq!(v.stat_handle(in_snapshot.inode.ino).unwrap().inode.size, 5);
+    for refused in [
+        change(
+            &v,
+            &c,
+            Change::Write {
+                ino: in_snapshot.inode.ino,
+                offset: 0,
+                data: b"x".to_vec().into(),
+            },
+        ),
+        change(
+            &v,
+            &c,
+            Change::Truncate {
+                ino: in_snapshot.inode.ino,
+                size: 0,
+            },
+        ),
+        change(
+            &v,
+            &c,
+            Change::Unlink {
+                path: p("/.snapshot/s/f"),
+            },
+        ),
+        change(
+            &v,
+            &c,
+            Change::Mkdir {
+                path: p("/.snapshot/x"),
+                mode: 0o755,
+            },
+        ),
+        change(
+            &v,
+            &c,
+            Change::Rename {
+                from: p("/f"),
+                to: p("/.snapshot/s/g"),
+            },
+        ),
+    ] {
+        let e = refused.unwrap_err();
+        assert_eq!(kind(&e), "perm", "{e}");
+    }
+    assert_eq!(kind(&snapshot(&v, "s").unwrap_err()), "exists");
+    for bad in ["", ".hidden", "a/b", &"x".repeat(65)] {
+        assert_eq!(kind(&snapshot(&v, bad).unwrap_err()), "invalid", "{bad:?}");
+    }
+    let e = change(&v, &c, Change::DeleteSnapshot { name: "nope".into() }).unwrap_err();
+    assert_eq!(kind(&e), "notfound");
+    assert_eq!(read_all(&v, "/f"), b"hello");
+}
+
+#[test]
+fn a_full_file_system_refuses_to_overwrite_what_a_snapshot_holds_and_says_so() {
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let c = root();
+    let f = create(&v, &c, "/big").unwrap();
+    let free = v.space().unwrap().free_bytes;
+    let data = random((free - 2 * BLOCK) as usize, 3);
+    write(&v, &c, f, 0, &data).unwrap();
+    snapshot(&v, "s").unwrap();
+    // An overwrite needs fresh blocks now; there are two.
+    let e = write(&v, &c, f, 0, &random(3 * BLOCK as usize, 4)).unwrap_err();
+    assert_eq!(kind(&e), "nospace", "{e}");
+    assert!(e.to_string().contains("snapshots"), "{e}");
+    write(&v, &c, f, 0, &random(BLOCK as usize, 5)).unwrap();
+    assert_eq!(read_all(&v, "/.snapshot/s/big"), data);
+    // Deleting the file frees nothing while the snapshot holds it.
+    change(&v, &c, Change::Unlink { path: p("/big") }).unwrap();
+    assert!(v.space().unwrap().free_bytes < 3 * BLOCK);
+    change(&v, &c, Change::DeleteSnapshot { name: "s".into() }).unwrap();
+    assert_eq!(v.space().unwrap().free_bytes, free);
+    assert!(v.check_blocks().unwrap().problems.is_empty());
+}
+
+#[test]
+fn snapshots_survive_a_remount_and_a_power_cut_leaves_a_snapshot_whole_or_not_at_all() {
+    let dev = MemDev::new(DEV_BYTES);
+    let v = Volume::mount(dev.clone()).unwrap();
+    let c = root();
+    let f = create(&v, &c, "/f").unwrap();
+    write(&v, &c, f, 0, &random(20_000, 6)).unwrap();
+    snapshot(&v, "kept").unwrap();
+    write(&v, &c, f, 0, &random(20_000, 7)).unwrap();
+    drop(v);
+    let v = Volume::mount(dev.clone()).unwrap();
+    assert_eq!(read_all(&v, "/.snapshot/kept/f"), random(20_000, 6));
+    // A snapshot commits durably, or not at all: after a cut right after
+    // it returns, it is there whole.
+    snapshot(&v, "second").unwrap();
+    let cut = dev.power_cut();
+    drop(v);
+    let v = Volume::mount(cut).unwrap();
+    assert_eq!(read_all(&v, "/.snapshot/second/f"), random(20_000, 7));
+    assert!(v.check_blocks().unwrap().problems.is_empty());
+}
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen()).collect()
 }

@@ -8,12 +8,18 @@
 //! when its batch ends, so no later call of the same (not yet durable)
 //! batch can write into them.
 //!
+//! Blocks a snapshot still holds are never written in place: a change
+//! that would overwrite one first gives the file fresh blocks of its own
+//! (copy on write), and a block it drops goes to the snapshots' deadlist
+//! instead of the free table (see [`super::snapshots`]).
+//!
 //! Owns the metadata tables; must never write file data outside the
 //! extents of the file being written or fresh ones it allocates.
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::alloc::{self, FREE};
+use super::snapshots::{self, DEADLIST, LIVE, SNAPSHOT_DIR};
 use super::{Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, BLOCK, MAX_FILE_SIZE, ROOT, ZEROS};
 use crate::array::BlockDevice;
 use crate::rt::now_ms;
@@ -22,11 +28,30 @@ use crate::rt::now_ms;
 pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 /// (directory, name) -> inode number.
 pub const DIRENTS: TableDefinition<(u64, &str), u64> = TableDefinition::new("dirents");
-/// (inode, file offset) -> (LU offset, length); block-aligned.
-pub const EXTENTS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("extents");
+/// (inode, file offset) -> [`Extent`]; block-aligned.
+pub const EXTENTS: TableDefinition<(u64, u64), Extent> = TableDefinition::new("extents.v2");
+/// Extents as file systems made before snapshots keep them, without a
+/// birth; `upgrade` moves them to [`EXTENTS`].
+const EXTENTS_V1: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("extents");
+
+/// Where a run of a file's blocks lives: (LU offset, length, birth). The
+/// birth is the generation the blocks were written in: a snapshot taken
+/// at generation g holds every block born at or before g that was still
+/// in use then.
+pub type Extent = (u64, u64, u64);
+
+/// A run of a file's blocks, clipped to what a caller asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapped {
+    pub file: u64,
+    pub lu: u64,
+    pub len: u64,
+    pub birth: u64,
+}
 /// (client id, sequence number) -> stored reply of a completed call.
 pub const REPLIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replies");
-/// Counters: "next_ino", "free_bytes", "files".
+/// Counters: "next_ino", "free_bytes", "files", and the snapshot ones
+/// ("generation", "newest_snapshot", "held_bytes").
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Read permission bit.
@@ -130,17 +155,21 @@ where
     Ok(cur)
 }
 
-/// The extents of `ino` overlapping `[start, end)`, clipped to it, as
-/// (file offset, LU offset, length).
-pub fn mapped<E>(extents: &E, ino: u64, start: u64, end: u64) -> Result<Vec<(u64, u64, u64)>>
+/// The extents of `ino` overlapping `[start, end)`, clipped to it.
+pub fn mapped<E>(extents: &E, ino: u64, start: u64, end: u64) -> Result<Vec<Mapped>>
 where
-    E: ReadableTable<(u64, u64), (u64, u64)>,
+    E: ReadableTable<(u64, u64), Extent>,
 {
     let mut out = Vec::new();
-    let mut push = |f: u64, (at, len): (u64, u64)| {
+    let mut push = |f: u64, (at, len, birth): Extent| {
         let (s, e) = (f.max(start), (f + len).min(end));
         if s < e {
-            out.push((s, at + (s - f), e - s));
+            out.push(Mapped {
+                file: s,
+                lu: at + (s - f),
+                len: e - s,
+                birth,
+            });
         }
     };
     if let Some(e) = extents.range((ino, 0)..=(ino, start)).map_err(FsError::db)?.next_back() {
@@ -159,19 +188,19 @@ where
 /// The extents of `ino` in the blocks `[offset, end)` touches, and the
 /// block-aligned gaps between them that a write there must allocate.
 #[allow(clippy::type_complexity)]
-pub fn plan<E>(extents: &E, ino: u64, offset: u64, end: u64) -> Result<(Vec<(u64, u64, u64)>, Vec<(u64, u64)>)>
+pub fn plan<E>(extents: &E, ino: u64, offset: u64, end: u64) -> Result<(Vec<Mapped>, Vec<(u64, u64)>)>
 where
-    E: ReadableTable<(u64, u64), (u64, u64)>,
+    E: ReadableTable<(u64, u64), Extent>,
 {
     let (astart, aend) = (round_down(offset), round_up(end));
     let have = mapped(extents, ino, astart, aend)?;
     let mut gaps = Vec::new();
     let mut pos = astart;
-    for &(f, _, n) in &have {
-        if f > pos {
-            gaps.push((pos, f));
+    for m in &have {
+        if m.file > pos {
+            gaps.push((pos, m.file));
         }
-        pos = f + n;
+        pos = m.file + m.len;
     }
     if pos < aend {
         gaps.push((pos, aend));
@@ -182,7 +211,7 @@ where
 /// What `stat` shows for an inode.
 pub fn attr<E>(extents: &E, inode: Inode) -> Result<Attr>
 where
-    E: ReadableTable<(u64, u64), (u64, u64)>,
+    E: ReadableTable<(u64, u64), Extent>,
 {
     let (mut head, mut count, mut bytes) = (0, 0, 0);
     for e in extents
@@ -190,7 +219,7 @@ where
         .map_err(FsError::db)?
     {
         let (_, v) = e.map_err(FsError::db)?;
-        let (at, len) = v.value();
+        let (at, len, _) = v.value();
         if count == 0 {
             head = at;
         }
@@ -209,12 +238,12 @@ where
 /// the size); holes read as zeros.
 pub fn read_data<E>(extents: &E, dev: &dyn BlockDevice, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>>
 where
-    E: ReadableTable<(u64, u64), (u64, u64)>,
+    E: ReadableTable<(u64, u64), Extent>,
 {
     let mut buf = vec![0u8; len as usize];
-    for (f, at, n) in mapped(extents, ino, offset, offset + len)? {
-        let s = (f - offset) as usize;
-        dev.read_at(at, &mut buf[s..s + n as usize])?;
+    for m in mapped(extents, ino, offset, offset + len)? {
+        let s = (m.file - offset) as usize;
+        dev.read_at(m.lu, &mut buf[s..s + m.len as usize])?;
     }
     Ok(buf)
 }
@@ -231,7 +260,7 @@ pub fn list<I, D, E>(
 where
     I: ReadableTable<u64, &'static [u8]>,
     D: ReadableTable<(u64, &'static str), u64>,
-    E: ReadableTable<(u64, u64), (u64, u64)>,
+    E: ReadableTable<(u64, u64), Extent>,
 {
     let mut out = Vec::new();
     let range = dirents
@@ -257,18 +286,55 @@ where
 
 /// A batch's view of the tables, open for change.
 pub struct Tx<'t> {
+    pub(super) txn: &'t WriteTransaction,
     pub inodes: Table<'t, u64, &'static [u8]>,
     pub dirents: Table<'t, (u64, &'static str), u64>,
-    pub extents: Table<'t, (u64, u64), (u64, u64)>,
+    pub extents: Table<'t, (u64, u64), Extent>,
     pub replies: Table<'t, (&'static str, u64), &'static [u8]>,
-    free: Table<'t, u64, u64>,
+    pub(super) free: Table<'t, u64, u64>,
+    pub(super) deadlist: Table<'t, (u64, u64), (u64, u64)>,
     meta: Table<'t, &'static str, u64>,
     dev: &'t dyn BlockDevice,
     free_bytes: u64,
-    files: u64,
+    pub(super) files: u64,
     next_ino: u64,
+    /// Blocks written by this batch are born in this generation.
+    pub(super) generation: u64,
+    /// Generation of the newest snapshot (0: none): blocks born at or
+    /// before it are shared with it.
+    pub(super) newest_snapshot: u64,
+    /// Bytes only snapshots hold (the sum of every deadlist).
+    pub(super) held_bytes: u64,
     /// Blocks freed by this batch, returned to the free table at its end.
-    freed: Vec<(u64, u64)>,
+    pub(super) freed: Vec<(u64, u64)>,
+}
+
+/// Counter names of the meta table.
+pub(super) const GENERATION: &str = "generation";
+pub(super) const NEWEST_SNAPSHOT: &str = "newest_snapshot";
+pub(super) const HELD_BYTES: &str = "held_bytes";
+
+/// Moves the extents of a file system made before snapshots to the table
+/// that records births (all born at generation 0, before any snapshot).
+pub fn upgrade(txn: &WriteTransaction) -> Result<bool> {
+    use redb::TableHandle;
+    let mut tables = txn.list_tables().map_err(FsError::db)?;
+    if !tables.any(|t| t.name() == EXTENTS_V1.name()) {
+        return Ok(false);
+    }
+    let old: Vec<((u64, u64), (u64, u64))> = txn
+        .open_table(EXTENTS_V1)
+        .map_err(FsError::db)?
+        .iter()
+        .map_err(FsError::db)?
+        .map(|e| e.map(|(k, v)| (k.value(), v.value())).map_err(FsError::db))
+        .collect::<Result<_>>()?;
+    txn.delete_table(EXTENTS_V1).map_err(FsError::db)?;
+    let mut new = txn.open_table(EXTENTS).map_err(FsError::db)?;
+    for (k, (at, len)) in old {
+        new.insert(k, (at, len, 0)).map_err(FsError::db)?;
+    }
+    Ok(true)
 }
 
 /// A counter of the meta table (0 before it is first written).
@@ -292,14 +358,19 @@ impl<'t> Tx<'t> {
     pub fn open(txn: &'t WriteTransaction, dev: &'t dyn BlockDevice) -> Result<Self> {
         let meta = txn.open_table(META).map_err(FsError::db)?;
         Ok(Tx {
+            txn,
             free_bytes: counter(&meta, "free_bytes")?,
             files: counter(&meta, "files")?,
             next_ino: counter(&meta, "next_ino")?.max(ROOT + 1),
+            generation: counter(&meta, GENERATION)?.max(1),
+            newest_snapshot: counter(&meta, NEWEST_SNAPSHOT)?,
+            held_bytes: counter(&meta, HELD_BYTES)?,
             inodes: txn.open_table(INODES).map_err(FsError::db)?,
             dirents: txn.open_table(DIRENTS).map_err(FsError::db)?,
             extents: txn.open_table(EXTENTS).map_err(FsError::db)?,
             replies: txn.open_table(REPLIES).map_err(FsError::db)?,
             free: txn.open_table(FREE).map_err(FsError::db)?,
+            deadlist: txn.open_table(DEADLIST).map_err(FsError::db)?,
             meta,
             dev,
             freed: Vec::new(),
@@ -342,6 +413,9 @@ impl<'t> Tx<'t> {
             ("free_bytes", self.free_bytes),
             ("files", self.files),
             ("next_ino", self.next_ino),
+            (GENERATION, self.generation),
+            (NEWEST_SNAPSHOT, self.newest_snapshot),
+            (HELD_BYTES, self.held_bytes),
         ] {
             self.meta.insert(k, v).map_err(FsError::db)?;
         }
@@ -362,6 +436,9 @@ impl<'t> Tx<'t> {
     /// The parent directory of `path`, checked for changing its entries,
     /// and the last name.
     fn parent_of<'p>(&self, caller: &Caller, path: &'p FsPath) -> Result<(Inode, &'p str)> {
+        if path.names().first().is_some_and(|n| n == SNAPSHOT_DIR) {
+            return Err(snapshots::read_only(path));
+        }
         let (parent_path, name) = path
             .split_last()
             .ok_or_else(|| FsError::InvalidArgument("the root directory cannot be changed this way".into()))?;
@@ -460,6 +537,11 @@ impl<'t> Tx<'t> {
     }
 
     fn writable_file(&self, caller: &Caller, ino: u64) -> Result<Inode> {
+        if snapshots::split(ino).0 != LIVE {
+            return Err(FsError::PermissionDenied(
+                "this handle names a file in a snapshot, and snapshots are read-only; copy the file out instead".into(),
+            ));
+        }
         let inode = by_handle(&self.inodes, ino)?;
         if inode.kind != FileKind::File {
             return Err(FsError::FailedPrecondition(format!("handle {ino} is a directory")));
@@ -484,21 +566,31 @@ impl<'t> Tx<'t> {
         if data.is_empty() {
             return Ok(inode.size);
         }
-        // Plan first: what is mapped, and what fresh blocks the gaps need.
-        let astart = round_down(offset);
-        let (have, gaps) = plan(&self.extents, ino, offset, end)?;
-        let want: u64 = gaps.iter().map(|(s, e)| e - s).sum();
-        check_space(want, self.free_bytes)?;
+        // Plan first: what is mapped, and what fresh blocks the gaps and
+        // the blocks snapshots hold need.
+        let (astart, aend) = (round_down(offset), round_up(end));
+        let (_, gaps) = plan(&self.extents, ino, offset, end)?;
+        let mut want: u64 = gaps.iter().map(|(s, e)| e - s).sum();
+        want += self.shared_bytes(ino, astart, aend)?;
+        if offset > inode.size {
+            let tail = (round_down(inode.size), round_up(inode.size));
+            if tail.1 <= astart {
+                want += self.shared_bytes(ino, tail.0, tail.1)?;
+            }
+        }
+        self.check_space(want)?;
         // Growing past the old size: the old last block's tail must read as
         // zeros where this write does not cover it.
         if offset > inode.size {
             self.zero_tail(ino, inode.size, offset)?;
         }
-        for (f, at, n) in have {
-            let (s, e) = (f.max(offset), (f + n).min(end));
+        self.own(ino, astart, aend, (offset, end))?;
+        let (have, gaps) = plan(&self.extents, ino, offset, end)?;
+        for m in have {
+            let (s, e) = (m.file.max(offset), (m.file + m.len).min(end));
             if s < e {
                 let src = &data[(s - offset) as usize..(e - offset) as usize];
-                self.dev.write_at(at + (s - f), src)?;
+                self.dev.write_at(m.lu + (s - m.file), src)?;
             }
         }
         let mut hint = self.hint(ino, astart)?;
@@ -520,7 +612,7 @@ impl<'t> Tx<'t> {
                     }
                     self.dev.write_at(at, &buf)?;
                 }
-                self.add_extent(ino, f, at, n)?;
+                self.add_extent(ino, f, at, n, self.generation)?;
                 f += n;
                 hint = at + n;
             }
@@ -538,7 +630,7 @@ impl<'t> Tx<'t> {
         match prev {
             Some(e) => {
                 let (_, v) = e.map_err(FsError::db)?;
-                let (at, len) = v.value();
+                let (at, len, _) = v.value();
                 Ok(at + len)
             }
             None => Ok(0),
@@ -546,8 +638,8 @@ impl<'t> Tx<'t> {
     }
 
     /// Records an extent, merging it into the one before when both are
-    /// contiguous in the file and on the LU.
-    fn add_extent(&mut self, ino: u64, f: u64, at: u64, len: u64) -> Result<()> {
+    /// contiguous in the file and on the LU and were born together.
+    fn add_extent(&mut self, ino: u64, f: u64, at: u64, len: u64, birth: u64) -> Result<()> {
         let prev = match self.extents.range((ino, 0)..(ino, f)).map_err(FsError::db)?.next_back() {
             Some(e) => {
                 let (k, v) = e.map_err(FsError::db)?;
@@ -555,24 +647,142 @@ impl<'t> Tx<'t> {
             }
             None => None,
         };
-        if let Some((pf, (pat, plen))) = prev {
-            if pf + plen == f && pat + plen == at {
-                self.extents.insert((ino, pf), (pat, plen + len)).map_err(FsError::db)?;
+        if let Some((pf, (pat, plen, pbirth))) = prev {
+            if pf + plen == f && pat + plen == at && pbirth == birth {
+                self.extents
+                    .insert((ino, pf), (pat, plen + len, birth))
+                    .map_err(FsError::db)?;
                 return Ok(());
             }
         }
-        self.extents.insert((ino, f), (at, len)).map_err(FsError::db)?;
+        self.extents.insert((ino, f), (at, len, birth)).map_err(FsError::db)?;
         Ok(())
+    }
+
+    /// Refuses a change that needs more fresh bytes than are free, naming
+    /// what snapshots hold when they hold anything.
+    fn check_space(&self, need: u64) -> Result<()> {
+        check_space(need, self.free_bytes).map_err(|e| match e {
+            FsError::NoSpace(m) if self.newest_snapshot != 0 || self.held_bytes > 0 => FsError::NoSpace(format!(
+                "{m}, or delete snapshots: they hold {} KiB only they use, and overwriting blocks they share \
+                 with files takes fresh ones",
+                self.held_bytes >> 10
+            )),
+            e => e,
+        })
+    }
+
+    /// Whether blocks born in generation `birth` are held by a snapshot.
+    pub(super) fn is_shared(&self, birth: u64) -> bool {
+        self.newest_snapshot != 0 && birth <= self.newest_snapshot
+    }
+
+    /// Bytes of `ino`'s blocks in `[start, end)` that a snapshot holds.
+    fn shared_bytes(&self, ino: u64, start: u64, end: u64) -> Result<u64> {
+        Ok(mapped(&self.extents, ino, start, end)?
+            .iter()
+            .filter(|m| self.is_shared(m.birth))
+            .map(|m| m.len)
+            .sum())
+    }
+
+    /// Gives `ino` blocks of its own in place of those of `[start, end)`
+    /// (block-aligned) that a snapshot holds: fresh blocks, with the old
+    /// contents copied into the blocks the caller will not overwrite whole
+    /// (`cover` is the byte range it will write), and the old blocks go to
+    /// the snapshots. The caller has checked the space.
+    fn own(&mut self, ino: u64, start: u64, end: u64, cover: (u64, u64)) -> Result<()> {
+        let shared: Vec<Mapped> = mapped(&self.extents, ino, start, end)?
+            .into_iter()
+            .filter(|m| self.is_shared(m.birth))
+            .collect();
+        // Only the blocks at the edges of the write can be partly covered.
+        let partial: Vec<u64> = [cover.0, cover.1]
+            .into_iter()
+            .filter(|b| b % BLOCK != 0)
+            .map(round_down)
+            .collect();
+        for m in shared {
+            self.unmap(ino, m.file, m.file + m.len)?;
+            let hint = self.hint(ino, m.file)?;
+            let pieces = alloc::allocate(&mut self.free, m.len, hint)?;
+            self.free_bytes -= m.len;
+            let mut f = m.file;
+            for (at, n) in pieces {
+                for &b in partial.iter().filter(|&&b| (f..f + n).contains(&b)) {
+                    let mut block = vec![0u8; BLOCK as usize];
+                    self.dev.read_at(m.lu + (b - m.file), &mut block)?;
+                    self.dev.write_at(at + (b - f), &block)?;
+                }
+                self.add_extent(ino, f, at, n, self.generation)?;
+                f += n;
+            }
+            self.kill(m.lu, m.len, m.birth)?;
+        }
+        Ok(())
+    }
+
+    /// Drops blocks a file no longer uses: to the free table at the end of
+    /// the batch, or, when a snapshot holds them, to the live deadlist.
+    pub(super) fn kill(&mut self, at: u64, len: u64, birth: u64) -> Result<()> {
+        if self.is_shared(birth) {
+            self.deadlist.insert((LIVE, at), (len, birth)).map_err(FsError::db)?;
+            self.held_bytes += len;
+        } else {
+            self.freed.push((at, len));
+        }
+        Ok(())
+    }
+
+    /// Removes the mapping of `[start, end)` (block-aligned) from `ino`,
+    /// splitting extents at its edges; returns what was mapped there.
+    fn unmap(&mut self, ino: u64, start: u64, end: u64) -> Result<Vec<Mapped>> {
+        let pieces = mapped(&self.extents, ino, start, end)?;
+        let mut overlapping = Vec::new();
+        if let Some(e) = self
+            .extents
+            .range((ino, 0)..=(ino, start))
+            .map_err(FsError::db)?
+            .next_back()
+        {
+            let (k, v) = e.map_err(FsError::db)?;
+            overlapping.push((k.value().1, v.value()));
+        }
+        if start < end {
+            for e in self.extents.range((ino, start + 1)..(ino, end)).map_err(FsError::db)? {
+                let (k, v) = e.map_err(FsError::db)?;
+                overlapping.push((k.value().1, v.value()));
+            }
+        }
+        for (f, (at, len, birth)) in overlapping {
+            if f + len <= start {
+                continue;
+            }
+            self.extents.remove((ino, f)).map_err(FsError::db)?;
+            if f < start {
+                self.extents
+                    .insert((ino, f), (at, start - f, birth))
+                    .map_err(FsError::db)?;
+            }
+            if f + len > end {
+                self.extents
+                    .insert((ino, end), (at + (end - f), f + len - end, birth))
+                    .map_err(FsError::db)?;
+            }
+        }
+        Ok(pieces)
     }
 
     /// Zeros the mapped bytes of `[from, to)` (beyond the old size, so
     /// invisible until the size grows over them).
     fn zero_tail(&mut self, ino: u64, from: u64, to: u64) -> Result<()> {
-        for (_, at, n) in mapped(&self.extents, ino, from, to.min(round_up(from)))? {
+        let end = to.min(round_up(from));
+        self.own(ino, round_down(from), round_up(from), (from, end))?;
+        for m in mapped(&self.extents, ino, from, end)? {
             let mut done = 0;
-            while done < n {
-                let k = (n - done).min(ZEROS.len() as u64);
-                self.dev.write_at(at + done, &ZEROS[..k as usize])?;
+            while done < m.len {
+                let k = (m.len - done).min(ZEROS.len() as u64);
+                self.dev.write_at(m.lu + done, &ZEROS[..k as usize])?;
                 done += k;
             }
         }
@@ -590,6 +800,8 @@ impl<'t> Tx<'t> {
             )));
         }
         if size > inode.size {
+            let tail = (round_down(inode.size), round_up(inode.size));
+            self.check_space(self.shared_bytes(ino, tail.0, tail.1)?)?;
             self.zero_tail(ino, inode.size, size)?;
         } else {
             self.free_from(ino, round_up(size))?;
@@ -600,34 +812,11 @@ impl<'t> Tx<'t> {
         attr(&self.extents, inode)
     }
 
-    /// Frees every block of `ino` at file offset `from` (block-aligned) or
+    /// Drops every block of `ino` at file offset `from` (block-aligned) or
     /// beyond.
     fn free_from(&mut self, ino: u64, from: u64) -> Result<()> {
-        let mut keep = None;
-        let mut drop = Vec::new();
-        if let Some(e) = self
-            .extents
-            .range((ino, 0)..(ino, from))
-            .map_err(FsError::db)?
-            .next_back()
-        {
-            let (k, v) = e.map_err(FsError::db)?;
-            let (f, (at, len)) = (k.value().1, v.value());
-            if f + len > from {
-                keep = Some((f, at, from - f));
-                self.freed.push((at + (from - f), f + len - from));
-            }
-        }
-        for e in self.extents.range((ino, from)..=(ino, u64::MAX)).map_err(FsError::db)? {
-            let (k, v) = e.map_err(FsError::db)?;
-            drop.push(k.value().1);
-            self.freed.push(v.value());
-        }
-        if let Some((f, at, len)) = keep {
-            self.extents.insert((ino, f), (at, len)).map_err(FsError::db)?;
-        }
-        for f in drop {
-            self.extents.remove((ino, f)).map_err(FsError::db)?;
+        for m in self.unmap(ino, from, u64::MAX)? {
+            self.kill(m.lu, m.len, m.birth)?;
         }
         Ok(())
     }
@@ -774,5 +963,38 @@ impl<'t> Tx<'t> {
             .retain_in((client, 0)..=(client, u64::MAX), |_, _| false)
             .map_err(FsError::db)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{Database, ReadableDatabase, TableHandle};
+
+    /// A file system made before snapshots keeps its extents, now born at
+    /// generation 0 (before any snapshot), and the old table is gone.
+    #[test]
+    fn extents_without_births_are_upgraded_once() {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut old = txn.open_table(EXTENTS_V1).unwrap();
+            old.insert((5, 0), (1 << 20, 8192)).unwrap();
+            old.insert((5, 8192), (4 << 20, 4096)).unwrap();
+        }
+        txn.commit().unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(upgrade(&txn).unwrap());
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let names: Vec<String> = read.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        assert!(!names.contains(&"extents".to_string()), "{names:?}");
+        let new = read.open_table(EXTENTS).unwrap();
+        assert_eq!(new.get((5, 0)).unwrap().unwrap().value(), (1 << 20, 8192, 0));
+        assert_eq!(new.get((5, 8192)).unwrap().unwrap().value(), (4 << 20, 4096, 0));
+        let txn = db.begin_write().unwrap();
+        assert!(!upgrade(&txn).unwrap(), "nothing left to upgrade");
     }
 }

@@ -33,8 +33,9 @@ use tokio::sync::oneshot;
 
 use super::backend::LuBackend;
 use super::layout::Superblock;
-use super::tree::{self, Tx, DIRENTS, EXTENTS, INODES, META, REPLIES};
-use super::{Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, Space, MAX_FILE_SIZE};
+use super::snapshots::{self, BlockCheck, SnapshotInfo, View, SNAPSHOT_DIR, SNAPSHOT_DIR_ID};
+use super::tree::{self, Tx, EXTENTS, META, REPLIES};
+use super::{Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, Space, MAX_FILE_SIZE, ROOT};
 use crate::array::BlockDevice;
 
 /// One change to the tree.
@@ -79,6 +80,13 @@ pub enum Change {
     Forget {
         client: String,
     },
+    /// Take a snapshot of the tree as the changes before it leave it.
+    Snapshot {
+        name: String,
+    },
+    DeleteSnapshot {
+        name: String,
+    },
 }
 
 /// What a change returns; stored as the reply of an exactly-once call.
@@ -87,6 +95,7 @@ pub enum Outcome {
     Attr(Attr),
     /// The file's size after a write.
     Size(u64),
+    Snapshot(SnapshotInfo),
     Done,
 }
 
@@ -196,6 +205,14 @@ impl Volume {
             }
             txn.commit().map_err(FsError::db)?;
             tracing::info!(data_mib = data_len >> 20, "formatted a file system");
+        } else {
+            let txn = db.begin_write().map_err(FsError::db)?;
+            if tree::upgrade(&txn)? {
+                txn.commit().map_err(FsError::db)?;
+                tracing::info!("file-system extents now record their birth (for snapshots)");
+            } else {
+                txn.abort().map_err(FsError::db)?;
+            }
         }
         let inner = Arc::new(Inner {
             db: RwLock::new(Arc::new(db)),
@@ -270,21 +287,34 @@ impl Volume {
         self.inner.db().begin_read().map_err(FsError::db)
     }
 
-    /// Metadata of the file or directory at `path`.
+    /// Metadata of the file or directory at `path` (under
+    /// `/.snapshot/NAME` in that snapshot).
     pub fn stat(&self, caller: &Caller, path: &FsPath) -> Result<Attr> {
         let txn = self.read_txn()?;
-        let inodes = txn.open_table(INODES).map_err(FsError::db)?;
-        let dirents = txn.open_table(DIRENTS).map_err(FsError::db)?;
-        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
-        tree::attr(&extents, tree::resolve(&inodes, &dirents, caller, path)?)
+        match place(&txn, path)? {
+            Place::SnapshotDir => Ok(snapshot_dir_attr(&txn)?),
+            Place::In(view, path) => {
+                let inodes = open_view(&txn, view.inodes())?;
+                let dirents = open_view(&txn, view.dirents())?;
+                let extents = open_view(&txn, view.extents())?;
+                exposed(
+                    &view,
+                    tree::attr(&extents, tree::resolve(&inodes, &dirents, caller, &path)?)?,
+                )
+            }
+        }
     }
 
     /// Metadata of the file a handle names.
-    pub fn stat_handle(&self, ino: u64) -> Result<Attr> {
+    pub fn stat_handle(&self, id: u64) -> Result<Attr> {
         let txn = self.read_txn()?;
-        let inodes = txn.open_table(INODES).map_err(FsError::db)?;
-        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
-        tree::attr(&extents, tree::by_handle(&inodes, ino)?)
+        if id == SNAPSHOT_DIR_ID {
+            return snapshot_dir_attr(&txn);
+        }
+        let (view, ino) = View::of(id);
+        let inodes = open_view(&txn, view.inodes())?;
+        let extents = open_view(&txn, view.extents())?;
+        exposed(&view, tree::attr(&extents, tree::by_handle(&inodes, ino)?)?)
     }
 
     /// Opens an existing file for reading: checks kind and permission.
@@ -300,11 +330,15 @@ impl Volume {
     }
 
     /// Reads up to `len` bytes from `offset`; fewer at the end of the file.
-    pub fn read(&self, caller: &Caller, ino: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+    pub fn read(&self, caller: &Caller, id: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
         let _shared = self.inner.data_lock.read().unwrap_or_else(|p| p.into_inner());
         let txn = self.read_txn()?;
-        let inodes = txn.open_table(INODES).map_err(FsError::db)?;
-        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
+        if id == SNAPSHOT_DIR_ID {
+            return Err(FsError::FailedPrecondition(format!("/{SNAPSHOT_DIR} is a directory")));
+        }
+        let (view, ino) = View::of(id);
+        let inodes = open_view(&txn, view.inodes())?;
+        let extents = open_view(&txn, view.extents())?;
         let inode = tree::by_handle(&inodes, ino)?;
         if inode.kind == FileKind::Dir {
             return Err(FsError::FailedPrecondition(format!("{} is a directory", inode.name)));
@@ -330,17 +364,30 @@ impl Volume {
     /// A page of the directory at `path`: entries after `after`.
     pub fn list(&self, caller: &Caller, path: &FsPath, after: &str, limit: usize) -> Result<Vec<DirEntry>> {
         let txn = self.read_txn()?;
-        let inodes = txn.open_table(INODES).map_err(FsError::db)?;
-        let dirents = txn.open_table(DIRENTS).map_err(FsError::db)?;
-        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
-        let dir = tree::resolve(&inodes, &dirents, caller, path)?;
+        let (view, path) = match place(&txn, path)? {
+            Place::SnapshotDir => return list_snapshot_dir(&txn, after, limit.max(1)),
+            Place::In(view, path) => (view, path),
+        };
+        let inodes = open_view(&txn, view.inodes())?;
+        let dirents = open_view(&txn, view.dirents())?;
+        let extents = open_view(&txn, view.extents())?;
+        let dir = tree::resolve(&inodes, &dirents, caller, &path)?;
         if dir.kind != FileKind::Dir {
             return Err(FsError::FailedPrecondition(format!(
                 "{path} is a file; stat it instead"
             )));
         }
         tree::need(caller, &dir, tree::R, &path.to_string())?;
-        let entries = tree::list(&inodes, &dirents, &extents, &dir, after, limit.max(1))?;
+        let entries = tree::list(&inodes, &dirents, &extents, &dir, after, limit.max(1))?
+            .into_iter()
+            .map(|e| DirEntry {
+                attr: Attr {
+                    inode: view.expose(e.attr.inode),
+                    ..e.attr
+                },
+                ..e
+            })
+            .collect::<Vec<_>>();
         if tree::allowed(caller, &dir, tree::X) {
             return Ok(entries);
         }
@@ -383,7 +430,23 @@ impl Volume {
             meta_bytes: self.inner.meta_len,
             // The database's length may run past the area (it is virtual there).
             meta_used_bytes: sb.map_or(0, |sb| sb.db_len.min(sb.meta_len)),
+            snapshot_bytes: tree::counter(&meta, tree::HELD_BYTES)?,
         })
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        snapshots::list(&self.read_txn()?)
+    }
+
+    /// Checks that every block of the data area is in exactly one place
+    /// (free, in the live tree, or held only by snapshots) and that no
+    /// block is leaked; see [`snapshots::check`].
+    pub fn check_blocks(&self) -> Result<BlockCheck> {
+        let _shared = self.inner.data_lock.read().unwrap_or_else(|p| p.into_inner());
+        let sb = Superblock::read(self.inner.dev.as_ref())?
+            .ok_or_else(|| FsError::Corrupt("the file-system superblock is gone".into()))?;
+        snapshots::check(&self.read_txn()?, sb.data_at, sb.data_len)
     }
 
     /// Refuses, before anything is stored, a write of `len` bytes at
@@ -395,11 +458,14 @@ impl Volume {
         let txn = self.read_txn()?;
         let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
         let meta = txn.open_table(META).map_err(FsError::db)?;
-        let need = tree::plan(&extents, ino, offset, end)?
-            .1
+        let (have, gaps) = tree::plan(&extents, ino, offset, end)?;
+        let newest = tree::counter(&meta, tree::NEWEST_SNAPSHOT)?;
+        let shared: u64 = have
             .iter()
-            .map(|(s, e)| e - s)
+            .filter(|m| newest != 0 && m.birth <= newest)
+            .map(|m| m.len)
             .sum();
+        let need = gaps.iter().map(|(s, e)| e - s).sum::<u64>() + shared;
         tree::check_space(need, tree::counter(&meta, "free_bytes")?)
     }
 
@@ -410,6 +476,80 @@ impl Volume {
         let found = replies.get((client, seq)).map_err(FsError::db)?;
         found.map(|v| decode_outcome(v.value())).transpose()
     }
+}
+
+/// Where a path leads.
+enum Place {
+    /// `/.snapshot`: the list of snapshots.
+    SnapshotDir,
+    /// A path in the live tree, or (under `/.snapshot/NAME`) in a snapshot.
+    In(View, FsPath),
+}
+
+fn place(txn: &redb::ReadTransaction, path: &FsPath) -> Result<Place> {
+    match path.names() {
+        [first] if first == SNAPSHOT_DIR => Ok(Place::SnapshotDir),
+        [first, name, rest @ ..] if first == SNAPSHOT_DIR => {
+            let generation = snapshots::generation_of(txn, name)?;
+            let inner = FsPath::parse(&format!("/{}", rest.join("/")))?;
+            Ok(Place::In(View::snapshot(generation), inner))
+        }
+        _ => Ok(Place::In(View::live(), path.clone())),
+    }
+}
+
+/// Opens a table of a view; a snapshot's are gone once it is deleted.
+fn open_view<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    def: redb::TableDefinition<'_, K, V>,
+) -> Result<redb::ReadOnlyTable<K, V>> {
+    txn.open_table(def).map_err(|e| match e {
+        redb::TableError::TableDoesNotExist(_) => {
+            FsError::NotFound("that snapshot was deleted; see `nasctl snapshot list`".into())
+        }
+        e => FsError::db(e),
+    })
+}
+
+fn exposed(view: &View, attr: Attr) -> Result<Attr> {
+    Ok(Attr {
+        inode: view.expose(attr.inode),
+        ..attr
+    })
+}
+
+fn snapshot_dir_attr(txn: &redb::ReadTransaction) -> Result<Attr> {
+    let newest = snapshots::list(txn)?.last().map_or(0, |s| s.created_ms);
+    Ok(Attr {
+        inode: snapshots::snapshot_dir_inode(newest),
+        head_address: 0,
+        extents: 0,
+        allocated_bytes: 0,
+    })
+}
+
+/// `/.snapshot`: one directory per snapshot, its root as it was.
+fn list_snapshot_dir(txn: &redb::ReadTransaction, after: &str, limit: usize) -> Result<Vec<DirEntry>> {
+    let mut all = snapshots::list(txn)?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Vec::new();
+    for s in all.into_iter().filter(|s| s.name.as_str() > after).take(limit) {
+        let view = View::snapshot(s.generation);
+        let inodes = open_view(txn, view.inodes())?;
+        let mut root = view.expose(tree::by_handle(&inodes, ROOT)?);
+        root.name = s.name.clone();
+        root.mtime_ms = s.created_ms;
+        out.push(DirEntry {
+            name: s.name,
+            attr: Attr {
+                inode: root,
+                head_address: 0,
+                extents: 0,
+                allocated_bytes: 0,
+            },
+        });
+    }
+    Ok(out)
 }
 
 fn decode_outcome(bytes: &[u8]) -> Result<Outcome> {
@@ -638,7 +778,11 @@ impl Inner {
 fn adds_metadata(change: &Change) -> bool {
     matches!(
         change,
-        Change::Mkdir { .. } | Change::Create { .. } | Change::Write { .. } | Change::Rename { .. }
+        Change::Mkdir { .. }
+            | Change::Create { .. }
+            | Change::Write { .. }
+            | Change::Rename { .. }
+            | Change::Snapshot { .. }
     )
 }
 
@@ -671,6 +815,11 @@ fn apply_one(tx: &mut Tx<'_>, req: &Request) -> Result<Outcome> {
         Change::Sync { ino } => Outcome::Size(tree::by_handle(&tx.inodes, *ino)?.size),
         Change::Forget { client } => {
             tx.forget(client)?;
+            Outcome::Done
+        }
+        Change::Snapshot { name } => Outcome::Snapshot(tx.snapshot(name, crate::rt::now_ms())?),
+        Change::DeleteSnapshot { name } => {
+            tx.delete_snapshot(name)?;
             Outcome::Done
         }
     };
