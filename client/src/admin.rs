@@ -80,6 +80,14 @@ admin_methods! {
         backup_shared_lu(BackupSharedLuRequest) -> BackupSharedLuReply;
         /// The copies in the shared LU's backup location.
         shared_lu_backup_status(SharedLuBackupStatusRequest) -> SharedLuBackupStatusReply;
+        /// A snapshot of an export, taken on the CHN serving it.
+        create_snapshot(SnapshotRequest) -> SnapshotReply;
+        /// Deletes a snapshot; the remaining ones.
+        delete_snapshot(SnapshotRequest) -> SnapshotList;
+        /// An export's snapshots, oldest first.
+        list_snapshots(ListSnapshotsRequest) -> SnapshotList;
+        /// Checks that every block of an export is in exactly one place.
+        check_export(CheckExportRequest) -> CheckExportReply;
         add_path(PathRequest) -> WriteReply;
         remove_path(PathRequest) -> WriteReply;
         /// Joins a started nasd to the shared LU (learner, then voter).

@@ -165,6 +165,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         host: host.clone(),
         failover,
         backup,
+        exports: exports.clone(),
         version,
     })
     .max_decoding_message_size(MAX_MESSAGE)

@@ -36,10 +36,11 @@ pub fn admin(method: &str) -> Option<Need> {
         | "ListLocks"
         | "FailoverStatus"
         | "ListProbes"
-        | "SharedLuBackupStatus" => viewer,
-        "FailDisk" | "ReplaceDisk" | "RebuildLu" | "ScrubLu" | "MoveExport" | "BreakFileLock" | "WriteProbe" => {
-            operator
-        }
+        | "SharedLuBackupStatus"
+        | "ListSnapshots"
+        | "CheckExport" => viewer,
+        "FailDisk" | "ReplaceDisk" | "RebuildLu" | "ScrubLu" | "MoveExport" | "BreakFileLock" | "WriteProbe"
+        | "CreateSnapshot" | "DeleteSnapshot" => operator,
         "InitSharedLu" | "AddPath" | "RemovePath" | "InstallChn" | "RemoveChn" | "InitArray" | "CreateLu"
         | "AddUser" | "SetRole" | "SetPassword" | "CreateExport" | "ReadLu" | "WriteLu" | "ListAudit"
         | "BackupSharedLu" => admin,

@@ -178,6 +178,13 @@ fn deadlist_of<T: ReadableTable<(u64, u64), (u64, u64)>>(t: &T, dataset: u64) ->
         .collect()
 }
 
+/// Whether a block born in `birth` came after snapshot `prev` (every block
+/// did when there is none: blocks of file systems made before snapshots
+/// are born at 0).
+fn born_after(birth: u64, prev: Option<u64>) -> bool {
+    prev.is_none_or(|p| birth > p)
+}
+
 /// The generations of every snapshot, oldest first, with their names.
 fn generations<T: ReadableTable<&'static str, &'static [u8]>>(t: &T) -> Result<Vec<(u64, String, Row)>> {
     let mut out = Vec::new();
@@ -259,10 +266,10 @@ impl Tx<'_> {
             )));
         };
         let this = all[pos].0;
-        let prev = pos.checked_sub(1).map_or(0, |p| all[p].0);
+        let prev = pos.checked_sub(1).map(|p| all[p].0);
         let next = all.get(pos + 1).map_or(LIVE, |(g, _, _)| *g);
         for (at, len, birth) in deadlist_of(&self.deadlist, next)? {
-            if birth > prev {
+            if born_after(birth, prev) {
                 self.deadlist.remove((next, at)).map_err(FsError::db)?;
                 self.held_bytes = self.held_bytes.saturating_sub(len);
                 self.freed.push((at, len));
@@ -278,7 +285,7 @@ impl Tx<'_> {
         self.txn.delete_table(view.extents()).map_err(FsError::db)?;
         registry.remove(name).map_err(FsError::db)?;
         if self.newest_snapshot == this {
-            self.newest_snapshot = prev;
+            self.newest_snapshot = prev.unwrap_or(0);
         }
         Ok(())
     }
@@ -307,11 +314,11 @@ pub fn list(txn: &ReadTransaction) -> Result<Vec<SnapshotInfo>> {
     let all = generations(&registry)?;
     let mut out = Vec::new();
     for (i, (generation, name, row)) in all.iter().enumerate() {
-        let prev = i.checked_sub(1).map_or(0, |p| all[p].0);
+        let prev = i.checked_sub(1).map(|p| all[p].0);
         let next = all.get(i + 1).map_or(LIVE, |(g, _, _)| *g);
         let unique_bytes = deadlist_of(&deadlist, next)?
             .iter()
-            .filter(|(_, _, birth)| *birth > prev)
+            .filter(|(_, _, birth)| born_after(*birth, prev))
             .map(|(_, len, _)| len)
             .sum();
         out.push(SnapshotInfo {

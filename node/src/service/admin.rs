@@ -35,6 +35,7 @@ pub struct AdminService {
     pub host: LuHost,
     pub failover: crate::chn::failover::Failover,
     pub backup: crate::chn::state_backup::StateBackup,
+    pub exports: crate::chn::exports::Exports,
     pub version: String,
 }
 
@@ -127,17 +128,18 @@ impl AdminService {
         Ok(Some(admin_client::AdminClient::new(ch)))
     }
 
-    /// An Admin client on the CHN serving an LU, refusing a second hop.
+    /// An Admin client on the CHN serving `what` (an LU, an export),
+    /// refusing a second hop.
     fn owner_admin<T>(
         &self,
         req: &Request<T>,
         chn: &str,
         addr: &str,
-        lu: u32,
+        what: &str,
     ) -> Result<admin_client::AdminClient<tonic::transport::Channel>, Status> {
         if req.metadata().contains_key(FORWARDED) {
             return Err(Status::unavailable(format!(
-                "LU {lu} is served by CHN {chn} ({addr}); send the call there"
+                "{what} is served by CHN {chn} ({addr}); send the call there"
             )));
         }
         let ch = self
@@ -166,11 +168,37 @@ impl AdminService {
         match self.host.route(lu).await? {
             Route::Local(dev) => here(dev, req.into_inner()).await.map(Response::new),
             Route::Remote(chn, addr) => {
-                let owner = self.owner_admin(&req, &chn, &addr, lu)?;
+                let owner = self.owner_admin(&req, &chn, &addr, &format!("LU {lu}"))?;
                 let fwd = forward(&req, ());
                 there(owner, fwd.map(|()| req.into_inner())).await
             }
         }
+    }
+
+    /// Runs `here` on the mounted file system of `export` if this CHN
+    /// serves it, else sends the call on to the CHN that does with `there`.
+    async fn on_export_owner<Req, Resp, H, HF, T, TF>(
+        &self,
+        export: &str,
+        req: Request<Req>,
+        here: H,
+        there: T,
+    ) -> Result<Response<Resp>, Status>
+    where
+        H: FnOnce(Arc<crate::fs::Volume>, Req) -> HF,
+        HF: Future<Output = Result<Resp, Status>>,
+        T: FnOnce(AdminClient<Channel>, Request<Req>) -> TF,
+        TF: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let row = self.exports.export(export).await?;
+        if row.owner_chn != self.lu.name {
+            let addr = self.lu.address_of(&row.owner_chn);
+            let owner = self.owner_admin(&req, &row.owner_chn, &addr, &format!("export {export}"))?;
+            let fwd = forward(&req, ());
+            return there(owner, fwd.map(|()| req.into_inner())).await;
+        }
+        let vol = self.exports.volume(&row).await?;
+        here(vol, req.into_inner()).await.map(Response::new)
     }
 
     /// The LU a disk belongs to (0 when none), from current tables.
@@ -377,6 +405,50 @@ impl admin_server::Admin for AdminService {
         let image = (!r.image.is_empty()).then_some(r.image);
         let restored = self.backup.restore(image, r.force).await?;
         Ok(Response::new(crate::service::backup_copies::restored(&restored)))
+    }
+
+    async fn create_snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotReply>, Status> {
+        let export = req.get_ref().export.clone();
+        self.on_export_owner(
+            &export,
+            req,
+            |vol, r| crate::service::snapshots::create(vol, r.name),
+            |mut owner, r| async move { owner.create_snapshot(r).await },
+        )
+        .await
+    }
+
+    async fn delete_snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<SnapshotList>, Status> {
+        let export = req.get_ref().export.clone();
+        self.on_export_owner(
+            &export,
+            req,
+            |vol, r| crate::service::snapshots::delete(vol, r.export, r.name),
+            |mut owner, r| async move { owner.delete_snapshot(r).await },
+        )
+        .await
+    }
+
+    async fn list_snapshots(&self, req: Request<ListSnapshotsRequest>) -> Result<Response<SnapshotList>, Status> {
+        let export = req.get_ref().export.clone();
+        self.on_export_owner(
+            &export,
+            req,
+            |vol, r| crate::service::snapshots::list(vol, r.export),
+            |mut owner, r| async move { owner.list_snapshots(r).await },
+        )
+        .await
+    }
+
+    async fn check_export(&self, req: Request<CheckExportRequest>) -> Result<Response<CheckExportReply>, Status> {
+        let export = req.get_ref().export.clone();
+        self.on_export_owner(
+            &export,
+            req,
+            |vol, _| crate::service::snapshots::check(vol),
+            |mut owner, r| async move { owner.check_export(r).await },
+        )
+        .await
     }
 
     async fn add_path(&self, req: Request<PathRequest>) -> Result<Response<WriteReply>, Status> {
@@ -774,7 +846,7 @@ impl admin_server::Admin for AdminService {
         }
         if e.owner_chn != self.lu.name {
             let addr = self.lu.address_of(&e.owner_chn);
-            let mut owner = self.owner_admin(&req, &e.owner_chn, &addr, e.lu)?;
+            let mut owner = self.owner_admin(&req, &e.owner_chn, &addr, &format!("LU {}", e.lu))?;
             let fwd = MoveExportRequest {
                 export: e.name.clone(),
                 to,

@@ -11,4 +11,5 @@ pub mod authz;
 pub mod backup_copies;
 pub mod nas;
 pub mod raft;
+pub mod snapshots;
 pub mod status;

@@ -410,6 +410,7 @@ impl Nas for NasService {
             files: s.files,
             meta_bytes: s.meta_bytes,
             meta_used_bytes: s.meta_used_bytes,
+            snapshot_bytes: s.snapshot_bytes,
         }))
     }
 

@@ -28,6 +28,10 @@ pub(crate) enum ExportCmd {
     },
     /// The service table.
     List(ReadOpts),
+    /// Check the file system of export NAME on the CHN serving it: every
+    /// block of its data area must be free, used by a file, or held only
+    /// by snapshots, exactly once (nothing leaked, nothing double-owned).
+    Check { name: String },
 }
 
 #[derive(Subcommand)]
@@ -52,6 +56,7 @@ pub(crate) async fn run(c: &Cluster, cmd: ExportCmd, json: bool) -> anyhow::Resu
             users,
         } => create(c, name, lu, chn, partner, users, json).await,
         ExportCmd::List(o) => list(c, o, json).await,
+        ExportCmd::Check { name } => crate::snapshots::check(c, name, json).await,
     }
 }
 

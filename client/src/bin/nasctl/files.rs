@@ -68,11 +68,17 @@ pub struct TakeLock {
     pub hold: Option<u64>,
 }
 
-/// Splits `EXPORT:/path`.
+/// Splits `EXPORT:/path`; `EXPORT@SNAPSHOT:/path` names the path in a
+/// snapshot, which the file service reads under `/.snapshot/SNAPSHOT`.
 pub fn split_target(t: &str) -> anyhow::Result<(String, String)> {
     let (export, path) = t
         .split_once(':')
         .ok_or_else(|| anyhow!("{t:?} names no export; write EXPORT:/path, e.g. home:/docs/a.txt"))?;
+    let (export, snapshot) = match export.split_once('@') {
+        Some((e, s)) if s.is_empty() => bail!("{t:?} names no snapshot after @; write {e}@NAME:/path"),
+        Some((e, s)) => (e, Some(s)),
+        None => (export, None),
+    };
     if export.is_empty() {
         bail!("{t:?} names no export; write EXPORT:/path");
     }
@@ -80,7 +86,11 @@ pub fn split_target(t: &str) -> anyhow::Result<(String, String)> {
     if !path.starts_with('/') {
         bail!("{t:?}: the path must start with /, e.g. {export}:/{path}");
     }
-    Ok((export.to_string(), path.to_string()))
+    let path = match snapshot {
+        Some(s) => format!("/.snapshot/{s}{}", path.trim_end_matches('/')),
+        None => path.to_string(),
+    };
+    Ok((export.to_string(), path))
 }
 
 fn password(user: &str) -> anyhow::Result<String> {
@@ -310,6 +320,7 @@ async fn fs_command(nas: &NasClient, cmd: FsCmd, json: bool) -> anyhow::Result<(
                 "files",
                 "meta_bytes",
                 "meta_used_bytes",
+                "snapshot_bytes",
             ]);
             let used = s.data_bytes.saturating_sub(s.free_bytes) as f64 * 100.0 / s.data_bytes.max(1) as f64;
             t.row(vec![
@@ -320,6 +331,7 @@ async fn fs_command(nas: &NasClient, cmd: FsCmd, json: bool) -> anyhow::Result<(
                 json!(s.files),
                 json!(s.meta_bytes),
                 json!(s.meta_used_bytes),
+                json!(s.snapshot_bytes),
             ]);
             t.print(json);
         }

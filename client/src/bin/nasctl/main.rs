@@ -31,6 +31,7 @@ mod output;
 mod probes;
 mod setup;
 mod shared_lu;
+mod snapshots;
 mod storage;
 mod users;
 
@@ -136,6 +137,9 @@ enum Cmd {
     /// Client sessions recorded in the shared LU.
     #[command(subcommand)]
     Client(exports::ClientCmd),
+    /// Snapshots of an export: create, list, delete; read one as EXPORT@NAME:/path.
+    #[command(subcommand)]
+    Snapshot(snapshots::SnapshotCmd),
     /// Probes: keyed registers in the shared LU for end-to-end checks.
     #[command(subcommand)]
     Probe(probes::ProbeCmd),
@@ -258,6 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::User(cmd) => users::run(&conn?, cmd, json).await,
         Cmd::Export(cmd) => exports::run(&conn?, cmd, json).await,
         Cmd::Client(cmd) => exports::run_client(&conn?, cmd, json).await,
+        Cmd::Snapshot(cmd) => snapshots::run(&conn?, cmd, json).await,
         Cmd::Probe(cmd) => probes::run(&conn?, cmd, json).await,
         Cmd::Fs(cmd) => files::run_fs(&conn?, &cli.login, cmd, json, retry).await,
         Cmd::Unlock { target, session } => files::break_lock(&conn?, &target, session, json).await,
