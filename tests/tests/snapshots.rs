@@ -132,3 +132,59 @@ async fn a_snapshot_taken_while_clients_write_is_one_moment_of_the_tree() -> any
     check_blocks(&c);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serving_chn_killed_while_snapshots_are_taken_leaves_each_whole_or_absent() -> anyhow::Result<()> {
+    let c = TestCluster::up(3, &[])?;
+    c.with_exports();
+    let nas = c.nas("alice", "home").await?;
+    for i in 0..40 {
+        let f = nas.create(&format!("/f{i}"), 0o644, false, true).await?;
+        nas.write(f.handle, 0, &random_bytes(3000, i)).await?;
+    }
+    let admin = c.client();
+    let taking = tokio::spawn(async move {
+        let mut taken = Vec::new();
+        for n in 0..1000 {
+            let req = nas_client::proto::SnapshotRequest {
+                export: "home".into(),
+                name: format!("s{n}"),
+            };
+            match admin.create_snapshot(req).await {
+                Ok(_) => taken.push(n),
+                Err(_) => break,
+            }
+        }
+        taken
+    });
+    wait_until("a few snapshots", Duration::from_secs(30), || async {
+        let listed = c.nasctl(&["--json", "snapshot", "list", "home"]);
+        let v: Value = serde_json::from_slice(&listed.stdout).unwrap_or(Value::Null);
+        v.as_array().filter(|a| a.len() >= 3).map(|_| ())
+    })
+    .await?;
+    c.kill9("CHN1");
+    let acknowledged = taking.await?;
+    // The partner serves the export with every acknowledged snapshot, and
+    // any other one it lists (taken as the CHN died) is whole.
+    let listed = json(c.nasctl(&["--json", "snapshot", "list", "home"]));
+    let names: Vec<String> = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect();
+    for n in &acknowledged {
+        assert!(
+            names.contains(&format!("s{n}")),
+            "acknowledged snapshot s{n} is gone: {names:?}"
+        );
+    }
+    for name in &names {
+        let files = json(as_alice(&c, &["--json", "fs", "ls", &format!("home@{name}:/")]));
+        assert_eq!(files.as_array().map_or(0, |f| f.len()), 40, "snapshot {name}: {files}");
+    }
+    check_blocks(&c);
+    ok(c.nasctl(&["snapshot", "create", "home", "after"]));
+    Ok(())
+}

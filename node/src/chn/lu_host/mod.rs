@@ -66,6 +66,9 @@ struct HostInner {
     lease: Duration,
     maintenance: Maintenance,
     open: Mutex<HashMap<u32, Opened>>,
+    /// LUs this process has opened at some point: a lock it holds on one
+    /// of them is this life's, not one to resume after a restart.
+    opened_before: Mutex<std::collections::HashSet<u32>>,
     opening: tokio::sync::Mutex<()>,
     failures: mpsc::UnboundedSender<u32>,
 }
@@ -97,6 +100,7 @@ impl LuHost {
                 lease,
                 maintenance,
                 open: Mutex::new(HashMap::new()),
+                opened_before: Mutex::default(),
                 opening: tokio::sync::Mutex::new(()),
                 failures: tx,
             }),
@@ -206,6 +210,7 @@ impl LuHost {
         }
         let array = self.array()?;
         let sent = tokio::time::Instant::now();
+        lock(&self.inner.opened_before).insert(lu);
         let epoch = self.take_lock(lu).await?;
         let fence = Arc::new(Fence::until(self.write_deadline(sent).into_std()));
         let (spec, health) = self.spec(lu).await?;

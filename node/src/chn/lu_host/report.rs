@@ -116,12 +116,16 @@ impl LuHost {
     }
 
     /// After a restart: reopens the LUs whose lock this CHN still holds, so
-    /// that crash recovery runs and an interrupted rebuild resumes.
+    /// that crash recovery runs and an interrupted rebuild resumes. A lock
+    /// on an LU this process has opened itself (formatting a new LU, say,
+    /// while the cluster was still forming) is not a previous life's: that
+    /// LU may have been handed over since.
     pub(super) async fn resume_held(&self) -> bool {
         if self.inner.array_dir.is_none() || self.shared().ensure_current().await.is_err() {
             return self.inner.array_dir.is_none();
         }
-        let mine = self.shared().locks_held_by(&self.shared().name);
+        let mut mine = self.shared().locks_held_by(&self.shared().name);
+        mine.retain(|lu| !lock(&self.inner.opened_before).contains(lu));
         for lu in mine {
             if let Err(e) = self.open_local(lu).await {
                 tracing::warn!(lu, "cannot reopen LU: {}", e);
