@@ -388,8 +388,13 @@ impl admin_server::Admin for AdminService {
 
     async fn shared_lu_backup_status(
         &self,
-        _: Request<SharedLuBackupStatusRequest>,
+        req: Request<SharedLuBackupStatusRequest>,
     ) -> Result<Response<SharedLuBackupStatusReply>, Status> {
+        // The leader writes the automatic copies: only it knows why the
+        // last one failed.
+        if let Some(mut leader) = self.leader_admin().await? {
+            return leader.shared_lu_backup_status(forward(&req, *req.get_ref())).await;
+        }
         let status = self.backup.status().await?;
         Ok(Response::new(crate::service::backup_copies::status(
             &self.lu.name,
