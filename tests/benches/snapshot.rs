@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     ] {
         ok(c.nasctl(args));
     }
-    let admin = c.client();
+    let admin = Arc::new(c.client());
     let mut clients = Vec::new();
     for _ in 0..a.writers.max(16) {
         clients.push(Arc::new(c.nas("alice", "home").await?));

@@ -569,7 +569,7 @@ impl<'t> Tx<'t> {
         // Plan first: what is mapped, and what fresh blocks the gaps and
         // the blocks snapshots hold need.
         let (astart, aend) = (round_down(offset), round_up(end));
-        let (_, gaps) = plan(&self.extents, ino, offset, end)?;
+        let (have, gaps) = plan(&self.extents, ino, offset, end)?;
         let mut want: u64 = gaps.iter().map(|(s, e)| e - s).sum();
         want += self.shared_bytes(ino, astart, aend)?;
         if offset > inode.size {
@@ -584,8 +584,12 @@ impl<'t> Tx<'t> {
         if offset > inode.size {
             self.zero_tail(ino, inode.size, offset)?;
         }
-        self.own(ino, astart, aend, (offset, end))?;
-        let (have, gaps) = plan(&self.extents, ino, offset, end)?;
+        let (have, gaps) = if self.newest_snapshot == 0 {
+            (have, gaps)
+        } else {
+            self.own(ino, astart, aend, (offset, end))?;
+            plan(&self.extents, ino, offset, end)?
+        };
         for m in have {
             let (s, e) = (m.file.max(offset), (m.file + m.len).min(end));
             if s < e {
@@ -679,6 +683,9 @@ impl<'t> Tx<'t> {
 
     /// Bytes of `ino`'s blocks in `[start, end)` that a snapshot holds.
     fn shared_bytes(&self, ino: u64, start: u64, end: u64) -> Result<u64> {
+        if self.newest_snapshot == 0 {
+            return Ok(0);
+        }
         Ok(mapped(&self.extents, ino, start, end)?
             .iter()
             .filter(|m| self.is_shared(m.birth))
@@ -692,6 +699,9 @@ impl<'t> Tx<'t> {
     /// (`cover` is the byte range it will write), and the old blocks go to
     /// the snapshots. The caller has checked the space.
     fn own(&mut self, ino: u64, start: u64, end: u64, cover: (u64, u64)) -> Result<()> {
+        if self.newest_snapshot == 0 {
+            return Ok(());
+        }
         let shared: Vec<Mapped> = mapped(&self.extents, ino, start, end)?
             .into_iter()
             .filter(|m| self.is_shared(m.birth))

@@ -232,11 +232,15 @@ fn certs(dir: &std::path::Path, chns: &[setup::NodeSpec], json: bool) -> anyhow:
     Ok(())
 }
 
-/// `cluster setup`: the setup sequence on running CHNs, then provisioning.
-async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: bool) -> anyhow::Result<()> {
-    let chns = &a.chns.chns;
+/// CHNs that already run (containers, other hosts), with the first
+/// admin's credential (name, password) from the environment, once every
+/// one answers; and whether each already belongs to a cluster.
+async fn running(
+    chns: &[setup::NodeSpec],
+    transport: ::nas_client::Transport,
+    wait: Duration,
+) -> anyhow::Result<(Cluster, (String, String), Vec<bool>)> {
     let addrs: Vec<&str> = chns.iter().map(|n| n.addr.as_str()).collect();
-    let wait = Duration::from_secs(a.wait_s);
     let (admin, password) = crate::auth::first_admin()?;
     let credential = ::nas_client::Credential::Password {
         user: admin.clone(),
@@ -247,6 +251,15 @@ async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: 
         .with_credential(credential);
     let initialized =
         setup::wait_answering(&cluster, chns, wait, |_| "is its nasd running and reachable?".into()).await?;
+    Ok((cluster, (admin, password), initialized))
+}
+
+/// `cluster setup`: the setup sequence on running CHNs, then provisioning.
+async fn cluster_setup(a: &SetupArgs, transport: ::nas_client::Transport, json: bool) -> anyhow::Result<()> {
+    let chns = &a.chns.chns;
+    let addrs: Vec<&str> = chns.iter().map(|n| n.addr.as_str()).collect();
+    let wait = Duration::from_secs(a.wait_s);
+    let (cluster, (admin, password), initialized) = running(chns, transport, wait).await?;
     setup::install(&cluster, chns, &initialized, (&admin, &password), false).await?;
     let status = setup::wait_healthy(&cluster, chns.len(), wait).await?;
     let user = match &a.add_user {
@@ -521,16 +534,7 @@ async fn cluster_restore(
     let chns = &a.chns;
     let addrs: Vec<&str> = chns.iter().map(|n| n.addr.as_str()).collect();
     let wait = Duration::from_secs(a.wait_s);
-    let (admin, password) = crate::auth::first_admin()?;
-    let credential = ::nas_client::Credential::Password {
-        user: admin.clone(),
-        password: password.clone(),
-    };
-    let cluster = Cluster::new(&addrs, transport?)?
-        .with_retry_for(wait)
-        .with_credential(credential);
-    let initialized =
-        setup::wait_answering(&cluster, chns, wait, |_| "is its nasd running and reachable?".into()).await?;
+    let (cluster, (admin, password), initialized) = running(chns, transport?, wait).await?;
     let reply = setup::restore(&cluster, chns, &initialized, &restore, json).await?;
     let mut initialized = vec![false; chns.len()];
     initialized[0] = true;
