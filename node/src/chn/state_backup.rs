@@ -173,19 +173,24 @@ impl StateBackup {
         let Some(location) = &self.inner.location else {
             return Ok(());
         };
-        let newest = backup::list(location)?.into_iter().find_map(|l| l.copy.ok());
-        match newest {
-            None => Ok(()),
-            Some(c) => Err(Error::FailedPrecondition(format!(
-                "the disk array holds copies of a cluster's shared LU (newest: log index {}, written {} ms ago by {}) in {}; \
-                 to bring that cluster back run `nasctl cluster restore`; to start a new cluster over this array anyway, \
-                 move that folder away first",
-                c.backup.log_index,
-                now_ms().saturating_sub(c.backup.taken_ms),
-                c.backup.taken_by,
-                location.display()
-            ))),
+        let listed = backup::list(location)?;
+        if listed.is_empty() {
+            return Ok(());
         }
+        let newest = match listed.into_iter().find_map(|l| l.copy.ok()) {
+            Some(c) => format!(
+                "newest: log index {}, written {} s ago by {}",
+                c.backup.log_index,
+                now_ms().saturating_sub(c.backup.taken_ms) / 1000,
+                c.backup.taken_by
+            ),
+            None => "none of them reads back whole".into(),
+        };
+        Err(Error::FailedPrecondition(format!(
+            "the disk array holds copies of a cluster's shared LU in {} ({newest}); to bring that cluster back run \
+             `nasctl cluster restore`; to start a new cluster over this array anyway, move that folder away first",
+            location.display()
+        )))
     }
 
     /// Starts a new shared LU on this CHN from `image` (bytes of a copy),
