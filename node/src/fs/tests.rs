@@ -974,3 +974,11 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..len).map(|_| rng.gen()).collect()
 }
+
+/// Replies are stored with postcard: each outcome keeps its variant number,
+/// so that replies stored by an older nasd still decode after an upgrade.
+#[test]
+fn stored_replies_keep_their_encoding() {
+    assert_eq!(postcard::to_stdvec(&Outcome::Size(5)).unwrap(), [1, 5]);
+    assert_eq!(postcard::to_stdvec(&Outcome::Done).unwrap(), [2]);
+}

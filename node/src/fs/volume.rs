@@ -95,8 +95,10 @@ pub enum Outcome {
     Attr(Attr),
     /// The file's size after a write.
     Size(u64),
-    Snapshot(SnapshotInfo),
     Done,
+    // Stored replies are postcard: new variants go last, so that the
+    // replies stored by an older nasd still decode.
+    Snapshot(SnapshotInfo),
 }
 
 /// Identifies one client call for exactly-once.

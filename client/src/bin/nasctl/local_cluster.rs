@@ -337,6 +337,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     }
     outln!("\nNext:");
     outln!("  export $(cat {})", dir.join("cluster.env").display());
+    if opts.restore.is_some() {
+        outln!("  nasctl cluster status && nasctl export list && nasctl lu list");
+        return Ok(());
+    }
     if let Ok(me) = std::env::current_exe() {
         let on_path =
             std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nasctl") == me));
