@@ -165,8 +165,14 @@ pub fn read(path: &Path) -> Result<Copy, BackupError> {
 }
 
 /// The file name of the copy of log index `index`.
-fn file_name(index: u64) -> String {
+pub fn file_name(index: u64) -> String {
     format!("shared-lu-{index:020}{SUFFIX}")
+}
+
+/// Whether `name` is a copy's file name; zero-padded indexes make such
+/// names sort like the indexes.
+pub fn is_copy_name(name: &str) -> bool {
+    name.starts_with("shared-lu-") && name.ends_with(SUFFIX)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BackupError> {
@@ -212,9 +218,7 @@ fn copy_files(dir: &Path) -> Result<Vec<PathBuf>, BackupError> {
     };
     for entry in entries {
         let entry = entry.map_err(io(dir))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("shared-lu-") && name.ends_with(SUFFIX) {
+        if is_copy_name(&entry.file_name().to_string_lossy()) {
             files.push(entry.path());
         }
     }
@@ -277,24 +281,6 @@ pub fn newest_good(dir: &Path) -> Result<Copy, BackupError> {
         dir: dir.to_path_buf(),
         damage: damage.join("; "),
     })
-}
-
-/// The copy at `path`: a copy file itself, or the newest good copy in a
-/// directory.
-pub fn open(path: &Path) -> Result<Copy, BackupError> {
-    if path.is_dir() {
-        newest_good(path)
-    } else {
-        read(path)
-    }
-}
-
-/// Writes the bytes of a copy into `dir` under its usual name (a copy
-/// fetched from a cluster with `shared-lu backup --to DIR`), checking
-/// them first.
-pub fn save(dir: &Path, bytes: &[u8]) -> Result<Copy, BackupError> {
-    let copy = decode(Path::new("the copy the CHN sent"), bytes)?;
-    write(dir, &copy.backup, "terminal")
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub fn admin_credential() -> Credential {
 pub mod bench;
 pub mod linearizability;
 pub mod nemesis;
+pub mod s3;
 
 /// Where the harness takes `nasd` and `nasctl` from instead of this
 /// build's, so that a benchmark can run two builds in one sitting.

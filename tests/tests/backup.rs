@@ -236,3 +236,57 @@ async fn the_leader_keeps_fresh_copies_and_says_why_it_cannot() -> anyhow::Resul
     assert!(reason.contains("no path"), "{reason}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_saved_to_an_s3_store_brings_the_cluster_back_and_an_unreachable_store_is_named() -> anyhow::Result<()> {
+    let s3 = nas_tests::s3::S3Server::start()?;
+    s3.create_bucket("nas-backups")?;
+    let s3_env = s3.env();
+    let mut env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("NAS_ADMIN_PASSWORD", nas_tests::ADMIN_PASSWORD));
+    let c = TestCluster::up(1, &[])?;
+    ok(c.nasctl(&["user", "add", "alice"]));
+    let saved = json(c.nasctl_as(
+        &["--json", "shared-lu", "backup", "--to", "s3://nas-backups/cluster-a"],
+        &env,
+    ));
+    let at = saved["saved_to"].as_str().unwrap_or_default().to_string();
+    assert!(at.starts_with("s3://nas-backups/cluster-a/shared-lu-"), "{saved}");
+
+    // A store that does not answer is named, and nothing is claimed saved.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dead_endpoint = format!("http://127.0.0.1:{closed}");
+    let mut dead_env = env.clone();
+    dead_env[0] = ("AWS_ENDPOINT_URL", &dead_endpoint);
+    let out = c.nasctl_as(
+        &["shared-lu", "backup", "--to", "s3://nas-backups/cluster-a"],
+        &dead_env,
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a save to a dead store succeeded");
+    assert!(
+        said.contains(&format!("127.0.0.1:{closed}")) && said.contains("cannot be reached"),
+        "{said}"
+    );
+
+    // Every data directory and every copy on the array gone: only the
+    // store holds the cluster now.
+    lose_every_data_directory(&c)?;
+    std::fs::remove_dir_all(c.dir().join("array").join(backup_file::ARRAY_FOLDER))?;
+    let out = c.nasctl_as(
+        &[
+            "cluster",
+            "restore",
+            "--dir",
+            &dir(&c),
+            "--from",
+            "s3://nas-backups/cluster-a",
+        ],
+        &env,
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "restore from S3 failed: {said}\n{}", c.logs());
+    assert!(said.contains("s3://nas-backups/cluster-a/shared-lu-"), "{said}");
+    assert!(ok(c.nasctl(&["user", "list"])).contains("alice"));
+    Ok(())
+}

@@ -143,9 +143,10 @@ pub(crate) struct RestoreArgs {
     #[arg(long, required_unless_present = "from", conflicts_with = "from")]
     from_array: bool,
     /// Take a copy saved with `shared-lu backup --to`: the file, or the
-    /// folder whose newest good copy is taken.
-    #[arg(long, value_name = "FILE|DIR")]
-    from: Option<PathBuf>,
+    /// target (a directory, or s3://BUCKET/PREFIX with the endpoint and
+    /// credentials in AWS_* variables) whose newest good copy is taken.
+    #[arg(long, value_name = "FILE|TARGET")]
+    from: Option<String>,
     /// Restore a copy made for another disk array than the CHNs see.
     #[arg(long)]
     force: bool,

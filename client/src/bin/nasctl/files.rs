@@ -75,7 +75,7 @@ pub fn split_target(t: &str) -> anyhow::Result<(String, String)> {
         .split_once(':')
         .ok_or_else(|| anyhow!("{t:?} names no export; write EXPORT:/path, e.g. home:/docs/a.txt"))?;
     let (export, snapshot) = match export.split_once('@') {
-        Some((e, s)) if s.is_empty() => bail!("{t:?} names no snapshot after @; write {e}@NAME:/path"),
+        Some((e, "")) => bail!("{t:?} names no snapshot after @; write {e}@NAME:/path"),
         Some((e, s)) => (e, Some(s)),
         None => (export, None),
     };

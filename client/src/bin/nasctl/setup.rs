@@ -173,9 +173,9 @@ pub enum RestoreFrom {
     /// The newest good copy in the backup location on the disk array, as
     /// the first CHN sees it.
     Array,
-    /// A copy saved with `shared-lu backup --to`: a file, or a folder whose
-    /// newest good copy is taken.
-    Saved(std::path::PathBuf),
+    /// A copy saved with `shared-lu backup --to`: a file, or a target (a
+    /// directory or `s3://BUCKET/PREFIX`) whose newest good copy is taken.
+    Saved(String),
 }
 
 /// What `cluster restore` asks for.
@@ -206,11 +206,7 @@ pub async fn restore(
     let first = nodes.first().context("no CHN to restore onto")?;
     let (image, source) = match &r.from {
         RestoreFrom::Array => (Vec::new(), "its backup location on the disk array".to_string()),
-        RestoreFrom::Saved(path) => {
-            let copy = proto::backup_file::open(path)?;
-            let bytes = std::fs::read(&copy.path).with_context(|| format!("cannot read {}", copy.path.display()))?;
-            (bytes, copy.path.display().to_string())
-        }
+        RestoreFrom::Saved(spec) => newest_saved_copy(spec).await?,
     };
     if !quiet {
         eprintln!("restoring the shared LU on {} from {source} ...", first.name);
@@ -244,6 +240,40 @@ pub async fn restore(
         );
     }
     Ok(reply)
+}
+
+/// The bytes of the copy `spec` names (a file), or of the newest copy in
+/// the target `spec` (a directory or an object store prefix) that reads
+/// back whole, and where it is.
+async fn newest_saved_copy(spec: &str) -> anyhow::Result<(Vec<u8>, String)> {
+    use ::nas_client::targets::Target;
+    let file = std::path::Path::new(spec);
+    if file.is_file() {
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read {spec}"))?;
+        proto::backup_file::decode(file, &bytes)?;
+        return Ok((bytes, spec.to_string()));
+    }
+    let target = Target::parse(spec)?;
+    let mut names: Vec<String> = target
+        .list()
+        .await?
+        .into_iter()
+        .filter(|n| proto::backup_file::is_copy_name(n))
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    if names.is_empty() {
+        bail!("{spec} holds no shared LU backup (no shared-lu-*.nasbak)");
+    }
+    let mut damage = Vec::new();
+    for name in names {
+        let at = target.location(&name);
+        let bytes = target.get(&name).await?;
+        match proto::backup_file::decode(std::path::Path::new(&at), &bytes) {
+            Ok(_) => return Ok((bytes, at)),
+            Err(e) => damage.push(e.to_string()),
+        }
+    }
+    bail!("{spec} holds no good shared LU backup: {}", damage.join("; "))
 }
 
 /// Waits until the leader sees `n` voters, each caught up and with a fresh

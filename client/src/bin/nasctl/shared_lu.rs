@@ -1,8 +1,6 @@
 //! `shared-lu` and `path`: the shared LU itself and the paths CHNs have to
 //! it, its backup and data LUs.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -11,6 +9,7 @@ use ::nas_client::proto::backup_file;
 
 use ::nas_client::proto::labels::path_target;
 use ::nas_client::proto::{self, *};
+use ::nas_client::targets::Target;
 use ::nas_client::{human_size, Cluster};
 
 use crate::output::{print_list, written, Table};
@@ -39,11 +38,14 @@ pub(crate) enum SharedLuCmd {
 pub(crate) struct BackupArgs {
     #[command(subcommand)]
     cmd: Option<BackupCmd>,
-    /// Also save the copy in DIR on this machine (another device, a mounted
-    /// tape); `cluster restore --from DIR` takes it back. It holds password
+    /// Also save the copy to TARGET: a directory on this machine (another
+    /// device, a mounted tape) or an S3-compatible store as
+    /// s3://BUCKET/PREFIX (endpoint and credentials from AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION);
+    /// `cluster restore --from TARGET` takes it back. It holds password
     /// hashes and the cluster's keys: keep it as safe as a key.
-    #[arg(long, value_name = "DIR")]
-    to: Option<PathBuf>,
+    #[arg(long, value_name = "TARGET")]
+    to: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -102,7 +104,7 @@ async fn init(c: &Cluster, no_backup: bool, json: bool) -> anyhow::Result<()> {
 }
 
 /// `shared-lu backup [--to DIR]`.
-async fn backup(c: &Cluster, to: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+async fn backup(c: &Cluster, to: Option<String>, json: bool) -> anyhow::Result<()> {
     let r = c
         .backup_shared_lu(BackupSharedLuRequest {
             include_image: to.is_some(),
@@ -111,13 +113,20 @@ async fn backup(c: &Cluster, to: Option<PathBuf>, json: bool) -> anyhow::Result<
         .map_err(status_err)?;
     let copy = r.copy.unwrap_or_default();
     let saved = match &to {
-        Some(dir) => Some(
-            backup_file::save(dir, &r.image)
-                .with_context(|| format!("the copy was written on the array, but not saved in {}", dir.display()))?,
-        ),
+        Some(spec) => {
+            let target = Target::parse(spec)?;
+            let checked = backup_file::decode(std::path::Path::new("the copy the CHN sent"), &r.image)?;
+            let name = backup_file::file_name(checked.backup.log_index);
+            Some(target.put(&name, r.image).await.with_context(|| {
+                format!(
+                    "the copy was written on the array, but not saved to {}",
+                    target.location(&name)
+                )
+            })?)
+        }
         None => None,
     };
-    let saved_path = saved.as_ref().map(|s| s.path.display().to_string());
+    let saved_path = saved;
     if json {
         outln!("{}", json!({"copy": copy_json(&copy), "saved_to": saved_path}));
         return Ok(());

@@ -1,0 +1,264 @@
+//! Where copies are kept outside the cluster: a directory (a mounted tape,
+//! another storage device) or an S3-compatible object store
+//! (`s3://bucket/prefix`, with the endpoint and credentials read from the
+//! environment as AWS's own tools read them: `AWS_ENDPOINT_URL` or
+//! `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_DEFAULT_REGION` or `AWS_REGION`).
+//!
+//! Owns naming and moving whole objects; it must never leave an object
+//! half written under its final name (directories write a temporary file
+//! and rename it; S3 puts are atomic).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+
+/// What went wrong with a target.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the object store at {endpoint} cannot be reached: {why}; check AWS_ENDPOINT_URL and that the store runs")]
+    Unreachable { endpoint: String, why: String },
+    #[error("the object store at {endpoint} refused the credentials: {why}; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
+    Denied { endpoint: String, why: String },
+    #[error("{what} does not exist")]
+    NotFound { what: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the object store at {endpoint}: {why}")]
+    Store { endpoint: String, why: String },
+}
+
+/// A directory or an object store prefix.
+pub enum Target {
+    Dir(PathBuf),
+    S3 {
+        store: Arc<dyn ObjectStore>,
+        url: String,
+        prefix: String,
+        endpoint: String,
+    },
+}
+
+impl Target {
+    /// `s3://bucket[/prefix]`, or a directory path.
+    pub fn parse(spec: &str) -> Result<Target, TargetError> {
+        let Some(rest) = spec.strip_prefix("s3://") else {
+            return Ok(Target::Dir(PathBuf::from(spec)));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(TargetError::Invalid(format!(
+                "{spec:?} names no bucket; write s3://BUCKET/PREFIX"
+            )));
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let endpoint = builder
+            .get_config_value(&AmazonS3ConfigKey::Endpoint)
+            .unwrap_or_else(|| "AWS S3".to_string());
+        if endpoint.starts_with("http://") {
+            builder = builder.with_allow_http(true);
+        }
+        if builder.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
+            builder = builder.with_region(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
+        }
+        let store = builder
+            .build()
+            .map_err(|e| TargetError::Invalid(format!("{spec}: {e}")))?;
+        Ok(Target::S3 {
+            store: Arc::new(store),
+            url: spec.trim_end_matches('/').to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint,
+        })
+    }
+
+    /// Where `name` is (or would be), for messages.
+    pub fn location(&self, name: &str) -> String {
+        match self {
+            Target::Dir(d) => d.join(name).display().to_string(),
+            Target::S3 { url, .. } => format!("{url}/{name}"),
+        }
+    }
+
+    fn key(prefix: &str, name: &str) -> ObjectPath {
+        if prefix.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{prefix}/{name}"))
+        }
+    }
+
+    fn store_err(endpoint: &str, what: &str, e: object_store::Error) -> TargetError {
+        use object_store::Error as E;
+        match e {
+            E::NotFound { .. } => TargetError::NotFound { what: what.to_string() },
+            E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => TargetError::Denied {
+                endpoint: endpoint.to_string(),
+                why: source.to_string(),
+            },
+            e => {
+                let why = error_chain(&e);
+                if why.contains("Connection refused") || why.contains("dns error") || why.contains("connect") {
+                    TargetError::Unreachable {
+                        endpoint: endpoint.to_string(),
+                        why,
+                    }
+                } else if why.contains("403") || why.contains("AccessDenied") || why.contains("SignatureDoesNotMatch") {
+                    TargetError::Denied {
+                        endpoint: endpoint.to_string(),
+                        why,
+                    }
+                } else {
+                    TargetError::Store {
+                        endpoint: endpoint.to_string(),
+                        why,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores `bytes` as `name`, whole or not at all; returns where.
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<String, TargetError> {
+        match self {
+            Target::Dir(dir) => {
+                let dir = dir.clone();
+                let name = name.to_string();
+                tokio::task::spawn_blocking(move || write_file(&dir, &name, &bytes))
+                    .await
+                    .map_err(|e| TargetError::Invalid(format!("a write task failed: {e}")))?
+            }
+            Target::S3 {
+                store,
+                prefix,
+                endpoint,
+                ..
+            } => {
+                let key = Self::key(prefix, name);
+                store
+                    .put(&key, PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| Self::store_err(endpoint, &self.location(name), e))?;
+                Ok(self.location(name))
+            }
+        }
+    }
+
+    /// The bytes of `name`.
+    pub async fn get(&self, name: &str) -> Result<Vec<u8>, TargetError> {
+        match self {
+            Target::Dir(dir) => {
+                let path = dir.join(name);
+                tokio::fs::read(&path).await.map_err(|source| match source.kind() {
+                    std::io::ErrorKind::NotFound => TargetError::NotFound {
+                        what: path.display().to_string(),
+                    },
+                    _ => TargetError::Io { path, source },
+                })
+            }
+            Target::S3 {
+                store,
+                prefix,
+                endpoint,
+                ..
+            } => {
+                let got = store
+                    .get(&Self::key(prefix, name))
+                    .await
+                    .map_err(|e| Self::store_err(endpoint, &self.location(name), e))?;
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|e| Self::store_err(endpoint, &self.location(name), e))?;
+                Ok(bytes.to_vec())
+            }
+        }
+    }
+
+    /// The names of the objects (files) directly in the target.
+    pub async fn list(&self) -> Result<Vec<String>, TargetError> {
+        match self {
+            Target::Dir(dir) => {
+                let mut names = Vec::new();
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+                    Err(source) => {
+                        return Err(TargetError::Io {
+                            path: dir.clone(),
+                            source,
+                        })
+                    }
+                };
+                for entry in entries.flatten() {
+                    names.push(entry.file_name().to_string_lossy().into_owned());
+                }
+                Ok(names)
+            }
+            Target::S3 {
+                store,
+                prefix,
+                endpoint,
+                url,
+            } => {
+                let base = (!prefix.is_empty()).then(|| ObjectPath::from(prefix.as_str()));
+                let listed = store
+                    .list_with_delimiter(base.as_ref())
+                    .await
+                    .map_err(|e| Self::store_err(endpoint, url, e))?;
+                Ok(listed
+                    .objects
+                    .into_iter()
+                    .filter_map(|o| o.location.filename().map(str::to_string))
+                    .collect())
+            }
+        }
+    }
+}
+
+/// Every source of an error, joined: object_store hides the cause (a
+/// refused connection, an HTTP status) a few levels down.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Writes `name` in `dir` under a temporary name, syncs it and renames it.
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<String, TargetError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TargetError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let temp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
+    let final_path = dir.join(name);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, &final_path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io(&final_path)(e));
+    }
+    Ok(final_path.display().to_string())
+}
