@@ -342,6 +342,13 @@ pub fn counter<M: ReadableTable<&'static str, u64>>(meta: &M, key: &str) -> Resu
     Ok(meta.get(key).map_err(FsError::db)?.map(|v| v.value()).unwrap_or(0))
 }
 
+/// Whether blocks born in generation `birth` are held by a snapshot, the
+/// newest one being of generation `newest_snapshot` (0: none): every block
+/// a file still uses that was born by then.
+pub fn held_by_snapshot(birth: u64, newest_snapshot: u64) -> bool {
+    newest_snapshot != 0 && birth <= newest_snapshot
+}
+
 /// Refuses a write that needs more fresh bytes than are free.
 pub fn check_space(need: u64, free: u64) -> Result<()> {
     if need > free {
@@ -678,7 +685,7 @@ impl<'t> Tx<'t> {
 
     /// Whether blocks born in generation `birth` are held by a snapshot.
     pub(super) fn is_shared(&self, birth: u64) -> bool {
-        self.newest_snapshot != 0 && birth <= self.newest_snapshot
+        held_by_snapshot(birth, self.newest_snapshot)
     }
 
     /// Bytes of `ino`'s blocks in `[start, end)` that a snapshot holds.

@@ -464,7 +464,7 @@ impl Volume {
         let newest = tree::counter(&meta, tree::NEWEST_SNAPSHOT)?;
         let shared: u64 = have
             .iter()
-            .filter(|m| newest != 0 && m.birth <= newest)
+            .filter(|m| tree::held_by_snapshot(m.birth, newest))
             .map(|m| m.len)
             .sum();
         let need = gaps.iter().map(|(s, e)| e - s).sum::<u64>() + shared;

@@ -129,8 +129,9 @@ pub(crate) enum ClusterCmd {
 
 #[derive(Args)]
 pub(crate) struct RestoreArgs {
-    /// A local cluster folder from `cluster up`: its CHNs are started
-    /// (with empty data directories) and the cluster restored into them.
+    /// A local cluster folder from `cluster up`: its stopped CHNs are
+    /// started (their data directories must be empty) and the cluster is
+    /// restored into them.
     #[arg(long, required_unless_present = "chns", conflicts_with = "chns")]
     dir: Option<PathBuf>,
     /// Or CHNs already running elsewhere (containers, other hosts), as
