@@ -982,3 +982,42 @@ fn stored_replies_keep_their_encoding() {
     assert_eq!(postcard::to_stdvec(&Outcome::Size(5)).unwrap(), [1, 5]);
     assert_eq!(postcard::to_stdvec(&Outcome::Done).unwrap(), [2]);
 }
+
+#[test]
+fn snapshots_that_fill_the_metadata_area_are_refused_and_deleting_one_makes_room() {
+    // An 8 MiB metadata area and a tree of 1,000 files: every snapshot
+    // copies its metadata, so only so many fit.
+    let v = Volume::mount(MemDev::new(14 << 20)).unwrap();
+    let c = root();
+    for i in 0..1000 {
+        let f = create(&v, &c, &format!("/f{i:04}-{}", "x".repeat(60))).unwrap();
+        write(&v, &c, f, 0, b"data").unwrap();
+    }
+    let mut taken = Vec::new();
+    let refused = loop {
+        let name = format!("s{}", taken.len());
+        match snapshot(&v, &name) {
+            Ok(_) => taken.push(name),
+            Err(e) => break e,
+        }
+        assert!(taken.len() < 200, "the metadata area never filled");
+    };
+    assert_eq!(kind(&refused), "metafull", "{refused}");
+    assert!(taken.len() >= 2, "only {} snapshots fit", taken.len());
+    // The tree and every snapshot taken are intact, and reads go on.
+    assert_eq!(
+        read_all(&v, &format!("/.snapshot/{}/f0999-{}", taken[0], "x".repeat(60))),
+        b"data"
+    );
+    assert!(v.check_blocks().unwrap().problems.is_empty());
+    // Deleting snapshots frees room: a new one fits again.
+    for name in &taken[..taken.len() / 2 + 1] {
+        change(&v, &c, Change::DeleteSnapshot { name: name.clone() }).unwrap();
+    }
+    let fits = (0..50).any(|_| {
+        // The writer rechecks the area's use every few commits.
+        snapshot(&v, "again").is_ok()
+    });
+    assert!(fits, "no snapshot fits after deleting half of them");
+    assert!(v.check_blocks().unwrap().problems.is_empty());
+}
