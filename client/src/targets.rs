@@ -9,7 +9,7 @@
 //! half written under its final name (directories write a temporary file
 //! and rename it; S3 puts are atomic).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -129,7 +129,13 @@ impl Target {
             Target::Dir(dir) => {
                 let dir = dir.clone();
                 let name = name.to_string();
-                tokio::task::spawn_blocking(move || write_file(&dir, &name, &bytes))
+                let written = tokio::task::spawn_blocking(move || {
+                    let path = dir.join(&name);
+                    nas_proto::backup_file::write_file(&dir, &name, &bytes, "nasctl")
+                        .map(|p| p.display().to_string())
+                        .map_err(|source| TargetError::Io { path, source })
+                });
+                written
                     .await
                     .map_err(|e| TargetError::Invalid(format!("a write task failed: {e}")))?
             }
@@ -232,33 +238,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
-}
-
-/// Writes `name` in `dir` under a temporary name, syncs it and renames it.
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<String, TargetError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TargetError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let temp = dir.join(format!(".tmp-{name}-{:016x}", rand::random::<u64>()));
-    let final_path = dir.join(name);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&temp, &final_path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(io(&final_path)(e));
-    }
-    Ok(final_path.display().to_string())
 }

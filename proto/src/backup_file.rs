@@ -175,34 +175,38 @@ pub fn is_copy_name(name: &str) -> bool {
     name.starts_with("shared-lu-") && name.ends_with(SUFFIX)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), BackupError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+/// Writes `bytes` as `dir/name` durably and whole or not at all: into a
+/// temporary file (mode 0600: copies hold password hashes and keys) that
+/// is synced, renamed into place, and the directory synced. `writer` goes
+/// into the temporary name, so that writers at once never share one.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8], writer: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let temp = dir.join(format!("{TEMP_PREFIX}{writer}-{:016x}", rand::random::<u64>()));
+    let path = dir.join(name);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok(path)
 }
 
 /// Writes a copy of `backup` into `dir` durably, reads it back, then
 /// deletes all but the newest `KEEP` copies. `writer` names the CHN in the
 /// temporary file, so that CHNs writing at once never share one.
 pub fn write(dir: &Path, backup: &SharedLuBackup, writer: &str) -> Result<Copy, BackupError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let bytes = encode(backup);
-    let temp = dir.join(format!("{TEMP_PREFIX}{writer}-{:016x}", rand::random::<u64>()));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            // A copy holds password hashes and the cluster's keys.
-            .mode(0o600)
-            .open(&temp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(BackupError::Io { path: temp, source: e });
-    }
-    let path = dir.join(file_name(backup.log_index));
-    std::fs::rename(&temp, &path).map_err(io(&path))?;
-    sync_dir(dir)?;
+    let name = file_name(backup.log_index);
+    let path = write_file(dir, &name, &encode(backup), writer).map_err(io(&dir.join(&name)))?;
     let copy = read(&path)?;
     prune(dir)?;
     Ok(copy)
