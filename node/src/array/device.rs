@@ -458,6 +458,34 @@ impl LuDevice {
             .collect()
     }
 
+    /// The LU byte ranges an unclean stop with a member missing lost: the
+    /// data chunks of that member in the regions being written when the
+    /// CHN stopped whose surviving blocks could not be verified (reads
+    /// there answer DATA_LOSS). Merged and in order.
+    pub fn lost_ranges(&self) -> Vec<(u64, u64)> {
+        let inner = self.read_lock();
+        let (Some(missing), Raid::Parity) = (inner.sb.suspect_slot, self.geo.raid) else {
+            return Vec::new();
+        };
+        let (members, unit) = (self.geo.members as u64, self.geo.unit);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &r in &inner.suspect {
+            for s in inner.bitmap.region_stripes(r, self.geo.stripes()) {
+                let parity = self.geo.parity_slot(s) as u64;
+                if u64::from(missing) == parity {
+                    continue;
+                }
+                let k = (u64::from(missing) + members - parity - 1) % members;
+                let at = s * self.geo.stripe_bytes() + k * unit;
+                match out.last_mut() {
+                    Some(last) if last.0 + last.1 == at => last.1 += unit,
+                    _ => out.push((at, unit)),
+                }
+            }
+        }
+        out
+    }
+
     /// The member records as the device sees them now.
     pub fn members(&self) -> Vec<MemberRecord> {
         self.read_lock().slots.iter().map(Slot::record).collect()

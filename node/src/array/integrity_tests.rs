@@ -195,6 +195,41 @@ fn a_disk_gone_after_a_clean_stop_costs_nothing() {
 }
 
 #[test]
+fn an_unclean_stop_with_a_member_missing_names_only_the_ranges_it_lost() {
+    let mut rig = Rig::new(Raid::Parity, 3, 4096, 8);
+    let data = pattern(rig.model.len(), 5, 0);
+    rig.dev.write_at(0, &data).unwrap();
+    rig.dev.flush().unwrap();
+    assert!(rig.dev.lost_ranges().is_empty());
+    // Stopped uncleanly: stripe 0 is in a dirty region. One of its data
+    // blocks is damaged and the member with the other one is gone, so that
+    // one cannot be verified.
+    let g = rig.dev.geometry();
+    crash(&mut rig);
+    flip(&rig, rig.spec.disks[g.data_slot(0, 0)], 0, 64);
+    let missing = g.data_slot(0, 1);
+    std::fs::remove_file(disk_path(&rig.array.dir, rig.spec.disks[missing])).unwrap();
+    rig.dev = open(&rig);
+    let lost = rig.dev.lost_ranges();
+    let unit = g.unit;
+    assert!(
+        lost.iter().any(|&(at, len)| at <= unit && 2 * unit <= at + len),
+        "stripe 0's chunk on the missing member is not named: {lost:?}"
+    );
+    // Only that member's data chunks: never more than a third of the LU,
+    // and every range named reads DATA_LOSS rather than wrong bytes.
+    let named: u64 = lost.iter().map(|(_, len)| len).sum();
+    assert!(named <= rig.model.len() as u64 / 2, "{named} bytes named lost");
+    for &(at, len) in &lost {
+        let mut buf = vec![0u8; len as usize];
+        assert!(
+            matches!(rig.dev.read_at(at, &mut buf), Err(ArrayError::DataLoss { .. })),
+            "{at}+{len}"
+        );
+    }
+}
+
+#[test]
 fn a_damaged_superblock_copy_is_outvoted() {
     let mut rig = written(Raid::Parity);
     let d = rig.array.open_disk(rig.spec.disks[0], rig.spec.disk_capacity).unwrap();

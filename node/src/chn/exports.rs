@@ -141,6 +141,12 @@ impl Exports {
             })?;
         let vol = Arc::new(vol);
         tracing::info!(export = %export.name, lu = export.lu, "export mounted");
+        let lost = dev.lost_ranges();
+        let mapped = vol.clone();
+        match tokio::task::spawn_blocking(move || mapped.files_at(&lost)).await? {
+            Ok(files) => self.host.report_lost(export.lu, files).await,
+            Err(e) => tracing::warn!(export = %export.name, "cannot tell which files the lost regions hold: {e}"),
+        }
         self.map()
             .insert(export.name.clone(), Mounted { dev, vol: vol.clone() });
         Ok(vol)

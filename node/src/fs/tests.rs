@@ -1021,3 +1021,37 @@ fn snapshots_that_fill_the_metadata_area_are_refused_and_deleting_one_makes_room
     assert!(fits, "no snapshot fits after deleting half of them");
     assert!(v.check_blocks().unwrap().problems.is_empty());
 }
+
+#[test]
+fn lost_lu_ranges_are_named_by_file_and_byte_range() {
+    let v = Volume::mount(MemDev::new(DEV_BYTES)).unwrap();
+    let c = root();
+    change(
+        &v,
+        &c,
+        Change::Mkdir {
+            path: p("/docs"),
+            mode: 0o755,
+        },
+    )
+    .unwrap();
+    let f = create(&v, &c, "/docs/report.txt").unwrap();
+    write(&v, &c, f, 0, &random(3 * BLOCK as usize, 8)).unwrap();
+    let other = create(&v, &c, "/other").unwrap();
+    write(&v, &c, other, 0, b"untouched").unwrap();
+    let head = v.stat_handle(f).unwrap().head_address;
+    // The file's second block, and a range of the metadata area.
+    let named = v.files_at(&[(head + BLOCK, BLOCK), (layout::META_AT, BLOCK)]).unwrap();
+    assert_eq!(
+        named,
+        [
+            format!(
+                "file-system metadata (LU bytes {}..{})",
+                layout::META_AT,
+                layout::META_AT + BLOCK
+            ),
+            format!("/docs/report.txt (bytes {}..{})", BLOCK, 2 * BLOCK),
+        ]
+    );
+    assert!(v.files_at(&[]).unwrap().is_empty());
+}

@@ -128,6 +128,21 @@ pub fn by_handle<T: ReadableTable<u64, &'static [u8]>>(inodes: &T, ino: u64) -> 
     })
 }
 
+/// The path of inode `ino`, from its parents' names.
+pub fn path_of<T: ReadableTable<u64, &'static [u8]>>(inodes: &T, ino: u64) -> Result<String> {
+    let mut names = Vec::new();
+    let mut cur = by_handle(inodes, ino)?;
+    while cur.ino != ROOT {
+        if names.len() > super::MAX_PATH {
+            return Err(FsError::Corrupt(format!("inode {ino}'s parents loop")));
+        }
+        names.push(cur.name.clone());
+        cur = by_handle(inodes, cur.parent)?;
+    }
+    names.reverse();
+    Ok(format!("/{}", names.join("/")))
+}
+
 /// Walks `path` from the root, checking search permission on the way.
 pub fn resolve<I, D>(inodes: &I, dirents: &D, caller: &Caller, path: &FsPath) -> Result<Inode>
 where

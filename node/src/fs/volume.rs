@@ -27,7 +27,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -434,6 +434,44 @@ impl Volume {
             meta_used_bytes: sb.map_or(0, |sb| sb.db_len.min(sb.meta_len)),
             snapshot_bytes: tree::counter(&meta, tree::HELD_BYTES)?,
         })
+    }
+
+    /// What the LU byte ranges `ranges` hold: for each file of the live
+    /// tree with blocks there, its path and the byte range of it they
+    /// cover; and the file system's own structures, if they are hit.
+    pub fn files_at(&self, ranges: &[(u64, u64)]) -> Result<Vec<String>> {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sb = Superblock::read(self.inner.dev.as_ref())?
+            .ok_or_else(|| FsError::Corrupt("the file-system superblock is gone".into()))?;
+        let mut out = Vec::new();
+        for &(at, len) in ranges.iter().filter(|(at, _)| *at < sb.data_at) {
+            out.push(format!(
+                "file-system metadata (LU bytes {at}..{})",
+                (at + len).min(sb.data_at)
+            ));
+        }
+        let txn = self.read_txn()?;
+        let inodes = txn.open_table(tree::INODES).map_err(FsError::db)?;
+        let extents = txn.open_table(EXTENTS).map_err(FsError::db)?;
+        let mut hit: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+        for e in extents.iter().map_err(FsError::db)? {
+            let (k, v) = e.map_err(FsError::db)?;
+            let ((ino, f), (x, n, _)) = (k.value(), v.value());
+            for &(at, len) in ranges {
+                let (s, e) = (x.max(at), (x + n).min(at + len));
+                if s < e {
+                    let span = hit.entry(ino).or_insert((u64::MAX, 0));
+                    span.0 = span.0.min(f + (s - x));
+                    span.1 = span.1.max(f + (e - x));
+                }
+            }
+        }
+        for (ino, (lo, hi)) in hit {
+            out.push(format!("{} (bytes {lo}..{hi})", tree::path_of(&inodes, ino)?));
+        }
+        Ok(out)
     }
 
     /// Every snapshot, oldest first.

@@ -257,6 +257,7 @@ async fn lu_list(c: &Cluster, o: ReadOpts, json: bool) -> anyhow::Result<()> {
         "stripe_unit_bytes",
         "health",
         "job",
+        "lost",
     ]);
     for l in &r.lus {
         let job = match &l.job {
@@ -273,9 +274,21 @@ async fn lu_list(c: &Cluster, o: ReadOpts, json: bool) -> anyhow::Result<()> {
             json!(l.stripe_unit_bytes),
             json!(nas_proto::labels::lu_health(l.health)),
             job,
+            if json { json!(l.lost) } else { json!(l.lost.len()) },
         ]);
     }
     print_list(&t, json, r.possibly_stale);
+    if !json {
+        for l in r.lus.iter().filter(|l| !l.lost.is_empty()) {
+            eprintln!(
+                "LU {}: an unclean stop with a member missing lost blocks of (restore these from a backup):",
+                l.number
+            );
+            for what in &l.lost {
+                eprintln!("  {what}");
+            }
+        }
+    }
     Ok(())
 }
 

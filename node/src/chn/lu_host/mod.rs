@@ -48,6 +48,9 @@ struct Opened {
     opened: tokio::time::Instant,
     /// Checksum errors per disk already added to the disk table.
     errors_reported: HashMap<u32, u64>,
+    /// What the lost regions hold, found at mount and not yet in the LU
+    /// table.
+    lost_unreported: Option<Vec<String>>,
 }
 
 /// How rebuilds and scrubs run.
@@ -273,6 +276,7 @@ impl LuHost {
             epoch,
             errors_reported: HashMap::new(),
             opened: tokio::time::Instant::now(),
+            lost_unreported: None,
         });
         tracing::info!(lu, epoch, "LU open on this CHN");
         self.report(lu).await;

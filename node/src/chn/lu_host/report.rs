@@ -32,9 +32,10 @@ impl LuHost {
         else {
             return;
         };
-        let (job, new_errors) = {
+        let (job, new_errors, lost) = {
             let open = lock(&self.inner.open);
             let Some(o) = open.get(&lu) else { return };
+            let lost = o.lost_unreported.clone();
             let job = o.job.as_ref().map(|j| lock(&j.state).clone());
             let new_errors: std::collections::HashMap<u32, u64> = errors
                 .iter()
@@ -43,10 +44,10 @@ impl LuHost {
                     (delta > 0).then_some((disk, delta))
                 })
                 .collect();
-            if job.is_none() && o.reported == Some(health) && new_errors.is_empty() {
+            if job.is_none() && o.reported == Some(health) && new_errors.is_empty() && lost.is_none() {
                 return;
             }
-            (job, new_errors)
+            (job, new_errors, lost)
         };
         let finished = job.as_ref().is_some_and(|j| j.finished);
         let cmd = Kind::ReportLu(ReportLu {
@@ -54,6 +55,8 @@ impl LuHost {
             health: health_proto(health) as i32,
             job,
             checksum_errors: new_errors,
+            lost_known: lost.is_some(),
+            lost: lost.clone().unwrap_or_default(),
         });
         match self.shared().write(Command { kind: Some(cmd) }).await {
             // Only a report that reached the table settles anything: a lost
@@ -62,6 +65,9 @@ impl LuHost {
                 if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
                     o.reported = Some(health);
                     o.errors_reported.extend(errors);
+                    if o.lost_unreported == lost {
+                        o.lost_unreported = None;
+                    }
                     if finished && o.job.as_ref().is_some_and(|j| lock(&j.state).finished) {
                         o.job = None;
                     }
@@ -71,6 +77,18 @@ impl LuHost {
         }
     }
 
+    /// Records what the lost regions of `lu` hold (files and byte ranges),
+    /// for the LU table; sent with the next report.
+    pub async fn report_lost(&self, lu: u32, lost: Vec<String>) {
+        if !lost.is_empty() {
+            tracing::error!(lu, lost = ?lost, "blocks lost in an unclean stop with a member missing belong to these");
+        }
+        if let Some(o) = lock(&self.inner.open).get_mut(&lu) {
+            o.lost_unreported = Some(lost);
+        }
+        self.report(lu).await;
+    }
+
     /// Records an LU that could not be opened because too many of its
     /// members are gone: the table must not go on calling it degraded.
     pub(super) async fn report_failed(&self, lu: u32) {
@@ -78,7 +96,7 @@ impl LuHost {
             lu,
             health: LuHealth::LuFailed as i32,
             job: None,
-            checksum_errors: Default::default(),
+            ..Default::default()
         });
         if let Err(e) = self.shared().write(Command { kind: Some(cmd) }).await {
             tracing::warn!(lu, "LU failure not recorded: {}", e);

@@ -370,8 +370,7 @@ mod tests {
             (0u32..3, 0i32..6).prop_map(|(lu, health)| cmd(Kind::ReportLu(ReportLu {
                 lu,
                 health,
-                job: None,
-                checksum_errors: Default::default()
+                ..Default::default()
             }))),
             Just(Command { kind: None }),
         ]

@@ -221,6 +221,7 @@ impl Tables {
             health: LuHealth::Unspecified as i32,
             job: None,
             per_disk_bytes: per_disk,
+            lost: Vec::new(),
         };
         let mut touched = vec![RowKey::Lu(number)];
         for d in &c.disks {
@@ -338,6 +339,9 @@ impl Tables {
         if c.job.is_some() {
             lu.job = c.job.clone();
         }
+        if c.lost_known {
+            lu.lost = c.lost.clone();
+        }
         let mut touched = vec![RowKey::Lu(c.lu)];
         for (&disk, &count) in &c.checksum_errors {
             if let Some(d) = self.disks.get_mut(&disk) {
@@ -353,6 +357,26 @@ impl Tables {
 mod tests {
     use super::super::testing::*;
     use super::*;
+
+    #[test]
+    fn an_lu_report_sets_what_was_lost_only_when_it_knows() {
+        let mut t = with_array(3);
+        t.apply(&lu(RaidLevel::Raid5, &[1, 2, 3])).unwrap();
+        let report = |lost: Vec<String>, lost_known: bool| {
+            cmd(Kind::ReportLu(ReportLu {
+                lu: 1,
+                health: LuHealth::LuDegraded as i32,
+                lost,
+                lost_known,
+                ..Default::default()
+            }))
+        };
+        t.apply(&report(vec!["/a (bytes 0..4096)".into()], true)).unwrap();
+        t.apply(&report(vec![], false)).unwrap();
+        assert_eq!(t.lus[&1].lost, ["/a (bytes 0..4096)"]);
+        t.apply(&report(vec![], true)).unwrap();
+        assert!(t.lus[&1].lost.is_empty());
+    }
 
     #[test]
     fn raid5_lu_marks_its_disks_used_and_sizes_itself() {
