@@ -108,7 +108,10 @@ impl Target {
                         endpoint: endpoint.to_string(),
                         why,
                     }
-                } else if why.contains("403") || why.contains("AccessDenied") || why.contains("SignatureDoesNotMatch") {
+                } else if ["403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"]
+                    .iter()
+                    .any(|s| why.contains(s))
+                {
                     TargetError::Denied {
                         endpoint: endpoint.to_string(),
                         why,

@@ -16,9 +16,25 @@ pub struct S3Server {
 
 impl S3Server {
     /// Starts the server and waits (up to 30 s) until it accepts connections.
+    /// It takes any credentials.
     pub fn start() -> anyhow::Result<S3Server> {
+        Self::spawn(false)
+    }
+
+    /// A server that checks credentials and knows none: every signed
+    /// request is refused (403, InvalidAccessKeyId).
+    pub fn start_refusing_every_credential() -> anyhow::Result<S3Server> {
+        Self::spawn(true)
+    }
+
+    fn spawn(check_credentials: bool) -> anyhow::Result<S3Server> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("moto_server")
+        let mut cmd = Command::new("moto_server");
+        if check_credentials {
+            // moto checks credentials after this many unchecked actions.
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
+        }
+        let child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

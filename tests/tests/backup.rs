@@ -238,7 +238,8 @@ async fn the_leader_keeps_fresh_copies_and_says_why_it_cannot() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_copy_saved_to_an_s3_store_brings_the_cluster_back_and_an_unreachable_store_is_named() -> anyhow::Result<()> {
+async fn a_copy_saved_to_an_s3_store_brings_the_cluster_back_and_a_dead_or_refusing_store_is_named(
+) -> anyhow::Result<()> {
     let s3 = nas_tests::s3::S3Server::start()?;
     s3.create_bucket("nas-backups")?;
     let s3_env = s3.env();
@@ -266,6 +267,21 @@ async fn a_copy_saved_to_an_s3_store_brings_the_cluster_back_and_an_unreachable_
     assert!(!out.status.success(), "a save to a dead store succeeded");
     assert!(
         said.contains(&format!("127.0.0.1:{closed}")) && said.contains("cannot be reached"),
+        "{said}"
+    );
+    // A store that refuses the credentials is named, and says so.
+    let strict = nas_tests::s3::S3Server::start_refusing_every_credential()?;
+    let strict_endpoint = strict.endpoint();
+    let mut strict_env = env.clone();
+    strict_env[0] = ("AWS_ENDPOINT_URL", &strict_endpoint);
+    let out = c.nasctl_as(
+        &["shared-lu", "backup", "--to", "s3://nas-backups/cluster-a"],
+        &strict_env,
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a save with refused credentials succeeded");
+    assert!(
+        said.contains(&strict_endpoint) && said.contains("refused the credentials"),
         "{said}"
     );
 
