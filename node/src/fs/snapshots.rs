@@ -185,6 +185,30 @@ fn born_after(birth: u64, prev: Option<u64>) -> bool {
     prev.is_none_or(|p| birth > p)
 }
 
+/// The neighbours of snapshot `pos` of `all` (oldest first): the previous
+/// snapshot's generation (none for the oldest) and the dataset whose
+/// deadlist follows it (the next snapshot's, or the live tree's).
+fn neighbours(all: &[(u64, String, Row)], pos: usize) -> (Option<u64>, u64) {
+    let prev = pos.checked_sub(1).map(|p| all[p].0);
+    let next = all.get(pos + 1).map_or(LIVE, |(g, _, _)| *g);
+    (prev, next)
+}
+
+/// The blocks only snapshot `pos` of `all` holds: on the deadlist that
+/// follows it, born after the snapshot before it. Deleting it frees
+/// exactly these.
+fn held_only_by<T: ReadableTable<(u64, u64), (u64, u64)>>(
+    deadlist: &T,
+    all: &[(u64, String, Row)],
+    pos: usize,
+) -> Result<Vec<(u64, u64, u64)>> {
+    let (prev, next) = neighbours(all, pos);
+    Ok(deadlist_of(deadlist, next)?
+        .into_iter()
+        .filter(|&(_, _, birth)| born_after(birth, prev))
+        .collect())
+}
+
 /// The generations of every snapshot, oldest first, with their names.
 fn generations<T: ReadableTable<&'static str, &'static [u8]>>(t: &T) -> Result<Vec<(u64, String, Row)>> {
     let mut out = Vec::new();
@@ -266,14 +290,11 @@ impl Tx<'_> {
             )));
         };
         let this = all[pos].0;
-        let prev = pos.checked_sub(1).map(|p| all[p].0);
-        let next = all.get(pos + 1).map_or(LIVE, |(g, _, _)| *g);
-        for (at, len, birth) in deadlist_of(&self.deadlist, next)? {
-            if born_after(birth, prev) {
-                self.deadlist.remove((next, at)).map_err(FsError::db)?;
-                self.held_bytes = self.held_bytes.saturating_sub(len);
-                self.freed.push((at, len));
-            }
+        let (prev, next) = neighbours(&all, pos);
+        for (at, len, _) in held_only_by(&self.deadlist, &all, pos)? {
+            self.deadlist.remove((next, at)).map_err(FsError::db)?;
+            self.held_bytes = self.held_bytes.saturating_sub(len);
+            self.freed.push((at, len));
         }
         for (at, len, birth) in deadlist_of(&self.deadlist, this)? {
             self.deadlist.remove((this, at)).map_err(FsError::db)?;
@@ -314,13 +335,7 @@ pub fn list(txn: &ReadTransaction) -> Result<Vec<SnapshotInfo>> {
     let all = generations(&registry)?;
     let mut out = Vec::new();
     for (i, (generation, name, row)) in all.iter().enumerate() {
-        let prev = i.checked_sub(1).map(|p| all[p].0);
-        let next = all.get(i + 1).map_or(LIVE, |(g, _, _)| *g);
-        let unique_bytes = deadlist_of(&deadlist, next)?
-            .iter()
-            .filter(|(_, _, birth)| born_after(*birth, prev))
-            .map(|(_, len, _)| len)
-            .sum();
+        let unique_bytes = held_only_by(&deadlist, &all, i)?.iter().map(|(_, len, _)| len).sum();
         out.push(SnapshotInfo {
             name: name.clone(),
             generation: *generation,
