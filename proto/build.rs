@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let files = [
         "proto/nas/v1/tables.proto",
+        "proto/nas/v1/backup.proto",
         "proto/nas/v1/admin.proto",
         "proto/nas/v1/raft.proto",
         "proto/nas/v1/nas.proto",

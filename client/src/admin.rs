@@ -88,6 +88,18 @@ admin_methods! {
         list_snapshots(ListSnapshotsRequest) -> SnapshotList;
         /// Checks that every block of an export is in exactly one place.
         check_export(CheckExportRequest) -> CheckExportReply;
+        /// Starts a backup of an export on the CHN serving it.
+        create_backup(CreateBackupRequest) -> BackupJobReply;
+        /// The backups on a target, and the backup jobs and schedules.
+        list_backups(ListBackupsRequest) -> BackupList;
+        /// Reads back every chunk of a backup and checks it.
+        verify_backup(VerifyBackupRequest) -> VerifyBackupReply;
+        /// Starts restoring a backup into an export.
+        restore_backup(RestoreBackupRequest) -> BackupJobReply;
+        /// Deletes old backups of an export and the chunks no backup uses.
+        prune_backups(PruneBackupsRequest) -> PruneBackupsReply;
+        /// Sets or removes an export's backup schedule.
+        schedule_backup(ScheduleBackupRequest) -> WriteReply;
         add_path(PathRequest) -> WriteReply;
         remove_path(PathRequest) -> WriteReply;
         /// Joins a started nasd to the shared LU (learner, then voter).

@@ -22,7 +22,6 @@ pub use nas_proto::transport::Transport;
 pub mod admin;
 pub mod credential;
 pub mod drill;
-pub mod targets;
 pub use credential::{Authorization, Credential};
 pub mod nas;
 pub mod pki;

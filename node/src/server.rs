@@ -149,6 +149,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let exports = crate::chn::exports::Exports::new(lu.clone(), host.clone());
     let failover = crate::chn::failover::Failover::new(lu.clone(), host.clone(), exports.clone(), cfg.failover.clone());
     let failover_task = tokio::spawn(failover.clone().run());
+    let (export_backups, schedule_task) = crate::chn::export_backup::ExportBackups::new(lu.clone(), exports.clone());
+    let schedule_task = tokio::spawn(schedule_task);
     let nas = NasServer::new(NasService {
         shared: lu.clone(),
         sessions,
@@ -166,6 +168,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         failover,
         backup,
         exports: exports.clone(),
+        export_backups,
         version,
     })
     .max_decoding_message_size(MAX_MESSAGE)
@@ -261,6 +264,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     sessions_task.abort();
     failover_task.abort();
     backup_task.abort();
+    schedule_task.abort();
     if let Err(e) = lu.raft.shutdown().await {
         tracing::warn!(error = %e, "Raft did not shut down cleanly");
     }

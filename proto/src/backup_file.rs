@@ -36,15 +36,20 @@ pub const ARRAY_FOLDER: &str = "shared-lu-backup";
 pub const KEEP: usize = 2;
 /// A temporary file older than this was left by a writer that crashed.
 const STALE_TEMP: Duration = Duration::from_secs(600);
-const TEMP_PREFIX: &str = ".tmp-";
+/// Names of files being written; never a finished object.
+pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// What is wrong with a backup location or a copy in it.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a shared LU backup: it does not start with {magic:?}")]
-    NotABackup { path: PathBuf, magic: &'static str },
+    #[error("{path} is not {what}: it does not start with {magic:?}")]
+    NotABackup {
+        path: PathBuf,
+        what: &'static str,
+        magic: String,
+    },
     #[error("{path} was written in backup format {version}, newer than this nasd reads ({VERSION}); use a newer nasd")]
     Version { path: PathBuf, version: u32 },
     #[error("{path} is truncated: {have} of {want} bytes are there")]
@@ -87,24 +92,35 @@ pub struct Listed {
 
 /// The bytes of a copy of `backup`.
 pub fn encode(backup: &SharedLuBackup) -> Vec<u8> {
-    let body = backup.encode_to_vec();
+    seal(MAGIC, &backup.encode_to_vec())
+}
+
+/// `body` framed as every backup file is: `magic`, format version, body
+/// length, the body, and the body's SHA-256.
+pub fn seal(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + body.len() + TRAILER);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&Sha256::digest(&body));
+    out.extend_from_slice(body);
+    out.extend_from_slice(&Sha256::digest(body));
     out
 }
 
-/// Reads a copy from `bytes`; `path` names it in errors.
-pub fn decode(path: &Path, bytes: &[u8]) -> Result<Copy, BackupError> {
+/// The body of a file `seal` framed with `magic` (`what` names such a file
+/// in errors), with its length and checksum checked, and the checksum.
+pub fn unseal<'a>(
+    magic: &[u8; 8],
+    what: &'static str,
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(&'a [u8], [u8; 32]), BackupError> {
     let path_buf = || path.to_path_buf();
-    let magic = std::str::from_utf8(MAGIC).unwrap_or_default();
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+    if bytes.len() < magic.len() || &bytes[..magic.len()] != magic {
         return Err(BackupError::NotABackup {
             path: path_buf(),
-            magic,
+            what,
+            magic: String::from_utf8_lossy(magic).into_owned(),
         });
     }
     let have = bytes.len() as u64;
@@ -131,7 +147,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Copy, BackupError> {
     if have > want {
         return Err(BackupError::Undecodable {
             path: path_buf(),
-            why: format!("{} bytes follow the end of the copy", have - want),
+            why: format!("{} bytes follow the end of the file", have - want),
         });
     }
     let body = &bytes[HEADER..HEADER + body_len as usize];
@@ -140,6 +156,14 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Copy, BackupError> {
     if Sha256::digest(body).as_slice() != sha256 {
         return Err(BackupError::Checksum { path: path_buf() });
     }
+    Ok((body, sha256))
+}
+
+/// Reads a copy from `bytes`; `path` names it in errors.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Copy, BackupError> {
+    let path_buf = || path.to_path_buf();
+    let (body, sha256) = unseal(MAGIC, "a shared LU backup", path, bytes)?;
+    let have = bytes.len() as u64;
     let backup = SharedLuBackup::decode(body).map_err(|e| BackupError::Undecodable {
         path: path_buf(),
         why: e.to_string(),

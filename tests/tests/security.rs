@@ -55,7 +55,7 @@ fn basic(user: &str, password: &str) -> String {
 }
 
 const OPEN: [&str; 4] = ["NodeInfo", "Login", "Bootstrap", "RestoreSharedLu"];
-const VIEWER: [&str; 14] = [
+const VIEWER: [&str; 15] = [
     "ClusterStatus",
     "ListPaths",
     "ListChns",
@@ -70,6 +70,7 @@ const VIEWER: [&str; 14] = [
     "SharedLuBackupStatus",
     "ListSnapshots",
     "CheckExport",
+    "ListBackups",
 ];
 
 /// A legitimate login: waits out the throttle that earlier wrong

@@ -38,12 +38,14 @@ pub fn admin(method: &str) -> Option<Need> {
         | "ListProbes"
         | "SharedLuBackupStatus"
         | "ListSnapshots"
-        | "CheckExport" => viewer,
+        | "CheckExport"
+        | "ListBackups" => viewer,
         "FailDisk" | "ReplaceDisk" | "RebuildLu" | "ScrubLu" | "MoveExport" | "BreakFileLock" | "WriteProbe"
-        | "CreateSnapshot" | "DeleteSnapshot" => operator,
+        | "CreateSnapshot" | "DeleteSnapshot" | "CreateBackup" | "VerifyBackup" | "ScheduleBackup" => operator,
+        // A restore writes over an export's files; a prune deletes backups.
         "InitSharedLu" | "AddPath" | "RemovePath" | "InstallChn" | "RemoveChn" | "InitArray" | "CreateLu"
         | "AddUser" | "SetRole" | "SetPassword" | "CreateExport" | "ReadLu" | "WriteLu" | "ListAudit"
-        | "BackupSharedLu" => admin,
+        | "BackupSharedLu" | "RestoreBackup" | "PruneBackups" => admin,
         _ => return None,
     })
 }

@@ -19,6 +19,13 @@ pub enum Error {
     Access(#[from] crate::access::AccessError),
     #[error(transparent)]
     Backup(#[from] nas_proto::backup_file::BackupError),
+    #[error(transparent)]
+    Target(#[from] nas_backup::TargetError),
+    #[error(transparent)]
+    Archive(#[from] nas_backup::archive::ArchiveError),
+    /// A file-system call of the CHN's own (a backup or restore) failed.
+    #[error(transparent)]
+    File(#[from] FsError),
     /// An export's file system could not be mounted here.
     #[error("export {export} cannot be mounted: {source}")]
     Mount { export: String, source: FsError },

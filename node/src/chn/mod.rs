@@ -9,6 +9,7 @@
 
 pub mod audit;
 mod error;
+pub mod export_backup;
 pub mod exports;
 pub mod failover;
 pub mod heartbeat;

@@ -56,6 +56,13 @@ pub fn join(generation: u64, ino: u64) -> u64 {
 }
 
 /// What a change under `/.snapshot` is told.
+/// What a change through a snapshot's handle is told.
+pub fn read_only_handle() -> FsError {
+    FsError::PermissionDenied(
+        "this handle names a file in a snapshot, and snapshots are read-only; copy the file out instead".into(),
+    )
+}
+
 pub fn read_only(path: &FsPath) -> FsError {
     FsError::PermissionDenied(format!(
         "{path} is in a snapshot, and snapshots are read-only; copy what you need out of it"

@@ -20,6 +20,7 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::alloc::{self, FREE};
 use super::snapshots::{self, DEADLIST, LIVE, SNAPSHOT_DIR};
+use super::volume::SetAttr;
 use super::{Attr, Caller, DirEntry, FileKind, FsError, FsPath, Inode, Result, BLOCK, MAX_FILE_SIZE, ROOT, ZEROS};
 use crate::array::BlockDevice;
 use crate::rt::now_ms;
@@ -560,9 +561,7 @@ impl<'t> Tx<'t> {
 
     fn writable_file(&self, caller: &Caller, ino: u64) -> Result<Inode> {
         if snapshots::split(ino).0 != LIVE {
-            return Err(FsError::PermissionDenied(
-                "this handle names a file in a snapshot, and snapshots are read-only; copy the file out instead".into(),
-            ));
+            return Err(snapshots::read_only_handle());
         }
         let inode = by_handle(&self.inodes, ino)?;
         if inode.kind != FileKind::File {
@@ -840,6 +839,28 @@ impl<'t> Tx<'t> {
         }
         inode.size = size;
         inode.mtime_ms = now_ms();
+        self.put(&inode)?;
+        attr(&self.extents, inode)
+    }
+
+    /// Gives a file or directory the mode, owner and update time a backup
+    /// recorded. Only root may: it is how a restore puts back what no
+    /// ordinary call sets.
+    pub fn set_attr(&mut self, caller: &Caller, ino: u64, set: &SetAttr) -> Result<Attr> {
+        if caller.uid != 0 {
+            return Err(FsError::PermissionDenied(
+                "only root sets a file's owner, mode and update time".into(),
+            ));
+        }
+        if snapshots::split(ino).0 != LIVE {
+            return Err(snapshots::read_only_handle());
+        }
+        let mut inode = by_handle(&self.inodes, ino)?;
+        inode.mode = set.mode & 0o7777;
+        inode.uid = set.uid;
+        inode.gid = set.gid;
+        inode.owner.clone_from(&set.owner);
+        inode.mtime_ms = set.mtime_ms;
         self.put(&inode)?;
         attr(&self.extents, inode)
     }

@@ -87,6 +87,21 @@ pub enum Change {
     DeleteSnapshot {
         name: String,
     },
+    /// Set what a backup recorded of a file or directory (root only).
+    SetAttr {
+        ino: u64,
+        set: SetAttr,
+    },
+}
+
+/// The attributes a restore puts back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub owner: String,
+    pub mtime_ms: u64,
 }
 
 /// What a change returns; stored as the reply of an exactly-once call.
@@ -418,6 +433,45 @@ impl Volume {
                 ..e
             })
             .collect())
+    }
+
+    /// Every directory and file of snapshot `name`, each directory before
+    /// what it holds, with paths from the export root and attributes as
+    /// stored (not made read-only as callers see them); each inode's id is
+    /// the handle to read it by. What a backup copies.
+    pub fn snapshot_tree(&self, name: &str) -> Result<Vec<(String, Inode)>> {
+        const PAGE: usize = 1000;
+        let txn = self.read_txn()?;
+        let generation = snapshots::generation_of(&txn, name)?;
+        let view = View::snapshot(generation);
+        let inodes = open_view(&txn, view.inodes())?;
+        let dirents = open_view(&txn, view.dirents())?;
+        let extents = open_view(&txn, view.extents())?;
+        let mut out = vec![("/".to_string(), tree::by_handle(&inodes, ROOT)?)];
+        let mut next = 0;
+        while next < out.len() {
+            let (dir_path, dir) = out[next].clone();
+            next += 1;
+            if dir.kind != FileKind::Dir {
+                continue;
+            }
+            let mut after = String::new();
+            loop {
+                let page = tree::list(&inodes, &dirents, &extents, &dir, &after, PAGE)?;
+                for e in &page {
+                    let path = if dir_path == "/" { format!("/{}", e.name) } else { format!("{dir_path}/{}", e.name) };
+                    out.push((path, e.attr.inode.clone()));
+                }
+                match page.last() {
+                    Some(last) if page.len() == PAGE => after = last.name.clone(),
+                    _ => break,
+                }
+            }
+        }
+        for (_, inode) in &mut out {
+            inode.ino = snapshots::join(generation, inode.ino);
+        }
+        Ok(out)
     }
 
     /// Size, free space and file count.
@@ -862,6 +916,7 @@ fn apply_one(tx: &mut Tx<'_>, req: &Request) -> Result<Outcome> {
             tx.delete_snapshot(name)?;
             Outcome::Done
         }
+        Change::SetAttr { ino, set } => Outcome::Attr(tx.set_attr(c, *ino, set)?),
     };
     if let Some(call) = &req.call {
         let bytes = postcard::to_stdvec(&out).map_err(|e| FsError::Io(format!("encoding a reply: {e}")))?;

@@ -36,6 +36,7 @@ pub struct AdminService {
     pub failover: crate::chn::failover::Failover,
     pub backup: crate::chn::state_backup::StateBackup,
     pub exports: crate::chn::exports::Exports,
+    pub export_backups: crate::chn::export_backup::ExportBackups,
     pub version: String,
 }
 
@@ -148,6 +149,46 @@ impl AdminService {
             .channel(addr)
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(admin_client::AdminClient::new(ch))
+    }
+
+    /// Creates the export a restore goes into, on the LU the request
+    /// names, served here, with the backup's users that exist here.
+    async fn create_export_for(&self, r: &RestoreBackupRequest) -> Result<(), Status> {
+        if r.lu == 0 {
+            return Err(Status::invalid_argument(format!(
+                "export {} does not exist; give --lu N to create it on LU N, or restore into an existing export",
+                r.export
+            )));
+        }
+        let manifest = self.export_backups.manifest(&r.target, &r.backup, r.force).await?;
+        let users = manifest
+            .users
+            .iter()
+            .filter(|u| self.lu.user(&u.name).is_some())
+            .map(|u| u.name.clone())
+            .collect();
+        let partner_chn = self
+            .lu
+            .read(|t| {
+                t.daemons
+                    .values()
+                    .find(|d| d.chn != self.lu.name && d.state == ChnState::ChnInstalled as i32)
+                    .map(|d| d.chn.clone())
+            })
+            .unwrap_or_default();
+        self.write(Kind::CreateExport(CreateExport {
+            export: Some(Export {
+                name: r.export.clone(),
+                lu: r.lu,
+                owner_chn: self.lu.name.clone(),
+                partner_chn,
+                state: ServiceState::ServiceServing as i32,
+                users,
+                ..Export::default()
+            }),
+        }))
+        .await?;
+        Ok(())
     }
 
     /// Runs `here` if this CHN serves `lu` (opening it if nobody does),
@@ -453,6 +494,83 @@ impl admin_server::Admin for AdminService {
             |vol, _| crate::service::snapshots::check(vol),
             |mut owner, r| async move { owner.check_export(r).await },
         )
+        .await
+    }
+
+    async fn create_backup(&self, req: Request<CreateBackupRequest>) -> Result<Response<BackupJobReply>, Status> {
+        let export = req.get_ref().export.clone();
+        self.on_export_owner(
+            &export,
+            req,
+            |vol, r| async move {
+                let (job, _) = self
+                    .export_backups
+                    .backup(vol, &r.export, &r.target, &r.snapshot, r.full, false)
+                    .await?;
+                Ok(BackupJobReply { job: Some(job) })
+            },
+            |mut owner, r| async move { owner.create_backup(r).await },
+        )
+        .await
+    }
+
+    async fn list_backups(&self, req: Request<ListBackupsRequest>) -> Result<Response<BackupList>, Status> {
+        self.lu.ensure_current().await?;
+        let r = req.into_inner();
+        Ok(Response::new(self.export_backups.list(&r.target, &r.export).await?))
+    }
+
+    async fn verify_backup(&self, req: Request<VerifyBackupRequest>) -> Result<Response<VerifyBackupReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.export_backups.verify(&r.target, &r.backup).await?))
+    }
+
+    async fn restore_backup(&self, req: Request<RestoreBackupRequest>) -> Result<Response<BackupJobReply>, Status> {
+        let r = req.get_ref().clone();
+        self.lu.ensure_current().await?;
+        if self.lu.export(&r.export).is_none() {
+            self.create_export_for(&r).await?;
+        }
+        self.on_export_owner(
+            &r.export,
+            req,
+            |vol, r| async move {
+                let job = self
+                    .export_backups
+                    .restore(vol, &r.export, &r.target, &r.backup, &r.path, r.force)
+                    .await?;
+                Ok(BackupJobReply { job: Some(job) })
+            },
+            |mut owner, r| async move { owner.restore_backup(r).await },
+        )
+        .await
+    }
+
+    async fn prune_backups(&self, req: Request<PruneBackupsRequest>) -> Result<Response<PruneBackupsReply>, Status> {
+        self.lu.ensure_current().await?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.export_backups.prune(&r.target, &r.export, r.keep).await?,
+        ))
+    }
+
+    async fn schedule_backup(&self, req: Request<ScheduleBackupRequest>) -> Result<Response<WriteReply>, Status> {
+        let r = req.into_inner();
+        if !r.remove {
+            // Refused now rather than at every run.
+            nas_backup::Target::parse(&r.target).map_err(crate::chn::Error::from)?;
+        }
+        let last = self.lu.read(|t| t.backup_schedules.get(&r.export).cloned()).unwrap_or_default();
+        self.write(Kind::SetBackupSchedule(SetBackupSchedule {
+            schedule: Some(BackupSchedule {
+                export: r.export,
+                every_s: r.every_s,
+                target: r.target,
+                keep: r.keep,
+                ..last
+            }),
+            remove: r.remove,
+        }))
         .await
     }
 

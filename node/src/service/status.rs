@@ -5,6 +5,8 @@
 //! below `service/` never name a status; nothing here decides anything but
 //! how an error is spelled on the wire.
 
+use nas_backup::archive::ArchiveError;
+use nas_backup::TargetError;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
@@ -122,6 +124,20 @@ fn backup_status(e: BackupError) -> Status {
     }
 }
 
+/// What is wrong with a backup target.
+fn target_status(e: TargetError) -> Status {
+    let msg = e.to_string();
+    match e {
+        TargetError::Invalid(_) => Status::invalid_argument(msg),
+        TargetError::Unreachable { .. } | TargetError::Io { .. } | TargetError::Store { .. } => {
+            Status::unavailable(msg)
+        }
+        TargetError::Denied { .. } => Status::permission_denied(msg),
+        TargetError::NotFound { .. } => Status::not_found(msg),
+        TargetError::Full { .. } => Status::resource_exhausted(msg),
+    }
+}
+
 impl From<chn::Error> for Status {
     fn from(e: chn::Error) -> Status {
         use chn::Error as E;
@@ -131,6 +147,10 @@ impl From<chn::Error> for Status {
             E::Array(e) => e.into(),
             E::Access(e) => e.into(),
             E::Backup(e) => backup_status(e),
+            E::Target(e) => target_status(e),
+            E::Archive(ArchiveError::Manifest(e)) => backup_status(e),
+            E::Archive(ArchiveError::Chunk { .. }) => Status::data_loss(msg),
+            E::File(e) => e.into(),
             // A file system that cannot be mounted: a corrupt one is lost
             // data; a full one needs the operator; anything else may be a
             // passing I/O problem that the next attempt gets past.

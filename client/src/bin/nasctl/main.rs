@@ -19,6 +19,7 @@ macro_rules! outln {
 
 mod audit;
 mod auth;
+mod backups;
 mod chn;
 mod cluster;
 mod drill;
@@ -140,6 +141,10 @@ enum Cmd {
     /// Snapshots of an export: create, list, delete; read one as EXPORT@NAME:/path.
     #[command(subcommand)]
     Snapshot(snapshots::SnapshotCmd),
+    /// Backups of exports to a directory or an S3 object store: create,
+    /// list, verify, restore, prune, schedule.
+    #[command(subcommand)]
+    Backup(backups::BackupCmd),
     /// Probes: keyed registers in the shared LU for end-to-end checks.
     #[command(subcommand)]
     Probe(probes::ProbeCmd),
@@ -263,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Export(cmd) => exports::run(&conn?, cmd, json).await,
         Cmd::Client(cmd) => exports::run_client(&conn?, cmd, json).await,
         Cmd::Snapshot(cmd) => snapshots::run(&conn?, cmd, json).await,
+        Cmd::Backup(cmd) => backups::run(&conn?, cmd, json).await,
         Cmd::Probe(cmd) => probes::run(&conn?, cmd, json).await,
         Cmd::Fs(cmd) => files::run_fs(&conn?, &cli.login, cmd, json, retry).await,
         Cmd::Unlock { target, session } => files::break_lock(&conn?, &target, session, json).await,

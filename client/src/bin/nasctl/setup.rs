@@ -246,7 +246,7 @@ pub async fn restore(
 /// the target `spec` (a directory or an object store prefix) that reads
 /// back whole, and where it is.
 async fn newest_saved_copy(spec: &str) -> anyhow::Result<(Vec<u8>, String)> {
-    use ::nas_client::targets::Target;
+    use ::nas_backup::Target;
     let file = std::path::Path::new(spec);
     if file.is_file() {
         let bytes = std::fs::read(file).with_context(|| format!("cannot read {spec}"))?;

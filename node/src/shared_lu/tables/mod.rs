@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use nas_proto::{command::Kind, *};
 
 mod audit;
+mod backups;
 mod chns;
 mod clients;
 mod locks;
@@ -152,6 +153,10 @@ tables! {
     probes: Probe [String] by |r| r.key.clone();
     /// The audit log by sequence number.
     audit: AuditRecord [u64] by |r| r.seq;
+    /// Export backups and restores, running or ended, by job id.
+    backup_jobs: BackupJob [String] by |r| r.id.clone();
+    /// Backup schedules by export.
+    backup_schedules: BackupSchedule [String] by |r| r.export.clone();
 }
 
 fn reject<T>(kind: RejectKind, message: impl Into<String>) -> Result<T, Rejection> {
@@ -238,6 +243,8 @@ impl Tables {
             Kind::AppendAudit(c) => self.append_audit(c),
             Kind::SetPassword(c) => self.set_password(c),
             Kind::RestoreTables(c) => self.restore(c),
+            Kind::RecordBackupJob(c) => self.record_backup_job(c),
+            Kind::SetBackupSchedule(c) => self.set_backup_schedule(c),
         }
     }
 }

@@ -26,6 +26,7 @@ impl Tables {
         for lock in restored.lu_locks.values_mut() {
             lock.lease_expiry_ms = 0;
         }
+        restored.end_restored_jobs();
         for daemon in restored.daemons.values_mut() {
             daemon.heartbeat_ms = c.now_ms;
         }

@@ -5,6 +5,9 @@
 //! `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_DEFAULT_REGION` or `AWS_REGION`).
 //!
+//! Names may hold `/` (`chunks/ab/abcd...`): folders in a directory,
+//! key prefixes in a store.
+//!
 //! Owns naming and moving whole objects; it must never leave an object
 //! half written under its final name (directories write a temporary file
 //! and rename it; S3 puts are atomic).
@@ -27,10 +30,19 @@ pub enum TargetError {
     Denied { endpoint: String, why: String },
     #[error("{what} does not exist")]
     NotFound { what: String },
+    #[error("{location} is full: {why}; free space there or choose another target")]
+    Full { location: String, why: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("the object store at {endpoint}: {why}")]
     Store { endpoint: String, why: String },
+}
+
+/// One object of a target: its name below the target, and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub name: String,
+    pub size: u64,
 }
 
 /// A directory or an object store prefix.
@@ -130,13 +142,15 @@ impl Target {
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<String, TargetError> {
         match self {
             Target::Dir(dir) => {
-                let dir = dir.clone();
-                let name = name.to_string();
+                let path = dir.join(name);
                 let written = tokio::task::spawn_blocking(move || {
-                    let path = dir.join(&name);
-                    nas_proto::backup_file::write_file(&dir, &name, &bytes, "nasctl")
+                    let (Some(folder), Some(file)) = (path.parent(), path.file_name()) else {
+                        return Err(TargetError::Invalid(format!("{} names no file", path.display())));
+                    };
+                    let writer = std::process::id().to_string();
+                    nas_proto::backup_file::write_file(folder, &file.to_string_lossy(), &bytes, &writer)
                         .map(|p| p.display().to_string())
-                        .map_err(|source| TargetError::Io { path, source })
+                        .map_err(|source| io_error(path, source))
                 });
                 written
                     .await
@@ -167,7 +181,7 @@ impl Target {
                     std::io::ErrorKind::NotFound => TargetError::NotFound {
                         what: path.display().to_string(),
                     },
-                    _ => TargetError::Io { path, source },
+                    _ => io_error(path, source),
                 })
             }
             Target::S3 {
@@ -228,6 +242,101 @@ impl Target {
             }
         }
     }
+}
+
+impl Target {
+    /// Every object below folder `under` (`""` for all), at any depth.
+    pub async fn list_under(&self, under: &str) -> Result<Vec<Object>, TargetError> {
+        match self {
+            Target::Dir(dir) => {
+                let (dir, under) = (dir.clone(), under.to_string());
+                tokio::task::spawn_blocking(move || walk(&dir, &under))
+                    .await
+                    .map_err(|e| TargetError::Invalid(format!("a listing task failed: {e}")))?
+            }
+            Target::S3 {
+                store,
+                prefix,
+                endpoint,
+                url,
+            } => {
+                use futures::TryStreamExt;
+                let base = Self::key(prefix, under.trim_matches('/'));
+                let strip = if prefix.is_empty() { 0 } else { prefix.len() + 1 };
+                let listed: Vec<_> = store
+                    .list(Some(&base))
+                    .try_collect()
+                    .await
+                    .map_err(|e| Self::store_err(endpoint, url, e))?;
+                Ok(listed
+                    .into_iter()
+                    .map(|o| Object {
+                        name: o.location.as_ref().get(strip..).unwrap_or_default().to_string(),
+                        size: o.size,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Deletes `name`; one that is already gone is no error.
+    pub async fn delete(&self, name: &str) -> Result<(), TargetError> {
+        match self {
+            Target::Dir(dir) => match tokio::fs::remove_file(dir.join(name)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(io_error(dir.join(name), source)),
+            },
+            Target::S3 {
+                store,
+                prefix,
+                endpoint,
+                ..
+            } => match store.delete(&Self::key(prefix, name)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(Self::store_err(endpoint, &self.location(name), e)),
+            },
+        }
+    }
+}
+
+/// A full device is named as such: it is the one fault an operator fixes
+/// by making room.
+fn io_error(path: PathBuf, source: std::io::Error) -> TargetError {
+    use std::io::ErrorKind;
+    match source.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => TargetError::Full {
+            location: path.display().to_string(),
+            why: source.to_string(),
+        },
+        _ => TargetError::Io { path, source },
+    }
+}
+
+/// The files below `dir/under`, named relative to `dir`; temporary files
+/// of writes in progress are left out.
+fn walk(dir: &std::path::Path, under: &str) -> Result<Vec<Object>, TargetError> {
+    let mut out = Vec::new();
+    let mut folders = vec![dir.join(under)];
+    while let Some(folder) = folders.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(io_error(folder, source)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|source| io_error(folder.clone(), source))?;
+            let meta = entry.metadata().map_err(|source| io_error(entry.path(), source))?;
+            if meta.is_dir() {
+                folders.push(entry.path());
+            } else if !entry.file_name().to_string_lossy().starts_with(nas_proto::backup_file::TEMP_PREFIX) {
+                let path = entry.path();
+                let name = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned();
+                out.push(Object { name, size: meta.len() });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every source of an error, joined: object_store hides the cause (a

@@ -1,0 +1,306 @@
+//! Taking a backup of an export on the CHN that serves it: a snapshot
+//! (so that clients go on writing), a walk of the snapshot's tree, the
+//! chunks of every changed file that the target does not hold yet, and the
+//! manifest last.
+//!
+//! It must never write a manifest before every chunk it names is on the
+//! target, and never leave its own snapshot behind once it ends.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nas_backup::archive::{self, CHUNK};
+use nas_backup::Target;
+use nas_proto::{BackupEntry, BackupUser, ChunkRef, ExportBackup};
+use tokio::task::JoinSet;
+
+use super::jobs::Job;
+use super::{root, Ctx};
+use crate::chn::Error;
+use crate::fs::snapshots;
+use crate::fs::volume::{Change, Outcome};
+use crate::fs::{FileKind, Request, Volume};
+use crate::rt::now_ms;
+
+/// Chunks compressed and sent at once.
+const IN_FLIGHT: usize = 4;
+
+/// What to back up, and where to.
+pub struct Plan {
+    pub vol: Arc<Volume>,
+    pub target: Arc<Target>,
+    /// An existing snapshot to read, or `None` to take one for the backup.
+    pub snapshot: Option<String>,
+    /// Read every file, even those unchanged since the last backup.
+    pub full: bool,
+}
+
+pub async fn take(ctx: &Ctx, job: &Job, plan: Plan) -> Result<ExportBackup, Error> {
+    let row = job.row();
+    let export = ctx.lu.export(&row.export).unwrap_or_default();
+    let (snapshot, snapshot_ms, pause_us, ours) = match &plan.snapshot {
+        Some(name) => {
+            let vol = plan.vol.clone();
+            let all = tokio::task::spawn_blocking(move || vol.snapshots()).await??;
+            let Some(s) = all.into_iter().find(|s| &s.name == name) else {
+                return Err(Error::NotFound(format!(
+                    "export {} has no snapshot {name}; see `nasctl snapshot list {}`",
+                    row.export, row.export
+                )));
+            };
+            (s.name, s.created_ms, 0, false)
+        }
+        None => {
+            let name = format!("backup-{}", row.id);
+            let started = Instant::now();
+            let created = change(&plan.vol, Change::Snapshot { name: name.clone() }, true).await?;
+            let pause = started.elapsed().as_micros() as u64;
+            let ms = match created {
+                Outcome::Snapshot(s) => s.created_ms,
+                _ => now_ms(),
+            };
+            (name, ms, pause, true)
+        }
+    };
+    job.update(|r| r.longest_pause_us = pause_us);
+    let result = copy(ctx, job, &plan, &snapshot, snapshot_ms).await;
+    if ours {
+        let dropped = change(&plan.vol, Change::DeleteSnapshot { name: snapshot.clone() }, true).await;
+        if let Err(e) = dropped {
+            tracing::warn!(snapshot, error = %e, "could not delete the snapshot a backup was read from");
+        }
+    }
+    let (entries, counts) = result?;
+    let users = export
+        .users
+        .iter()
+        .filter_map(|name| ctx.lu.user(name))
+        .map(|u| BackupUser { name: u.name, uid: u.uid })
+        .collect();
+    let mut manifest = ExportBackup {
+        id: row.id.clone(),
+        export: row.export.clone(),
+        array_id: ctx.lu.array_id(),
+        snapshot: if ours { String::new() } else { snapshot },
+        snapshot_ms,
+        started_ms: row.started_ms,
+        finished_ms: now_ms(),
+        taken_by: ctx.lu.name.clone(),
+        lu: ctx.lu.read(|t| t.lus.get(&export.lu).cloned()),
+        export_row: Some(export),
+        users,
+        entries,
+        bytes: counts.bytes,
+        sent_bytes: counts.sent,
+        chunks: counts.chunks,
+        new_chunks: counts.new_chunks,
+        longest_pause_us: pause_us,
+    };
+    let sealed = archive::seal_manifest(&manifest);
+    manifest.sent_bytes += sealed.len() as u64;
+    let sealed = archive::seal_manifest(&manifest);
+    plan.target.put(&archive::manifest_name(&row.id), sealed).await?;
+    Ok(manifest)
+}
+
+pub(super) async fn change(vol: &Volume, change: Change, durable: bool) -> Result<Outcome, Error> {
+    Ok(vol
+        .change(Request {
+            caller: root(),
+            change,
+            call: None,
+            durable,
+            stream_since: None,
+        })
+        .await?)
+}
+
+#[derive(Default)]
+struct Counts {
+    bytes: u64,
+    sent: u64,
+    chunks: u64,
+    new_chunks: u64,
+}
+
+/// A file or directory of the snapshot, and the handle to read it by.
+struct Found {
+    entry: BackupEntry,
+    id: u64,
+}
+
+async fn copy(
+    ctx: &Ctx,
+    job: &Job,
+    plan: &Plan,
+    snapshot: &str,
+    snapshot_ms: u64,
+) -> Result<(Vec<BackupEntry>, Counts), Error> {
+    let row = job.row();
+    let vol = plan.vol.clone();
+    let name = snapshot.to_string();
+    let found: Vec<Found> = tokio::task::spawn_blocking(move || vol.snapshot_tree(&name))
+        .await??
+        .into_iter()
+        .map(|(path, inode)| Found {
+            entry: entry(&path, &inode),
+            id: inode.ino,
+        })
+        .collect();
+    let total: u64 = found.iter().map(|f| f.entry.size).sum();
+    job.update(|r| {
+        r.total_bytes = total;
+        r.files = found.len() as u64;
+    });
+    let previous = if plan.full {
+        HashMap::new()
+    } else {
+        unchanged_since(ctx, &plan.target, &row.export).await?
+    };
+    let mut known: HashSet<[u8; 32]> = plan
+        .target
+        .list_under(archive::CHUNKS)
+        .await?
+        .iter()
+        .filter_map(|o| archive::chunk_hash(&o.name))
+        .collect();
+    let mut counts = Counts::default();
+    let mut sending = Sender::new(plan.target.clone());
+    let mut entries = Vec::with_capacity(found.len());
+    for Found { mut entry, id } in found {
+        job.check()?;
+        if entry.dir {
+            entries.push(entry);
+            continue;
+        }
+        let reused = previous
+            .get(&entry.path)
+            .filter(|p| same_file(p, &entry) && p.chunks.iter().all(|c| has(&known, &c.sha256)));
+        if let Some(p) = reused {
+            entry.chunks = p.chunks.clone();
+        } else {
+            let mut offset = 0;
+            while offset < entry.size {
+                let vol = plan.vol.clone();
+                let data = tokio::task::spawn_blocking(move || vol.read(&root(), id, offset, CHUNK as u64)).await??;
+                if data.is_empty() {
+                    break;
+                }
+                let sha256 = archive::hash(&data);
+                offset += data.len() as u64;
+                entry.chunks.push(ChunkRef {
+                    sha256: sha256.to_vec(),
+                    len: data.len() as u32,
+                });
+                if known.insert(sha256) {
+                    counts.new_chunks += 1;
+                    counts.sent += sending.send(sha256, data).await?;
+                }
+                job.update(|r| {
+                    r.done_bytes = counts.bytes + offset;
+                    r.sent_bytes = counts.sent;
+                });
+            }
+        }
+        counts.bytes += entry.size;
+        counts.chunks += entry.chunks.len() as u64;
+        job.update(|r| r.done_bytes = counts.bytes);
+        entries.push(entry);
+    }
+    counts.sent += sending.finish().await?;
+    // A file changed in the last millisecond before the snapshot may
+    // change again within that millisecond after it, leaving size and time
+    // alike: such files are read again next time.
+    for e in entries.iter_mut().filter(|e| e.mtime_ms >= snapshot_ms) {
+        e.ino = 0;
+    }
+    Ok((entries, counts))
+}
+
+fn has(known: &HashSet<[u8; 32]>, sha256: &[u8]) -> bool {
+    <[u8; 32]>::try_from(sha256).is_ok_and(|h| known.contains(&h))
+}
+
+fn same_file(before: &BackupEntry, now: &BackupEntry) -> bool {
+    before.ino != 0 && before.ino == now.ino && before.size == now.size && before.mtime_ms == now.mtime_ms
+}
+
+/// The files of the newest backup of `export` on the target that this
+/// cluster took, by path: what need not be read again if unchanged.
+async fn unchanged_since(ctx: &Ctx, target: &Target, export: &str) -> Result<HashMap<String, BackupEntry>, Error> {
+    let array = ctx.lu.array_id();
+    let newest = super::manifests(target)
+        .await?
+        .into_iter()
+        .filter_map(|(_, m)| m.ok())
+        .filter(|m| m.export == export && m.array_id == array)
+        .max_by_key(|m| m.finished_ms);
+    Ok(newest
+        .map(|m| m.entries.into_iter().map(|e| (e.path.clone(), e)).collect())
+        .unwrap_or_default())
+}
+
+fn entry(path: &str, inode: &crate::fs::Inode) -> BackupEntry {
+    BackupEntry {
+        path: path.to_string(),
+        dir: inode.kind == FileKind::Dir,
+        mode: inode.mode,
+        uid: inode.uid,
+        gid: inode.gid,
+        owner: inode.owner.clone(),
+        size: if inode.kind == FileKind::Dir { 0 } else { inode.size },
+        mtime_ms: inode.mtime_ms,
+        chunks: Vec::new(),
+        ino: snapshots::split(inode.ino).1,
+    }
+}
+
+/// Compresses and stores chunks a few at a time, while the next are read.
+struct Sender {
+    target: Arc<Target>,
+    tasks: JoinSet<Result<u64, Error>>,
+}
+
+impl Sender {
+    fn new(target: Arc<Target>) -> Self {
+        Sender {
+            target,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Queues one chunk; returns the stored bytes of chunks that finished.
+    async fn send(&mut self, sha256: [u8; 32], data: Vec<u8>) -> Result<u64, Error> {
+        let mut sent = 0;
+        while self.tasks.len() >= IN_FLIGHT {
+            sent += self.next().await?;
+        }
+        let target = self.target.clone();
+        self.tasks.spawn(async move {
+            let sealed = tokio::task::spawn_blocking(move || archive::seal_chunk(&data))
+                .await?
+                .map_err(|e| Error::Internal(format!("compressing a chunk: {e}")))?;
+            let len = sealed.len() as u64;
+            target.put(&archive::chunk_name(&sha256), sealed).await?;
+            Ok(len)
+        });
+        Ok(sent)
+    }
+
+    async fn next(&mut self) -> Result<u64, Error> {
+        match self.tasks.join_next().await {
+            Some(done) => done?,
+            None => Ok(0),
+        }
+    }
+
+    /// Waits for every queued chunk.
+    async fn finish(mut self) -> Result<u64, Error> {
+        let mut sent = 0;
+        while !self.tasks.is_empty() {
+            sent += self.next().await?;
+        }
+        Ok(sent)
+    }
+}
