@@ -71,10 +71,13 @@ pub fn open_chunk(location: &str, sha256: &[u8], stored: &[u8], len: usize) -> R
         location: location.to_string(),
         why,
     };
-    let data = zstd::bulk::decompress(stored, len.max(1))
-        .map_err(|e| damaged(format!("it does not decompress ({e})")))?;
+    let data =
+        zstd::bulk::decompress(stored, len.max(1)).map_err(|e| damaged(format!("it does not decompress ({e})")))?;
     if data.len() != len {
-        return Err(damaged(format!("it holds {} bytes where {len} were written", data.len())));
+        return Err(damaged(format!(
+            "it holds {} bytes where {len} were written",
+            data.len()
+        )));
     }
     if hash(&data).as_slice() != sha256 {
         return Err(damaged("its bytes do not match the SHA-256 it is named by".into()));

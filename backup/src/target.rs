@@ -329,7 +329,11 @@ fn walk(dir: &std::path::Path, under: &str) -> Result<Vec<Object>, TargetError> 
             let meta = entry.metadata().map_err(|source| io_error(entry.path(), source))?;
             if meta.is_dir() {
                 folders.push(entry.path());
-            } else if !entry.file_name().to_string_lossy().starts_with(nas_proto::backup_file::TEMP_PREFIX) {
+            } else if !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(nas_proto::backup_file::TEMP_PREFIX)
+            {
                 let path = entry.path();
                 let name = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned();
                 out.push(Object { name, size: meta.len() });

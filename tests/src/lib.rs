@@ -114,10 +114,22 @@ pub struct TestCluster {
     /// would cost the CHN an argon2 hash every time, and the many clusters
     /// of a test run share two cores.
     token: String,
+    /// Environment the CHNs start with (an S3 endpoint and credentials).
+    nasd_env: Vec<(&'static str, String)>,
 }
 
 impl TestCluster {
     fn start(nodes: usize, nasd_args: &[&str], netns: bool, insecure: bool) -> anyhow::Result<TestCluster> {
+        Self::start_with(nodes, nasd_args, netns, insecure, Vec::new())
+    }
+
+    fn start_with(
+        nodes: usize,
+        nasd_args: &[&str],
+        netns: bool,
+        insecure: bool,
+        nasd_env: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
         let mut c = TestCluster {
             dir,
@@ -125,9 +137,21 @@ impl TestCluster {
             netns,
             insecure,
             token: String::new(),
+            nasd_env,
         };
         c.cluster_up(Some(nodes), nasd_args)?;
         Ok(c)
+    }
+
+    /// `nasctl cluster up --nodes N` with the CHNs started in environment
+    /// `env` (added to the test's own).
+    pub fn up_with_env(nodes: usize, env: Vec<(&'static str, String)>) -> anyhow::Result<TestCluster> {
+        Self::start_with(nodes, &[], false, false, env)
+    }
+
+    /// The environment CHNs get when `cluster_up` next starts them.
+    pub fn set_nasd_env(&mut self, env: Vec<(&'static str, String)>) {
+        self.nasd_env = env;
     }
 
     /// `nasctl cluster up --nodes N` with extra nasd arguments.
@@ -165,6 +189,7 @@ impl TestCluster {
         }
         let out = Command::new(bin("nasctl"))
             .args(&args)
+            .envs(self.nasd_env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("NASD_BIN", bin("nasd"))
             .env("NAS_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("NAS_ADMIN_USER")

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nas_client::NasClient;
 use nas_tests::s3::S3Server;
@@ -28,15 +29,23 @@ fn failed(out: std::process::Output) -> String {
 /// An 8-disk array: LU 1 (RAID 5, disks 1-3) exported as `home` by CHN1
 /// (partner CHN2) to alice; LUs 2 and 3 (RAID 1) free for restores.
 fn setup(c: &TestCluster) {
+    setup_with(c, &["--partner", "CHN2"]);
+}
+
+fn setup_with(c: &TestCluster, partner: &[&str]) {
+    let export: Vec<&str> = [
+        "export", "create", "home", "--lu", "1", "--chn", "CHN1", "--users", "alice",
+    ]
+    .into_iter()
+    .chain(partner.iter().copied())
+    .collect();
     for args in [
         &["array", "init", "--disks", "8", "--size", "64M"][..],
         &["lu", "create", "--raid", "5", "--disks", "1,2,3"],
         &["lu", "create", "--raid", "1", "--disks", "4,5"],
         &["lu", "create", "--raid", "1", "--disks", "6,7"],
         &["user", "add", "alice"],
-        &[
-            "export", "create", "home", "--lu", "1", "--chn", "CHN1", "--partner", "CHN2", "--users", "alice",
-        ],
+        &export,
     ] {
         ok(c.nasctl(args));
     }
@@ -71,8 +80,15 @@ async fn snapshot_of(nas: &NasClient, root: &str) -> anyhow::Result<Tree> {
     let mut dirs = vec![root.to_string()];
     while let Some(d) = dirs.pop() {
         for a in nas.list(&d).await? {
-            let path = if d == "/" { format!("/{}", a.name) } else { format!("{d}/{}", a.name) };
-            let rel = path.strip_prefix(root.trim_end_matches('/')).unwrap_or(&path).to_string();
+            let path = if d == "/" {
+                format!("/{}", a.name)
+            } else {
+                format!("{d}/{}", a.name)
+            };
+            let rel = path
+                .strip_prefix(root.trim_end_matches('/'))
+                .unwrap_or(&path)
+                .to_string();
             if a.r#type == nas_client::proto::FileType::FileDirectory as i32 {
                 out.insert(rel, (Vec::new(), a.mode, a.uid, a.mtime_ms));
                 dirs.push(path);
@@ -162,31 +178,71 @@ async fn a_backup_is_incremental_verified_and_restored_whole_and_damage_is_named
         .as_array()
         .map(|a| a.iter().filter_map(|b| b["id"].as_str().map(String::from)).collect())
         .unwrap_or_default();
-    assert_eq!(ids, [first["id"].as_str().unwrap_or(""), second["id"].as_str().unwrap_or("")]);
+    assert_eq!(
+        ids,
+        [first["id"].as_str().unwrap_or(""), second["id"].as_str().unwrap_or("")]
+    );
     let v = json(c.nasctl(&["--json", "backup", "verify", &ids[0], "--target", &target]));
     assert_eq!(v["files"], 7, "{v}");
 
     // The first backup, restored into a new export on LU 2, is the tree
     // as it was: bytes, modes, owners and update times.
     let r = json(c.nasctl(&[
-        "--json", "backup", "restore", &ids[0], "--target", &target, "--to-export", "home2", "--lu", "2",
+        "--json",
+        "backup",
+        "restore",
+        &ids[0],
+        "--target",
+        &target,
+        "--to-export",
+        "home2",
+        "--lu",
+        "2",
     ]));
     assert_eq!(r["state"], "DONE", "{r}");
     let nas2 = c.nas("alice", "home2").await?;
     same_tree(&snapshot_of(&nas2, "/").await?, &before, "the restored first backup");
     // Onto an export that has files: refused without --force.
     let e = failed(c.nasctl(&[
-        "backup", "restore", &ids[1], "--target", &target, "--to-export", "home2",
+        "backup",
+        "restore",
+        &ids[1],
+        "--target",
+        &target,
+        "--to-export",
+        "home2",
     ]));
     assert!(e.contains("holds files") && e.contains("--force"), "{e}");
     let r = json(c.nasctl(&[
-        "--json", "backup", "restore", &ids[1], "--target", &target, "--to-export", "home2", "--force",
+        "--json",
+        "backup",
+        "restore",
+        &ids[1],
+        "--target",
+        &target,
+        "--to-export",
+        "home2",
+        "--force",
     ]));
     assert_eq!(r["state"], "DONE", "{r}");
-    same_tree(&snapshot_of(&nas2, "/").await?, &after, "the second backup restored with --force");
+    same_tree(
+        &snapshot_of(&nas2, "/").await?,
+        &after,
+        "the second backup restored with --force",
+    );
     // One directory of it into an empty export.
     let r = json(c.nasctl(&[
-        "--json", "backup", "restore", &ids[1], "--target", &target, "--to-export", "docs", "--lu", "3", "--path",
+        "--json",
+        "backup",
+        "restore",
+        &ids[1],
+        "--target",
+        &target,
+        "--to-export",
+        "docs",
+        "--lu",
+        "3",
+        "--path",
         "/docs",
     ]));
     assert_eq!(r["state"], "DONE", "{r}");
@@ -194,10 +250,17 @@ async fn a_backup_is_incremental_verified_and_restored_whole_and_damage_is_named
     let docs = snapshot_of(&nas3, "/docs").await?;
     let want: BTreeMap<_, _> = after
         .iter()
-        .filter_map(|(p, v)| p.strip_prefix("/docs").filter(|r| r.starts_with('/')).map(|r| (r.to_string(), v.clone())))
+        .filter_map(|(p, v)| {
+            p.strip_prefix("/docs")
+                .filter(|r| r.starts_with('/'))
+                .map(|r| (r.to_string(), v.clone()))
+        })
         .collect();
     same_tree(&docs, &want, "/docs restored alone");
-    assert!(nas3.stat("/big.bin").await.is_err(), "a file outside --path was restored");
+    assert!(
+        nas3.stat("/big.bin").await.is_err(),
+        "a file outside --path was restored"
+    );
 
     // Keeping one backup deletes the first and the chunks only it used.
     let p = json(c.nasctl(&[
@@ -219,14 +282,24 @@ async fn a_backup_is_incremental_verified_and_restored_whole_and_damage_is_named
     let e = failed(c.nasctl(&["backup", "verify", &ids[1], "--target", &target]));
     assert!(e.contains(&chunks) && e.contains("is damaged"), "{e}");
     let e = failed(c.nasctl(&[
-        "backup", "restore", &ids[1], "--target", &target, "--to-export", "docs", "--force",
+        "backup",
+        "restore",
+        &ids[1],
+        "--target",
+        &target,
+        "--to-export",
+        "docs",
+        "--force",
     ]));
     assert!(e.contains(&chunks) && e.contains("docs is incomplete"), "{e}");
 
     // A truncated manifest: listed as damaged, refused by name.
     let manifest = tape.join("backups").join(format!("{}.nasbackup", ids[1]));
     let len = std::fs::metadata(&manifest)?.len();
-    std::fs::OpenOptions::new().write(true).open(&manifest)?.set_len(len / 2)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&manifest)?
+        .set_len(len / 2)?;
     let listed = json(c.nasctl(&["--json", "backup", "list", "--target", &target]));
     let note = listed["backups"][0]["note"].as_str().unwrap_or("").to_string();
     assert!(note.contains("DAMAGED") && note.contains("truncated"), "{listed}");
@@ -267,4 +340,260 @@ impl Drop for Unmount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
+}
+
+/// `count` files of 1 MiB of random bytes in `/data`.
+async fn fill(nas: &NasClient, count: usize) -> anyhow::Result<()> {
+    let files: BTreeMap<String, Vec<u8>> = (0..count)
+        .map(|i| (format!("/data/f{i:03}"), random_bytes(1 << 20, 100 + i as u64)))
+        .collect();
+    write_files(nas, &files).await
+}
+
+/// The job `id` as `backup list` shows it.
+fn job(c: &TestCluster, export: &str, id: &str) -> Value {
+    let listed = json(c.nasctl(&["--json", "backup", "list", "--export", export]));
+    listed["jobs"]
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["id"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// No job that did not finish is listed as a backup on the target.
+fn no_failed_job_is_listed(c: &TestCluster, tape: &Path) {
+    let listed = json(c.nasctl(&["--json", "backup", "list", "--target", &target_arg(tape)]));
+    let backups: Vec<&str> = listed["backups"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|b| b["id"].as_str()).collect())
+        .unwrap_or_default();
+    for j in listed["jobs"].as_array().into_iter().flatten() {
+        if j["kind"] == "backup" && j["state"] == "FAILED" {
+            let id = j["id"].as_str().unwrap_or("");
+            assert!(
+                !backups.contains(&id),
+                "failed job {id} is listed as a backup: {listed}"
+            );
+            assert!(!tape.join("backups").join(format!("{id}.nasbackup")).exists());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_backup_or_restore_is_marked_failed_never_listed_and_a_rerun_completes() -> anyhow::Result<()> {
+    let mut c = TestCluster::up(3, &[])?;
+    setup(&c);
+    let tape = c.dir().join("tape");
+    let target = target_arg(&tape);
+    fill(&c.nas("alice", "home").await?, 40).await?;
+
+    // kill -9 of the CHN running a backup: the job ends FAILED and nothing
+    // of it is listed; the taker's backup is whole.
+    let started = json(c.nasctl(&["--json", "backup", "create", "home", "--to", &target, "--no-wait"]));
+    assert_eq!(
+        (&started["state"], &started["chn"]),
+        (&Value::from("RUNNING"), &Value::from("CHN1"))
+    );
+    c.kill9("CHN1");
+    let id = started["id"].as_str().unwrap_or("").to_string();
+    let ended = wait_until(
+        "the killed backup to be marked failed",
+        Duration::from_secs(90),
+        || async {
+            let j = job(&c, "home", &id);
+            (j["state"] == "FAILED").then_some(j)
+        },
+    )
+    .await?;
+    assert!(
+        ended["message"].as_str().unwrap_or("").contains("stopped running it"),
+        "{ended}"
+    );
+    no_failed_job_is_listed(&c, &tape);
+    let whole = backup(&c, "home", &target);
+    assert_eq!(whole["chn"], "CHN2", "{whole}");
+    let whole_id = whole["id"].as_str().unwrap_or("").to_string();
+    json(c.nasctl(&["--json", "backup", "verify", &whole_id, "--target", &target]));
+    c.cluster_up(None, &[])?;
+
+    // kill -9 of the CHN running a restore: the export is marked
+    // incomplete; the same restore again completes it.
+    let started = json(c.nasctl(&[
+        "--json",
+        "backup",
+        "restore",
+        &whole_id,
+        "--target",
+        &target,
+        "--to-export",
+        "home2",
+        "--lu",
+        "2",
+        "--no-wait",
+    ]));
+    let runner = started["chn"].as_str().unwrap_or("").to_string();
+    c.kill9(&runner);
+    let id = started["id"].as_str().unwrap_or("").to_string();
+    let ended = wait_until(
+        "the killed restore to be marked failed",
+        Duration::from_secs(90),
+        || async {
+            let j = job(&c, "home2", &id);
+            (j["state"] == "FAILED").then_some(j)
+        },
+    )
+    .await?;
+    assert!(
+        ended["message"].as_str().unwrap_or("").contains("home2 is incomplete"),
+        "{ended}"
+    );
+    let again = json(c.nasctl(&[
+        "--json",
+        "backup",
+        "restore",
+        &whole_id,
+        "--target",
+        &target,
+        "--to-export",
+        "home2",
+    ]));
+    assert_eq!(again["state"], "DONE", "{again}");
+    let home = snapshot_of(&c.nas("alice", "home").await?, "/").await?;
+    same_tree(
+        &snapshot_of(&c.nas("alice", "home2").await?, "/").await?,
+        &home,
+        "the completed restore",
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_runs_on_the_exports_owner_and_after_a_failover_on_the_taker() -> anyhow::Result<()> {
+    let c = TestCluster::up(3, &[])?;
+    setup(&c);
+    let tape = c.dir().join("tape");
+    let target = target_arg(&tape);
+    fill(&c.nas("alice", "home").await?, 16).await?;
+    ok(c.nasctl(&[
+        "backup", "schedule", "home", "--every", "1s", "--to", &target, "--keep", "2",
+    ]));
+
+    // The owner runs it; killed during a scheduled backup, its partner
+    // takes the export over and runs the next ones.
+    wait_until("CHN1 to run a scheduled backup", Duration::from_secs(60), || async {
+        let listed = json(c.nasctl(&["--json", "backup", "list", "--export", "home"]));
+        listed["jobs"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|j| j["scheduled"] == true && j["chn"] == "CHN1" && j["state"] == "RUNNING")
+            })
+            .then_some(())
+    })
+    .await?;
+    c.kill9("CHN1");
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    wait_until("CHN2 to finish a scheduled backup", Duration::from_secs(90), || async {
+        let listed = json(c.nasctl(&["--json", "backup", "list", "--export", "home"]));
+        let s = &listed["schedules"][0];
+        (s["last_done_ms"].as_u64().unwrap_or(0) > killed_at
+            && listed["jobs"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|j| j["scheduled"] == true && j["chn"] == "CHN2" && j["state"] == "DONE")
+            }))
+        .then_some(())
+    })
+    .await?;
+    ok(c.nasctl(&["backup", "schedule", "home", "--remove"]));
+    no_failed_job_is_listed(&c, &tape);
+    let listed = json(c.nasctl(&["--json", "backup", "list", "--target", &target]));
+    let backups = listed["backups"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !backups.is_empty() && backups.len() <= 3,
+        "keep 2 (a third while pruning): {listed}"
+    );
+    for b in &backups {
+        json(c.nasctl(&[
+            "--json",
+            "backup",
+            "verify",
+            b["id"].as_str().unwrap_or(""),
+            "--target",
+            &target,
+        ]));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backups_go_to_a_real_s3_server_and_another_clusters_backup_needs_force() -> anyhow::Result<()> {
+    let s3 = S3Server::start()?;
+    s3.create_bucket("tapes")?;
+    let target = "s3://tapes/nas";
+    let a = TestCluster::up_with_env(2, s3.env())?;
+    setup(&a);
+    let nas = a.nas("alice", "home").await?;
+    let mut files = BTreeMap::new();
+    files.insert("/docs/a.txt".to_string(), b"to the object store".to_vec());
+    files.insert("/big.bin".to_string(), random_bytes(3 << 20, 7));
+    write_files(&nas, &files).await?;
+    let tree = snapshot_of(&nas, "/").await?;
+    let taken = backup(&a, "home", target);
+    let id = taken["id"].as_str().unwrap_or("").to_string();
+    json(a.nasctl(&["--json", "backup", "verify", &id, "--target", target]));
+
+    // Another cluster sees it as foreign and restores it only when forced.
+    let mut b = TestCluster::up_with_env(1, s3.env())?;
+    setup_with(&b, &[]);
+    let listed = json(b.nasctl(&["--json", "backup", "list", "--target", target]));
+    assert_eq!(listed["backups"][0]["note"], "from another cluster", "{listed}");
+    let e = failed(b.nasctl(&[
+        "backup",
+        "restore",
+        &id,
+        "--target",
+        target,
+        "--to-export",
+        "copy",
+        "--lu",
+        "2",
+    ]));
+    assert!(e.contains("another cluster") && e.contains("--force"), "{e}");
+    let r = json(b.nasctl(&[
+        "--json",
+        "backup",
+        "restore",
+        &id,
+        "--target",
+        target,
+        "--to-export",
+        "copy",
+        "--lu",
+        "2",
+        "--force",
+    ]));
+    assert_eq!(r["state"], "DONE", "{r}");
+    same_tree(
+        &snapshot_of(&b.nas("alice", "copy").await?, "/").await?,
+        &tree,
+        "restored from S3",
+    );
+
+    // A store that refuses the credentials, and one that is gone: each
+    // named by its endpoint, with the status that says which.
+    let refusing = S3Server::start_refusing_every_credential()?;
+    b.kill9("CHN1");
+    b.set_nasd_env(refusing.env());
+    b.cluster_up(None, &[])?;
+    let e = failed(b.nasctl(&["--retry-secs", "2", "backup", "create", "home", "--to", target]));
+    assert!(
+        e.contains(&refusing.endpoint()) && e.contains("PermissionDenied"),
+        "{e}"
+    );
+    let endpoint = s3.endpoint();
+    drop(s3);
+    let e = failed(a.nasctl(&["--retry-secs", "2", "backup", "create", "home", "--to", target]));
+    assert!(e.contains(&endpoint) && e.contains("Unavailable"), "{e}");
+    Ok(())
 }

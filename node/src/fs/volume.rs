@@ -459,7 +459,11 @@ impl Volume {
             loop {
                 let page = tree::list(&inodes, &dirents, &extents, &dir, &after, PAGE)?;
                 for e in &page {
-                    let path = if dir_path == "/" { format!("/{}", e.name) } else { format!("{dir_path}/{}", e.name) };
+                    let path = if dir_path == "/" {
+                        format!("/{}", e.name)
+                    } else {
+                        format!("{dir_path}/{}", e.name)
+                    };
                     out.push((path, e.attr.inode.clone()));
                 }
                 match page.last() {

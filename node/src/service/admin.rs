@@ -560,7 +560,10 @@ impl admin_server::Admin for AdminService {
             // Refused now rather than at every run.
             nas_backup::Target::parse(&r.target).map_err(crate::chn::Error::from)?;
         }
-        let last = self.lu.read(|t| t.backup_schedules.get(&r.export).cloned()).unwrap_or_default();
+        let last = self
+            .lu
+            .read(|t| t.backup_schedules.get(&r.export).cloned())
+            .unwrap_or_default();
         self.write(Kind::SetBackupSchedule(SetBackupSchedule {
             schedule: Some(BackupSchedule {
                 export: r.export,

@@ -227,7 +227,14 @@ async fn follow(c: &Cluster, mut job: BackupJob, no_wait: bool, json: bool) -> a
             job.export
         );
     } else {
-        outln!("{} {} of {}: {} — {}", job.kind, job.id, job.export, state(&job), job.message);
+        outln!(
+            "{} {} of {}: {} — {}",
+            job.kind,
+            job.id,
+            job.export,
+            state(&job),
+            job.message
+        );
         if job.kind == "backup" && job.longest_pause_us > 0 {
             outln!(
                 "writers to {} waited at most {:.1} ms while its snapshot was taken",
@@ -277,10 +284,22 @@ fn print_list(r: &BackupList, json: bool) {
         backups.row(vec![
             json!(b.id),
             json!(b.export),
-            if json { json!(b.finished_ms) } else { json!(utc(b.finished_ms)) },
+            if json {
+                json!(b.finished_ms)
+            } else {
+                json!(utc(b.finished_ms))
+            },
             json!(b.files),
-            if json { json!(b.bytes) } else { json!(human_size(b.bytes)) },
-            if json { json!(b.sent_bytes) } else { json!(human_size(b.sent_bytes)) },
+            if json {
+                json!(b.bytes)
+            } else {
+                json!(human_size(b.bytes))
+            },
+            if json {
+                json!(b.sent_bytes)
+            } else {
+                json!(human_size(b.sent_bytes))
+            },
             json!(note),
         ]);
     }
@@ -289,8 +308,10 @@ fn print_list(r: &BackupList, json: bool) {
         let schedules: Vec<_> = r
             .schedules
             .iter()
-            .map(|s| json!({"export": s.export, "every_s": s.every_s, "target": s.target, "keep": s.keep,
-                           "last_done_ms": s.last_done_ms, "last_result": s.last_result}))
+            .map(|s| {
+                json!({"export": s.export, "every_s": s.every_s, "target": s.target, "keep": s.keep,
+                           "last_done_ms": s.last_done_ms, "last_result": s.last_result})
+            })
             .collect();
         outln!(
             "{}",
@@ -303,10 +324,15 @@ fn print_list(r: &BackupList, json: bool) {
         backups.print(false);
         outln!();
     }
-    let mut jobs = Table::new(&["job", "kind", "export", "state", "progress", "rate", "chn", "started", "result"]);
+    let mut jobs = Table::new(&[
+        "job", "kind", "export", "state", "progress", "rate", "chn", "started", "result",
+    ]);
     for j in &r.jobs {
         let pct = if j.total_bytes > 0 {
-            format!("{:.0}%", (j.done_bytes as f64 * 100.0 / j.total_bytes as f64).min(100.0))
+            format!(
+                "{:.0}%",
+                (j.done_bytes as f64 * 100.0 / j.total_bytes as f64).min(100.0)
+            )
         } else {
             "-".into()
         };
@@ -332,7 +358,11 @@ fn print_list(r: &BackupList, json: bool) {
                 json!(humantime::format_duration(Duration::from_secs(s.every_s)).to_string()),
                 json!(s.target),
                 json!(s.keep),
-                json!(if s.last_done_ms == 0 { "-".to_string() } else { utc(s.last_done_ms) }),
+                json!(if s.last_done_ms == 0 {
+                    "-".to_string()
+                } else {
+                    utc(s.last_done_ms)
+                }),
                 json!(s.last_result),
             ]);
         }
@@ -350,7 +380,10 @@ async fn verify(c: &Cluster, backup: String, target: String, json: bool) -> anyh
         .await
         .map_err(|s| anyhow!("backup {backup} failed verification: {}", s.message()))?;
     if json {
-        outln!("{}", json!({"backup": backup, "files": r.files, "chunks": r.chunks, "bytes": r.bytes}));
+        outln!(
+            "{}",
+            json!({"backup": backup, "files": r.files, "chunks": r.chunks, "bytes": r.bytes})
+        );
     } else {
         outln!(
             "backup {backup} is whole: {} files and directories, {} chunks ({}) read back and checked",

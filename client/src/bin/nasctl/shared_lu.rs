@@ -7,9 +7,9 @@ use serde_json::json;
 
 use ::nas_client::proto::backup_file;
 
+use ::nas_backup::Target;
 use ::nas_client::proto::labels::path_target;
 use ::nas_client::proto::{self, *};
-use ::nas_backup::Target;
 use ::nas_client::{human_size, Cluster};
 
 use crate::output::{print_list, written, Table};

@@ -22,9 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use nas_backup::archive::{self, ArchiveError};
 use nas_backup::{Target, TargetError};
-use nas_proto::{
-    BackupInfo, BackupJob, BackupList, ExportBackup, PruneBackupsReply, VerifyBackupReply,
-};
+use nas_proto::{BackupInfo, BackupJob, BackupList, ExportBackup, PruneBackupsReply, VerifyBackupReply};
 
 use crate::chn::exports::Exports;
 use crate::chn::Error;
@@ -269,7 +267,10 @@ impl ExportBackups {
         tokio::spawn(async move {
             let _claim = claim;
             let outcome = restore::restore(&job, plan).await.map_err(|e| {
-                format!("{e}; export {} is incomplete: run the same restore again to complete it", job.row().export)
+                format!(
+                    "{e}; export {} is incomplete: run the same restore again to complete it",
+                    job.row().export
+                )
             });
             job.finish(outcome).await;
         });
@@ -326,7 +327,12 @@ impl ExportBackups {
                 .map(|j| jobs::as_seen(j.clone(), now))
                 .collect();
             jobs.sort_by_key(|j| j.started_ms);
-            let schedules = t.backup_schedules.values().filter(|s| wanted(&s.export)).cloned().collect();
+            let schedules = t
+                .backup_schedules
+                .values()
+                .filter(|s| wanted(&s.export))
+                .cloned()
+                .collect();
             (jobs, schedules)
         });
         Ok(BackupList {
@@ -391,7 +397,9 @@ impl ExportBackups {
             .filter(|m| m.export == export && m.array_id == ours)
             .collect();
         if mine.is_empty() {
-            return Err(Error::NotFound(format!("{spec} holds no backup of export {export} from this cluster")));
+            return Err(Error::NotFound(format!(
+                "{spec} holds no backup of export {export} from this cluster"
+            )));
         }
         mine.sort_by_key(|m| std::cmp::Reverse(m.finished_ms));
         let mut reply = PruneBackupsReply::default();
@@ -403,17 +411,26 @@ impl ExportBackups {
         }
         reply.kept = mine.iter().take(keep as usize).map(|m| m.id.clone()).collect();
         if all.iter().any(|(_, m)| m.is_err()) {
-            tracing::warn!(target = spec, "a damaged manifest is on the target: its chunks are kept");
+            tracing::warn!(
+                target = spec,
+                "a damaged manifest is on the target: its chunks are kept"
+            );
             return Ok(reply);
         }
         let used: HashSet<&[u8]> = all
             .iter()
             .filter_map(|(_, m)| m.as_ref().ok())
             .filter(|m| !dropped.contains(&m.id))
-            .flat_map(|m| m.entries.iter().flat_map(|e| e.chunks.iter().map(|c| c.sha256.as_slice())))
+            .flat_map(|m| {
+                m.entries
+                    .iter()
+                    .flat_map(|e| e.chunks.iter().map(|c| c.sha256.as_slice()))
+            })
             .collect();
         for o in target.list_under(archive::CHUNKS).await? {
-            let Some(hash) = archive::chunk_hash(&o.name) else { continue };
+            let Some(hash) = archive::chunk_hash(&o.name) else {
+                continue;
+            };
             if !used.contains(hash.as_slice()) {
                 target.delete(&o.name).await?;
                 reply.chunks_deleted += 1;

@@ -130,7 +130,9 @@ async fn mkdir(vol: &Arc<Volume>, p: &str, mode: u32) -> Result<(), Error> {
     }
     match change(vol, Change::Mkdir { path: path(p)?, mode }, false).await {
         Ok(_) => Ok(()),
-        Err(Error::File(FsError::AlreadyExists(_))) if stat(vol, p).await?.is_some_and(|a| a.kind == FileKind::Dir) => Ok(()),
+        Err(Error::File(FsError::AlreadyExists(_))) if stat(vol, p).await?.is_some_and(|a| a.kind == FileKind::Dir) => {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }

@@ -36,7 +36,11 @@ pub async fn run(this: ExportBackups) {
                 .values()
                 .filter(|s| t.exports.get(&s.export).is_some_and(|e| e.owner_chn == lu.name))
                 .filter(|s| now.saturating_sub(s.last_done_ms) >= s.every_s.saturating_mul(1000))
-                .filter(|s| !t.backup_jobs.values().any(|j| j.export == s.export && jobs::alive(j, now)))
+                .filter(|s| {
+                    !t.backup_jobs
+                        .values()
+                        .any(|j| j.export == s.export && jobs::alive(j, now))
+                })
                 .cloned()
                 .collect()
         });

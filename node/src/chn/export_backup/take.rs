@@ -76,7 +76,10 @@ pub async fn take(ctx: &Ctx, job: &Job, plan: Plan) -> Result<ExportBackup, Erro
         .users
         .iter()
         .filter_map(|name| ctx.lu.user(name))
-        .map(|u| BackupUser { name: u.name, uid: u.uid })
+        .map(|u| BackupUser {
+            name: u.name,
+            uid: u.uid,
+        })
         .collect();
     let mut manifest = ExportBackup {
         id: row.id.clone(),

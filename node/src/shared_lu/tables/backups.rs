@@ -25,7 +25,10 @@ impl Tables {
             );
         }
         if BackupJobState::try_from(job.state).is_err() || job.state == 0 {
-            return reject(RejectKind::InvalidArgument, format!("backup job state {} is unknown", job.state));
+            return reject(
+                RejectKind::InvalidArgument,
+                format!("backup job state {} is unknown", job.state),
+            );
         }
         if let Some(old) = self.backup_jobs.get(&job.id) {
             if !running(old) {
@@ -48,7 +51,10 @@ impl Tables {
             return reject(RejectKind::NotFound, format!("export {} does not exist", job.export));
         }
         if !self.backup_jobs.contains_key(&job.id) && !running(job) {
-            return reject(RejectKind::FailedPrecondition, format!("backup job {} never ran", job.id));
+            return reject(
+                RejectKind::FailedPrecondition,
+                format!("backup job {} never ran", job.id),
+            );
         }
         let mut touched = vec![RowKey::BackupJob(job.id.clone())];
         self.backup_jobs.insert(job.id.clone(), job.clone());
@@ -92,10 +98,16 @@ impl Tables {
             );
         }
         if s.keep == 0 {
-            return reject(RejectKind::InvalidArgument, "a schedule keeps at least 1 backup (--keep)");
+            return reject(
+                RejectKind::InvalidArgument,
+                "a schedule keeps at least 1 backup (--keep)",
+            );
         }
         if s.target.is_empty() {
-            return reject(RejectKind::InvalidArgument, "a schedule needs a target (--to DIR or s3://...)");
+            return reject(
+                RejectKind::InvalidArgument,
+                "a schedule needs a target (--to DIR or s3://...)",
+            );
         }
         self.backup_schedules.insert(s.export.clone(), s.clone());
         Ok(Applied::rows(vec![key]))
@@ -159,7 +171,8 @@ mod tests {
         }
         rejected_with(&mut t, other, RejectKind::NotFound, "does not exist");
         for i in 0..MAX_FINISHED_JOBS as u64 + 5 {
-            t.apply(&job(&format!("j{i}"), BackupJobState::BackupDone, 10 + i)).unwrap();
+            t.apply(&job(&format!("j{i}"), BackupJobState::BackupDone, 10 + i))
+                .unwrap();
         }
         t.apply(&job("live", BackupJobState::BackupRunning, 0)).unwrap();
         assert_eq!(t.backup_jobs.len(), MAX_FINISHED_JOBS + 1);
@@ -182,10 +195,20 @@ mod tests {
                 remove,
             }))
         };
-        rejected_with(&mut t, set(0, 3, "/t", false), RejectKind::InvalidArgument, "at most every");
+        rejected_with(
+            &mut t,
+            set(0, 3, "/t", false),
+            RejectKind::InvalidArgument,
+            "at most every",
+        );
         rejected_with(&mut t, set(60, 0, "/t", false), RejectKind::InvalidArgument, "--keep");
         rejected_with(&mut t, set(60, 3, "", false), RejectKind::InvalidArgument, "target");
-        rejected_with(&mut t, set(60, 3, "/t", true), RejectKind::NotFound, "no backup schedule");
+        rejected_with(
+            &mut t,
+            set(60, 3, "/t", true),
+            RejectKind::NotFound,
+            "no backup schedule",
+        );
         t.apply(&set(60, 3, "/t", false)).unwrap();
         assert_eq!(t.backup_schedules["home"].every_s, 60);
         t.apply(&set(0, 0, "", true)).unwrap();
