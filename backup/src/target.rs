@@ -14,6 +14,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
@@ -279,6 +280,86 @@ impl Target {
         }
     }
 
+    /// Stores `bytes` as `name` without waiting for them to be durable:
+    /// an object store's put is durable anyway; a directory gets a
+    /// temporary file beside `name` that [`Target::commit_staged`] makes
+    /// durable and renames into place. Until then `name` is absent, so a
+    /// crash never leaves a torn object under its final name.
+    pub async fn stage(&self, name: &str, bytes: Vec<u8>) -> Result<(), TargetError> {
+        let Target::Dir(dir) = self else {
+            return self.put(name, bytes).await.map(|_| ());
+        };
+        let path = staged_path(&dir.join(name));
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_error(parent.to_path_buf(), e))?;
+            }
+            std::fs::write(&path, &bytes).map_err(|e| io_error(path.clone(), e))
+        })
+        .await
+        .map_err(|e| TargetError::Invalid(format!("a write task failed: {e}")))?
+    }
+
+    /// Makes the objects `stage` wrote durable under their names: one
+    /// sync of the directory's file system, the renames, and another sync.
+    pub async fn commit_staged(&self, names: Vec<String>) -> Result<(), TargetError> {
+        let Target::Dir(dir) = self else {
+            return Ok(());
+        };
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            sync_fs(&dir)?;
+            for name in &names {
+                let path = dir.join(name);
+                std::fs::rename(staged_path(&path), &path).map_err(|e| io_error(path.clone(), e))?;
+            }
+            sync_fs(&dir)
+        })
+        .await
+        .map_err(|e| TargetError::Invalid(format!("a sync task failed: {e}")))?
+    }
+
+    /// Deletes the temporary files below folder `under` that writers left
+    /// more than `age` ago (a crash between `stage` and `commit_staged`);
+    /// returns how many. Object stores have none.
+    pub async fn sweep_temporaries(&self, under: &str, age: Duration) -> Result<usize, TargetError> {
+        let Target::Dir(dir) = self else {
+            return Ok(0);
+        };
+        let root = dir.join(under);
+        tokio::task::spawn_blocking(move || {
+            let mut swept = 0;
+            let mut folders = vec![root];
+            while let Some(folder) = folders.pop() {
+                let Ok(entries) = std::fs::read_dir(&folder) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let Ok(meta) = entry.metadata() else { continue };
+                    let old = meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .is_some_and(|e| e > age);
+                    if meta.is_dir() {
+                        folders.push(entry.path());
+                    } else if old
+                        && entry
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with(nas_proto::backup_file::TEMP_PREFIX)
+                    {
+                        std::fs::remove_file(entry.path()).map_err(|e| io_error(entry.path(), e))?;
+                        swept += 1;
+                    }
+                }
+            }
+            Ok(swept)
+        })
+        .await
+        .map_err(|e| TargetError::Invalid(format!("a sweep task failed: {e}")))?
+    }
+
     /// Deletes `name`; one that is already gone is no error.
     pub async fn delete(&self, name: &str) -> Result<(), TargetError> {
         match self {
@@ -298,6 +379,21 @@ impl Target {
             },
         }
     }
+}
+
+/// Where `stage` writes the object `path` before it is committed.
+fn staged_path(path: &std::path::Path) -> PathBuf {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{}staged-{file}", nas_proto::backup_file::TEMP_PREFIX))
+}
+
+/// Flushes every written byte of the file system holding `dir`.
+fn sync_fs(dir: &std::path::Path) -> Result<(), TargetError> {
+    let f = std::fs::File::open(dir).map_err(|e| io_error(dir.to_path_buf(), e))?;
+    rustix::fs::syncfs(&f).map_err(|e| io_error(dir.to_path_buf(), e.into()))
 }
 
 /// A full device is named as such: it is the one fault an operator fixes
@@ -354,4 +450,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_staged_object_appears_under_its_name_only_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::Dir(dir.path().to_path_buf());
+        t.stage("chunks/ab/abcd", b"data".to_vec()).await.unwrap();
+        assert!(t.list_under("chunks").await.unwrap().is_empty(), "staged is not listed");
+        t.commit_staged(vec!["chunks/ab/abcd".into()]).await.unwrap();
+        let listed = t.list_under("chunks").await.unwrap();
+        assert_eq!(
+            listed,
+            [Object {
+                name: "chunks/ab/abcd".into(),
+                size: 4
+            }]
+        );
+        assert_eq!(t.get("chunks/ab/abcd").await.unwrap(), b"data");
+
+        // A crash between the two leaves a temporary that a sweep removes.
+        t.stage("chunks/cd/cdef", b"lost".to_vec()).await.unwrap();
+        assert_eq!(
+            t.sweep_temporaries("chunks", Duration::from_secs(3600)).await.unwrap(),
+            0
+        );
+        assert_eq!(t.sweep_temporaries("chunks", Duration::ZERO).await.unwrap(), 1);
+        t.delete("chunks/ab/abcd").await.unwrap();
+        t.delete("chunks/ab/abcd").await.unwrap();
+        assert!(t.list_under("").await.unwrap().is_empty());
+    }
 }

@@ -53,7 +53,7 @@ fn stopped_message(job: &BackupJob) -> String {
     format!(
         "CHN {} stopped running it (killed, cut off or restarted) at {:.0}%: {what}",
         job.chn,
-        percent(&job)
+        percent(job)
     )
 }
 

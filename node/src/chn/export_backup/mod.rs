@@ -31,6 +31,9 @@ use crate::rt::{lock, now_ms};
 use crate::shared_lu::SharedLu;
 use jobs::Job;
 
+/// A staged chunk older than this was left by a backup that crashed.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Backups and restores of the exports this CHN serves; cheap to clone.
 #[derive(Clone)]
 pub struct ExportBackups {
@@ -410,6 +413,7 @@ impl ExportBackups {
             dropped.insert(m.id.clone());
         }
         reply.kept = mine.iter().take(keep as usize).map(|m| m.id.clone()).collect();
+        target.sweep_temporaries(archive::CHUNKS, STALE_TEMPORARY).await?;
         if all.iter().any(|(_, m)| m.is_err()) {
             tracing::warn!(
                 target = spec,

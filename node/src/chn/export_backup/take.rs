@@ -186,11 +186,16 @@ async fn copy(
             let mut offset = 0;
             while offset < entry.size {
                 let vol = plan.vol.clone();
-                let data = tokio::task::spawn_blocking(move || vol.read(&root(), id, offset, CHUNK as u64)).await??;
+                let (data, sha256) = tokio::task::spawn_blocking(move || {
+                    vol.read(&root(), id, offset, CHUNK as u64).map(|d| {
+                        let h = archive::hash(&d);
+                        (d, h)
+                    })
+                })
+                .await??;
                 if data.is_empty() {
                     break;
                 }
-                let sha256 = archive::hash(&data);
                 offset += data.len() as u64;
                 entry.chunks.push(ChunkRef {
                     sha256: sha256.to_vec(),
@@ -259,10 +264,12 @@ fn entry(path: &str, inode: &crate::fs::Inode) -> BackupEntry {
     }
 }
 
-/// Compresses and stores chunks a few at a time, while the next are read.
+/// Compresses and stages chunks a few at a time, while the next are read;
+/// they become durable under their names together, before the manifest.
 struct Sender {
     target: Arc<Target>,
     tasks: JoinSet<Result<u64, Error>>,
+    staged: Vec<String>,
 }
 
 impl Sender {
@@ -270,6 +277,7 @@ impl Sender {
         Sender {
             target,
             tasks: JoinSet::new(),
+            staged: Vec::new(),
         }
     }
 
@@ -285,9 +293,10 @@ impl Sender {
                 .await?
                 .map_err(|e| Error::Internal(format!("compressing a chunk: {e}")))?;
             let len = sealed.len() as u64;
-            target.put(&archive::chunk_name(&sha256), sealed).await?;
+            target.stage(&archive::chunk_name(&sha256), sealed).await?;
             Ok(len)
         });
+        self.staged.push(archive::chunk_name(&sha256));
         Ok(sent)
     }
 
@@ -298,12 +307,13 @@ impl Sender {
         }
     }
 
-    /// Waits for every queued chunk.
+    /// Waits for every queued chunk and makes them all durable.
     async fn finish(mut self) -> Result<u64, Error> {
         let mut sent = 0;
         while !self.tasks.is_empty() {
             sent += self.next().await?;
         }
+        self.target.commit_staged(self.staged).await?;
         Ok(sent)
     }
 }
