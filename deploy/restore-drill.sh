@@ -3,8 +3,9 @@
 #
 #   1. brings the cluster up (deploy/docker-compose.yml) and waits for the
 #      one-shot setup service to finish;
-#   2. puts a file into the export, and writes a copy of the shared LU to
-#      its backup location on the disk array (`nasctl shared-lu backup`);
+#   2. puts a file into the export, backs the export up to the `tape`
+#      volume (`nasctl backup create`), and writes a copy of the shared LU
+#      to its backup location on the disk array (`nasctl shared-lu backup`);
 #   3. stops every CHN and deletes every CHN's data volume: the Raft logs
 #      and tables of the whole cluster are gone, the disk array is left;
 #   4. starts the CHNs again with empty data, and shows that the setup
@@ -12,7 +13,9 @@
 #   5. restores in the client container with `nasctl cluster restore
 #      --chn ... --from-array`, then reads the file back and compares it,
 #      and checks that the user, the export and the LU came back;
-#   6. tears everything down.
+#   6. deletes the file (an operator's mistake) and restores it from the
+#      export backup on the tape (`nasctl backup restore --path`);
+#   7. tears everything down.
 #
 # Usage: deploy/restore-drill.sh [--keep]
 #   --keep    leave the cluster running afterwards (tear down yourself with
@@ -43,6 +46,11 @@ chns=CHN1=chn1:7000,CHN2=chn2:7000,CHN5=chn5:7000
 
 head -c 3000000 /dev/urandom >"$work/data.bin"
 ctl fs put /work/data.bin "$export_name:/data.bin" >/dev/null || die "fs put failed"
+tape=/var/lib/nas/tape
+ctl --json backup create "$export_name" --to "$tape" >"$work/backup.json" || die "backup create failed"
+backup_id=$(grep -o '"id":"[^"]*"' "$work/backup.json" | head -n1 | cut -d'"' -f4)
+[ -n "$backup_id" ] || die "backup create printed no id: $(cat "$work/backup.json")"
+say "export $export_name backed up to the tape as $backup_id"
 ctl shared-lu backup || die "shared-lu backup failed"
 
 say "stopping every CHN and deleting every CHN's data volume (the whole Raft group); the disk array stays"
@@ -72,4 +80,11 @@ cmp -s "$work/data.bin" "$work/back.bin" || die "the file read back after the re
 ctl --json user list | grep -q "\"${NAS_USER:-alice}\"" || die "user ${NAS_USER:-alice} did not come back"
 ctl --json lu list | grep -q '"health"' || die "the LU did not come back"
 say "owner of $export_name after the restore: $(owner)"
-echo "result: PASS (the cluster came back from the array's copy; $export_name:/data.bin reads back the same)"
+
+say "deleting $export_name:/data.bin, then restoring it from backup $backup_id on the tape"
+ctl fs rm "$export_name:/data.bin" >/dev/null || die "fs rm failed"
+ctl backup restore "$backup_id" --target "$tape" --to-export "$export_name" --path /data.bin --force \
+    || die "backup restore failed"
+ctl fs get "$export_name:/data.bin" /work/again.bin >/dev/null || die "the restored file cannot be read"
+cmp -s "$work/data.bin" "$work/again.bin" || die "the file restored from the tape differs"
+echo "result: PASS (the cluster came back from the array's copy; $export_name:/data.bin reads back the same, and again after a delete and a restore from the tape)"

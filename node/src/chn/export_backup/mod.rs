@@ -238,10 +238,12 @@ impl ExportBackups {
         let resumes = last
             .map(|j| jobs::as_seen(j, now))
             .is_some_and(|j| j.backup == id && j.state == nas_proto::BackupJobState::BackupFailed as i32);
+        let v = vol.clone();
+        let has_files = !tokio::task::spawn_blocking(move || v.list(&root(), &FsPath::parse("/")?, "", 1))
+            .await??
+            .is_empty();
         if !force && !resumes {
-            let v = vol.clone();
-            let has_files = tokio::task::spawn_blocking(move || v.list(&root(), &FsPath::parse("/")?, "", 1)).await??;
-            if !has_files.is_empty() {
+            if has_files {
                 return Err(Error::FailedPrecondition(format!(
                     "export {export} holds files; restore into an empty export, or give --force to write over them"
                 )));
@@ -266,6 +268,7 @@ impl ExportBackups {
             target,
             manifest,
             only,
+            over_existing: has_files,
         };
         tokio::spawn(async move {
             let _claim = claim;
@@ -359,14 +362,14 @@ impl ExportBackups {
                 if !seen.insert(c.sha256.clone()) {
                     continue;
                 }
-                read_chunk(&target, &c.sha256, c.len as usize).await.map_err(|err| {
+                read_chunk(&target, &c.sha256, chunk_len(c)).await.map_err(|err| {
                     Error::Archive(ArchiveError::Chunk {
                         location: target.location(&archive::chunk_name(&c.sha256)),
                         why: format!("{err} (it holds bytes of {} in backup {id})", e.path),
                     })
                 })?;
                 reply.chunks += 1;
-                reply.bytes += c.len as u64;
+                reply.bytes += chunk_len(c) as u64;
             }
         }
         Ok(reply)
@@ -443,6 +446,11 @@ impl ExportBackups {
         }
         Ok(reply)
     }
+}
+
+/// Bytes in the chunk a reference points into.
+fn chunk_len(c: &nas_proto::ChunkRef) -> usize {
+    c.chunk_len.max(c.len) as usize
 }
 
 /// A chunk's bytes, read and checked.

@@ -31,6 +31,9 @@ pub struct Plan {
     /// Only this path (a directory with all below it, or a file); the root
     /// when `None`.
     pub only: Option<String>,
+    /// The export held files when the restore started (forced, or an
+    /// earlier run of it stopped): files that already match are skipped.
+    pub over_existing: bool,
 }
 
 /// Whether `path` is `only` or lies below it.
@@ -64,14 +67,15 @@ pub async fn restore(job: &Job, plan: Plan) -> Result<String, Error> {
         make_parents(&plan.vol, &first.path).await?;
     }
     let (mut done, mut skipped, mut since_commit, mut bytes_since) = (0u64, 0u64, 0usize, 0u64);
+    let mut cache = Cache::default();
     for e in &entries {
         job.check()?;
         if e.dir {
             mkdir(&plan.vol, &e.path, e.mode).await?;
-        } else if matches_already(&plan.vol, e).await? {
+        } else if plan.over_existing && matches_already(&plan.vol, e).await? {
             skipped += 1;
         } else {
-            let ino = write_file(&plan, e).await?;
+            let ino = write_file(&plan, &mut cache, e).await?;
             set_attr(&plan.vol, e, Some(ino)).await?;
             since_commit += 1;
             bytes_since += e.size;
@@ -155,8 +159,27 @@ async fn matches_already(vol: &Arc<Volume>, e: &BackupEntry) -> Result<bool, Err
     }))
 }
 
+/// The chunk read last: the small files packed into one follow each other.
+#[derive(Default)]
+struct Cache {
+    last: Option<(Vec<u8>, Arc<Vec<u8>>)>,
+}
+
+impl Cache {
+    async fn get(&mut self, target: &Target, c: &nas_proto::ChunkRef) -> Result<Arc<Vec<u8>>, Error> {
+        if let Some((sha, data)) = &self.last {
+            if *sha == c.sha256 {
+                return Ok(data.clone());
+            }
+        }
+        let data = Arc::new(super::read_chunk(target, &c.sha256, super::chunk_len(c)).await?);
+        self.last = Some((c.sha256.clone(), data.clone()));
+        Ok(data)
+    }
+}
+
 /// Writes the file's bytes; returns its handle.
-async fn write_file(plan: &Plan, e: &BackupEntry) -> Result<u64, Error> {
+async fn write_file(plan: &Plan, cache: &mut Cache, e: &BackupEntry) -> Result<u64, Error> {
     let created = change(
         &plan.vol,
         Change::Create {
@@ -173,19 +196,27 @@ async fn write_file(plan: &Plan, e: &BackupEntry) -> Result<u64, Error> {
     };
     let mut offset = 0u64;
     for c in &e.chunks {
-        let data = super::read_chunk(&plan.target, &c.sha256, c.len as usize).await?;
-        let len = data.len() as u64;
+        let chunk = cache.get(&plan.target, c).await?;
+        let (from, to) = (c.offset as usize, c.offset as usize + c.len as usize);
+        let Some(piece) = chunk.get(from..to) else {
+            return Err(Error::FailedPrecondition(format!(
+                "backup {} places bytes {from}..{to} of {} in a chunk of {} bytes: the manifest is inconsistent",
+                plan.manifest.id,
+                e.path,
+                chunk.len()
+            )));
+        };
         change(
             &plan.vol,
             Change::Write {
                 ino: attr.inode.ino,
                 offset,
-                data: data.into(),
+                data: bytes::Bytes::copy_from_slice(piece),
             },
             false,
         )
         .await?;
-        offset += len;
+        offset += c.len as u64;
     }
     if offset != e.size {
         return Err(Error::FailedPrecondition(format!(

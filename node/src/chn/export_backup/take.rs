@@ -171,20 +171,40 @@ async fn copy(
     let mut counts = Counts::default();
     let mut sending = Sender::new(plan.target.clone());
     let mut entries = Vec::with_capacity(found.len());
-    for Found { mut entry, id } in found {
+    let mut pack = Vec::new();
+    let mut pack_bytes = 0u64;
+    for (idx, Found { entry, id }) in found.into_iter().enumerate() {
         job.check()?;
-        if entry.dir {
-            entries.push(entry);
+        entries.push(entry);
+        let entry = &mut entries[idx];
+        if entry.dir || entry.size == 0 {
             continue;
         }
         let reused = previous
             .get(&entry.path)
-            .filter(|p| same_file(p, &entry) && p.chunks.iter().all(|c| has(&known, &c.sha256)));
+            .filter(|p| same_file(p, entry) && p.chunks.iter().all(|c| has(&known, &c.sha256)));
         if let Some(p) = reused {
             entry.chunks = p.chunks.clone();
+            counts.bytes += entry.size;
+        } else if entry.size < CHUNK as u64 {
+            pack.push((idx, id, entry.size));
+            pack_bytes += entry.size;
+            if pack_bytes >= CHUNK as u64 {
+                send_pack(
+                    plan,
+                    std::mem::take(&mut pack),
+                    &mut entries,
+                    &mut known,
+                    &mut sending,
+                    &mut counts,
+                )
+                .await?;
+                pack_bytes = 0;
+            }
         } else {
+            let size = entry.size;
             let mut offset = 0;
-            while offset < entry.size {
+            while offset < size {
                 let vol = plan.vol.clone();
                 let (data, sha256) = tokio::task::spawn_blocking(move || {
                     vol.read(&root(), id, offset, CHUNK as u64).map(|d| {
@@ -197,25 +217,31 @@ async fn copy(
                     break;
                 }
                 offset += data.len() as u64;
-                entry.chunks.push(ChunkRef {
+                entries[idx].chunks.push(ChunkRef {
                     sha256: sha256.to_vec(),
                     len: data.len() as u32,
+                    offset: 0,
+                    chunk_len: data.len() as u32,
                 });
+                counts.bytes += data.len() as u64;
                 if known.insert(sha256) {
                     counts.new_chunks += 1;
                     counts.sent += sending.send(sha256, data).await?;
                 }
                 job.update(|r| {
-                    r.done_bytes = counts.bytes + offset;
+                    r.done_bytes = counts.bytes;
                     r.sent_bytes = counts.sent;
                 });
             }
         }
-        counts.bytes += entry.size;
-        counts.chunks += entry.chunks.len() as u64;
         job.update(|r| r.done_bytes = counts.bytes);
-        entries.push(entry);
     }
+    send_pack(plan, pack, &mut entries, &mut known, &mut sending, &mut counts).await?;
+    counts.chunks = entries
+        .iter()
+        .flat_map(|e| e.chunks.iter().map(|c| c.sha256.clone()))
+        .collect::<HashSet<_>>()
+        .len() as u64;
     counts.sent += sending.finish().await?;
     // A file changed in the last millisecond before the snapshot may
     // change again within that millisecond after it, leaving size and time
@@ -224,6 +250,48 @@ async fn copy(
         e.ino = 0;
     }
     Ok((entries, counts))
+}
+
+/// Reads the small files `members` (entry index, handle, size) into one
+/// chunk, points each entry at its bytes in it, and sends it if new.
+async fn send_pack(
+    plan: &Plan,
+    members: Vec<(usize, u64, u64)>,
+    entries: &mut [BackupEntry],
+    known: &mut HashSet<[u8; 32]>,
+    sending: &mut Sender,
+    counts: &mut Counts,
+) -> Result<(), Error> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let vol = plan.vol.clone();
+    let (data, sha256, members) = tokio::task::spawn_blocking(move || {
+        let mut data = Vec::with_capacity(CHUNK * 2);
+        let mut placed = Vec::with_capacity(members.len());
+        for (idx, id, size) in members {
+            let bytes = vol.read(&root(), id, 0, size)?;
+            placed.push((idx, data.len() as u32, bytes.len() as u32));
+            data.extend_from_slice(&bytes);
+        }
+        let sha256 = archive::hash(&data);
+        Ok::<_, Error>((data, sha256, placed))
+    })
+    .await??;
+    for (idx, offset, len) in members {
+        entries[idx].chunks = vec![ChunkRef {
+            sha256: sha256.to_vec(),
+            len,
+            offset,
+            chunk_len: data.len() as u32,
+        }];
+        counts.bytes += len as u64;
+    }
+    if known.insert(sha256) {
+        counts.new_chunks += 1;
+        counts.sent += sending.send(sha256, data).await?;
+    }
+    Ok(())
 }
 
 fn has(known: &HashSet<[u8; 32]>, sha256: &[u8]) -> bool {
