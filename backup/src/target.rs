@@ -144,7 +144,7 @@ impl Target {
         match self {
             Target::Dir(dir) => {
                 let path = dir.join(name);
-                let written = tokio::task::spawn_blocking(move || {
+                blocking(move || {
                     let (Some(folder), Some(file)) = (path.parent(), path.file_name()) else {
                         return Err(TargetError::Invalid(format!("{} names no file", path.display())));
                     };
@@ -152,10 +152,8 @@ impl Target {
                     nas_proto::backup_file::write_file(folder, &file.to_string_lossy(), &bytes, &writer)
                         .map(|p| p.display().to_string())
                         .map_err(|source| io_error(path, source))
-                });
-                written
-                    .await
-                    .map_err(|e| TargetError::Invalid(format!("a write task failed: {e}")))?
+                })
+                .await
             }
             Target::S3 {
                 store,
@@ -251,9 +249,7 @@ impl Target {
         match self {
             Target::Dir(dir) => {
                 let (dir, under) = (dir.clone(), under.to_string());
-                tokio::task::spawn_blocking(move || walk(&dir, &under))
-                    .await
-                    .map_err(|e| TargetError::Invalid(format!("a listing task failed: {e}")))?
+                blocking(move || walk(&dir, &under)).await
             }
             Target::S3 {
                 store,
@@ -290,14 +286,13 @@ impl Target {
             return self.put(name, bytes).await.map(|_| ());
         };
         let path = staged_path(&dir.join(name));
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| io_error(parent.to_path_buf(), e))?;
             }
             std::fs::write(&path, &bytes).map_err(|e| io_error(path.clone(), e))
         })
         .await
-        .map_err(|e| TargetError::Invalid(format!("a write task failed: {e}")))?
     }
 
     /// Makes the objects `stage` wrote durable under their names: one
@@ -307,7 +302,7 @@ impl Target {
             return Ok(());
         };
         let dir = dir.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             sync_fs(&dir)?;
             for name in &names {
                 let path = dir.join(name);
@@ -316,7 +311,6 @@ impl Target {
             sync_fs(&dir)
         })
         .await
-        .map_err(|e| TargetError::Invalid(format!("a sync task failed: {e}")))?
     }
 
     /// Deletes the temporary files below folder `under` that writers left
@@ -327,7 +321,7 @@ impl Target {
             return Ok(0);
         };
         let root = dir.join(under);
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut swept = 0;
             let mut folders = vec![root];
             while let Some(folder) = folders.pop() {
@@ -357,7 +351,6 @@ impl Target {
             Ok(swept)
         })
         .await
-        .map_err(|e| TargetError::Invalid(format!("a sweep task failed: {e}")))?
     }
 
     /// Deletes `name`; one that is already gone is no error.
@@ -379,6 +372,15 @@ impl Target {
             },
         }
     }
+}
+
+/// Runs file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TargetError> + Send + 'static,
+) -> Result<T, TargetError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TargetError::Invalid(format!("a file-system task failed: {e}")))?
 }
 
 /// Where `stage` writes the object `path` before it is committed.

@@ -23,7 +23,7 @@ use ::nas_client::proto::{BackupJob, BackupJobState, CreateBackupRequest, ListBa
 use ::nas_client::{Cluster, NasClient};
 use nas_tests::bench::{self, mb_s, median};
 use nas_tests::s3::S3Server;
-use nas_tests::{ok, random_bytes, TestCluster};
+use nas_tests::{random_bytes, TestCluster};
 
 #[derive(clap::Parser, Debug)]
 #[command(about = "Export backup and restore throughput beside tar")]
@@ -159,27 +159,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 async fn main() -> anyhow::Result<()> {
     let a: Args = bench::args();
     let c = TestCluster::up(3, &[])?;
-    for args in [
-        &["array", "init", "--disks", "6", "--size", "1G"][..],
-        &["lu", "create", "--raid", "5", "--disks", "1,2,3"],
-        &["lu", "create", "--raid", "5", "--disks", "4,5,6"],
-        &["user", "add", "alice"],
-        &[
-            "export",
-            "create",
-            "home",
-            "--lu",
-            "1",
-            "--chn",
-            "CHN1",
-            "--partner",
-            "CHN2",
-            "--users",
-            "alice",
-        ],
-    ] {
-        ok(c.nasctl(args));
-    }
+    c.with_home("1G", &["5:1,2,3", "5:4,5,6"], "CHN1", Some("CHN2"));
     let admin = c.client();
     let work = c.dir().join("bench");
     let local = work.join("src");
@@ -202,16 +182,29 @@ async fn main() -> anyhow::Result<()> {
     let mut last = PathBuf::new();
     let mut last_full = None;
     for run in 0..a.repeat {
+        // Each measurement starts with nothing dirty, and they take turns
+        // going first, so that neither pays for the other's writeback.
         let tar_dir = work.join(format!("tar-{run}"));
         std::fs::create_dir_all(&tar_dir)?;
         let archive = tar_dir.join("src.tar");
-        let mut tar = Command::new("tar");
-        tar.arg("-cf").arg(&archive).arg("-C").arg(&local).arg(".");
-        let tar_took = timed(tar, &archive)?;
         let tape = work.join(format!("tape-{run}"));
+        let tar_run = || -> anyhow::Result<Duration> {
+            ok_status(&mut Command::new("sync"))?;
+            let mut tar = Command::new("tar");
+            tar.arg("-cf").arg(&archive).arg("-C").arg(&local).arg(".");
+            timed(tar, &archive)
+        };
+        let tar_first = run % 2 == 0;
+        let tar_took = if tar_first { Some(tar_run()?) } else { None };
+        ok_status(&mut Command::new("sync"))?;
         let (took, job) = backup(&admin, &tape.display().to_string(), true).await?;
+        let tar_took = match tar_took {
+            Some(t) => t,
+            None => tar_run()?,
+        };
         eprintln!(
-            "run {run}: tar -cf + fsync {:.2} s ({:.0} MB/s); backup create --full {:.2} s ({:.0} MB/s), {} MiB on the target",
+            "run {run} ({} first): tar -cf + fsync {:.2} s ({:.0} MB/s); backup create --full {:.2} s ({:.0} MB/s), {} MiB on the target",
+            if tar_first { "tar" } else { "backup" },
             tar_took.as_secs_f64(),
             mb_s(bytes, tar_took),
             took.as_secs_f64(),
@@ -259,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
     // Restore the full backup into a new export, beside tar -xf.
     let extract = work.join("extract");
     std::fs::create_dir_all(&extract)?;
+    ok_status(&mut Command::new("sync"))?;
     let mut tar = Command::new("tar");
     tar.arg("-xf")
         .arg(work.join("tar-0").join("src.tar"))
@@ -273,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
         path: String::new(),
         force: false,
     };
+    ok_status(&mut Command::new("sync"))?;
     let job = admin.restore_backup(req).await?.job.unwrap_or_default();
     let (restore_took, _) = finish(&admin, "restored", job).await?;
     println!(
@@ -286,16 +281,7 @@ async fn main() -> anyhow::Result<()> {
         drop(c);
         s3.create_bucket("bench")?;
         let c = TestCluster::up_with_env(3, s3.env())?;
-        for args in [
-            &["array", "init", "--disks", "3", "--size", "1G"][..],
-            &["lu", "create", "--raid", "5", "--disks", "1,2,3"],
-            &["user", "add", "alice"],
-            &[
-                "export", "create", "home", "--lu", "1", "--chn", "CHN1", "--users", "alice",
-            ],
-        ] {
-            ok(c.nasctl(args));
-        }
+        c.with_home("1G", &["5:1,2,3"], "CHN1", None);
         let nas = vec![c.nas("alice", "home").await?];
         fill(&nas, &c.dir().join("src"), &files).await?;
         let (took, job) = backup(&c.client(), "s3://bench/nas", true).await?;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ::nas_client::proto::{ListSnapshotsRequest, SnapshotRequest};
 use ::nas_client::NasClient;
 use nas_tests::bench::{self, median, ms, Latencies};
-use nas_tests::{ok, TestCluster};
+use nas_tests::TestCluster;
 
 #[derive(clap::Parser, Debug)]
 #[command(about = "Snapshot creation time and the write pause it causes")]
@@ -69,26 +69,7 @@ fn summary(l: &Latencies) -> String {
 async fn main() -> anyhow::Result<()> {
     let a: Args = bench::args();
     let c = TestCluster::up(3, &[])?;
-    for args in [
-        &["array", "init", "--disks", "3", "--size", "1G"][..],
-        &["lu", "create", "--raid", "5", "--disks", "1,2,3"],
-        &["user", "add", "alice"],
-        &[
-            "export",
-            "create",
-            "home",
-            "--lu",
-            "1",
-            "--chn",
-            "CHN1",
-            "--partner",
-            "CHN2",
-            "--users",
-            "alice",
-        ],
-    ] {
-        ok(c.nasctl(args));
-    }
+    c.with_home("1G", &["5:1,2,3"], "CHN1", Some("CHN2"));
     let admin = Arc::new(c.client());
     let mut clients = Vec::new();
     for _ in 0..a.writers.max(16) {

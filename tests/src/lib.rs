@@ -342,6 +342,33 @@ impl TestCluster {
         }
     }
 
+    /// Sets up one export to alice: an array of disks of `size`, one LU
+    /// per entry of `lus` (`RAID:DISKS`, e.g. `5:1,2,3` or `1:4,5`; as many
+    /// disks as the highest named), user alice, and export `home` on LU 1
+    /// served by `owner`, with `partner` when given.
+    pub fn with_home(&self, size: &str, lus: &[&str], owner: &str, partner: Option<&str>) {
+        let disks = lus
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .flat_map(|(_, d)| d.split(',').filter_map(|n| n.parse::<u32>().ok()))
+            .max()
+            .unwrap_or(0)
+            .to_string();
+        ok(self.nasctl(&["array", "init", "--disks", &disks, "--size", size]));
+        for l in lus {
+            let (raid, members) = l.split_once(':').expect("RAID:DISKS");
+            ok(self.nasctl(&["lu", "create", "--raid", raid, "--disks", members]));
+        }
+        ok(self.nasctl(&["user", "add", "alice"]));
+        let mut export = vec![
+            "export", "create", "home", "--lu", "1", "--chn", owner, "--users", "alice",
+        ];
+        if let Some(p) = partner {
+            export.extend(["--partner", p]);
+        }
+        ok(self.nasctl(&export));
+    }
+
     /// The cluster CA certificate (`cluster up` makes it).
     pub fn ca_file(&self) -> PathBuf {
         self.dir().join("tls").join("ca.crt")

@@ -26,29 +26,14 @@ fn failed(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// An 8-disk array: LU 1 (RAID 5, disks 1-3) exported as `home` by CHN1
-/// (partner CHN2) to alice; LUs 2 and 3 (RAID 1) free for restores.
-fn setup(c: &TestCluster) {
-    setup_with(c, &["--partner", "CHN2"]);
+/// LU 1 (RAID 5, disks 1-3) exported as `home` by CHN1 (with `partner`)
+/// to alice; LUs 2 and 3 (RAID 1) free for restores.
+fn setup_with(c: &TestCluster, partner: Option<&str>) {
+    c.with_home("64M", &["5:1,2,3", "1:4,5", "1:6,7"], "CHN1", partner);
 }
 
-fn setup_with(c: &TestCluster, partner: &[&str]) {
-    let export: Vec<&str> = [
-        "export", "create", "home", "--lu", "1", "--chn", "CHN1", "--users", "alice",
-    ]
-    .into_iter()
-    .chain(partner.iter().copied())
-    .collect();
-    for args in [
-        &["array", "init", "--disks", "8", "--size", "64M"][..],
-        &["lu", "create", "--raid", "5", "--disks", "1,2,3"],
-        &["lu", "create", "--raid", "1", "--disks", "4,5"],
-        &["lu", "create", "--raid", "1", "--disks", "6,7"],
-        &["user", "add", "alice"],
-        &export,
-    ] {
-        ok(c.nasctl(args));
-    }
+fn setup(c: &TestCluster) {
+    setup_with(c, Some("CHN2"));
 }
 
 /// Writes `files` (path -> bytes) into the export, making directories.
@@ -325,6 +310,8 @@ async fn a_full_target_fails_the_backup_by_name_and_lists_nothing_from_it() -> a
     files.insert("/big.bin".to_string(), random_bytes(6 << 20, 9));
     write_files(&nas, &files).await?;
     let target = target_arg(&small);
+    let e = failed(c.nasctl(&["backup", "create", "home", "--to", "relative/tape"]));
+    assert!(e.contains("absolute path") && e.contains("InvalidArgument"), "{e}");
     let out = c.nasctl(&["--json", "backup", "create", "home", "--to", &target]);
     let e = failed(out);
     assert!(e.contains("is full"), "{e}");
@@ -357,6 +344,19 @@ fn job(c: &TestCluster, export: &str, id: &str) -> Value {
         .as_array()
         .and_then(|a| a.iter().find(|j| j["id"] == id).cloned())
         .unwrap_or(Value::Null)
+}
+
+/// Waits until job `id` of `export` ended FAILED; its row.
+async fn failed_job(c: &TestCluster, export: &str, id: &str) -> anyhow::Result<Value> {
+    wait_until(
+        &format!("job {id} to be marked failed"),
+        Duration::from_secs(90),
+        || async {
+            let j = job(c, export, id);
+            (j["state"] == "FAILED").then_some(j)
+        },
+    )
+    .await
 }
 
 /// No job that did not finish is listed as a backup on the target.
@@ -394,16 +394,7 @@ async fn a_killed_backup_or_restore_is_marked_failed_never_listed_and_a_rerun_co
         (&Value::from("RUNNING"), &Value::from("CHN1"))
     );
     c.kill9("CHN1");
-    let id = started["id"].as_str().unwrap_or("").to_string();
-    let ended = wait_until(
-        "the killed backup to be marked failed",
-        Duration::from_secs(90),
-        || async {
-            let j = job(&c, "home", &id);
-            (j["state"] == "FAILED").then_some(j)
-        },
-    )
-    .await?;
+    let ended = failed_job(&c, "home", started["id"].as_str().unwrap_or("")).await?;
     assert!(
         ended["message"].as_str().unwrap_or("").contains("stopped running it"),
         "{ended}"
@@ -413,6 +404,12 @@ async fn a_killed_backup_or_restore_is_marked_failed_never_listed_and_a_rerun_co
     assert_eq!(whole["chn"], "CHN2", "{whole}");
     let whole_id = whole["id"].as_str().unwrap_or("").to_string();
     json(c.nasctl(&["--json", "backup", "verify", &whole_id, "--target", &target]));
+    let snapshots = json(c.nasctl(&["--json", "snapshot", "list", "home"]));
+    assert_eq!(
+        snapshots,
+        Value::Array(vec![]),
+        "the killed backup's snapshot is left: {snapshots}"
+    );
     c.cluster_up(None, &[])?;
 
     // kill -9 of the CHN running a restore: the export is marked
@@ -432,16 +429,7 @@ async fn a_killed_backup_or_restore_is_marked_failed_never_listed_and_a_rerun_co
     ]));
     let runner = started["chn"].as_str().unwrap_or("").to_string();
     c.kill9(&runner);
-    let id = started["id"].as_str().unwrap_or("").to_string();
-    let ended = wait_until(
-        "the killed restore to be marked failed",
-        Duration::from_secs(90),
-        || async {
-            let j = job(&c, "home2", &id);
-            (j["state"] == "FAILED").then_some(j)
-        },
-    )
-    .await?;
+    let ended = failed_job(&c, "home2", started["id"].as_str().unwrap_or("")).await?;
     assert!(
         ended["message"].as_str().unwrap_or("").contains("home2 is incomplete"),
         "{ended}"
@@ -545,7 +533,7 @@ async fn backups_go_to_a_real_s3_server_and_another_clusters_backup_needs_force(
 
     // Another cluster sees it as foreign and restores it only when forced.
     let mut b = TestCluster::up_with_env(1, s3.env())?;
-    setup_with(&b, &[]);
+    setup_with(&b, None);
     let listed = json(b.nasctl(&["--json", "backup", "list", "--target", target]));
     assert_eq!(listed["backups"][0]["note"], "from another cluster", "{listed}");
     let e = failed(b.nasctl(&[

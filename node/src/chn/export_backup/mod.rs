@@ -67,6 +67,11 @@ fn target(spec: &str) -> Result<Arc<Target>, Error> {
             "no target given: name a directory on the CHNs or s3://BUCKET/PREFIX".into(),
         ));
     }
+    if !spec.starts_with("s3://") && !spec.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "target {spec:?} is a relative path; give the directory's absolute path as the CHNs see it, or s3://BUCKET/PREFIX"
+        )));
+    }
     Ok(Arc::new(Target::parse(spec)?))
 }
 
@@ -145,6 +150,13 @@ impl ExportBackups {
         })
     }
 
+    /// Claims the row's export and records the job as running.
+    async fn start(&self, row: BackupJob) -> Result<(Claim, Job), Error> {
+        let claim = self.claim(&row.export)?;
+        let job = Job::start(self.ctx.lu.clone(), row).await?;
+        Ok((claim, job))
+    }
+
     /// Starts a backup of `export` (served here, as `vol`) to `target`;
     /// answers with its job row once it runs. The handle yields the
     /// manifest written, or why it failed.
@@ -161,19 +173,16 @@ impl ExportBackups {
         // Named before the job starts: an unreachable or refusing store is
         // the caller's answer, not a failed job.
         target.list_under(archive::BACKUPS).await?;
-        let claim = self.claim(export)?;
-        let job = Job::start(
-            self.ctx.lu.clone(),
-            BackupJob {
+        let (claim, job) = self
+            .start(BackupJob {
                 id: job_id(export),
                 kind: "backup".into(),
                 export: export.to_string(),
                 target: spec.to_string(),
                 scheduled,
                 ..Default::default()
-            },
-        )
-        .await?;
+            })
+            .await?;
         let row = job.row();
         let plan = take::Plan {
             vol,
@@ -242,26 +251,21 @@ impl ExportBackups {
         let has_files = !tokio::task::spawn_blocking(move || v.list(&root(), &FsPath::parse("/")?, "", 1))
             .await??
             .is_empty();
-        if !force && !resumes {
-            if has_files {
-                return Err(Error::FailedPrecondition(format!(
-                    "export {export} holds files; restore into an empty export, or give --force to write over them"
-                )));
-            }
+        if has_files && !force && !resumes {
+            return Err(Error::FailedPrecondition(format!(
+                "export {export} holds files; restore into an empty export, or give --force to write over them"
+            )));
         }
-        let claim = self.claim(export)?;
-        let job = Job::start(
-            self.ctx.lu.clone(),
-            BackupJob {
+        let (claim, job) = self
+            .start(BackupJob {
                 id: job_id(&format!("restore-{export}")),
                 kind: "restore".into(),
                 export: export.to_string(),
                 target: spec.to_string(),
                 backup: id.to_string(),
                 ..Default::default()
-            },
-        )
-        .await?;
+            })
+            .await?;
         let row = job.row();
         let plan = restore::Plan {
             vol,

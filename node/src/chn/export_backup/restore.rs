@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
+use futures::stream::{BoxStream, StreamExt};
 use nas_backup::Target;
-use nas_proto::{BackupEntry, ExportBackup};
+use nas_proto::{BackupEntry, ChunkRef, ExportBackup};
 
 use super::jobs::Job;
 use super::root;
@@ -19,6 +20,8 @@ use crate::chn::Error;
 use crate::fs::volume::{Change, Outcome, SetAttr};
 use crate::fs::{FileKind, FsError, FsPath, Volume};
 
+/// Chunks fetched and checked ahead of the writes.
+const PREFETCH: usize = 4;
 /// Files or bytes after which the restore commits durably.
 const BATCH_FILES: usize = 256;
 const BATCH_BYTES: u64 = 64 << 20;
@@ -66,16 +69,29 @@ pub async fn restore(job: &Job, plan: Plan) -> Result<String, Error> {
     if let Some(first) = entries.first() {
         make_parents(&plan.vol, &first.path).await?;
     }
+    let mut complete = vec![false; entries.len()];
+    if plan.over_existing {
+        for (i, e) in entries.iter().enumerate() {
+            complete[i] = !e.dir && matches_already(&plan.vol, e).await?;
+        }
+    }
+    let mut chunks = Chunks::new(
+        plan.target.clone(),
+        entries
+            .iter()
+            .zip(&complete)
+            .filter(|(_, done)| !**done)
+            .flat_map(|(e, _)| e.chunks.iter().cloned()),
+    );
     let (mut done, mut skipped, mut since_commit, mut bytes_since) = (0u64, 0u64, 0usize, 0u64);
-    let mut cache = Cache::default();
-    for e in &entries {
+    for (e, complete) in entries.iter().zip(complete) {
         job.check()?;
         if e.dir {
             mkdir(&plan.vol, &e.path, e.mode).await?;
-        } else if plan.over_existing && matches_already(&plan.vol, e).await? {
+        } else if complete {
             skipped += 1;
         } else {
-            let ino = write_file(&plan, &mut cache, e).await?;
+            let ino = write_file(&plan, &mut chunks, e).await?;
             set_attr(&plan.vol, e, Some(ino)).await?;
             since_commit += 1;
             bytes_since += e.size;
@@ -159,27 +175,63 @@ async fn matches_already(vol: &Arc<Volume>, e: &BackupEntry) -> Result<bool, Err
     }))
 }
 
-/// The chunk read last: the small files packed into one follow each other.
-#[derive(Default)]
-struct Cache {
-    last: Option<(Vec<u8>, Arc<Vec<u8>>)>,
+/// The chunks of the files a restore writes, in the order it writes them,
+/// fetched and checked a few ahead while it writes. Consecutive references
+/// to one chunk (small files packed together) fetch it once.
+struct Chunks {
+    upcoming: BoxStream<'static, Result<Fetched, Error>>,
+    current: Option<Fetched>,
 }
 
-impl Cache {
-    async fn get(&mut self, target: &Target, c: &nas_proto::ChunkRef) -> Result<Arc<Vec<u8>>, Error> {
-        if let Some((sha, data)) = &self.last {
+/// A chunk's SHA-256 and its checked bytes.
+type Fetched = (Vec<u8>, Arc<Vec<u8>>);
+
+impl Chunks {
+    fn new(target: Arc<Target>, refs: impl Iterator<Item = ChunkRef>) -> Self {
+        let mut order: Vec<ChunkRef> = Vec::new();
+        for c in refs {
+            if order.last().is_none_or(|l| l.sha256 != c.sha256) {
+                order.push(c);
+            }
+        }
+        let upcoming = futures::stream::iter(order)
+            .map(move |c| {
+                let target = target.clone();
+                async move {
+                    let data = super::read_chunk(&target, &c.sha256, super::chunk_len(&c)).await?;
+                    Ok((c.sha256, Arc::new(data)))
+                }
+            })
+            .buffered(PREFETCH)
+            .boxed();
+        Chunks {
+            upcoming,
+            current: None,
+        }
+    }
+
+    /// The bytes of the chunk `c` points into: the current one, or the next.
+    async fn get(&mut self, c: &ChunkRef) -> Result<Arc<Vec<u8>>, Error> {
+        if let Some((sha, data)) = &self.current {
             if *sha == c.sha256 {
                 return Ok(data.clone());
             }
         }
-        let data = Arc::new(super::read_chunk(target, &c.sha256, super::chunk_len(c)).await?);
-        self.last = Some((c.sha256.clone(), data.clone()));
+        let (sha, data) = self
+            .upcoming
+            .next()
+            .await
+            .ok_or_else(|| Error::Internal("a restore ran out of chunks before its files".into()))??;
+        if sha != c.sha256 {
+            return Err(Error::Internal("a restore's chunks came out of order".into()));
+        }
+        self.current = Some((sha, data.clone()));
         Ok(data)
     }
 }
 
 /// Writes the file's bytes; returns its handle.
-async fn write_file(plan: &Plan, cache: &mut Cache, e: &BackupEntry) -> Result<u64, Error> {
+async fn write_file(plan: &Plan, chunks: &mut Chunks, e: &BackupEntry) -> Result<u64, Error> {
     let created = change(
         &plan.vol,
         Change::Create {
@@ -196,7 +248,7 @@ async fn write_file(plan: &Plan, cache: &mut Cache, e: &BackupEntry) -> Result<u
     };
     let mut offset = 0u64;
     for c in &e.chunks {
-        let chunk = cache.get(&plan.target, c).await?;
+        let chunk = chunks.get(c).await?;
         let (from, to) = (c.offset as usize, c.offset as usize + c.len as usize);
         let Some(piece) = chunk.get(from..to) else {
             return Err(Error::FailedPrecondition(format!(

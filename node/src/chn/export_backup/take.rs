@@ -25,6 +25,8 @@ use crate::rt::now_ms;
 
 /// Chunks compressed and sent at once.
 const IN_FLIGHT: usize = 4;
+/// Names the snapshots backups take for themselves.
+const SNAPSHOT_PREFIX: &str = "backup-";
 
 /// What to back up, and where to.
 pub struct Plan {
@@ -52,7 +54,8 @@ pub async fn take(ctx: &Ctx, job: &Job, plan: Plan) -> Result<ExportBackup, Erro
             (s.name, s.created_ms, 0, false)
         }
         None => {
-            let name = format!("backup-{}", row.id);
+            drop_leftovers(ctx, &plan.vol).await?;
+            let name = format!("{SNAPSHOT_PREFIX}{}", row.id);
             let started = Instant::now();
             let created = change(&plan.vol, Change::Snapshot { name: name.clone() }, true).await?;
             let pause = started.elapsed().as_micros() as u64;
@@ -105,6 +108,27 @@ pub async fn take(ctx: &Ctx, job: &Job, plan: Plan) -> Result<ExportBackup, Erro
     let sealed = archive::seal_manifest(&manifest);
     plan.target.put(&archive::manifest_name(&row.id), sealed).await?;
     Ok(manifest)
+}
+
+/// Deletes the snapshots that backups killed with their CHN left: they
+/// would hold their blocks for ever.
+async fn drop_leftovers(ctx: &Ctx, vol: &Arc<Volume>) -> Result<(), Error> {
+    let v = vol.clone();
+    let all = tokio::task::spawn_blocking(move || v.snapshots()).await??;
+    let now = now_ms();
+    for s in all {
+        let Some(id) = s.name.strip_prefix(SNAPSHOT_PREFIX) else {
+            continue;
+        };
+        let running = ctx
+            .lu
+            .read(|t| t.backup_jobs.get(id).is_some_and(|j| super::jobs::alive(j, now)));
+        if !running {
+            tracing::info!(snapshot = %s.name, "deleting the snapshot of a backup that did not end");
+            change(vol, Change::DeleteSnapshot { name: s.name }, true).await?;
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn change(vol: &Volume, change: Change, durable: bool) -> Result<Outcome, Error> {
