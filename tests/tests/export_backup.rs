@@ -530,6 +530,11 @@ async fn backups_go_to_a_real_s3_server_and_another_clusters_backup_needs_force(
     let taken = backup(&a, "home", target);
     let id = taken["id"].as_str().unwrap_or("").to_string();
     json(a.nasctl(&["--json", "backup", "verify", &id, "--target", target]));
+    let pruned = json(a.nasctl(&["--json", "backup", "prune", "--target", target, "--keep", "1"]));
+    assert_eq!(
+        (&pruned["kept"][0], &pruned["deleted"]),
+        (&Value::from(id.clone()), &Value::Array(vec![]))
+    );
 
     // Another cluster sees it as foreign and restores it only when forced.
     let mut b = TestCluster::up_with_env(1, s3.env())?;

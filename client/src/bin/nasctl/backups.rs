@@ -79,13 +79,14 @@ pub(crate) enum BackupCmd {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Delete all but the newest N backups of EXPORT on the target, then
-    /// every chunk no remaining backup uses.
+    /// Delete all but the newest N backups of EXPORT (of every export
+    /// without --export) this cluster took on the target, then every chunk
+    /// no remaining backup uses.
     Prune {
         #[arg(long, env = "NAS_BACKUP_TARGET")]
         target: String,
         #[arg(long)]
-        export: String,
+        export: Option<String>,
         #[arg(long)]
         keep: u32,
     },
@@ -153,7 +154,7 @@ pub(crate) async fn run(c: &Cluster, cmd: BackupCmd, json: bool) -> anyhow::Resu
             let job = c.restore_backup(req).await.map_err(status_err)?.job.unwrap_or_default();
             follow(c, job, no_wait, json).await
         }
-        BackupCmd::Prune { target, export, keep } => prune(c, target, export, keep, json).await,
+        BackupCmd::Prune { target, export, keep } => prune(c, target, export.unwrap_or_default(), keep, json).await,
         BackupCmd::Schedule {
             export,
             every,
@@ -408,8 +409,13 @@ async fn prune(c: &Cluster, target: String, export: String, keep: u32, json: boo
             json!({"export": export, "deleted": r.deleted, "kept": r.kept, "chunks_deleted": r.chunks_deleted, "bytes_freed": r.bytes_freed})
         );
     } else {
+        let of = if export.is_empty() {
+            "every export".to_string()
+        } else {
+            export
+        };
         outln!(
-            "{export}: {} backups deleted, {} kept; {} chunks ({}) no backup used were deleted",
+            "{of}: {} backups deleted, {} kept; {} chunks ({}) no backup used were deleted",
             r.deleted.len(),
             r.kept.len(),
             r.chunks_deleted,

@@ -17,7 +17,7 @@ mod restore;
 mod schedule;
 mod take;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use nas_backup::archive::{self, ArchiveError};
@@ -256,6 +256,12 @@ impl ExportBackups {
                 "export {export} holds files; restore into an empty export, or give --force to write over them"
             )));
         }
+        let missing: Vec<String> = manifest
+            .users
+            .iter()
+            .filter(|u| self.ctx.lu.user(&u.name).is_none())
+            .map(|u| format!("{} (uid {})", u.name, u.uid))
+            .collect();
         let (claim, job) = self
             .start(BackupJob {
                 id: job_id(&format!("restore-{export}")),
@@ -276,7 +282,17 @@ impl ExportBackups {
         };
         tokio::spawn(async move {
             let _claim = claim;
-            let outcome = restore::restore(&job, plan).await.map_err(|e| {
+            let outcome = restore::restore(&job, plan).await.map(|done| {
+                if missing.is_empty() {
+                    done
+                } else {
+                    format!(
+                        "{done}; users of the backup not in this cluster: {} (add them with `nasctl user add NAME --uid N` and to the export)",
+                        missing.join(", ")
+                    )
+                }
+            });
+            let outcome = outcome.map_err(|e| {
                 format!(
                     "{e}; export {} is incomplete: run the same restore again to complete it",
                     job.row().export
@@ -379,8 +395,9 @@ impl ExportBackups {
         Ok(reply)
     }
 
-    /// Keeps the newest `keep` backups of `export` this cluster took on
-    /// `spec`, deletes the rest, then every chunk no backup left uses.
+    /// Keeps the newest `keep` backups of `export` (of each export, when
+    /// empty) this cluster took on `spec`, deletes the rest, then every
+    /// chunk no backup left uses.
     pub async fn prune(&self, spec: &str, export: &str, keep: u32) -> Result<PruneBackupsReply, Error> {
         if keep == 0 {
             return Err(Error::InvalidArgument("--keep must be at least 1".into()));
@@ -401,25 +418,34 @@ impl ExportBackups {
         let target = target(spec)?;
         let ours = self.ctx.lu.array_id();
         let all = manifests(&target).await?;
-        let mut mine: Vec<&ExportBackup> = all
-            .iter()
-            .filter_map(|(_, m)| m.as_ref().ok())
-            .filter(|m| m.export == export && m.array_id == ours)
-            .collect();
-        if mine.is_empty() {
-            return Err(Error::NotFound(format!(
-                "{spec} holds no backup of export {export} from this cluster"
-            )));
+        // Newest first, per export.
+        let mut mine: BTreeMap<&str, Vec<&ExportBackup>> = BTreeMap::new();
+        for m in all.iter().filter_map(|(_, m)| m.as_ref().ok()) {
+            if (export.is_empty() || m.export == export) && m.array_id == ours {
+                mine.entry(&m.export).or_default().push(m);
+            }
         }
-        mine.sort_by_key(|m| std::cmp::Reverse(m.finished_ms));
+        if mine.is_empty() {
+            let of = if export.is_empty() {
+                String::new()
+            } else {
+                format!(" of export {export}")
+            };
+            return Err(Error::NotFound(format!("{spec} holds no backup{of} from this cluster")));
+        }
         let mut reply = PruneBackupsReply::default();
         let mut dropped = BTreeSet::new();
-        for m in mine.iter().skip(keep as usize) {
-            target.delete(&archive::manifest_name(&m.id)).await?;
-            reply.deleted.push(m.id.clone());
-            dropped.insert(m.id.clone());
+        for backups in mine.values_mut() {
+            backups.sort_by_key(|m| std::cmp::Reverse(m.finished_ms));
+            for m in backups.iter().skip(keep as usize) {
+                target.delete(&archive::manifest_name(&m.id)).await?;
+                reply.deleted.push(m.id.clone());
+                dropped.insert(m.id.clone());
+            }
+            reply
+                .kept
+                .extend(backups.iter().take(keep as usize).map(|m| m.id.clone()));
         }
-        reply.kept = mine.iter().take(keep as usize).map(|m| m.id.clone()).collect();
         target.sweep_temporaries(archive::CHUNKS, STALE_TEMPORARY).await?;
         if all.iter().any(|(_, m)| m.is_err()) {
             tracing::warn!(

@@ -170,9 +170,16 @@ mod tests {
             c.job.as_mut().unwrap().export = "nope".into();
         }
         rejected_with(&mut t, other, RejectKind::NotFound, "does not exist");
+        rejected_with(
+            &mut t,
+            job("new", BackupJobState::BackupDone, 1),
+            RejectKind::FailedPrecondition,
+            "never ran",
+        );
         for i in 0..MAX_FINISHED_JOBS as u64 + 5 {
-            t.apply(&job(&format!("j{i}"), BackupJobState::BackupDone, 10 + i))
-                .unwrap();
+            let id = format!("j{i}");
+            t.apply(&job(&id, BackupJobState::BackupRunning, 10 + i)).unwrap();
+            t.apply(&job(&id, BackupJobState::BackupDone, 10 + i)).unwrap();
         }
         t.apply(&job("live", BackupJobState::BackupRunning, 0)).unwrap();
         assert_eq!(t.backup_jobs.len(), MAX_FINISHED_JOBS + 1);
