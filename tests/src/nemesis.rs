@@ -328,23 +328,36 @@ async fn final_copies_agree(c: &TestCluster) -> anyhow::Result<Vec<String>> {
     .await?;
     let mut divergent = Vec::new();
     for n in &c.nodes {
+        // What the CHN answered last, to say how it differs.
+        let last = std::sync::Mutex::new(String::new());
         let same = crate::wait_until(
             &format!("{}'s copy to catch up", n.name),
             Duration::from_secs(20),
             || async {
-                let mine = c
-                    .admin(&n.name)
-                    .list_probes(ListRequest { local: true })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .probes;
-                (mine == truth).then_some(())
+                let answer = c.admin(&n.name).list_probes(ListRequest { local: true }).await;
+                let mine = match answer {
+                    Ok(r) => r.into_inner().probes,
+                    Err(s) => {
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = format!("the local read failed: {s}");
+                        return None;
+                    }
+                };
+                if mine == truth {
+                    return Some(());
+                }
+                let differing = truth.iter().filter(|p| !mine.contains(p)).count();
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = format!(
+                    "{} probes against {}, {differing} missing or older",
+                    mine.len(),
+                    truth.len()
+                );
+                None
             },
         )
         .await;
         if same.is_err() {
-            divergent.push(n.name.clone());
+            let why = last.into_inner().unwrap_or_else(|p| p.into_inner());
+            divergent.push(format!("{} ({why})", n.name));
         }
     }
     Ok(divergent)

@@ -45,6 +45,9 @@ pub async fn run(this: ExportBackups) {
                 .collect()
         });
         for s in due {
+            if crate::rt::lock(&this.ctx.busy).contains(&s.export) {
+                continue;
+            }
             let wait = Duration::from_secs(s.every_s).min(RETRY);
             if tried.get(&s.export).is_some_and(|at| at.elapsed() < wait) {
                 continue;
