@@ -119,6 +119,10 @@ pub struct Settings {
     /// it, so on few cores fewer threads commit more.
     #[arg(long, env = "NASD_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line, fields included) for log shippers [default: text].
+    #[arg(long, env = "NASD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Audit records the shared LU keeps (the oldest go first) [default: 10000].
     #[arg(long, env = "NASD_AUDIT_KEEP")]
     pub audit_keep: Option<u64>,
@@ -160,6 +164,15 @@ pub enum Tls {
     Files { cert: PathBuf, key: PathBuf, ca: PathBuf },
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -179,6 +192,7 @@ pub struct Config {
     pub failover: FailoverSettings,
     /// Threads of the async runtime.
     pub worker_threads: usize,
+    pub log_format: LogFormat,
     pub tls: Tls,
     pub audit: crate::chn::audit::Retention,
     /// How often the leader copies a changed shared LU to its backup.
@@ -224,6 +238,7 @@ impl Settings {
             giveback_after_s: self.giveback_after_s.or(file.giveback_after_s),
             session_ttl_s: self.session_ttl_s.or(file.session_ttl_s),
             worker_threads: self.worker_threads.or(file.worker_threads),
+            log_format: self.log_format.or(file.log_format),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             tls_ca: self.tls_ca.or(file.tls_ca),
@@ -367,6 +382,7 @@ impl Settings {
                 giveback_after: merged.giveback_after_s.filter(|&s| s > 0).map(Duration::from_secs),
             },
             worker_threads,
+            log_format: merged.log_format.unwrap_or_default(),
         })
     }
 }

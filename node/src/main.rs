@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use nasd::config::Settings;
+use nasd::config::{LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc malloc: every admin command allocates a few
@@ -16,13 +16,17 @@ use tracing_subscriber::EnvFilter;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in log files and `docker logs`.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cfg = Settings::parse().resolve()?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        // Colour codes only for a person at a terminal, not in log files and `docker logs`.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let mut runtime = match cfg.worker_threads {
         // One thread needs no work stealing; and unlike a one-worker
         // multi-thread runtime it runs woken tasks in order, so the replies

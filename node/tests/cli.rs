@@ -61,3 +61,59 @@ fn a_busy_port_is_an_error_not_a_hang() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_their_fields() {
+    use std::io::BufRead;
+    let out = nasd(&["--log-format", "yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("text") && err.contains("json"),
+        "{err}"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nasd"))
+        .args(["--insecure", "--name", "CHN7", "--log-format", "json", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nasd");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let serving = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("nasd wrote no `CHN serving` line within 60 s");
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        if v["fields"]["message"] == "CHN serving" {
+            break v;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(serving["level"], "INFO", "{serving}");
+    assert_eq!(
+        serving["fields"]["name"], "CHN7",
+        "the CHN is a field of its own: {serving}"
+    );
+    assert!(serving["timestamp"].is_string(), "{serving}");
+}

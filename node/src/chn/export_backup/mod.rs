@@ -196,7 +196,7 @@ impl ExportBackups {
             let taken = take::take(&ctx, &job, plan).await;
             let outcome = match &taken {
                 Ok(m) => Ok(format!(
-                    "{} files, {} bytes; {} bytes sent ({} new of {} chunks)",
+                    "{} files and directories, {} bytes; {} bytes sent ({} new of {} chunks)",
                     m.entries.len(),
                     m.bytes,
                     m.sent_bytes,
