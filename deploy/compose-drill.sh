@@ -2,7 +2,7 @@
 # plumbing both drills share. The caller sets `keep` (1: leave the cluster
 # running) and `drill` (its name, for messages), and has cd'ed to deploy/.
 # Defines say, die, compose, ctl (nasctl in the client container), now_ms,
-# wait_until, healthy, owner and start_cluster; makes the work folder the
+# wait_until, healthy, ready, owner and start_cluster; makes the work folder the
 # client container shares ($work) and tears everything down at exit.
 
 if [ -z "${COMPOSE:-}" ]; then
@@ -60,6 +60,8 @@ wait_until() {
     done
 }
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q "$1")" 2>/dev/null)" = healthy ]; }
+# Ready, not merely running: the CHN has a quorum and its exports are open.
+ready() { compose exec -T "$1" nasctl health --ready >/dev/null 2>&1; }
 # The CHN serving $NAS_EXPORT, from the service table.
 owner() { ctl --json export list | tr -d ' \n' | grep -o "{[^}]*\"export\":\"${NAS_EXPORT:-home}\"[^}]*}" | grep -o '"owner_chn":"[^"]*"' | cut -d'"' -f4; }
 
@@ -73,4 +75,7 @@ start_cluster() {
     rc=$(timeout 300 docker wait "$setup_cid") || die "setup did not finish in 300 s: $(docker logs --tail 20 "$setup_cid" 2>&1)"
     [ "$rc" = 0 ] || die "setup failed (exit $rc): $(docker logs --tail 20 "$setup_cid" 2>&1)"
     say "setup done: $(docker logs "$setup_cid" 2>/dev/null | tail -n1)"
+    for svc in chn1 chn2 chn5; do
+        wait_until 60 ready "$svc" || die "$svc is not ready (quorum, exports open) 60 s after setup"
+    done
 }

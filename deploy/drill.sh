@@ -75,7 +75,7 @@ for run in $(seq 1 "$runs"); do
 
     say "run $run: starting $svc again"
     compose start "$svc" >/dev/null 2>&1
-    wait_until 120 healthy "$svc" || die "$svc did not come back healthy: $(docker logs --tail 20 "$victim" 2>&1)"
+    wait_until 120 ready "$svc" || die "$svc did not come back ready: $(docker logs --tail 20 "$victim" 2>&1)"
     now=$(owner)
     if [ "${NAS_GIVEBACK_AFTER_S:-0}" -gt 0 ]; then
         back() { [ "$(owner)" = "$chn" ]; }

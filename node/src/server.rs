@@ -125,7 +125,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("cannot build the gRPC reflection service")?;
-    health.set_serving::<AdminServer<AdminService>>().await;
+    // Liveness ("") is SERVING while the process runs; each service is
+    // SERVING only while this CHN is ready for it (chn::readiness).
+    health.set_not_serving::<AdminServer<AdminService>>().await;
 
     let heartbeat = tokio::spawn(crate::chn::heartbeat::report_loop(
         lu.clone(),
@@ -150,6 +152,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     let failover = crate::chn::failover::Failover::new(lu.clone(), host.clone(), exports.clone(), cfg.failover.clone());
     let failover_task = tokio::spawn(failover.clone().run());
     let (export_backups, schedule_task) = crate::chn::export_backup::ExportBackups::new(lu.clone(), exports.clone());
+    let (mut readiness, judge_task) = crate::chn::readiness::watch(lu.clone(), exports.clone(), host.clone());
+    let judge_task = tokio::spawn(judge_task);
     let schedule_task = tokio::spawn(schedule_task);
     let nas = NasServer::new(NasService {
         shared: lu.clone(),
@@ -160,7 +164,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
-    health.set_serving::<NasServer<NasService>>().await;
+    health.set_not_serving::<NasServer<NasService>>().await;
     let admin = AdminServer::new(AdminService {
         lu: lu.clone(),
         access: access.clone(),
@@ -205,6 +209,22 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
             let _ = fatal_tx.send(Some(why));
         })
     };
+    let report_readiness = {
+        let (health, fatal) = (health.clone(), fatal_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                let now = readiness.borrow_and_update().clone();
+                if fatal.borrow().is_some() {
+                    return;
+                }
+                set_health::<AdminServer<AdminService>>(&health, now.admin.is_none()).await;
+                set_health::<NasServer<NasService>>(&health, now.nas.is_none()).await;
+                if readiness.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let shutdown = {
         let mut fatal = fatal_rx.clone();
         async move {
@@ -247,6 +267,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .await;
 
     watch_raft.abort();
+    report_readiness.abort();
+    judge_task.abort();
     audit_task.abort();
     // What the last quarter second recorded.
     if tokio::time::timeout(std::time::Duration::from_secs(2), auditor.flush())
@@ -276,4 +298,12 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     }
     tracing::info!(name = %cfg.name, "CHN stopped");
     Ok(())
+}
+
+async fn set_health<S: tonic::server::NamedService>(health: &tonic_health::server::HealthReporter, ready: bool) {
+    if ready {
+        health.set_serving::<S>().await;
+    } else {
+        health.set_not_serving::<S>().await;
+    }
 }

@@ -43,3 +43,69 @@ async fn d_a_partitioned_owner_is_fenced_and_service_moves() {
     let scrub = ok(c.nasctl(&["--json", "lu", "scrub", "1"]));
     assert!(scrub.contains(" 0 with a damaged or inconsistent block"), "{scrub}");
 }
+
+/// The file service's readiness as CHN `name` reports it: `Some(true)`
+/// SERVING, `Some(false)` anything else, `None` when it does not answer.
+async fn nas_ready(c: &TestCluster, name: &str) -> Option<bool> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let mut client = HealthClient::new(c.channel(name));
+    let asked = client.check(HealthCheckRequest {
+        service: "nas.v1.Nas".into(),
+    });
+    let reply = tokio::time::timeout(Duration::from_millis(500), asked)
+        .await
+        .ok()?
+        .ok()?;
+    Some(reply.into_inner().status == ServingStatus::Serving as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chn_cut_off_from_the_majority_is_not_ready_within_2_s_and_ready_again_after() -> anyhow::Result<()> {
+    let c = TestCluster::up_netns(3)?;
+    c.with_exports();
+    // A session on each export: both are open on CHN1 before it is judged.
+    for export in ["home", "small"] {
+        c.nas("alice", export).await?.stat("/").await?;
+    }
+    for name in ["CHN1", "CHN3"] {
+        wait_until(&format!("{name} to be ready"), Duration::from_secs(30), || async {
+            (nas_ready(&c, name).await == Some(true)).then_some(())
+        })
+        .await?;
+    }
+    // `health --ready` says the same for both services, in one command.
+    let addr = c.node("CHN1").addr.clone();
+    ok(c.nasctl(&["health", "--ready", "--addr", &addr]));
+
+    // CHN1 (owner of the exports) loses the majority; the test still reaches it.
+    c.drop_packets("CHN1", "CHN2", true)?;
+    c.drop_packets("CHN1", "CHN3", true)?;
+    let cut = std::time::Instant::now();
+    wait_until("CHN1 to turn NOT_SERVING", Duration::from_secs(10), || async {
+        (nas_ready(&c, "CHN1").await == Some(false)).then_some(())
+    })
+    .await?;
+    let took = cut.elapsed();
+    eprintln!("CHN1 turned NOT_SERVING {took:?} after it lost the majority");
+    assert!(took <= Duration::from_secs(2), "NOT_SERVING after {took:?}");
+    let out = c.nasctl(&["health", "--ready", "--addr", &addr]);
+    assert!(!out.status.success(), "--ready passed on a CHN without a quorum");
+    // The majority elects a leader among itself and is ready again.
+    wait_until(
+        "CHN3, on the majority side, to be ready",
+        Duration::from_secs(30),
+        || async { (nas_ready(&c, "CHN3").await == Some(true)).then_some(()) },
+    )
+    .await?;
+
+    c.drop_packets("CHN1", "CHN2", false)?;
+    c.drop_packets("CHN1", "CHN3", false)?;
+    wait_until("CHN1 to be ready again", Duration::from_secs(30), || async {
+        c.nasctl(&["health", "--ready", "--addr", &addr])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -14,6 +14,7 @@ pub mod exports;
 pub mod failover;
 pub mod heartbeat;
 pub mod lu_host;
+pub mod readiness;
 pub mod sessions;
 pub mod state_backup;
 

@@ -439,11 +439,21 @@ pub(crate) async fn health(
             "{}",
             json!({"address": addr, "service": service, "status": status.as_str_name()})
         );
-    } else {
+    } else if service.is_empty() {
         outln!("{addr}: {}", status.as_str_name());
+    } else {
+        outln!("{addr} {service}: {}", status.as_str_name());
     }
     if status != ServingStatus::Serving {
-        bail!("{addr} is not serving ({})", status.as_str_name());
+        let what = if service.is_empty() {
+            String::new()
+        } else {
+            format!(" {service}")
+        };
+        bail!(
+            "{addr}{what} is not serving ({}); its log says why (\"readiness changed\")",
+            status.as_str_name()
+        );
     }
     Ok(())
 }

@@ -161,14 +161,20 @@ enum Cmd {
     #[command(subcommand)]
     Failover(failover::FailoverCmd),
     /// Ask one nasd's standard gRPC health service whether it serves
-    /// (exit 0) or not (exit 1): the container HEALTHCHECK.
+    /// (exit 0) or not (exit 1). Plain `health` is liveness (the process
+    /// runs: the container HEALTHCHECK); `--ready` is readiness: the CHN
+    /// has a quorum (nas.v1.Admin) and every export it owns is open and
+    /// unfenced (nas.v1.Nas).
     Health {
         /// The nasd [default: the local one at $NASD_LISTEN, else 127.0.0.1:7000].
         #[arg(long)]
         addr: Option<String>,
         /// The service to ask about ("" is the whole server; nas.v1.Nas the file service).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "ready")]
         service: String,
+        /// Ready for both services, not merely running.
+        #[arg(long)]
+        ready: bool,
     },
     /// Break a file lock as operator: every holder's, or one session's.
     Unlock {
@@ -247,8 +253,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let transport = transport(&cli);
     match cli.command {
         Cmd::Cluster(cmd) => cluster::run(cmd, conn, transport, json).await,
-        Cmd::Health { addr, service } => {
-            cluster::health(addr.as_deref(), &service, cli.ca.as_deref(), cli.insecure, json).await
+        Cmd::Health { addr, service, ready } => {
+            let services = if ready {
+                vec!["nas.v1.Admin".to_string(), "nas.v1.Nas".to_string()]
+            } else {
+                vec![service]
+            };
+            for s in &services {
+                cluster::health(addr.as_deref(), s, cli.ca.as_deref(), cli.insecure, json).await?;
+            }
+            Ok(())
         }
         Cmd::SharedLu(cmd) => shared_lu::run_shared_lu(&conn?, cmd, json).await,
         Cmd::Path(cmd) => shared_lu::run_path(&conn?, cmd, json).await,
