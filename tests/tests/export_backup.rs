@@ -99,6 +99,14 @@ fn same_tree(got: &Tree, want: &Tree, what: &str) {
     }
 }
 
+/// `nasctl [--json] backup restore ID --target TARGET --to-export EXPORT MORE...`.
+fn restore(c: &TestCluster, json: bool, id: &str, target: &str, export: &str, more: &[&str]) -> std::process::Output {
+    let mut args = if json { vec!["--json"] } else { vec![] };
+    args.extend(["backup", "restore", id, "--target", target, "--to-export", export]);
+    args.extend(more);
+    c.nasctl(&args)
+}
+
 fn target_arg(dir: &Path) -> String {
     dir.display().to_string()
 }
@@ -172,43 +180,14 @@ async fn a_backup_is_incremental_verified_and_restored_whole_and_damage_is_named
 
     // The first backup, restored into a new export on LU 2, is the tree
     // as it was: bytes, modes, owners and update times.
-    let r = json(c.nasctl(&[
-        "--json",
-        "backup",
-        "restore",
-        &ids[0],
-        "--target",
-        &target,
-        "--to-export",
-        "home2",
-        "--lu",
-        "2",
-    ]));
+    let r = json(restore(&c, true, &ids[0], &target, "home2", &["--lu", "2"]));
     assert_eq!(r["state"], "DONE", "{r}");
     let nas2 = c.nas("alice", "home2").await?;
     same_tree(&snapshot_of(&nas2, "/").await?, &before, "the restored first backup");
     // Onto an export that has files: refused without --force.
-    let e = failed(c.nasctl(&[
-        "backup",
-        "restore",
-        &ids[1],
-        "--target",
-        &target,
-        "--to-export",
-        "home2",
-    ]));
+    let e = failed(restore(&c, false, &ids[1], &target, "home2", &[]));
     assert!(e.contains("holds files") && e.contains("--force"), "{e}");
-    let r = json(c.nasctl(&[
-        "--json",
-        "backup",
-        "restore",
-        &ids[1],
-        "--target",
-        &target,
-        "--to-export",
-        "home2",
-        "--force",
-    ]));
+    let r = json(restore(&c, true, &ids[1], &target, "home2", &["--force"]));
     assert_eq!(r["state"], "DONE", "{r}");
     same_tree(
         &snapshot_of(&nas2, "/").await?,
@@ -216,20 +195,14 @@ async fn a_backup_is_incremental_verified_and_restored_whole_and_damage_is_named
         "the second backup restored with --force",
     );
     // One directory of it into an empty export.
-    let r = json(c.nasctl(&[
-        "--json",
-        "backup",
-        "restore",
+    let r = json(restore(
+        &c,
+        true,
         &ids[1],
-        "--target",
         &target,
-        "--to-export",
         "docs",
-        "--lu",
-        "3",
-        "--path",
-        "/docs",
-    ]));
+        &["--lu", "3", "--path", "/docs"],
+    ));
     assert_eq!(r["state"], "DONE", "{r}");
     let nas3 = c.nas("alice", "docs").await?;
     let docs = snapshot_of(&nas3, "/docs").await?;
@@ -266,16 +239,7 @@ async fn a_backup_is_incremental_verified_and_restored_whole_and_damage_is_named
     let chunks = tape.join("chunks").display().to_string();
     let e = failed(c.nasctl(&["backup", "verify", &ids[1], "--target", &target]));
     assert!(e.contains(&chunks) && e.contains("is damaged"), "{e}");
-    let e = failed(c.nasctl(&[
-        "backup",
-        "restore",
-        &ids[1],
-        "--target",
-        &target,
-        "--to-export",
-        "docs",
-        "--force",
-    ]));
+    let e = failed(restore(&c, false, &ids[1], &target, "docs", &["--force"]));
     assert!(e.contains(&chunks) && e.contains("docs is incomplete"), "{e}");
 
     // A truncated manifest: listed as damaged, refused by name.
@@ -414,19 +378,14 @@ async fn a_killed_backup_or_restore_is_marked_failed_never_listed_and_a_rerun_co
 
     // kill -9 of the CHN running a restore: the export is marked
     // incomplete; the same restore again completes it.
-    let started = json(c.nasctl(&[
-        "--json",
-        "backup",
-        "restore",
+    let started = json(restore(
+        &c,
+        true,
         &whole_id,
-        "--target",
         &target,
-        "--to-export",
         "home2",
-        "--lu",
-        "2",
-        "--no-wait",
-    ]));
+        &["--lu", "2", "--no-wait"],
+    ));
     let runner = started["chn"].as_str().unwrap_or("").to_string();
     c.kill9(&runner);
     let ended = failed_job(&c, "home2", started["id"].as_str().unwrap_or("")).await?;
@@ -434,16 +393,7 @@ async fn a_killed_backup_or_restore_is_marked_failed_never_listed_and_a_rerun_co
         ended["message"].as_str().unwrap_or("").contains("home2 is incomplete"),
         "{ended}"
     );
-    let again = json(c.nasctl(&[
-        "--json",
-        "backup",
-        "restore",
-        &whole_id,
-        "--target",
-        &target,
-        "--to-export",
-        "home2",
-    ]));
+    let again = json(restore(&c, true, &whole_id, &target, "home2", &[]));
     assert_eq!(again["state"], "DONE", "{again}");
     let home = snapshot_of(&c.nas("alice", "home").await?, "/").await?;
     same_tree(
@@ -541,31 +491,9 @@ async fn backups_go_to_a_real_s3_server_and_another_clusters_backup_needs_force(
     setup_with(&b, None);
     let listed = json(b.nasctl(&["--json", "backup", "list", "--target", target]));
     assert_eq!(listed["backups"][0]["note"], "from another cluster", "{listed}");
-    let e = failed(b.nasctl(&[
-        "backup",
-        "restore",
-        &id,
-        "--target",
-        target,
-        "--to-export",
-        "copy",
-        "--lu",
-        "2",
-    ]));
+    let e = failed(restore(&b, false, &id, target, "copy", &["--lu", "2"]));
     assert!(e.contains("another cluster") && e.contains("--force"), "{e}");
-    let r = json(b.nasctl(&[
-        "--json",
-        "backup",
-        "restore",
-        &id,
-        "--target",
-        target,
-        "--to-export",
-        "copy",
-        "--lu",
-        "2",
-        "--force",
-    ]));
+    let r = json(restore(&b, true, &id, target, "copy", &["--lu", "2", "--force"]));
     assert_eq!(r["state"], "DONE", "{r}");
     same_tree(
         &snapshot_of(&b.nas("alice", "copy").await?, "/").await?,
