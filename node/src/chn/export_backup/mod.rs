@@ -55,10 +55,19 @@ fn root() -> Caller {
     }
 }
 
-/// A job id from `what` and the time: `home-20261128T013543.123Z`.
+/// A job id from `what` and the time: `home-20261128T013543.123Z`. Ids
+/// of one export sort like their times.
 fn job_id(what: &str) -> String {
     let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     format!("{what}-{}", stamp.replace([':', '-'], ""))
+}
+
+/// Whether `id` is a job id `job_id(export)` made (so not one of export
+/// `home-2` when `export` is `home`).
+fn id_of_export(id: &str, export: &str) -> bool {
+    id.strip_prefix(export)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|stamp| stamp.len() == 20 && stamp.as_bytes().get(8) == Some(&b'T') && stamp.ends_with('Z'))
 }
 
 fn target(spec: &str) -> Result<Arc<Target>, Error> {
@@ -525,5 +534,19 @@ struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         lock(&self.ctx.busy).remove(&self.export);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{id_of_export, job_id};
+
+    #[test]
+    fn a_job_id_names_its_export_and_no_other() {
+        let id = job_id("home");
+        assert!(id_of_export(&id, "home"), "{id}");
+        assert!(!id_of_export(&job_id("home-2"), "home"));
+        assert!(!id_of_export(&id, "hom"));
+        assert!(!id_of_export("home-latest", "home"));
     }
 }

@@ -84,7 +84,7 @@ pub async fn take(ctx: &Ctx, job: &Job, plan: Plan) -> Result<ExportBackup, Erro
             uid: u.uid,
         })
         .collect();
-    let mut manifest = ExportBackup {
+    let manifest = ExportBackup {
         id: row.id.clone(),
         export: row.export.clone(),
         array_id: ctx.lu.array_id(),
@@ -103,10 +103,9 @@ pub async fn take(ctx: &Ctx, job: &Job, plan: Plan) -> Result<ExportBackup, Erro
         new_chunks: counts.new_chunks,
         longest_pause_us: pause_us,
     };
-    let sealed = archive::seal_manifest(&manifest);
-    manifest.sent_bytes += sealed.len() as u64;
-    let sealed = archive::seal_manifest(&manifest);
-    plan.target.put(&archive::manifest_name(&row.id), sealed).await?;
+    plan.target
+        .put(&archive::manifest_name(&row.id), archive::seal_manifest(&manifest))
+        .await?;
     Ok(manifest)
 }
 
@@ -327,18 +326,28 @@ fn same_file(before: &BackupEntry, now: &BackupEntry) -> bool {
 }
 
 /// The files of the newest backup of `export` on the target that this
-/// cluster took, by path: what need not be read again if unchanged.
+/// cluster took, by path: what need not be read again if unchanged. Backup
+/// ids end in their start time, so only the newest manifests are read.
 async fn unchanged_since(ctx: &Ctx, target: &Target, export: &str) -> Result<HashMap<String, BackupEntry>, Error> {
     let array = ctx.lu.array_id();
-    let newest = super::manifests(target)
+    let mut ids: Vec<String> = target
+        .list_under(archive::BACKUPS)
         .await?
-        .into_iter()
-        .filter_map(|(_, m)| m.ok())
-        .filter(|m| m.export == export && m.array_id == array)
-        .max_by_key(|m| m.finished_ms);
-    Ok(newest
-        .map(|m| m.entries.into_iter().map(|e| (e.path.clone(), e)).collect())
-        .unwrap_or_default())
+        .iter()
+        .filter_map(|o| archive::manifest_id(&o.name))
+        .filter(|id| super::id_of_export(id, export))
+        .map(str::to_string)
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    for id in ids {
+        // A damaged manifest, or another cluster's: try the one before.
+        if let Ok(m) = super::manifest(target, &id).await {
+            if m.export == export && m.array_id == array {
+                return Ok(m.entries.into_iter().map(|e| (e.path.clone(), e)).collect());
+            }
+        }
+    }
+    Ok(HashMap::new())
 }
 
 fn entry(path: &str, inode: &crate::fs::Inode) -> BackupEntry {
