@@ -75,6 +75,8 @@ admin_methods! {
         set_password(SetPasswordRequest) -> WriteReply;
         /// A page of the audit log.
         list_audit(AuditRequest) -> AuditList;
+        /// A page of the event log.
+        list_events(EventsRequest) -> EventList;
         init_shared_lu(InitSharedLuRequest) -> WriteReply;
         /// A copy of the shared LU in its backup location, written now.
         backup_shared_lu(BackupSharedLuRequest) -> BackupSharedLuReply;

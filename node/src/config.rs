@@ -3,6 +3,7 @@
 //!
 //! Owns parsing and validation only; it must never start anything.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -153,6 +154,31 @@ pub struct Settings {
     /// service. For debugging only.
     #[arg(long, env = "NASD_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
+    /// Address of this CHN's web port: Prometheus metrics at /metrics and
+    /// the status page at /, over HTTPS with the CHN's certificate (HTTP
+    /// with --insecure), for users with the viewer role or above. Off
+    /// unless given, e.g. 127.0.0.1:9101.
+    #[arg(long, env = "NASD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Events the shared LU keeps (the oldest go first) [default: 5000].
+    #[arg(long, env = "NASD_EVENT_KEEP")]
+    pub event_keep: Option<u64>,
+    /// Days an event is kept at most [default: 30].
+    #[arg(long, env = "NASD_EVENT_MAX_AGE_DAYS")]
+    pub event_max_age_days: Option<u64>,
+    /// Program run for every event this CHN records, with the event as one
+    /// JSON object on its stdin (like CTDB's notify script). It runs
+    /// after the change, never delays it, and is killed after
+    /// --event-hook-timeout-ms.
+    #[arg(long, env = "NASD_EVENT_HOOK")]
+    pub event_hook: Option<PathBuf>,
+    /// How long the event hook may run, in milliseconds [default: 5000].
+    #[arg(long, env = "NASD_EVENT_HOOK_TIMEOUT_MS")]
+    pub event_hook_timeout_ms: Option<u64>,
+    /// URL to POST every event this CHN records to, as JSON (http:// or
+    /// https://); retried with backoff from a bounded queue.
+    #[arg(long, env = "NASD_EVENT_WEBHOOK")]
+    pub event_webhook: Option<String>,
 }
 
 /// How this CHN secures its port.
@@ -197,6 +223,43 @@ pub struct Config {
     pub audit: crate::chn::audit::Retention,
     /// How often the leader copies a changed shared LU to its backup.
     pub shared_lu_backup_every: Option<Duration>,
+    /// Where metrics and the status page are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    pub events: crate::chn::events::EventSettings,
+}
+
+fn events_settings(s: &Settings) -> anyhow::Result<crate::chn::events::EventSettings> {
+    let keep = s.event_keep.unwrap_or(5000);
+    if !(10..=1_000_000).contains(&keep) {
+        bail!("--event-keep must be between 10 and 1000000 events");
+    }
+    let days = s.event_max_age_days.unwrap_or(30);
+    if days == 0 {
+        bail!("--event-max-age-days must be above 0");
+    }
+    if let Some(hook) = &s.event_hook {
+        use std::os::unix::fs::PermissionsExt;
+        let meta =
+            std::fs::metadata(hook).with_context(|| format!("--event-hook {}: no such program", hook.display()))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            bail!(
+                "--event-hook {} is not an executable file (chmod +x it)",
+                hook.display()
+            );
+        }
+    }
+    if let Some(url) = &s.event_webhook {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--event-webhook {url} must be an http:// or https:// URL");
+        }
+    }
+    Ok(crate::chn::events::EventSettings {
+        keep,
+        max_age: Duration::from_secs(days * 86_400),
+        hook: s.event_hook.clone(),
+        hook_timeout: Duration::from_millis(s.event_hook_timeout_ms.unwrap_or(5000).max(1)),
+        webhook: s.event_webhook.clone(),
+    })
 }
 
 /// A rate in MB/s as bytes per second; 0 or none: no limit.
@@ -246,6 +309,12 @@ impl Settings {
             audit_keep: self.audit_keep.or(file.audit_keep),
             audit_max_age_days: self.audit_max_age_days.or(file.audit_max_age_days),
             shared_lu_backup_every_s: self.shared_lu_backup_every_s.or(file.shared_lu_backup_every_s),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            event_keep: self.event_keep.or(file.event_keep),
+            event_max_age_days: self.event_max_age_days.or(file.event_max_age_days),
+            event_hook: self.event_hook.or(file.event_hook),
+            event_hook_timeout_ms: self.event_hook_timeout_ms.or(file.event_hook_timeout_ms),
+            event_webhook: self.event_webhook.or(file.event_webhook),
         }
     }
 
@@ -260,6 +329,7 @@ impl Settings {
             }
             None => self,
         };
+        let events = events_settings(&merged)?;
         let Some(name) = merged.name else {
             bail!("--name is required (for example --name CHN1)")
         };
@@ -344,7 +414,15 @@ impl Settings {
         if audit_days == 0 {
             bail!("--audit-max-age-days must be above 0");
         }
+        let metrics_listen = match &merged.metrics_listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().with_context(|| {
+                format!("--metrics-listen {a} is not an address with a port, such as 127.0.0.1:9101")
+            })?),
+        };
         Ok(Config {
+            metrics_listen,
+            events,
             audit: crate::chn::audit::Retention {
                 keep: audit_keep,
                 max_age: Duration::from_secs(audit_days * 86_400),

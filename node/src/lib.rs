@@ -18,3 +18,5 @@ pub mod rt;
 pub mod server;
 pub mod service;
 pub mod shared_lu;
+pub mod telemetry;
+pub mod web;

@@ -32,8 +32,12 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot listen on {addr} (tried for 5 s); is another nasd using it?"))
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot listen on {addr}, port {} (tried for 5 s); is another program using it?",
+                        addr.port()
+                    )
+                })
             }
         }
     }
@@ -58,15 +62,16 @@ fn read_pem(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
-/// The server's TLS settings and the transport its own calls to other
-/// CHNs use (presenting the same certificate).
-fn tls(cfg: &Tls) -> anyhow::Result<(Option<tonic::transport::ServerTlsConfig>, Transport)> {
+/// The server's TLS settings, the transport its own calls to other
+/// CHNs use (presenting the same certificate), and the web port's.
+type WebTls = Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>;
+fn tls(cfg: &Tls) -> anyhow::Result<(Option<tonic::transport::ServerTlsConfig>, Transport, WebTls)> {
     let Tls::Files { cert, key, ca } = cfg else {
         tracing::warn!(
             "serving plaintext (--insecure): passwords, tokens and file data cross the network readable, \
              and anyone who reaches this port can call the Raft service; for debugging only"
         );
-        return Ok((None, Transport::Insecure));
+        return Ok((None, Transport::Insecure, None));
     };
     nas_proto::transport::prefer_aes128();
     let (cert, key, ca) = (
@@ -74,6 +79,7 @@ fn tls(cfg: &Tls) -> anyhow::Result<(Option<tonic::transport::ServerTlsConfig>, 
         read_pem("key", key)?,
         read_pem("CA certificate", ca)?,
     );
+    let web = crate::web::tls_config(&cert, &key)?;
     let server = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(&cert, &key))
         .client_ca_root(tonic::transport::Certificate::from_pem(&ca))
@@ -84,7 +90,7 @@ fn tls(cfg: &Tls) -> anyhow::Result<(Option<tonic::transport::ServerTlsConfig>, 
         ca,
         identity: Some((cert, key)),
     });
-    Ok((Some(server), transport))
+    Ok((Some(server), transport, Some(web)))
 }
 
 /// Runs the CHN until `shutdown` completes.
@@ -99,8 +105,16 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .with_context(|| format!("cannot resolve --listen {}", cfg.listen))?
         .next()
         .with_context(|| format!("--listen {} resolves to no address", cfg.listen))?;
-    let (server_tls, transport) = tls(&cfg.tls)?;
+    let (server_tls, transport, web_tls) = tls(&cfg.tls)?;
     let listener = bind(addr).await?;
+    // Bound at start, so that a taken port stops nasd at once, named.
+    let web_port = match cfg.metrics_listen {
+        Some(a) => Some((
+            bind(a).await.context("--metrics-listen (metrics and status page)")?,
+            crate::telemetry::install()?,
+        )),
+        None => None,
+    };
 
     let lu = SharedLu::start(
         cfg.node_id,
@@ -136,8 +150,15 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     ));
     tracing::info!(name = %cfg.name, node_id = cfg.node_id, %addr, data = %cfg.data.display(), "CHN serving");
 
-    let (host, host_task) =
-        crate::chn::lu_host::LuHost::new(lu.clone(), cfg.array.clone(), cfg.lu_lease, cfg.maintenance);
+    let (events, events_task) = crate::chn::events::Events::new(lu.clone(), cfg.events.clone());
+    let events_task = tokio::spawn(events_task);
+    let (host, host_task) = crate::chn::lu_host::LuHost::new(
+        lu.clone(),
+        cfg.array.clone(),
+        cfg.lu_lease,
+        cfg.maintenance,
+        events.clone(),
+    );
     let host_task = tokio::spawn(host_task);
     let access = crate::access::Access::new(lu.clone(), crate::access::Passwords::new()?);
     let (auditor, audit_task) = crate::chn::audit::Auditor::new(lu.clone(), cfg.audit);
@@ -149,8 +170,32 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         crate::chn::state_backup::StateBackup::new(lu.clone(), cfg.array.clone(), cfg.shared_lu_backup_every);
     let backup_task = tokio::spawn(backup_task);
     let exports = crate::chn::exports::Exports::new(lu.clone(), host.clone());
-    let failover = crate::chn::failover::Failover::new(lu.clone(), host.clone(), exports.clone(), cfg.failover.clone());
+    let failover = crate::chn::failover::Failover::new(
+        lu.clone(),
+        host.clone(),
+        exports.clone(),
+        cfg.failover.clone(),
+        events.clone(),
+    );
     let failover_task = tokio::spawn(failover.clone().run());
+    let watch_task = tokio::spawn(crate::chn::events::watch::run(
+        events.clone(),
+        lu.clone(),
+        failover.clone(),
+    ));
+    let web_task = web_port.map(|(listener, metrics)| {
+        crate::web::serve(
+            listener,
+            web_tls.clone(),
+            crate::web::Web {
+                lu: lu.clone(),
+                access: access.clone(),
+                failover: failover.clone(),
+                metrics,
+                tls: web_tls.is_some(),
+            },
+        )
+    });
     let (export_backups, schedule_task) = crate::chn::export_backup::ExportBackups::new(lu.clone(), exports.clone());
     let (mut readiness, judge_task) = crate::chn::readiness::watch(lu.clone(), exports.clone(), host.clone());
     let judge_task = tokio::spawn(judge_task);
@@ -257,6 +302,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .layer(tower::util::MapResponseLayer::new(
             crate::service::status::undecodable_is_invalid_argument,
         ))
+        .layer(tower::util::option_layer(
+            cfg.metrics_listen.map(|_| crate::telemetry::grpc::GrpcMetricsLayer),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -270,12 +318,18 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     report_readiness.abort();
     judge_task.abort();
     audit_task.abort();
+    watch_task.abort();
+    events_task.abort();
+    if let Some(t) = web_task {
+        t.abort();
+    }
     // What the last quarter second recorded.
-    if tokio::time::timeout(std::time::Duration::from_secs(2), auditor.flush())
+    let last = async { tokio::join!(auditor.flush(), events.flush()) };
+    if tokio::time::timeout(std::time::Duration::from_secs(2), last)
         .await
         .is_err()
     {
-        tracing::warn!("the last audit records could not be appended before stopping");
+        tracing::warn!("the last audit records and events could not be appended before stopping");
     }
     // A clean stop leaves clean LUs: nothing to resync at the next open,
     // and a disk missing by then costs nothing.

@@ -28,6 +28,7 @@ pub fn admin_credential() -> Credential {
 }
 
 pub mod bench;
+pub mod browser;
 pub mod linearizability;
 pub mod nemesis;
 pub mod s3;
@@ -100,6 +101,8 @@ where
 pub struct Node {
     pub name: String,
     pub addr: String,
+    /// The status page's URL (metrics at `/metrics`).
+    pub web: String,
 }
 
 /// A local cluster in a temporary folder; stopped (SIGKILL) when dropped.
@@ -211,6 +214,7 @@ impl TestCluster {
             .map(|n| Node {
                 name: n["name"].as_str().unwrap_or_default().into(),
                 addr: n["address"].as_str().unwrap_or_default().into(),
+                web: n["web"].as_str().unwrap_or_default().into(),
             })
             .collect();
         if self.token.is_empty() {

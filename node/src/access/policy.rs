@@ -39,7 +39,8 @@ pub fn admin(method: &str) -> Option<Need> {
         | "SharedLuBackupStatus"
         | "ListSnapshots"
         | "CheckExport"
-        | "ListBackups" => viewer,
+        | "ListBackups"
+        | "ListEvents" => viewer,
         "FailDisk" | "ReplaceDisk" | "RebuildLu" | "ScrubLu" | "MoveExport" | "BreakFileLock" | "WriteProbe"
         | "CreateSnapshot" | "DeleteSnapshot" | "CreateBackup" | "VerifyBackup" | "ScheduleBackup" => operator,
         // A restore writes over an export's files; a prune deletes backups.

@@ -71,7 +71,9 @@ impl Fence {
         if !self.is_tripped() && self.ms(Instant::now()) < self.until_ms.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.trip();
+        if !self.tripped.swap(true, Ordering::AcqRel) {
+            metrics::counter!(crate::telemetry::LU_FENCE_TRIPS, "cause" => "lease ended").increment(1);
+        }
         Err(ArrayError::LeaseLost { lu })
     }
 }

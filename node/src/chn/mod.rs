@@ -9,6 +9,7 @@
 
 pub mod audit;
 mod error;
+pub mod events;
 pub mod export_backup;
 pub mod exports;
 pub mod failover;

@@ -833,18 +833,25 @@ impl admin_server::Admin for AdminService {
         if !r.local {
             self.lu.ensure_current().await?;
         }
-        let limit = if r.limit == 0 { 1000 } else { r.limit.min(10_000) } as usize;
-        let records = self.lu.read(|t| {
-            t.audit
-                .range(r.after_seq.saturating_add(1)..)
-                .map(|(_, rec)| rec)
-                .filter(|rec| rec.time_ms >= r.since_ms)
-                .take(limit)
-                .cloned()
-                .collect()
-        });
+        let records = self
+            .lu
+            .read(|t| log_page(&t.audit, r.after_seq, r.since_ms, r.limit, |a| a.time_ms));
         Ok(Response::new(AuditList {
             records,
+            possibly_stale: r.local,
+        }))
+    }
+
+    async fn list_events(&self, req: Request<EventsRequest>) -> Result<Response<EventList>, Status> {
+        let r = req.into_inner();
+        if !r.local {
+            self.lu.ensure_current().await?;
+        }
+        let events = self
+            .lu
+            .read(|t| log_page(&t.events, r.after_seq, r.since_ms, r.limit, |e| e.time_ms));
+        Ok(Response::new(EventList {
+            events,
             possibly_stale: r.local,
         }))
     }
@@ -1061,4 +1068,22 @@ impl admin_server::Admin for AdminService {
         }))
         .await
     }
+}
+
+/// Rows of a numbered log after `after_seq` and no older than `since_ms`,
+/// oldest first, at most `limit` (1000 when 0, never above 10,000).
+fn log_page<V: Clone>(
+    log: &std::collections::BTreeMap<u64, V>,
+    after_seq: u64,
+    since_ms: u64,
+    limit: u32,
+    time_of: impl Fn(&V) -> u64,
+) -> Vec<V> {
+    let limit = if limit == 0 { 1000 } else { limit.min(10_000) } as usize;
+    log.range(after_seq.saturating_add(1)..)
+        .map(|(_, v)| v)
+        .filter(|v| time_of(v) >= since_ms)
+        .take(limit)
+        .cloned()
+        .collect()
 }

@@ -76,7 +76,7 @@ pub fn source<B>(req: &http::Request<B>) -> Option<SocketAddr> {
     })
 }
 
-fn credential(headers: &http::HeaderMap) -> Result<Option<(String, Option<String>)>, AccessError> {
+pub(crate) fn credential(headers: &http::HeaderMap) -> Result<Option<(String, Option<String>)>, AccessError> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };

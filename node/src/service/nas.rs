@@ -67,6 +67,7 @@ async fn write_pieces(
             () = &mut closed => return Err(moving()),
         };
         let offset = pending.offset;
+        let bytes = pending.data.len() as u64;
         let change = Change::Write {
             ino: handle,
             offset,
@@ -79,6 +80,7 @@ async fn write_pieces(
                     ..ctx.request(change)
                 };
                 let done = ctx.vol.change(last).await.map_err(Status::from)?;
+                metrics::counter!(crate::telemetry::FILE_WRITTEN_BYTES).increment(bytes);
                 *wrote_from = Some(wrote_from.map_or(offset, |w| w.min(offset)));
                 return match done {
                     Outcome::Size(s) => Ok(s),
@@ -93,6 +95,7 @@ async fn write_pieces(
                     ..ctx.request(change)
                 };
                 ctx.vol.change(piece).await.map_err(Status::from)?;
+                metrics::counter!(crate::telemetry::FILE_WRITTEN_BYTES).increment(bytes);
                 *wrote_from = Some(wrote_from.map_or(offset, |w| w.min(offset)));
                 pending = chunk;
             }
@@ -483,9 +486,16 @@ impl Nas for NasService {
             // A client that stops reading must not hold up an unmount.
             let closed = ctx.vol.closed();
             tokio::pin!(closed);
-            let send = |chunk| {
+            let send = |chunk: Result<ReadChunk, Status>| {
                 let tx = tx.clone();
-                async move { tx.send(chunk).await.is_ok() }
+                let bytes = chunk.as_ref().map_or(0, |c| c.data.len() as u64);
+                async move {
+                    let sent = tx.send(chunk).await.is_ok();
+                    if sent {
+                        metrics::counter!(crate::telemetry::FILE_READ_BYTES).increment(bytes);
+                    }
+                    sent
+                }
             };
             let sent = tokio::select! {
                 sent = send(Ok(ReadChunk { data: first.into() })) => sent,

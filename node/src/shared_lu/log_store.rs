@@ -533,7 +533,9 @@ impl Writer {
                 "the Raft log failed earlier ({why}); restart nasd, which replays it up to its last good record"
             )));
         }
+        let started = std::time::Instant::now();
         let result = self.append_unchecked(group);
+        metrics::histogram!(crate::telemetry::RAFT_LOG_APPEND).record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             self.broken = Some(e.to_string());
         }
@@ -576,7 +578,9 @@ impl Writer {
         let mut buf = Vec::new();
         frame(&records, &mut buf)?;
         self.file.write_all(&buf)?;
+        let synced = std::time::Instant::now();
         self.file.sync_data()?;
+        metrics::histogram!(crate::telemetry::RAFT_LOG_FSYNC).record(synced.elapsed().as_secs_f64());
         self.len += buf.len() as u64;
         let purged = records.iter().any(|r| matches!(r, Record::Purged(_)));
         for r in records {
@@ -656,6 +660,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A hint that lets a restarted CHN re-apply committed entries at
         // once; it rides along with the next synced write.
         self.write().committed = committed;
+        metrics::gauge!(crate::telemetry::RAFT_COMMIT_INDEX).set(committed.map_or(0, |c| c.index) as f64);
         *self.hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(Record::Committed(committed));
         Ok(())
     }

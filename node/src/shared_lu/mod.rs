@@ -484,6 +484,7 @@ async fn batch_proposals(raft: Raft, mut queue: mpsc::Receiver<Proposal>, me: No
         let raft = raft.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            crate::telemetry::batch(commands.len());
             let outcome = tokio::time::timeout(
                 timeout,
                 raft.client_write(std::sync::Arc::new(CommandBatch { commands })),

@@ -25,7 +25,7 @@ pub(crate) struct AuditArgs {
     limit: u32,
 }
 
-fn parse_age(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_age(s: &str) -> Result<Duration, String> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = n
         .parse()
@@ -86,26 +86,56 @@ fn print(records: &[AuditRecord], json: bool, header: bool) {
 }
 
 pub(crate) async fn run(c: &Cluster, a: AuditArgs, json: bool) -> anyhow::Result<()> {
-    let since_ms = a.since.map_or(0, |d| {
+    let since_ms = since_ms(a.since);
+    pages(
+        a.follow,
+        a.limit,
+        |after_seq| async move {
+            let req = AuditRequest {
+                local: false,
+                after_seq,
+                since_ms,
+                limit: a.limit,
+            };
+            c.list_audit(req).await.map_err(status_err).map(|l| l.records)
+        },
+        |r| r.seq,
+        |page, header| print(page, json, header),
+    )
+    .await
+}
+
+/// The time `--since AGE` names, as milliseconds since the epoch (0: all).
+pub(crate) fn since_ms(since: Option<Duration>) -> u64 {
+    since.map_or(0, |d| {
         ::nas_client::drill::now_ms().saturating_sub(d.as_millis() as u64)
-    });
+    })
+}
+
+/// Pages through a numbered log (the audit log, the event log), printing
+/// each page; with `follow`, asks for new rows every second until Ctrl-C.
+pub(crate) async fn pages<T, F, Fut>(
+    follow: bool,
+    limit: u32,
+    mut fetch: F,
+    seq: impl Fn(&T) -> u64,
+    mut print: impl FnMut(&[T], bool),
+) -> anyhow::Result<()>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<T>>>,
+{
     let mut after_seq = 0;
     let mut first = true;
     loop {
-        let req = AuditRequest {
-            local: false,
-            after_seq,
-            since_ms,
-            limit: a.limit,
-        };
-        let page = c.list_audit(req).await.map_err(status_err)?.records;
+        let page = fetch(after_seq).await?;
         if let Some(last) = page.last() {
-            after_seq = last.seq;
+            after_seq = seq(last);
         }
-        print(&page, json, first && !a.follow);
+        print(&page, first && !follow);
         first = false;
-        let full = page.len() >= a.limit as usize;
-        if !a.follow && !full {
+        let full = page.len() >= limit as usize;
+        if !follow && !full {
             return Ok(());
         }
         if !full {

@@ -34,6 +34,9 @@ pub struct Layout {
     /// what TLS costs.
     #[serde(default)]
     pub insecure: bool,
+    /// Each CHN's web port (metrics and status page), by CHN name.
+    #[serde(default)]
+    pub web: std::collections::BTreeMap<String, String>,
 }
 
 /// Options of `cluster up`.
@@ -148,6 +151,12 @@ fn find_nasd(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The URL of a CHN's status page, if it serves one.
+fn web_url(layout: &Layout, name: &str) -> Option<String> {
+    let scheme = if layout.insecure { "http" } else { "https" };
+    layout.web.get(name).map(|w| format!("{scheme}://{w}/"))
+}
+
 /// The cluster's certificates: DIR/tls.
 fn cert_dir(dir: &Path) -> CertDir {
     CertDir::new(dir.join("tls"))
@@ -194,6 +203,7 @@ fn spawn_nasd(nasd: &Path, dir: &Path, node: &NodeSpec, layout: &Layout, ns: Opt
         .arg(ndir.join("data"))
         .arg("--array")
         .arg(dir.join("array"))
+        .args(layout.web.get(&node.name).map(|w| format!("--metrics-listen={w}")))
         .args(&layout.nasd_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -245,6 +255,16 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             name: format!("CHN{}", i + 1),
             addr,
         });
+    }
+    for (i, node) in layout.nodes.iter().enumerate() {
+        if !layout.web.contains_key(&node.name) {
+            let web = if layout.netns {
+                format!("{}:9100", net.addr(i).trim_end_matches(":7000"))
+            } else {
+                format!("127.0.0.1:{}", free_port()?)
+            };
+            layout.web.insert(node.name.clone(), web);
+        }
     }
     if let Some(args) = opts.nasd_args {
         layout.nasd_args = args;
@@ -312,7 +332,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         let nodes: Vec<_> = layout
             .nodes
             .iter()
-            .map(|n| serde_json::json!({"name": n.name, "address": n.addr, "pid": running_pid(dir, &n.name), "dir": node_dir(dir, &n.name)}))
+            .map(|n| serde_json::json!({"name": n.name, "address": n.addr, "web": web_url(&layout, &n.name), "pid": running_pid(dir, &n.name), "dir": node_dir(dir, &n.name)}))
             .collect();
         outln!(
             "{}",
@@ -334,6 +354,23 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             pid,
             node_dir(dir, &node.name).display()
         );
+    }
+    if let Some(url) = layout.nodes.first().and_then(|n| web_url(&layout, &n.name)) {
+        outln!(
+            "\nStatus page and Prometheus metrics (/metrics) of each CHN, e.g. {url} (log in as {admin}; {}):",
+            if layout.insecure {
+                "plain HTTP"
+            } else {
+                "TLS, signed by the cluster CA in DIR/tls"
+            }
+        );
+        for node in &layout.nodes {
+            outln!(
+                "  {:<5} {}",
+                node.name,
+                web_url(&layout, &node.name).unwrap_or_default()
+            );
+        }
     }
     outln!("\nNext:");
     outln!("  export $(cat {})", dir.join("cluster.env").display());

@@ -23,6 +23,7 @@ mod backups;
 mod chn;
 mod cluster;
 mod drill;
+mod events;
 mod exports;
 mod failover;
 mod files;
@@ -126,6 +127,10 @@ enum Cmd {
     /// The audit log: every Admin change, every login and every refused
     /// call (who, from where, on which CHN, what, and the answer). Needs admin.
     Audit(audit::AuditArgs),
+    /// The event log: failovers, failed and replaced disks, LU health,
+    /// rebuilds and scrubs, CHNs joining, failing and leaving, leader and
+    /// quorum changes. Needs viewer.
+    Events(events::EventsArgs),
     /// Roles of users on the Admin service: viewer, operator, admin.
     #[command(subcommand)]
     Role(auth::RoleCmd),
@@ -277,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => auth::login(&conn?, user, password_file, Duration::from_secs(hours * 3600), json).await,
         Cmd::Logout => auth::logout(json),
         Cmd::Audit(a) => audit::run(&conn?, a, json).await,
+        Cmd::Events(a) => events::run(&conn?, a, json).await,
         Cmd::Role(cmd) => auth::run_role(&conn?, cmd, json).await,
         Cmd::User(cmd) => users::run(&conn?, cmd, json).await,
         Cmd::Export(cmd) => exports::run(&conn?, cmd, json).await,

@@ -22,6 +22,7 @@ use nas_proto::command::Kind;
 use nas_proto::*;
 use tokio::time::Instant;
 
+use crate::chn::events::{Events, Severity};
 use crate::chn::exports::Exports;
 use crate::chn::lu_host::LuHost;
 use crate::chn::Error;
@@ -38,6 +39,9 @@ pub struct FailoverSettings {
 }
 pub use monitor::Monitor;
 
+/// The reason a giveback gives: its handover is reported as one.
+const GIVEBACK: &str = "automatic giveback";
+
 /// How long a planned move waits for the calls in progress.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -49,12 +53,13 @@ pub struct Failover {
     exports: Exports,
     settings: FailoverSettings,
     monitor: Monitor,
+    events: Events,
     /// Exports whose mount failed, and when to try again.
     retry_mount: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Failover {
-    pub fn new(shared: SharedLu, host: LuHost, exports: Exports, settings: FailoverSettings) -> Self {
+    pub fn new(shared: SharedLu, host: LuHost, exports: Exports, settings: FailoverSettings, events: Events) -> Self {
         let monitor = Monitor::new(shared.clone(), settings.clone());
         Failover {
             shared,
@@ -62,6 +67,7 @@ impl Failover {
             exports,
             settings,
             monitor,
+            events,
             retry_mount: Arc::default(),
         }
     }
@@ -135,19 +141,25 @@ impl Failover {
             if !chosen && !overdue {
                 return None;
             }
-            let reason = if owner.probe_failures >= monitor::PROBE_FAILURES {
-                format!("{} failed {} health probes in a row", e.owner_chn, owner.probe_failures)
+            let (cause, reason) = if owner.probe_failures >= monitor::PROBE_FAILURES {
+                (
+                    "probes",
+                    format!("{} failed {} health probes in a row", e.owner_chn, owner.probe_failures),
+                )
             } else {
-                format!("{}'s heartbeat is {} ms old", e.owner_chn, owner.heartbeat_age_ms)
+                (
+                    "heartbeat",
+                    format!("{}'s heartbeat is {} ms old", e.owner_chn, owner.heartbeat_age_ms),
+                )
             };
             let lease_left = t
                 .lu_locks
                 .get(&e.lu)
                 .filter(|l| l.chn != self.shared.name)
                 .map_or(0, |l| l.lease_expiry_ms.saturating_sub(now_ms()));
-            Some((reason, lease_left))
+            Some((cause, reason, owner.heartbeat_age_ms, lease_left))
         });
-        let Some((reason, lease_left)) = decision else {
+        let Some((cause, reason, heartbeat_age_ms, lease_left)) = decision else {
             return;
         };
         // The tables refuse a takeover before the lease ends; asking early
@@ -163,8 +175,16 @@ impl Failover {
             reason: reason.clone(),
         });
         let detected = self.monitor.failing_since(&e.owner_chn);
+        let asked = Instant::now();
         match self.shared.write(Command { kind: Some(cmd) }).await {
             Ok(r) => {
+                // Without a failed probe, the owner went silent when its
+                // heartbeat stopped.
+                let detection = detected.map_or(Duration::from_millis(heartbeat_age_ms) + asked.elapsed(), |d| {
+                    d.elapsed()
+                });
+                metrics::counter!(crate::telemetry::FAILOVERS, "cause" => cause).increment(1);
+                metrics::histogram!(crate::telemetry::FAILOVER_DETECTION).record(detection.as_secs_f64());
                 tracing::warn!(
                     export = %e.name,
                     from = %e.owner_chn,
@@ -173,9 +193,35 @@ impl Failover {
                     "took the export over: {reason}"
                 );
                 lock(&self.retry_mount).remove(&e.name);
+                let committed = Instant::now();
                 if let Ok(row) = self.exports.export(&e.name).await {
                     self.serve(&row).await;
                 }
+                let takeover = committed.elapsed();
+                if self.exports.is_mounted(&e.name) {
+                    metrics::histogram!(crate::telemetry::FAILOVER_TAKEOVER).record(takeover.as_secs_f64());
+                }
+                self.events.record(
+                    "export.taken_over",
+                    Severity::Warning,
+                    format!(
+                        "{} took export {} over from {}: {reason} (detected in {} ms, served {} ms later)",
+                        self.shared.name,
+                        e.name,
+                        e.owner_chn,
+                        detection.as_millis(),
+                        takeover.as_millis()
+                    ),
+                    &[
+                        ("export", e.name.clone()),
+                        ("from", e.owner_chn.clone()),
+                        ("to", self.shared.name.clone()),
+                        ("cause", cause.to_string()),
+                        ("detection_ms", detection.as_millis().to_string()),
+                        ("takeover_ms", takeover.as_millis().to_string()),
+                        ("epoch", r.assigned.to_string()),
+                    ],
+                );
             }
             Err(s) => tracing::debug!(export = %e.name, "takeover not (yet) possible: {}", s),
         }
@@ -193,7 +239,7 @@ impl Failover {
         }
         let healthy = self.shared.read(|t| !self.monitor.health(t, &e.home_chn).failed);
         if healthy && self.monitor.healthy_for(&e.home_chn) >= after {
-            match self.move_here_to(e, &e.home_chn, "automatic giveback").await {
+            match self.move_here_to(e, &e.home_chn, GIVEBACK).await {
                 Ok(_) => tracing::info!(export = %e.name, to = %e.home_chn, "gave the export back"),
                 Err(s) => tracing::warn!(export = %e.name, "giveback failed: {}", s),
             }
@@ -221,20 +267,41 @@ impl Failover {
             }
         }
         let (name, lu, from) = (e.name.clone(), e.lu, self.shared.name.clone());
-        let to = to.to_string();
-        let reason = reason.to_string();
+        let (to_chn, why) = (to.to_string(), reason.to_string());
         let host = self.host.clone();
         let hand = host.hand_over(lu, move |epoch| Command {
             kind: Some(Kind::HandOverExport(HandOverExport {
                 export: name,
                 from,
                 epoch,
-                to,
+                to: to_chn,
                 now_ms: now_ms(),
-                reason,
+                reason: why,
             })),
         });
+        let started = Instant::now();
         self.exports.unmount_for(&e.name, DRAIN, hand).await?;
+        let (kind, done) = if reason == GIVEBACK {
+            ("export.given_back", "gave export")
+        } else {
+            ("export.moved", "moved export")
+        };
+        self.events.record(
+            kind,
+            Severity::Info,
+            format!(
+                "{} {done} {} to {to} in {} ms: {reason}",
+                self.shared.name,
+                e.name,
+                started.elapsed().as_millis()
+            ),
+            &[
+                ("export", e.name.clone()),
+                ("from", self.shared.name.clone()),
+                ("to", to.to_string()),
+                ("reason", reason.to_string()),
+            ],
+        );
         // The handover was applied on the leader; this CHN may lag it.
         self.shared.ensure_current().await?;
         self.exports.export(&e.name).await

@@ -63,6 +63,9 @@ impl LuHost {
             };
             let result = if scrub {
                 jobs::scrub(&dev, repair, &job.cancel, m.scrub_limit, |p, _| update(p)).map(|r| {
+                    let mut s = lock(&job.state);
+                    (s.damaged, s.lost) = (r.mismatches, r.lost);
+                    drop(s);
                     format!(
                         "checked {} stripes: {} with a damaged or inconsistent block, {} repaired, {} with a block lost (no copy passes its checksum), {} skipped (degraded)",
                         r.stripes_checked, r.mismatches, r.repaired, r.lost, r.skipped
@@ -80,6 +83,7 @@ impl LuHost {
             let mut s = lock(&job.state);
             s.finished = true;
             s.updated_ms = now_ms();
+            s.failed = result.is_err();
             s.result = result.unwrap_or_else(|e| format!("failed: {e}"));
             tracing::info!(lu, "{} finished: {}", s.kind, s.result);
         });

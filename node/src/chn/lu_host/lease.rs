@@ -10,6 +10,7 @@ use nas_proto::*;
 use super::LuHost;
 use crate::array::fence::Fence;
 use crate::array::LuDevice;
+use crate::chn::events::Severity;
 use crate::chn::Error;
 use crate::rt::{lock, now_ms};
 use crate::shared_lu::RejectKind;
@@ -48,7 +49,34 @@ impl LuHost {
     /// Closes an LU whose lock this CHN lost: another CHN may own it by now.
     pub(super) fn close_lost(&self, lu: u32, why: &str) {
         tracing::warn!(lu, "LU lease lost: {why}");
-        self.close(lu, why);
+        metrics::counter!(crate::telemetry::LU_FENCE_TRIPS, "cause" => "lock lost").increment(1);
+        if self.close(lu, why).is_some() {
+            let exports: Vec<String> = self.shared().read(|t| {
+                t.exports
+                    .values()
+                    .filter(|e| e.lu == lu)
+                    .map(|e| e.name.clone())
+                    .collect()
+            });
+            self.inner.events.record(
+                "export.fenced",
+                Severity::Warning,
+                format!(
+                    "{} stopped writing LU {lu} (export {}): {why}",
+                    self.shared().name,
+                    if exports.is_empty() {
+                        "none".to_string()
+                    } else {
+                        exports.join(", ")
+                    }
+                ),
+                &[
+                    ("chn", self.shared().name.clone()),
+                    ("lu", lu.to_string()),
+                    ("export", exports.join(",")),
+                ],
+            );
+        }
     }
 
     /// Flushes `lu` and clears its write-intent bits while this CHN still
@@ -137,14 +165,17 @@ impl LuHost {
                     tracing::warn!(lu, took_ms = sent.elapsed().as_millis() as u64, "slow LU lock renewal");
                 }
                 fence.extend(self.write_deadline(sent).into_std());
+                renewal("ok");
                 Some((sent, epoch))
             }
             Err(Error::SharedLu(e)) if e.is_rejected(RejectKind::LockHeld) => {
+                renewal("refused");
                 fence.trip();
                 self.close_lost(lu, &e.to_string());
                 None
             }
             Err(e) => {
+                renewal("failed");
                 tracing::warn!(lu, "LU lock not renewed: {}", e);
                 None
             }
@@ -170,4 +201,8 @@ impl LuHost {
             tracing::debug!(lu, "lock of a closed LU not released: {}", e);
         }
     }
+}
+
+fn renewal(result: &'static str) {
+    metrics::counter!(crate::telemetry::LU_LEASE_RENEWALS, "result" => result).increment(1);
 }

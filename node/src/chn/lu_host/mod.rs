@@ -74,6 +74,7 @@ struct HostInner {
     opened_before: Mutex<std::collections::HashSet<u32>>,
     opening: tokio::sync::Mutex<()>,
     failures: mpsc::UnboundedSender<u32>,
+    events: crate::chn::events::Events,
 }
 
 /// This CHN's LU host; cheap to clone.
@@ -94,6 +95,7 @@ impl LuHost {
         array_dir: Option<PathBuf>,
         lease: Duration,
         maintenance: Maintenance,
+        events: crate::chn::events::Events,
     ) -> (Self, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let host = Self {
@@ -106,6 +108,7 @@ impl LuHost {
                 opened_before: Mutex::default(),
                 opening: tokio::sync::Mutex::new(()),
                 failures: tx,
+                events,
             }),
         };
         let bg = host.clone().background(rx);

@@ -52,20 +52,15 @@ impl Tables {
             touched.push(RowKey::AuditRecord(next));
             next += 1;
         }
-        let keep = c.keep.clamp(MIN_KEEP, MAX_KEEP) as usize;
-        while self.audit.len() > keep {
-            let Some((seq, _)) = self.audit.pop_first() else { break };
-            touched.push(RowKey::AuditRecord(seq));
-        }
-        if c.max_age_ms > 0 {
-            let oldest = c.now_ms.saturating_sub(c.max_age_ms);
-            while let Some(entry) = self.audit.first_entry() {
-                if entry.get().time_ms >= oldest {
-                    break;
-                }
-                touched.push(RowKey::AuditRecord(entry.remove().seq));
-            }
-        }
+        super::events::trim(
+            &mut self.audit,
+            c.keep.clamp(MIN_KEEP, MAX_KEEP) as usize,
+            c.max_age_ms,
+            c.now_ms,
+            |r| r.time_ms,
+            RowKey::AuditRecord,
+            &mut touched,
+        );
         Ok(Applied::rows(touched))
     }
 }

@@ -15,6 +15,7 @@ mod audit;
 mod backups;
 mod chns;
 mod clients;
+mod events;
 mod locks;
 mod probes;
 mod restore;
@@ -24,6 +25,7 @@ mod users;
 
 pub use super::error::{RejectKind, Rejection};
 pub use audit::MAX_RECORDS_PER_COMMAND as MAX_AUDIT_RECORDS_PER_COMMAND;
+pub use events::MAX_EVENTS_PER_COMMAND;
 
 /// Smallest and largest physical disk the array accepts.
 pub const MIN_DISK_BYTES: u64 = 1 << 20;
@@ -157,6 +159,8 @@ tables! {
     backup_jobs: BackupJob [String] by |r| r.id.clone();
     /// Backup schedules by export.
     backup_schedules: BackupSchedule [String] by |r| r.export.clone();
+    /// The event log by sequence number.
+    events: Event [u64] by |r| r.seq;
 }
 
 fn reject<T>(kind: RejectKind, message: impl Into<String>) -> Result<T, Rejection> {
@@ -241,6 +245,7 @@ impl Tables {
             Kind::SetRole(c) => self.set_role(c),
             Kind::SetClusterKeys(c) => self.set_cluster_keys(c),
             Kind::AppendAudit(c) => self.append_audit(c),
+            Kind::AppendEvents(c) => self.append_events(c),
             Kind::SetPassword(c) => self.set_password(c),
             Kind::RestoreTables(c) => self.restore(c),
             Kind::RecordBackupJob(c) => self.record_backup_job(c),
