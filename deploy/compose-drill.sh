@@ -34,6 +34,10 @@ if [ -z "${NAS_PASSWORD:-}" ]; then
     say "NAS_PASSWORD was unset: this drill's file user gets a random password"
 fi
 
+# The CHNs' web ports on free host ports: a cluster already running on
+# 9101/9102/9105 must not stop the drill's.
+export NAS_WEB_CHN1=${NAS_WEB_CHN1:-127.0.0.1:} NAS_WEB_CHN2=${NAS_WEB_CHN2:-127.0.0.1:} NAS_WEB_CHN5=${NAS_WEB_CHN5:-127.0.0.1:}
+
 # The client container writes here as the nas user (uid 10001).
 work=$(mktemp -d /tmp/nas-drill.XXXXXX)
 chmod 0777 "$work"

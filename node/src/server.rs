@@ -178,11 +178,12 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         events.clone(),
     );
     let failover_task = tokio::spawn(failover.clone().run());
-    let watch_task = tokio::spawn(crate::chn::events::watch::run(
-        events.clone(),
-        lu.clone(),
-        failover.clone(),
-    ));
+    let watch_task = {
+        let failover = failover.clone();
+        tokio::spawn(crate::chn::events::watch::run(events.clone(), lu.clone(), move |t| {
+            failover.monitor().all(t)
+        }))
+    };
     let web_task = web_port.map(|(listener, metrics)| {
         crate::web::serve(
             listener,
@@ -303,7 +304,8 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
             crate::service::status::undecodable_is_invalid_argument,
         ))
         .layer(tower::util::option_layer(
-            cfg.metrics_listen.map(|_| crate::telemetry::grpc::GrpcMetricsLayer),
+            cfg.metrics_listen
+                .map(|_| crate::service::call_metrics::GrpcMetricsLayer),
         ))
         .add_service(health_service)
         .add_service(reflection_v1)

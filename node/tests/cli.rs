@@ -117,3 +117,64 @@ fn json_logs_are_one_object_per_line_with_their_fields() {
     );
     assert!(serving["timestamp"].is_string(), "{serving}");
 }
+
+#[test]
+fn a_busy_metrics_port_is_refused_at_start_naming_the_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let metrics = taken.local_addr().expect("addr");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = nasd(&[
+        "--insecure",
+        "--name",
+        "CHN1",
+        "--listen",
+        &listen.to_string(),
+        "--metrics-listen",
+        &metrics.to_string(),
+        "--data",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--metrics-listen") && err.contains(&format!("port {}", metrics.port())),
+        "{err}"
+    );
+    let out = nasd(&[
+        "--insecure",
+        "--name",
+        "CHN1",
+        "--data",
+        "/tmp/x",
+        "--metrics-listen",
+        "9100",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an address with a port"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_event_hook_or_webhook_that_cannot_work_is_refused_at_start() {
+    let base = ["--insecure", "--name", "CHN1", "--data", "/tmp/x"];
+    let out = nasd(&[&base[..], &["--event-hook", "/nonexistent/notify.sh"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/notify.sh") && err.contains("no such program"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_executable = dir.path().join("notify.sh");
+    std::fs::write(&not_executable, "#!/bin/sh\n").expect("write");
+    let out = nasd(&[&base[..], &["--event-hook", not_executable.to_str().expect("utf-8")]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("chmod +x"), "{err}");
+    let out = nasd(&[&base[..], &["--event-webhook", "ftp://example/hook"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("http://"), "{err}");
+}

@@ -55,7 +55,7 @@ fn basic(user: &str, password: &str) -> String {
 }
 
 const OPEN: [&str; 4] = ["NodeInfo", "Login", "Bootstrap", "RestoreSharedLu"];
-const VIEWER: [&str; 15] = [
+const VIEWER: [&str; 16] = [
     "ClusterStatus",
     "ListPaths",
     "ListChns",
@@ -67,6 +67,7 @@ const VIEWER: [&str; 15] = [
     "ListLocks",
     "FailoverStatus",
     "ListProbes",
+    "ListEvents",
     "SharedLuBackupStatus",
     "ListSnapshots",
     "CheckExport",

@@ -123,7 +123,10 @@ impl Exports {
             drop_blocking(old.vol).await;
         }
         let block: Arc<dyn BlockDevice> = dev.clone();
-        let vol = tokio::task::spawn_blocking(move || Volume::mount(block))
+        // Every log line of this file system (its writer thread's too)
+        // names the export and its LU.
+        let span = tracing::info_span!("fs", export = %export.name, lu = export.lu);
+        let vol = tokio::task::spawn_blocking(move || span.in_scope(|| Volume::mount(block)))
             .await?
             .map_err(|e| {
                 if dev.fence().is_tripped() {

@@ -245,9 +245,12 @@ impl Volume {
         });
         let (queue, rx) = mpsc::channel();
         let writer = inner.clone();
+        // The writer logs within the span its volume was mounted in (the
+        // export it serves).
+        let span = tracing::Span::current();
         let writer = std::thread::Builder::new()
             .name("fs-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || span.in_scope(|| writer.run(rx)))
             .map_err(|e| FsError::Io(format!("cannot start the file-system writer: {e}")))?;
         Ok(Volume {
             inner,

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit_args;
 pub mod authz;
 pub mod backup_copies;
+pub mod call_metrics;
 pub mod nas;
 pub mod raft;
 pub mod snapshots;

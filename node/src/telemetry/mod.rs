@@ -1,23 +1,15 @@
-//! Prometheus metrics: the names this CHN exports, the process-wide
-//! recorder that collects them, and the gauges read from the tables at
-//! every scrape.
+//! Prometheus metrics: the names this CHN exports with their
+//! descriptions, and the process-wide recorder that collects them.
 //!
-//! Owns metric names and their descriptions; the code that counts calls
-//! the `metrics` macros with the names defined here. It must never block
-//! or fail a caller: without `--metrics-listen` no recorder is installed
-//! and every macro is a no-op.
-
-pub mod grpc;
-mod scrape;
-
-use crate::shared_lu::SharedLu;
+//! A leaf: the code that counts calls the `metrics` macros with the
+//! names defined here (the web port's `gauges` sets those read from the
+//! tables). It must never block or fail a caller: without
+//! `--metrics-listen` no recorder is installed and every macro is a no-op.
 
 use std::sync::OnceLock;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
-pub use scrape::Sources;
 
 pub const RAFT_TERM: &str = "nas_raft_term";
 pub const RAFT_LEADER: &str = "nas_raft_leader_id";
@@ -84,12 +76,12 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-/// The Prometheus text of everything counted so far, with the table
-/// gauges read now.
-pub fn render(handle: &PrometheusHandle, sources: &Sources) -> String {
+/// The Prometheus text of everything counted so far, with the gauges
+/// `collect` sets read now.
+pub fn render(handle: &PrometheusHandle, collect: impl FnOnce()) -> String {
     let started = std::time::Instant::now();
     metrics_process::Collector::default().collect();
-    sources.collect();
+    collect();
     // Histograms drain their pending samples here rather than on a timer
     // of their own.
     handle.run_upkeep();

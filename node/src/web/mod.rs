@@ -8,6 +8,7 @@
 //! copy of the tables.
 
 mod auth;
+mod gauges;
 mod page;
 mod view;
 
@@ -79,8 +80,8 @@ async fn metrics(State(web): State<Web>, ConnectInfo(Peer(from)): ConnectInfo<Pe
     if let Err(refused) = auth::viewer(&web, &headers, from, auth::Refusal::Challenge).await {
         return refused;
     }
-    let sources = crate::telemetry::Sources::new(web.lu.clone());
-    let text = crate::telemetry::render(&web.metrics, &sources);
+    let sources = gauges::Sources::new(web.lu.clone());
+    let text = crate::telemetry::render(&web.metrics, || sources.collect());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -11,10 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use nas_proto::{labels, LuJob};
+use nas_proto::{labels, LuJob, PartnerHealth};
 
 use super::{Events, Severity};
-use crate::chn::failover::Failover;
 use crate::shared_lu::tables::Tables;
 use crate::shared_lu::SharedLu;
 
@@ -28,8 +27,9 @@ const MILESTONES: [u64; 3] = [25, 50, 75];
 /// counts as one it saw up.
 const RECENT: Duration = Duration::from_secs(10);
 
-/// Watches Raft and, while this CHN leads, the tables.
-pub async fn run(events: Events, lu: SharedLu, failover: Failover) {
+/// Watches Raft and, while this CHN leads, the tables; `health` says
+/// which CHNs look failed (the failover monitor's view).
+pub async fn run(events: Events, lu: SharedLu, health: impl Fn(&Tables) -> Vec<PartnerHealth>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut raft = RaftView::default();
@@ -41,7 +41,7 @@ pub async fn run(events: Events, lu: SharedLu, failover: Failover) {
             tables = None;
             continue;
         }
-        let now = lu.read(|t| Summary::of(t, &failover));
+        let now = lu.read(|t| Summary::of(t, health(t)));
         match &mut tables {
             Some((before, chns)) => {
                 before.report(&now, &events);
@@ -192,9 +192,7 @@ struct Summary {
 }
 
 impl Summary {
-    fn of(t: &Tables, failover: &Failover) -> Summary {
-        let monitor = failover.monitor();
-        let health = monitor.all(t);
+    fn of(t: &Tables, health: Vec<PartnerHealth>) -> Summary {
         Summary {
             disks: t.disks.values().map(|d| (d.number, (d.state, d.raid_group))).collect(),
             lus: t

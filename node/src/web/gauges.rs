@@ -1,4 +1,4 @@
-//! The gauges read at scrape time from this CHN's Raft state and its copy
+//! The gauges set at each scrape from this CHN's Raft state and its copy
 //! of the tables: what they show is what the tables say now, so nothing
 //! has to keep them up to date between scrapes.
 //!
@@ -8,8 +8,9 @@
 use metrics::gauge;
 use nas_proto::labels;
 
-use super::*;
 use crate::rt::now_ms;
+use crate::shared_lu::SharedLu;
+use crate::telemetry::*;
 
 const LU_STATES: [&str; 5] = ["NEW", "OPTIMAL", "DEGRADED", "REBUILDING", "FAILED"];
 const DISK_STATES: [&str; 5] = ["NOT USED", "USED", "FAILED", "SPARE", "UNKNOWN"];

@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use tonic::codegen::http;
 
+use crate::telemetry;
+
 const ADMIN: &str = "/nas.v1.Admin/";
 const NAS: &str = "/nas.v1.Nas/";
 
@@ -35,10 +37,10 @@ pub struct GrpcMetrics<S> {
 /// measured.
 fn classify(path: &str) -> Option<(&'static str, &'static str, String)> {
     if let Some(m) = path.strip_prefix(ADMIN) {
-        Some((super::ADMIN_REQUEST, "rpc", m.to_string()))
+        Some((telemetry::ADMIN_REQUEST, "rpc", m.to_string()))
     } else {
         path.strip_prefix(NAS)
-            .map(|m| (super::FILE_OPERATION, "op", m.to_string()))
+            .map(|m| (telemetry::FILE_OPERATION, "op", m.to_string()))
     }
 }
 
