@@ -244,12 +244,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        // The same cluster twice: with TLS and authentication (as shipped)
-        // and plaintext (--insecure), to show what security costs.
+        // The same cluster three times: as shipped (TLS, tokens, metrics
+        // scraped every second), plaintext (--insecure) to show what
+        // security costs, and without metrics (--no-web) to show what
+        // they cost.
         let nas_cluster = TestCluster::up(nodes, &[])?;
         let nas = nasd_target(&nas_cluster).await?;
+        let scraper = nas_cluster.keep_scraping(Duration::from_secs(1))?;
         let plain_cluster = TestCluster::up_insecure(nodes, &[])?;
         let plain = nasd_target(&plain_cluster).await?;
+        let dark_cluster = TestCluster::up_without_web(nodes, &[])?;
+        let dark = nasd_target(&dark_cluster).await?;
         let etcd_path = which("etcd").filter(|_| with_etcd);
         if with_etcd && etcd_path.is_none() {
             eprintln!("etcd not found on PATH (apt-get install etcd-server): printing nasd only");
@@ -259,19 +264,20 @@ fn main() -> anyhow::Result<()> {
             Some(e) => Some(etcd_target(e).await?),
             None => None,
         };
-        let mut systems: Vec<(&str, Target)> = vec![("nasd", nas), ("plain", plain)];
+        let mut systems: Vec<(&str, Target)> = vec![("nasd", nas), ("plain", plain), ("nometrics", dark)];
         if let Some(e) = etcd {
             systems.push(("etcd", e));
         }
         println!(
-            "\nReplicated writes, {nodes} nasd CHNs (TLS and tokens; and --insecure: plain) and 3 etcd members \
-             (plaintext) on loopback, {VALUE_BYTES}-byte values, median of {repeat} interleaved runs of {secs} s per point"
+            "\nReplicated writes, {nodes} nasd CHNs (TLS, tokens, metrics scraped every second; --insecure: plain; \
+             --no-web: nometrics) and 3 etcd members (plaintext) on loopback, {VALUE_BYTES}-byte values, \
+             median of {repeat} interleaved runs of {secs} s per point"
         );
         print!("{:>7}", "clients");
         for (name, _) in &systems {
             print!(" | {:>10} {:>7} {:>7}", format!("{name} op/s"), "p50 ms", "p99 ms");
         }
-        println!(" | {:>11} {:>9}", "nasd/plain", "nasd/etcd");
+        println!(" | {:>11} {:>9} {:>15}", "nasd/plain", "nasd/etcd", "nasd/nometrics");
         for &n in &clients {
             let mut runs: Vec<Vec<Stats>> = systems.iter().map(|_| Vec::new()).collect();
             for _ in 0..repeat {
@@ -287,19 +293,25 @@ fn main() -> anyhow::Result<()> {
             let medians: Vec<Stats> = runs.into_iter().map(|r| median_by(r, |r| r.lat.per_sec())).collect();
             print!("{n:>7}");
             for m in &medians {
-                print!(" | {:>10.0} {:>7} {:>7}", m.lat.per_sec(), ms(m.lat.at(0.5)), ms(m.lat.at(0.99)));
+                print!(
+                    " | {:>10.0} {:>7} {:>7}",
+                    m.lat.per_sec(),
+                    ms(m.lat.at(0.5)),
+                    ms(m.lat.at(0.99))
+                );
             }
             let ratio = |k: usize| {
-                medians
-                    .get(k)
-                    .map_or("-".to_string(), |o| format!("{:.2}", medians[0].lat.per_sec() / o.lat.per_sec().max(1.0)))
+                medians.get(k).map_or("-".to_string(), |o| {
+                    format!("{:.2}", medians[0].lat.per_sec() / o.lat.per_sec().max(1.0))
+                })
             };
-            println!(" | {:>11} {:>9}", ratio(1), ratio(2));
+            println!(" | {:>11} {:>9} {:>15}", ratio(1), ratio(3), ratio(2));
             let errors: u64 = medians.iter().map(|m| m.errors).sum();
             if errors > 0 {
                 println!("        ({errors} failed requests not counted)");
             }
         }
+        scraper.abort();
         let last = nas_cluster.status("CHN1").await.context("status after the run")?;
         eprintln!(
             "nasd: last applied index {}, snapshot at {}",

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use ::nas_client::NasClient;
 use anyhow::Context;
-use nas_tests::bench::{self, mb_s, median, ms, Common, Latencies};
+use nas_tests::bench::{self, mb_s, median, median_by, ms, Common, Latencies};
 use nas_tests::{ok, TestCluster};
 
 /// Writes `bytes` of incompressible data to `path`.
@@ -158,8 +158,15 @@ async fn main() -> anyhow::Result<()> {
     let (size_mib, repeat, secs, raid, client_counts) =
         (a.size_mib, a.common.repeat, a.common.seconds, a.raid, a.common.clients);
     let bytes = size_mib << 20;
-    let tls = Side::up(false, size_mib, raid).await.context("TLS cluster")?;
-    let plain = Side::up(true, size_mib, raid).await.context("plaintext cluster")?;
+    let tls = Side::up(Kind::Shipped, size_mib, raid).await.context("TLS cluster")?;
+    let plain = Side::up(Kind::Plain, size_mib, raid)
+        .await
+        .context("plaintext cluster")?;
+    // Without metrics, for the small files: what metrics cost.
+    let dark = Side::up(Kind::NoMetrics, size_mib, raid)
+        .await
+        .context("cluster without metrics")?;
+    let scraper = tls.c.keep_scraping(Duration::from_secs(1))?;
     let work = tls.c.dir().join("bench");
     std::fs::create_dir_all(&work)?;
     let src = work.join("source.bin");
@@ -211,45 +218,69 @@ async fn main() -> anyhow::Result<()> {
         println!("  {:<24} {p:>10.0}", format!("  plain: {}", &name[11..]));
     }
 
-    println!("\nsmall files: create + 4 KiB write + close, {secs} s per point");
     println!(
-        "  {:>7}  {:>10} {:>8} {:>8}   {:>10} {:>8}   {:>12} {:>8} {:>8}   {:>9} {:>9}",
+        "\nsmall files: create + 4 KiB write + close, {secs} s per point, median of {repeat} interleaved runs \
+         (nas: as shipped, metrics scraped every second; no-metrics: --no-web)"
+    );
+    println!(
+        "  {:>7}  {:>10} {:>8} {:>8}   {:>10} {:>8}   {:>10}   {:>12} {:>8} {:>8}   {:>9} {:>9} {:>11}",
         "clients",
         "nas ops/s",
         "p50 ms",
         "p99 ms",
         "plain",
         "p99 ms",
+        "no-metrics",
         "local+fsync",
         "p50 ms",
         "p99 ms",
         "vs local",
-        "TLS/plain"
+        "TLS/plain",
+        "metrics/off"
     );
     let max = client_counts.iter().copied().max().unwrap_or(1);
     let tls_sessions = tls.sessions(max).await?;
     let plain_sessions = plain.sessions(max).await?;
-    for (run, &n) in client_counts.iter().enumerate() {
-        let s = small_files_nas(&tls_sessions[..n], run, secs).await;
-        let p = small_files_nas(&plain_sessions[..n], run, secs).await;
-        let local_dir = work.join(format!("local-{n}"));
-        std::fs::create_dir_all(&local_dir)?;
-        let l = small_files_local(&local_dir, n, secs);
-        std::fs::remove_dir_all(&local_dir)?;
+    let dark_sessions = dark.sessions(max).await?;
+    for &n in &client_counts {
+        let (mut ss, mut ps, mut ds, mut ls) = (vec![], vec![], vec![], vec![]);
+        for r in 0..repeat as usize {
+            let run = r * 1000 + n;
+            let s = small_files_nas(&tls_sessions[..n], run, secs).await;
+            let p = small_files_nas(&plain_sessions[..n], run, secs).await;
+            let d = small_files_nas(&dark_sessions[..n], run, secs).await;
+            let local_dir = work.join(format!("local-{n}-{r}"));
+            std::fs::create_dir_all(&local_dir)?;
+            let l = small_files_local(&local_dir, n, secs);
+            std::fs::remove_dir_all(&local_dir)?;
+            eprintln!(
+                "  {n} clients, run {r}: nas {:.0}, plain {:.0}, no-metrics {:.0}, local {:.0} ops/s",
+                s.per_sec(),
+                p.per_sec(),
+                d.per_sec(),
+                l.per_sec()
+            );
+            (ss.push(s), ps.push(p), ds.push(d), ls.push(l));
+        }
+        let by_rate = |v: Vec<Latencies>| median_by(v, Latencies::per_sec);
+        let (s, p, d, l) = (by_rate(ss), by_rate(ps), by_rate(ds), by_rate(ls));
         println!(
-            "  {n:>7}  {:>10.0} {:>8} {:>8}   {:>10.0} {:>8}   {:>12.0} {:>8} {:>8}   {:>9.2} {:>9.2}",
+            "  {n:>7}  {:>10.0} {:>8} {:>8}   {:>10.0} {:>8}   {:>10.0}   {:>12.0} {:>8} {:>8}   {:>9.2} {:>9.2} {:>11.2}",
             s.per_sec(),
             ms(s.at(0.5)),
             ms(s.at(0.99)),
             p.per_sec(),
             ms(p.at(0.99)),
+            d.per_sec(),
             l.per_sec(),
             ms(l.at(0.5)),
             ms(l.at(0.99)),
             s.per_sec() / l.per_sec().max(1e-9),
-            s.per_sec() / p.per_sec().max(1e-9)
+            s.per_sec() / p.per_sec().max(1e-9),
+            s.per_sec() / d.per_sec().max(1e-9)
         );
     }
+    scraper.abort();
     Ok(())
 }
 
@@ -259,12 +290,23 @@ struct Side {
     nas: NasClient,
 }
 
+/// How a side's cluster runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// As shipped: TLS, metrics (scraped every second by the benchmark).
+    Shipped,
+    /// `--insecure`.
+    Plain,
+    /// TLS, `--no-web`.
+    NoMetrics,
+}
+
 impl Side {
-    async fn up(insecure: bool, size_mib: u64, raid: u32) -> anyhow::Result<Side> {
-        let c = if insecure {
-            TestCluster::up_insecure(3, &[])?
-        } else {
-            TestCluster::up(3, &[])?
+    async fn up(kind: Kind, size_mib: u64, raid: u32) -> anyhow::Result<Side> {
+        let c = match kind {
+            Kind::Shipped => TestCluster::up(3, &[])?,
+            Kind::Plain => TestCluster::up_insecure(3, &[])?,
+            Kind::NoMetrics => TestCluster::up_without_web(3, &[])?,
         };
         // Disks big enough for the file plus metadata and the small files.
         let disk_mib = if raid == 5 {

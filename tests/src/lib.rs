@@ -113,6 +113,8 @@ pub struct TestCluster {
     netns: bool,
     /// Plaintext, no TLS (`cluster up --insecure`): benchmarks compare.
     insecure: bool,
+    /// No web ports (`cluster up --no-web`): benchmarks compare.
+    no_web: bool,
     /// The first admin's login token, made once: a password per call
     /// would cost the CHN an argon2 hash every time, and the many clusters
     /// of a test run share two cores.
@@ -123,14 +125,13 @@ pub struct TestCluster {
 
 impl TestCluster {
     fn start(nodes: usize, nasd_args: &[&str], netns: bool, insecure: bool) -> anyhow::Result<TestCluster> {
-        Self::start_with(nodes, nasd_args, netns, insecure, Vec::new())
+        Self::start_with(nodes, nasd_args, (netns, insecure, false), Vec::new())
     }
 
     fn start_with(
         nodes: usize,
         nasd_args: &[&str],
-        netns: bool,
-        insecure: bool,
+        (netns, insecure, no_web): (bool, bool, bool),
         nasd_env: Vec<(&'static str, String)>,
     ) -> anyhow::Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("nas-test-").tempdir()?;
@@ -139,6 +140,7 @@ impl TestCluster {
             nodes: vec![],
             netns,
             insecure,
+            no_web,
             token: String::new(),
             nasd_env,
         };
@@ -149,7 +151,13 @@ impl TestCluster {
     /// `nasctl cluster up --nodes N` with the CHNs started in environment
     /// `env` (added to the test's own).
     pub fn up_with_env(nodes: usize, env: Vec<(&'static str, String)>) -> anyhow::Result<TestCluster> {
-        Self::start_with(nodes, &[], false, false, env)
+        Self::start_with(nodes, &[], (false, false, false), env)
+    }
+
+    /// `nasctl cluster up --no-web`: CHNs without metrics or a status
+    /// page, to measure what they cost.
+    pub fn up_without_web(nodes: usize, nasd_args: &[&str]) -> anyhow::Result<TestCluster> {
+        Self::start_with(nodes, nasd_args, (false, false, true), Vec::new())
     }
 
     /// The environment CHNs get when `cluster_up` next starts them.
@@ -189,6 +197,9 @@ impl TestCluster {
         }
         if self.insecure {
             args.push("--insecure".into());
+        }
+        if self.no_web {
+            args.push("--no-web".into());
         }
         let out = Command::new(bin("nasctl"))
             .args(&args)
@@ -371,6 +382,43 @@ impl TestCluster {
             export.extend(["--partner", p]);
         }
         ok(self.nasctl(&export));
+    }
+
+    /// An HTTPS client that trusts this cluster's CA (for the web ports).
+    pub fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca_file())?)?;
+        Ok(reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(10))
+            .build()?)
+    }
+
+    /// CHN `name`'s `/metrics`, as the first admin (a Bearer token).
+    pub async fn metrics_text(&self, http: &reqwest::Client, name: &str) -> anyhow::Result<String> {
+        let url = format!("{}metrics", self.node(name).web);
+        let resp = http.get(&url).bearer_auth(&self.token).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+        Ok(resp.text().await?)
+    }
+
+    /// Scrapes every CHN's metrics every `every`, as Prometheus would,
+    /// until the task is aborted.
+    pub fn keep_scraping(&self, every: Duration) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let http = self.http()?;
+        let targets: Vec<(String, String)> = self
+            .nodes
+            .iter()
+            .map(|n| (format!("{}metrics", n.web), self.token.clone()))
+            .collect();
+        Ok(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                for (url, token) in &targets {
+                    let _ = http.get(url).bearer_auth(token).send().await.map(|r| r.bytes());
+                }
+            }
+        }))
     }
 
     /// The cluster CA certificate (`cluster up` makes it).

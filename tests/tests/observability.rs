@@ -37,23 +37,12 @@ fn with_home_and_a_spare_disk(c: &TestCluster, owner: &str, partner: &str) {
     }
 }
 
-fn http(c: &TestCluster) -> anyhow::Result<reqwest::Client> {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(c.ca_file())?)?;
-    Ok(reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .timeout(Duration::from_secs(10))
-        .build()?)
-}
-
 /// One scrape of CHN `name`, parsed by a Prometheus text-format parser.
 struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
     async fn of(c: &TestCluster, name: &str) -> anyhow::Result<Scrape> {
-        let url = format!("{}metrics", c.node(name).web);
-        let resp = http(c)?.get(&url).bearer_auth(c.admin_token()).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
-        let text = resp.text().await?;
+        let text = c.metrics_text(&c.http()?, name).await?;
         let lines = text.lines().map(|l| Ok(l.to_string()));
         Ok(Scrape(prometheus_parse::Scrape::parse(lines)?))
     }
@@ -141,11 +130,12 @@ async fn metrics_move_by_what_happened_and_need_a_viewer() -> anyhow::Result<()>
 
     // Without a credential: a Basic challenge, as Prometheus expects.
     let url = format!("{}metrics", c.node("CHN1").web);
-    let anonymous = http(&c)?.get(&url).send().await?;
+    let anonymous = c.http()?.get(&url).send().await?;
     assert_eq!(anonymous.status(), 401);
     assert!(anonymous.headers().contains_key("www-authenticate"));
     // A file-service user without a role on the Admin service.
-    let alice_scrape = http(&c)?
+    let alice_scrape = c
+        .http()?
         .get(&url)
         .basic_auth("alice", Some("correct-horse"))
         .send()
@@ -153,7 +143,8 @@ async fn metrics_move_by_what_happened_and_need_a_viewer() -> anyhow::Result<()>
     assert_eq!(alice_scrape.status(), 403, "{:?}", alice_scrape.text().await);
     // A viewer's password, as `basic_auth` in a scrape config sends it.
     ok(c.nasctl(&["role", "grant", "alice", "viewer"]));
-    let viewer = http(&c)?
+    let viewer = c
+        .http()?
         .get(&url)
         .basic_auth("alice", Some("correct-horse"))
         .send()

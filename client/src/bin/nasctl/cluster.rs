@@ -43,6 +43,10 @@ pub(crate) enum ClusterCmd {
         /// the Raft service. Only for a new DIR.
         #[arg(long)]
         insecure: bool,
+        /// Give the CHNs no web port: no status page and no metrics (to
+        /// measure what metrics cost). Only for a new DIR.
+        #[arg(long)]
+        no_web: bool,
     },
     /// Stop every CHN started under DIR (SIGTERM, then SIGKILL after 10 s). Data is kept.
     Down {
@@ -472,7 +476,8 @@ pub(crate) async fn run(
             nasd_args,
             netns,
             insecure,
-        } => up(nodes, dir, nasd, nasd_args, netns, insecure, json).await,
+            no_web,
+        } => up(nodes, dir, nasd, nasd_args, (netns, insecure, no_web), json).await,
         ClusterCmd::Down { dir } => local_cluster::down(&dir, json).await,
         ClusterCmd::Setup(a) => cluster_setup(&a, transport?, json).await,
         ClusterCmd::Restore(a) => cluster_restore(a, transport, json).await,
@@ -491,8 +496,7 @@ async fn up(
     dir: PathBuf,
     nasd: Option<PathBuf>,
     nasd_args: Vec<String>,
-    netns: bool,
-    insecure: bool,
+    (netns, insecure, no_web): (bool, bool, bool),
     json: bool,
 ) -> anyhow::Result<()> {
     local_cluster::up(local_cluster::UpOptions {
@@ -502,6 +506,7 @@ async fn up(
         nasd_args: (!nasd_args.is_empty()).then_some(nasd_args),
         netns,
         insecure,
+        no_web,
         json,
         quiet: false,
         restore: None,
@@ -537,6 +542,7 @@ async fn cluster_restore(
             nasd_args: None,
             netns: false,
             insecure: false,
+            no_web: false,
             json,
             quiet: false,
             restore: Some(restore),

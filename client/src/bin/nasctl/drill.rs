@@ -211,6 +211,7 @@ impl Injector {
                 nasd_args: None,
                 netns: false,
                 insecure: false,
+                no_web: false,
                 json: false,
                 quiet: true,
                 restore: None,

@@ -37,6 +37,9 @@ pub struct Layout {
     /// Each CHN's web port (metrics and status page), by CHN name.
     #[serde(default)]
     pub web: std::collections::BTreeMap<String, String>,
+    /// No web ports (`--no-web`).
+    #[serde(default)]
+    pub no_web: bool,
 }
 
 /// Options of `cluster up`.
@@ -47,6 +50,8 @@ pub struct UpOptions {
     pub nasd_args: Option<Vec<String>>,
     pub netns: bool,
     pub insecure: bool,
+    /// No web port for the CHNs of a new cluster.
+    pub no_web: bool,
     pub json: bool,
     /// Print nothing (a drill restarting a CHN).
     pub quiet: bool,
@@ -238,6 +243,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     if layout.nodes.is_empty() {
         layout.netns = opts.netns;
         layout.insecure = opts.insecure;
+        layout.no_web = opts.no_web;
     } else if opts.netns && !layout.netns {
         bail!(
             "{} holds a cluster on loopback; --netns applies only to a new cluster folder",
@@ -257,7 +263,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         });
     }
     for (i, node) in layout.nodes.iter().enumerate() {
-        if !layout.web.contains_key(&node.name) {
+        if !layout.no_web && !layout.web.contains_key(&node.name) {
             let web = if layout.netns {
                 format!("{}:9100", net.addr(i).trim_end_matches(":7000"))
             } else {
