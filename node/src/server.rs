@@ -178,11 +178,17 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         events.clone(),
     );
     let failover_task = tokio::spawn(failover.clone().run());
+    let (export_backups, schedule_task) = crate::chn::export_backup::ExportBackups::new(lu.clone(), exports.clone());
+    let (mut readiness, judge_task) = crate::chn::readiness::watch(lu.clone(), exports.clone(), host.clone());
     let watch_task = {
         let failover = failover.clone();
-        tokio::spawn(crate::chn::events::watch::run(events.clone(), lu.clone(), move |t| {
-            failover.monitor().all(t)
-        }))
+        let ready = readiness.clone();
+        tokio::spawn(crate::chn::events::watch::run(
+            events.clone(),
+            lu.clone(),
+            move || ready.borrow().admin.is_none(),
+            move |t| failover.monitor().all(t),
+        ))
     };
     let web_task = web_port.map(|(listener, metrics)| {
         crate::web::serve(
@@ -192,13 +198,12 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
                 lu: lu.clone(),
                 access: access.clone(),
                 failover: failover.clone(),
+                readiness: readiness.clone(),
                 metrics,
                 tls: web_tls.is_some(),
             },
         )
     });
-    let (export_backups, schedule_task) = crate::chn::export_backup::ExportBackups::new(lu.clone(), exports.clone());
-    let (mut readiness, judge_task) = crate::chn::readiness::watch(lu.clone(), exports.clone(), host.clone());
     let judge_task = tokio::spawn(judge_task);
     let schedule_task = tokio::spawn(schedule_task);
     let nas = NasServer::new(NasService {

@@ -67,30 +67,45 @@ async fn main() -> anyhow::Result<()> {
 
     let opened = Instant::now();
     let ch = c.channel("CHN1");
-    let results: Vec<bool> = futures::stream::iter(0..a.sessions)
+    let results: Vec<Result<(), tonic::Status>> = futures::stream::iter(0..a.sessions)
         .map(|i| {
             let mut nas = NasGrpc::new(ch.clone());
             async move {
-                nas.open_session(OpenSessionRequest {
-                    user: "alice".into(),
-                    password: "correct-horse".into(),
-                    client_id: format!("scrape-bench-{i}"),
-                })
-                .await
-                .is_ok()
+                // A busy CHN may answer UNAVAILABLE, and its login
+                // throttle RESOURCE_EXHAUSTED: asked again, as clients do.
+                let mut last = Ok(());
+                for _ in 0..20 {
+                    let open = nas.open_session(OpenSessionRequest {
+                        user: "alice".into(),
+                        password: "correct-horse".into(),
+                        client_id: format!("scrape-bench-{i}"),
+                    });
+                    last = open.await.map(|_| ());
+                    match &last {
+                        Err(s) if s.code() == tonic::Code::Unavailable => {}
+                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                            tokio::time::sleep(Duration::from_millis(300)).await
+                        }
+                        _ => break,
+                    }
+                }
+                last
             }
         })
         .buffer_unordered(16)
         .collect()
         .await;
-    let open = results.iter().filter(|ok| **ok).count();
+    let open = results.iter().filter(|r| r.is_ok()).count();
     eprintln!("opened {open} of {} sessions in {:?}", a.sessions, opened.elapsed());
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        eprintln!("  e.g. {:?}: {}", e.code(), e.message());
+    }
     let text = c.metrics_text(&http, "CHN1").await?;
-    let gauge = text
+    let gauge: f64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("nas_sessions_open "))
-        .unwrap_or("?")
-        .to_string();
+        .filter(|l| l.starts_with("nas_sessions_open{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     let after = time_gets(&c, &http, "metrics", a.scrapes).await?;
     let page_after = time_gets(&c, &http, "status", a.scrapes).await?;
 

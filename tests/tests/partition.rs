@@ -90,6 +90,16 @@ async fn a_chn_cut_off_from_the_majority_is_not_ready_within_2_s_and_ready_again
     assert!(took <= Duration::from_secs(2), "NOT_SERVING after {took:?}");
     let out = c.nasctl(&["health", "--ready", "--addr", &addr]);
     assert!(!out.status.success(), "--ready passed on a CHN without a quorum");
+    // After 2 s without a majority CHN1 reports a lost quorum: its hook
+    // would run now; the event log gets it once the majority is back.
+    let log = c.dir().join("chn1").join("nasd.log");
+    wait_until("CHN1 to see its quorum lost", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("quorum.lost")
+            .then_some(())
+    })
+    .await?;
     // The majority elects a leader among itself and is ready again.
     wait_until(
         "CHN3, on the majority side, to be ready",
@@ -107,5 +117,19 @@ async fn a_chn_cut_off_from_the_majority_is_not_ready_within_2_s_and_ready_again
             .then_some(())
     })
     .await?;
+    let events = wait_until("CHN1's quorum events in the log", Duration::from_secs(10), || async {
+        let out = c.nasctl(&["--json", "events"]);
+        let kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["chn"] == "CHN1")
+            .filter_map(|e| e["kind"].as_str().map(str::to_string))
+            .collect();
+        kinds.contains(&"quorum.regained".to_string()).then_some(kinds)
+    })
+    .await?;
+    let lost = events.iter().position(|k| k == "quorum.lost");
+    let regained = events.iter().position(|k| k == "quorum.regained");
+    assert!(lost.is_some() && lost < regained, "{events:?}");
     Ok(())
 }

@@ -131,8 +131,14 @@ fn describe() {
     );
     describe_counter!(FILE_READ_BYTES, Unit::Bytes, "File bytes sent to clients");
     describe_counter!(FILE_WRITTEN_BYTES, Unit::Bytes, "File bytes written for clients");
-    describe_gauge!(SESSIONS_OPEN, "Client sessions on exports this CHN serves");
-    describe_gauge!(FILE_LOCKS_HELD, "File locks held on exports this CHN serves");
+    describe_gauge!(
+        SESSIONS_OPEN,
+        "Client sessions in the cluster by export (\"\": not mounted yet), as this CHN's tables hold them"
+    );
+    describe_gauge!(
+        FILE_LOCKS_HELD,
+        "File locks held in the cluster by export, as this CHN's tables hold them"
+    );
     describe_gauge!(EXPORTS_SERVED, "Exports this CHN owns");
     describe_gauge!(
         LU_STATE,

@@ -5,6 +5,8 @@
 //! It must never wait for the network: a scrape of a CHN without a quorum
 //! still answers, from the local copy.
 
+use std::collections::BTreeMap;
+
 use metrics::gauge;
 use nas_proto::labels;
 
@@ -48,16 +50,25 @@ impl Sources {
         let me = self.lu.name.as_str();
         let now = now_ms();
         self.lu.read(|t| {
-            let mine = |export: &str| t.exports.get(export).is_some_and(|e| e.owner_chn == me);
             gauge!(EXPORTS_SERVED).set(t.exports.values().filter(|e| e.owner_chn == me).count() as f64);
-            gauge!(SESSIONS_OPEN).set(t.clients.values().filter(|c| mine(&c.export)).count() as f64);
-            let locks: usize = t
-                .file_locks
-                .values()
-                .filter(|l| mine(&l.export))
-                .map(|l| l.holders.len())
-                .sum();
-            gauge!(FILE_LOCKS_HELD).set(locks as f64);
+            // By export ("" for sessions that have not mounted one yet);
+            // every export appears, so that a count that fell to zero
+            // says so.
+            let mut sessions: BTreeMap<&str, u64> = t.exports.keys().map(|e| (e.as_str(), 0)).collect();
+            sessions.insert("", 0);
+            let mut locks = sessions.clone();
+            for c in t.clients.values() {
+                *sessions.entry(c.export.as_str()).or_default() += 1;
+            }
+            for l in t.file_locks.values() {
+                *locks.entry(l.export.as_str()).or_default() += l.holders.len() as u64;
+            }
+            for (export, n) in sessions {
+                gauge!(SESSIONS_OPEN, "export" => export.to_string()).set(n as f64);
+            }
+            for (export, n) in locks {
+                gauge!(FILE_LOCKS_HELD, "export" => export.to_string()).set(n as f64);
+            }
             for lu in t.lus.values() {
                 let number = lu.number.to_string();
                 let now_in = labels::lu_health(lu.health);

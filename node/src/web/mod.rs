@@ -35,6 +35,8 @@ pub struct Web {
     pub lu: SharedLu,
     pub access: Access,
     pub failover: Failover,
+    /// Whether this CHN reaches a majority (and why not).
+    pub readiness: tokio::sync::watch::Receiver<crate::chn::readiness::Readiness>,
     pub metrics: PrometheusHandle,
     /// Whether the port speaks TLS (cookies are then marked Secure).
     pub tls: bool,
@@ -73,7 +75,26 @@ fn routes(web: Web) -> Router {
         .route("/logout", post(logout))
         .route("/static/console.css", get(page::css))
         .route("/static/console.js", get(page::js))
+        .layer(axum::middleware::map_response(console_headers))
         .with_state(web)
+}
+
+/// The page loads nothing from elsewhere, runs only its own script and
+/// may not be framed (no clickjacking of an operator's session).
+async fn console_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, header::HeaderValue::from_static(value));
+    }
+    resp
 }
 
 async fn metrics(State(web): State<Web>, ConnectInfo(Peer(from)): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
@@ -169,7 +190,12 @@ fn tls_listener(listener: TcpListener, config: Arc<tokio_rustls::rustls::ServerC
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (tcp, from) = match listener.accept().await {
+            // The server dropped its end: stop accepting (and free the port).
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, from) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, do not spin.
@@ -200,7 +226,7 @@ impl axum::serve::Listener for TlsListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
             Some(c) => c,
-            // The accept task never ends while the listener lives.
+            // The accept task ends only once this end is dropped.
             None => std::future::pending().await,
         }
     }

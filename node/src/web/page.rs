@@ -84,7 +84,12 @@ pub fn live(view: &View) -> Markup {
     html! {
         section.tiles {
             (tile("Leader", view.leader.as_deref().unwrap_or("none"), &format!("term {}", view.term), view.leader.is_some()))
-            (tile("Quorum", if view.quorum { "OK" } else { "LOST" }, &format!("applied {}", view.applied), view.quorum))
+            (tile(
+                "Quorum",
+                if view.no_quorum.is_none() { "OK" } else { "LOST" },
+                view.no_quorum.as_deref().unwrap_or(&format!("applied {}", view.applied)),
+                view.no_quorum.is_none()
+            ))
             (tile("CHNs up", &format!("{up} / {}", view.members.len()), "heartbeats and probes", up == view.members.len()))
             (tile("LUs optimal", &format!("{optimal} / {}", view.lus.len()), "RAID health", optimal == view.lus.len()))
             (tile("Exports serving", &format!("{serving} / {}", view.exports.len()), "service table", serving == view.exports.len()))
@@ -236,8 +241,8 @@ fn job(j: &LuJob) -> Markup {
         @if j.finished {
             span.muted { (j.kind) " finished: " (j.result) }
         } @else {
-            div.progress title=(format!("{} {:.0}% on {}", j.kind, pct, j.chn)) {
-                div.fill style=(format!("width:{pct:.1}%")) {}
+            progress max="100" value=(format!("{pct:.1}")) title=(format!("{} {:.0}% on {}", j.kind, pct, j.chn)) {
+                (format!("{pct:.0}%"))
             }
             span.small { (j.kind) " " (format!("{pct:.0}%")) " · " (bytes(j.bytes_per_sec)) "/s · ETA " (j.eta_secs) " s" }
         }

@@ -28,9 +28,9 @@ pub struct View {
     pub leader: Option<String>,
     pub term: u64,
     pub applied: u64,
-    /// Whether this CHN heard from a quorum lately (a leader that lost it,
-    /// or a follower without a leader, shows a warning).
-    pub quorum: bool,
+    /// Why this CHN does not reach a majority now (readiness's judgment),
+    /// or `None` when it does.
+    pub no_quorum: Option<String>,
     pub members: Vec<Member>,
     pub disks: Vec<Disk>,
     pub lus: Vec<Lu>,
@@ -46,12 +46,7 @@ pub fn gather(web: &Web) -> View {
     let leader = web.lu.leader().map(|(_, n)| n.name);
     let (_, voters) = web.lu.members();
     let monitor = web.failover.monitor();
-    // A leader that a quorum has not acknowledged for several election
-    // timeouts, or a follower that knows no leader, has no quorum.
-    let quorum = match m.millis_since_quorum_ack {
-        Some(ms) => ms < 2000,
-        None => m.current_leader.is_some(),
-    };
+    let no_quorum = web.readiness.borrow().admin.clone();
     web.lu.read(|t| {
         let members = t
             .daemons
@@ -76,7 +71,7 @@ pub fn gather(web: &Web) -> View {
             leader: leader.clone(),
             term: m.current_term,
             applied: m.last_applied.map_or(0, |l| l.index),
-            quorum,
+            no_quorum,
             members,
             disks: t.disks.values().cloned().collect(),
             lus: t.lus.values().cloned().collect(),

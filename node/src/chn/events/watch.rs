@@ -18,8 +18,8 @@ use crate::shared_lu::tables::Tables;
 use crate::shared_lu::SharedLu;
 
 const EVERY: Duration = Duration::from_millis(250);
-/// No leader (or, on the leader, no quorum acknowledgement) for this long
-/// is a lost quorum.
+/// Without a majority this long is a lost quorum (a new leader's
+/// election takes less).
 const QUORUM_LOST_AFTER: Duration = Duration::from_secs(2);
 /// Rebuild progress reported at each of these percentages.
 const MILESTONES: [u64; 3] = [25, 50, 75];
@@ -27,16 +27,23 @@ const MILESTONES: [u64; 3] = [25, 50, 75];
 /// counts as one it saw up.
 const RECENT: Duration = Duration::from_secs(10);
 
-/// Watches Raft and, while this CHN leads, the tables; `health` says
-/// which CHNs look failed (the failover monitor's view).
-pub async fn run(events: Events, lu: SharedLu, health: impl Fn(&Tables) -> Vec<PartnerHealth>) {
+/// Watches Raft and, while this CHN leads, the tables. `quorum` says
+/// whether this CHN reaches a majority now (readiness's judgment: the
+/// leader confirmed a read lately), `health` which CHNs look failed (the
+/// failover monitor's view).
+pub async fn run(
+    events: Events,
+    lu: SharedLu,
+    quorum: impl Fn() -> bool,
+    health: impl Fn(&Tables) -> Vec<PartnerHealth>,
+) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut raft = RaftView::default();
     let mut tables: Option<(Summary, Chns)> = None;
     loop {
         tick.tick().await;
-        let leading = raft.step(&events, &lu);
+        let leading = raft.step(&events, &lu, quorum());
         if !leading {
             tables = None;
             continue;
@@ -102,14 +109,18 @@ impl Chns {
 #[derive(Default)]
 struct RaftView {
     leader: Option<u64>,
+    /// Whether this CHN has reached a majority since it started: a CHN
+    /// not yet in a cluster has none to lose.
+    had_quorum: bool,
     /// Since when this CHN has lacked a quorum, and whether that was
     /// reported.
     without_quorum: Option<(tokio::time::Instant, bool)>,
 }
 
 impl RaftView {
-    /// Records leader and quorum changes; returns whether this CHN leads.
-    fn step(&mut self, events: &Events, lu: &SharedLu) -> bool {
+    /// Records leader and quorum changes; returns whether this CHN leads
+    /// with a quorum.
+    fn step(&mut self, events: &Events, lu: &SharedLu, quorum: bool) -> bool {
         let m = lu.raft.metrics().borrow().clone();
         let me = lu.id;
         let leading = m.current_leader == Some(me);
@@ -136,11 +147,10 @@ impl RaftView {
         if m.current_leader.is_some() {
             self.leader = m.current_leader;
         }
-        let quorum = match (leading, m.millis_since_quorum_ack) {
-            (true, Some(ms)) => Duration::from_millis(ms) < QUORUM_LOST_AFTER,
-            (true, None) => true,
-            (false, _) => m.current_leader.is_some(),
-        };
+        self.had_quorum |= quorum;
+        if !self.had_quorum {
+            return false;
+        }
         match (&mut self.without_quorum, quorum) {
             (None, false) => self.without_quorum = Some((tokio::time::Instant::now(), false)),
             (Some((since, reported)), false) if !*reported && since.elapsed() >= QUORUM_LOST_AFTER => {
