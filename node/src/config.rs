@@ -512,6 +512,8 @@ mod tests {
             .unwrap();
         assert_eq!(cfg.session_lease, Duration::from_secs(30));
         assert!(matches!(cfg.tls, Tls::Files { .. }));
+        assert_eq!(cfg.metrics_listen, "127.0.0.1:9101".parse().ok());
+        assert_eq!(cfg.events.keep, 5000);
     }
 
     #[test]

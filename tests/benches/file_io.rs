@@ -260,7 +260,10 @@ async fn main() -> anyhow::Result<()> {
                 d.per_sec(),
                 l.per_sec()
             );
-            (ss.push(s), ps.push(p), ds.push(d), ls.push(l));
+            ss.push(s);
+            ps.push(p);
+            ds.push(d);
+            ls.push(l);
         }
         let by_rate = |v: Vec<Latencies>| median_by(v, Latencies::per_sec);
         let (s, p, d, l) = (by_rate(ss), by_rate(ps), by_rate(ds), by_rate(ls));

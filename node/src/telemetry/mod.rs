@@ -72,6 +72,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| MetricsError::Taken)?;
     describe();
+    start_at_zero();
     metrics_process::Collector::default().describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
@@ -92,6 +93,23 @@ pub fn render(handle: &PrometheusHandle, collect: impl FnOnce()) -> String {
 /// Records how many commands one Raft entry carried.
 pub fn batch(commands: usize) {
     metrics::histogram!(RAFT_COMMANDS_PER_BATCH).record(commands as f64);
+}
+
+/// Counters that may stay at zero for a long time are exported from the
+/// start, so that `increase()` sees their first step and dashboards show
+/// 0 rather than no data.
+fn start_at_zero() {
+    metrics::counter!(FILE_READ_BYTES).absolute(0);
+    metrics::counter!(FILE_WRITTEN_BYTES).absolute(0);
+    for cause in ["probes", "heartbeat"] {
+        metrics::counter!(FAILOVERS, "cause" => cause).absolute(0);
+    }
+    for cause in ["lease ended", "lock lost"] {
+        metrics::counter!(LU_FENCE_TRIPS, "cause" => cause).absolute(0);
+    }
+    for result in ["ok", "refused", "failed"] {
+        metrics::counter!(LU_LEASE_RENEWALS, "result" => result).absolute(0);
+    }
 }
 
 fn describe() {
