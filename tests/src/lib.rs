@@ -362,12 +362,19 @@ impl TestCluster {
     /// disks as the highest named), user alice, and export `home` on LU 1
     /// served by `owner`, with `partner` when given.
     pub fn with_home(&self, size: &str, lus: &[&str], owner: &str, partner: Option<&str>) {
-        let disks = lus
+        self.with_home_and_spares(size, lus, 0, owner, partner);
+    }
+
+    /// [`TestCluster::with_home`] with `spares` more disks, left NOT USED
+    /// (to replace a failed one).
+    pub fn with_home_and_spares(&self, size: &str, lus: &[&str], spares: u32, owner: &str, partner: Option<&str>) {
+        let disks = (lus
             .iter()
             .filter_map(|l| l.split_once(':'))
             .flat_map(|(_, d)| d.split(',').filter_map(|n| n.parse::<u32>().ok()))
             .max()
             .unwrap_or(0)
+            + spares)
             .to_string();
         ok(self.nasctl(&["array", "init", "--disks", &disks, "--size", size]));
         for l in lus {

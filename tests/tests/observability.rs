@@ -12,29 +12,10 @@ use nas_tests::browser::Browser;
 use nas_tests::{ok, wait_until, TestCluster, ADMIN_PASSWORD, ADMIN_USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Array of 4 disks (disk 4 stays free, to replace a failed one), LU 1
-/// RAID 5 on disks 1-3, export `home` served by `owner` with `partner`.
+/// LU 1 RAID 5 on disks 1-3 and disk 4 free (to replace a failed one),
+/// export `home` served by `owner` with `partner`.
 fn with_home_and_a_spare_disk(c: &TestCluster, owner: &str, partner: &str) {
-    for args in [
-        &["array", "init", "--disks", "4", "--size", "64M"][..],
-        &["lu", "create", "--raid", "5", "--disks", "1,2,3"],
-        &["user", "add", "alice"],
-        &[
-            "export",
-            "create",
-            "home",
-            "--lu",
-            "1",
-            "--chn",
-            owner,
-            "--partner",
-            partner,
-            "--users",
-            "alice",
-        ],
-    ] {
-        ok(c.nasctl(args));
-    }
+    c.with_home_and_spares("64M", &["5:1,2,3"], 1, owner, Some(partner));
 }
 
 /// One scrape of CHN `name`, parsed by a Prometheus text-format parser.

@@ -7,6 +7,7 @@
 //! it may depend on `service/`, and it changes tables only by committing
 //! commands through [`crate::shared_lu::SharedLu`].
 
+mod appender;
 pub mod audit;
 mod error;
 pub mod events;

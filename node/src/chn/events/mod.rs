@@ -1,6 +1,6 @@
 //! The events this CHN sees: recorded here, appended to the shared LU's
-//! event table in one command every quarter second, and handed at once to
-//! the event hook and the webhook (`notify`). `watch` finds the events
+//! event table through an `Appender` (one command every quarter second),
+//! and handed at once to the event hook and the webhook (`notify`). `watch` finds the events
 //! that are state changes of the tables and of Raft.
 //!
 //! It must never block or fail the change an event reports: recording is
@@ -14,17 +14,16 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nas_proto::command::Kind;
 use nas_proto::*;
 
+use super::appender::{Appender, FLUSH_EVERY};
 use crate::rt::now_ms;
 use crate::shared_lu::SharedLu;
 
-/// How often the buffer is appended to the shared LU.
-const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Events the buffer holds at most while the shared LU cannot take them.
 const MAX_BUFFERED: usize = 10_000;
 
@@ -56,9 +55,9 @@ impl Severity {
 }
 
 struct Inner {
-    lu: SharedLu,
+    chn: String,
     settings: EventSettings,
-    buffer: Mutex<Vec<Event>>,
+    buffer: Appender<Event>,
     notify: notify::Notifier,
 }
 
@@ -74,9 +73,14 @@ impl Events {
         let (notify, notify_task) = notify::Notifier::new(&settings);
         let events = Events {
             inner: Arc::new(Inner {
-                lu,
+                chn: lu.name.clone(),
                 settings,
-                buffer: Mutex::new(Vec::new()),
+                buffer: Appender::new(
+                    lu,
+                    "event",
+                    MAX_BUFFERED,
+                    crate::shared_lu::tables::MAX_EVENTS_PER_COMMAND,
+                ),
                 notify,
             }),
         };
@@ -87,16 +91,12 @@ impl Events {
         (events, task)
     }
 
-    fn buffer(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
-        self.inner.buffer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records that `kind` happened, seen by this CHN now.
     pub fn record(&self, kind: &str, severity: Severity, message: String, fields: &[(&str, String)]) {
         let event = Event {
             seq: 0,
             time_ms: now_ms(),
-            chn: self.inner.lu.name.clone(),
+            chn: self.inner.chn.clone(),
             kind: kind.to_string(),
             severity: severity.as_str().to_string(),
             message,
@@ -110,38 +110,23 @@ impl Events {
             Severity::Warning | Severity::Error => tracing::warn!(event = kind, "{}", event.message),
         }
         self.inner.notify.send(&event);
-        let mut buf = self.buffer();
-        if buf.len() >= MAX_BUFFERED {
-            buf.remove(0);
-            tracing::warn!("event buffer full (the shared LU takes no writes): the oldest event was dropped");
-        }
-        buf.push(event);
+        self.inner.buffer.push(event);
     }
 
     /// Appends what is buffered; on failure it stays for the next try.
     pub async fn flush(&self) {
-        let batch: Vec<Event> = {
-            let mut buf = self.buffer();
-            let n = buf.len().min(crate::shared_lu::tables::MAX_EVENTS_PER_COMMAND);
-            buf.drain(..n).collect()
-        };
-        if batch.is_empty() {
-            return;
-        }
         let s = &self.inner.settings;
-        let cmd = Kind::AppendEvents(AppendEvents {
-            events: batch.clone(),
-            keep: s.keep,
-            max_age_ms: s.max_age.as_millis() as u64,
-            now_ms: now_ms(),
-        });
-        if let Err(e) = self.inner.lu.write(Command { kind: Some(cmd) }).await {
-            tracing::debug!("events not appended yet: {e}");
-            let mut buf = self.buffer();
-            let mut again = batch;
-            again.append(&mut buf);
-            *buf = again;
-        }
+        self.inner
+            .buffer
+            .flush(|events| {
+                Kind::AppendEvents(AppendEvents {
+                    events,
+                    keep: s.keep,
+                    max_age_ms: s.max_age.as_millis() as u64,
+                    now_ms: now_ms(),
+                })
+            })
+            .await;
     }
 
     async fn run(self) {
