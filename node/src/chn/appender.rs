@@ -17,7 +17,7 @@ use nas_proto::Command;
 use crate::shared_lu::SharedLu;
 
 /// How often the buffer is appended to the shared LU.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 pub struct Appender<T> {
     lu: SharedLu,
@@ -77,5 +77,19 @@ impl<T: Clone> Appender<T> {
             again.append(&mut buf);
             *buf = again;
         }
+    }
+}
+
+/// Runs `flush` every [`FLUSH_EVERY`], forever (until the task is dropped).
+pub async fn flush_forever<F, Fut>(mut flush: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        flush().await;
     }
 }

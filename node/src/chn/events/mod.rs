@@ -20,7 +20,7 @@ use std::time::Duration;
 use nas_proto::command::Kind;
 use nas_proto::*;
 
-use super::appender::{Appender, FLUSH_EVERY};
+use super::appender::{flush_forever, Appender};
 use crate::rt::now_ms;
 use crate::shared_lu::SharedLu;
 
@@ -130,12 +130,7 @@ impl Events {
     }
 
     async fn run(self) {
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.flush().await;
-        }
+        flush_forever(|| self.flush()).await
     }
 }
 
