@@ -11,13 +11,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use nas_proto::{labels, LuJob, PartnerHealth};
+use nas_proto::{labels, DiskState, LuHealth, LuJob, PartnerHealth};
 
 use super::{Events, Severity};
 use crate::shared_lu::tables::Tables;
 use crate::shared_lu::SharedLu;
 
 const EVERY: Duration = Duration::from_millis(250);
+
+/// Where found changes go: `Events::record` (a test collects them).
+type Record<'a> = dyn FnMut(&str, Severity, String, &[(&str, String)]) + 'a;
 /// Without a majority this long is a lost quorum (a new leader's
 /// election takes less).
 const QUORUM_LOST_AFTER: Duration = Duration::from_secs(2);
@@ -51,8 +54,11 @@ pub async fn run(
         let now = lu.read(|t| Summary::of(t, health(t)));
         match &mut tables {
             Some((before, chns)) => {
-                before.report(&now, &events);
-                chns.report(&now, &events);
+                let mut rec = |kind: &str, severity, message, fields: &[(&str, String)]| {
+                    events.record(kind, severity, message, fields)
+                };
+                before.report(&now, &mut rec);
+                chns.report(&now, &mut rec);
                 *before = now;
             }
             None => {
@@ -80,11 +86,11 @@ impl Chns {
         }
     }
 
-    fn report(&mut self, now: &Summary, events: &Events) {
+    fn report(&mut self, now: &Summary, rec: &mut Record<'_>) {
         for chn in now.chns.keys() {
             let failed = now.failed.contains(chn);
             if failed && self.seen_up.contains(chn) && self.reported.insert(chn.clone()) {
-                events.record(
+                rec(
                     "chn.failed",
                     Severity::Error,
                     format!("{chn} stopped answering: no heartbeat or failed health probes"),
@@ -94,7 +100,7 @@ impl Chns {
             if !failed {
                 self.seen_up.insert(chn.clone());
                 if self.reported.remove(chn) {
-                    events.record(
+                    rec(
                         "chn.recovered",
                         Severity::Info,
                         format!("{chn} answers again"),
@@ -229,33 +235,42 @@ impl Summary {
         }
     }
 
-    fn report(&self, now: &Summary, events: &Events) {
+    fn report(&self, now: &Summary, rec: &mut Record<'_>) {
         if self == now {
             return;
         }
-        self.disks_changed(now, events);
+        self.disks_changed(now, rec);
         for (lu, (health, job)) in &now.lus {
-            let (was, was_job) = self.lus.get(lu).cloned().unwrap_or((*health, None));
+            // An LU created since the last look was NEW before (a disk of
+            // it may have failed within the same quarter second).
+            let (was, was_job) = self
+                .lus
+                .get(lu)
+                .cloned()
+                .unwrap_or((LuHealth::Unspecified as i32, None));
             // A rebuild's end comes before the health it restores.
-            job_changed(*lu, was_job.as_ref(), job.as_ref(), events);
-            lu_changed(*lu, was, *health, events);
+            job_changed(*lu, was_job.as_ref(), job.as_ref(), rec);
+            lu_changed(*lu, was, *health, rec);
         }
-        self.chns_changed(now, events);
+        self.chns_changed(now, rec);
     }
 
-    fn disks_changed(&self, now: &Summary, events: &Events) {
+    fn disks_changed(&self, now: &Summary, rec: &mut Record<'_>) {
         for (disk, (state, lu)) in &now.disks {
-            let Some((was, was_lu)) = self.disks.get(disk) else {
-                continue;
-            };
-            let (was, state) = (labels::disk_state(*was), labels::disk_state(*state));
+            // A disk defined since the last look was not failed before.
+            let (was, was_lu) = self
+                .disks
+                .get(disk)
+                .copied()
+                .unwrap_or((DiskState::DiskNotUsed as i32, *lu));
+            let (was, state) = (labels::disk_state(was), labels::disk_state(*state));
             if was != "FAILED" && state == "FAILED" {
                 let on = if *lu > 0 {
                     format!(" (member of LU {lu})")
                 } else {
                     String::new()
                 };
-                events.record(
+                rec(
                     "disk.failed",
                     Severity::Warning,
                     format!("disk {disk} failed{on}"),
@@ -264,13 +279,13 @@ impl Summary {
             }
             // A replacement takes the failed disk out of its LU and puts
             // a free one in.
-            if state == "FAILED" && *was_lu > 0 && *lu == 0 {
+            if state == "FAILED" && was_lu > 0 && *lu == 0 {
                 let by = now
                     .disks
                     .iter()
-                    .find(|(d, (_, l))| l == was_lu && self.disks.get(*d).is_some_and(|(_, before)| *before == 0))
+                    .find(|(d, (_, l))| *l == was_lu && self.disks.get(*d).is_some_and(|(_, before)| *before == 0))
                     .map(|(d, _)| *d);
-                events.record(
+                rec(
                     "disk.replaced",
                     Severity::Info,
                     format!(
@@ -287,12 +302,12 @@ impl Summary {
         }
     }
 
-    fn chns_changed(&self, now: &Summary, events: &Events) {
+    fn chns_changed(&self, now: &Summary, rec: &mut Record<'_>) {
         for (chn, state) in &now.chns {
             let state = labels::chn_state(*state);
             let was = self.chns.get(chn).map(|s| labels::chn_state(*s));
             if state == "INSTALLED" && was != Some("INSTALLED") {
-                events.record(
+                rec(
                     "chn.joined",
                     Severity::Info,
                     format!("{chn} joined the cluster"),
@@ -300,7 +315,7 @@ impl Summary {
                 );
             }
             if state == "REMOVED" && was.is_some_and(|w| w != "REMOVED") {
-                events.record(
+                rec(
                     "chn.left",
                     Severity::Info,
                     format!("{chn} was removed from the cluster"),
@@ -309,7 +324,7 @@ impl Summary {
             }
         }
         for chn in self.chns.keys().filter(|c| !now.chns.contains_key(*c)) {
-            events.record(
+            rec(
                 "chn.left",
                 Severity::Info,
                 format!("{chn} was removed from the cluster"),
@@ -319,7 +334,7 @@ impl Summary {
     }
 }
 
-fn lu_changed(lu: u32, was: i32, now: i32, events: &Events) {
+fn lu_changed(lu: u32, was: i32, now: i32, rec: &mut Record<'_>) {
     if was == now {
         return;
     }
@@ -353,10 +368,10 @@ fn lu_changed(lu: u32, was: i32, now: i32, events: &Events) {
         ),
         _ => ("lu.health", Severity::Info, format!("LU {lu} is {now} (was {was})")),
     };
-    events.record(kind, severity, message, &fields);
+    rec(kind, severity, message, &fields);
 }
 
-fn job_changed(lu: u32, was: Option<&LuJob>, now: Option<&LuJob>, events: &Events) {
+fn job_changed(lu: u32, was: Option<&LuJob>, now: Option<&LuJob>, rec: &mut Record<'_>) {
     let Some(j) = now else { return };
     let pct = |j: &LuJob| j.done_bytes * 100 / j.total_bytes.max(1);
     // A job is new when there was none, or the last one had finished.
@@ -373,7 +388,7 @@ fn job_changed(lu: u32, was: Option<&LuJob>, now: Option<&LuJob>, events: &Event
             _ if j.failed => ("lu.rebuild_failed", Severity::Error),
             _ => ("lu.rebuild_finished", Severity::Info),
         };
-        events.record(
+        rec(
             kind,
             severity,
             format!("LU {lu}: {} finished on {}: {}", j.kind, j.chn, j.result),
@@ -391,7 +406,7 @@ fn job_changed(lu: u32, was: Option<&LuJob>, now: Option<&LuJob>, events: &Event
     }
     let before = same_job.map_or(0, pct);
     if let Some(m) = MILESTONES.iter().rev().find(|m| before < **m && pct(j) >= **m) {
-        events.record(
+        rec(
             "lu.rebuild_progress",
             Severity::Info,
             format!("LU {lu}: rebuild {m}% done on {}", j.chn),
@@ -401,5 +416,66 @@ fn job_changed(lu: u32, was: Option<&LuJob>, now: Option<&LuJob>, events: &Event
                 ("chn", j.chn.clone()),
             ],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(disks: &[(u32, DiskState, u32)], lus: &[(u32, LuHealth)]) -> Summary {
+        Summary {
+            disks: disks.iter().map(|(d, s, lu)| (*d, (*s as i32, *lu))).collect(),
+            lus: lus.iter().map(|(l, h)| (*l, (*h as i32, None))).collect(),
+            chns: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            recent: BTreeSet::new(),
+        }
+    }
+
+    fn kinds(before: &Summary, now: &Summary) -> Vec<String> {
+        let mut found = Vec::new();
+        before.report(now, &mut |kind: &str, _, _, _: &[(&str, String)]| {
+            found.push(kind.to_string())
+        });
+        found
+    }
+
+    #[test]
+    fn a_disk_that_fails_within_a_quarter_second_of_its_lu_is_still_reported() {
+        let empty = summary(&[], &[]);
+        let degraded = summary(
+            &[
+                (1, DiskState::DiskUsed, 1),
+                (2, DiskState::DiskFailed, 1),
+                (3, DiskState::DiskUsed, 1),
+            ],
+            &[(1, LuHealth::LuDegraded)],
+        );
+        assert_eq!(kinds(&empty, &degraded), ["disk.failed", "lu.degraded"]);
+        // A new healthy LU is no event.
+        let healthy = summary(&[(1, DiskState::DiskUsed, 1)], &[(1, LuHealth::LuOptimal)]);
+        assert!(kinds(&empty, &healthy).is_empty());
+    }
+
+    #[test]
+    fn a_replacement_names_the_failed_disk_and_the_one_that_took_its_place() {
+        let failed = summary(
+            &[(2, DiskState::DiskFailed, 1), (4, DiskState::DiskNotUsed, 0)],
+            &[(1, LuHealth::LuDegraded)],
+        );
+        let replaced = summary(
+            &[(2, DiskState::DiskFailed, 0), (4, DiskState::DiskUsed, 1)],
+            &[(1, LuHealth::LuRebuilding)],
+        );
+        let mut found = Vec::new();
+        failed.report(&replaced, &mut |kind: &str, _, _, fields: &[(&str, String)]| {
+            let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            found.push((kind.to_string(), fields))
+        });
+        assert_eq!(found[0].0, "disk.replaced");
+        assert!(found[0].1.contains(&("by".to_string(), "4".to_string())), "{found:?}");
+        assert_eq!(found[1].0, "lu.rebuild_started");
+        assert_eq!(kinds(&replaced, &replaced), Vec::<String>::new(), "no change, no event");
     }
 }
