@@ -1,7 +1,8 @@
 //! The events this CHN sees: recorded here, appended to the shared LU's
 //! event table through an `Appender` (one command every quarter second),
-//! and handed at once to the event hook and the webhook (`notify`). `watch` finds the events
-//! that are state changes of the tables and of Raft.
+//! and handed at once to the event hook and the webhook (`notify`).
+//! `watch` finds the events that are state changes of the tables and of
+//! Raft.
 //!
 //! It must never block or fail the change an event reports: recording is
 //! a push onto a buffer, and the hook and webhook run in tasks of their

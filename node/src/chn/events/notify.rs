@@ -31,20 +31,8 @@ pub(super) struct Notifier {
 
 impl Notifier {
     pub(super) fn new(settings: &EventSettings) -> (Notifier, impl std::future::Future<Output = ()>) {
-        let (hook, hook_rx) = match &settings.hook {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let (webhook, web_rx) = match &settings.webhook {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
+        let (hook, hook_rx) = queue(settings.hook.is_some());
+        let (webhook, web_rx) = queue(settings.webhook.is_some());
         let hook_task = run_hook(settings.hook.clone(), settings.hook_timeout, hook_rx);
         let web_task = run_webhook(settings.webhook.clone(), web_rx);
         let task = async move {
@@ -66,6 +54,15 @@ impl Notifier {
             }
         }
     }
+}
+
+/// A bounded queue, when its consumer is configured.
+fn queue(wanted: bool) -> (Option<mpsc::Sender<String>>, Option<mpsc::Receiver<String>>) {
+    if !wanted {
+        return (None, None);
+    }
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Some(tx), Some(rx))
 }
 
 async fn run_hook(program: Option<PathBuf>, timeout: Duration, rx: Option<mpsc::Receiver<String>>) {
